@@ -1,0 +1,240 @@
+//! `cv bench`: throughput through the client, printed beside machine
+//! baselines measured in the same run (memcpy, one raw loopback TCP stream).
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use curvine_client::{CreateOptions, FileSystem};
+use curvine_common::size::ByteSize;
+
+use crate::ClientArgs;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Read a file of --size with --threads readers (written first if missing)
+    Read(BenchArgs),
+    /// Write --size bytes split over --threads files
+    Write(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "1GiB")]
+    size: ByteSize,
+    #[arg(long, short = 't', default_value_t = 1)]
+    threads: usize,
+    /// Bytes per read call
+    #[arg(long, default_value = "64MiB")]
+    buf: ByteSize,
+    /// Directory for benchmark files
+    #[arg(long, default_value = "/.bench")]
+    dir: String,
+    /// Times to repeat the measured pass (the best is reported)
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
+    /// Bytes per data-plane request (client.chunk_size)
+    #[arg(long, default_value = "4MiB")]
+    chunk: ByteSize,
+    /// Requests in flight per connection (client.pipeline_depth)
+    #[arg(long, default_value_t = 4)]
+    depth: usize,
+}
+
+fn mib_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / secs.max(1e-9)
+}
+
+/// Single-thread memcpy bandwidth over `size` bytes (buffers up to 256 MiB,
+/// reused).
+pub fn memcpy_baseline(size: u64) -> f64 {
+    let n = size.min(256 << 20) as usize;
+    let src = vec![0x5au8; n];
+    let mut dst = vec![0u8; n];
+    dst.copy_from_slice(&src); // fault the pages in before timing
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut done = 0u64;
+        while done < size {
+            let k = ((size - done) as usize).min(n);
+            dst[..k].copy_from_slice(&src[..k]);
+            done += k as u64;
+        }
+        std::hint::black_box(&dst);
+        best = best.max(mib_s(size, t.elapsed().as_secs_f64()));
+    }
+    best
+}
+
+/// One TCP stream between two sockets on loopback moving `size` bytes;
+/// the best of `rounds`.
+pub fn tcp_rounds(size: u64, rounds: usize) -> Result<f64> {
+    let mut best = 0f64;
+    for _ in 0..rounds {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        let reader = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut buf = vec![0u8; 4 << 20];
+            let (mut s, _) = l.accept()?;
+            let mut got = 0u64;
+            while got < size {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                got += n as u64;
+            }
+            Ok(())
+        });
+        let buf = vec![0x5au8; 4 << 20];
+        let t = Instant::now();
+        let mut s = std::net::TcpStream::connect(addr)?;
+        let mut sent = 0u64;
+        while sent < size {
+            let k = ((size - sent) as usize).min(buf.len());
+            s.write_all(&buf[..k])?;
+            sent += k as u64;
+        }
+        drop(s);
+        reader.join().map_err(|_| anyhow::anyhow!("baseline reader panicked"))??;
+        best = best.max(mib_s(size, t.elapsed().as_secs_f64()));
+    }
+    Ok(best)
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Writes `total` bytes to `path` from a repeating pattern buffer.
+async fn write_file(fs: &FileSystem, path: &str, total: u64, src: &[u8]) -> Result<()> {
+    let mut w = fs.create(path, CreateOptions { overwrite: true, parents: true, ..Default::default() }).await?;
+    let mut done = 0u64;
+    while done < total {
+        let k = ((total - done) as usize).min(src.len());
+        w.write(&src[..k]).await?;
+        done += k as u64;
+    }
+    w.close().await?;
+    Ok(())
+}
+
+pub async fn run(cmd: BenchCmd, c: &ClientArgs) -> Result<()> {
+    let (name, a) = match &cmd {
+        BenchCmd::Read(a) => ("read", a.clone()),
+        BenchCmd::Write(a) => ("write", a.clone()),
+    };
+    let conf = curvine_common::config::Config {
+        client: curvine_common::config::ClientConf {
+            meta: c.meta.clone(),
+            chunk_size: a.chunk,
+            pipeline_depth: a.depth,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    conf.validate("cv bench")?;
+    let fs = FileSystem::new(conf.client)?;
+    let size = a.size.0;
+    let threads = a.threads.max(1);
+    let src = std::sync::Arc::new(pattern((a.buf.0 as usize).min(size.max(1) as usize)));
+    let mut best = 0f64;
+    let mut secs = 0f64;
+    match cmd {
+        BenchCmd::Write(_) => {
+            for round in 0..a.rounds.max(1) {
+                let t = Instant::now();
+                let mut tasks = Vec::new();
+                for i in 0..threads {
+                    let (fs, src) = (fs.clone(), src.clone());
+                    let path = format!("{}/write-{}-{round}-{i}", a.dir, std::process::id());
+                    let share = size / threads as u64 + if i == 0 { size % threads as u64 } else { 0 };
+                    tasks.push(tokio::spawn(async move {
+                        write_file(&fs, &path, share, &src).await?;
+                        Ok::<_, anyhow::Error>(path)
+                    }));
+                }
+                let mut paths = Vec::new();
+                for t in tasks {
+                    paths.push(t.await??);
+                }
+                let el = t.elapsed().as_secs_f64();
+                if mib_s(size, el) > best {
+                    best = mib_s(size, el);
+                    secs = el;
+                }
+                for p in paths {
+                    fs.delete(&p, false).await?;
+                }
+            }
+        }
+        BenchCmd::Read(_) => {
+            let path = format!("{}/read-{size}", a.dir);
+            match fs.stat(&path).await {
+                Ok(s) if s.len == size && s.complete => {}
+                _ => write_file(&fs, &path, size, &src).await?,
+            }
+            let buf_len = (a.buf.0 as usize).max(1 << 20);
+            for _ in 0..a.rounds.max(1) {
+                let t = Instant::now();
+                let mut tasks = Vec::new();
+                for i in 0..threads as u64 {
+                    let fs = fs.clone();
+                    let path = path.clone();
+                    let (lo, hi) = (size * i / threads as u64, size * (i + 1) / threads as u64);
+                    tasks.push(tokio::spawn(async move {
+                        let r = fs.open(&path).await?;
+                        let mut buf = vec![0u8; buf_len];
+                        let mut off = lo;
+                        while off < hi {
+                            let k = ((hi - off) as usize).min(buf_len);
+                            let n = r.read_at(off, &mut buf[..k]).await?;
+                            if n == 0 {
+                                anyhow::bail!("{path}: unexpected end of file at {off}");
+                            }
+                            off += n as u64;
+                        }
+                        Ok(())
+                    }));
+                }
+                for t in tasks {
+                    t.await??;
+                }
+                let el = t.elapsed().as_secs_f64();
+                if mib_s(size, el) > best {
+                    best = mib_s(size, el);
+                    secs = el;
+                }
+            }
+        }
+    }
+    let memcpy = tokio::task::spawn_blocking(move || memcpy_baseline(size)).await?;
+    let tcp = tokio::task::spawn_blocking(move || tcp_rounds(size, 3)).await??;
+    if a.json {
+        let v = serde_json::json!({
+            "bench": name, "size": size, "threads": threads, "chunk": a.chunk.0, "depth": a.depth, "seconds": secs, "mib_s": best,
+            "baselines": {"memcpy_mib_s": memcpy, "tcp_loopback_mib_s": tcp},
+            "ratios": {"vs_tcp_loopback": best / tcp, "vs_memcpy": best / memcpy},
+        });
+        println!("{v}");
+    } else {
+        println!("{name}: {} with {threads} thread(s): {best:.0} MiB/s ({secs:.2} s, best of {})", ByteSize(size), a.rounds.max(1));
+        println!("baseline memcpy (1 thread):        {memcpy:.0} MiB/s   ratio {:.2}", best / memcpy);
+        println!("baseline raw TCP loopback stream:  {tcp:.0} MiB/s   ratio {:.2}", best / tcp);
+    }
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! `cv fs …` and `cv report`.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use curvine_client::{CreateOptions, FileKind, FileStatus, FileSystem};
+use curvine_common::size::human;
+use curvine_common::{Error, ErrorKind};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::ClientArgs;
+
+/// Bytes moved per step by put/get/cat; two buffers overlap disk and network.
+const IO_BUF: usize = 16 << 20;
+
+#[derive(Subcommand, Debug)]
+pub enum FsCmd {
+    /// List a directory (or show a file)
+    Ls {
+        #[arg(default_value = "/")]
+        path: String,
+        /// Recurse into directories
+        #[arg(short = 'R', long)]
+        recursive: bool,
+    },
+    /// Create a directory
+    Mkdir {
+        path: String,
+        /// Create missing parents; no error if it exists
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Copy a local file into Curvine
+    Put {
+        local: PathBuf,
+        path: String,
+        /// Replace an existing file
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Copy a Curvine file to the local disk ('-' = stdout)
+    Get { path: String, local: PathBuf },
+    /// Print a file
+    Cat { path: String },
+    /// Remove a file or (with -r) a directory tree
+    Rm {
+        path: String,
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Rename (atomic, files and directories)
+    Mv { src: String, dst: String },
+    /// Show a file's status
+    Stat {
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bytes used under a path
+    Du {
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Cluster capacity and use
+    Df,
+}
+
+pub async fn run(cmd: FsCmd, c: &ClientArgs) -> Result<()> {
+    let fs = c.fs()?;
+    match cmd {
+        FsCmd::Ls { path, recursive } => ls(&fs, &path, recursive).await,
+        FsCmd::Mkdir { path, parents } => {
+            match fs.mkdir(&path, parents).await {
+                Err(e) if parents && e.kind() == ErrorKind::AlreadyExists => Ok(()),
+                r => r.map(|_| ()),
+            }?;
+            Ok(())
+        }
+        FsCmd::Put { local, path, force } => put(&fs, &local, &path, force).await,
+        FsCmd::Get { path, local } => get(&fs, &path, &local).await,
+        FsCmd::Cat { path } => get(&fs, &path, Path::new("-")).await,
+        FsCmd::Rm { path, recursive } => {
+            fs.delete(&path, recursive).await?;
+            Ok(())
+        }
+        FsCmd::Mv { src, dst } => {
+            // `mv a dir/` semantics: moving into an existing directory.
+            let dst = match fs.stat(&dst).await {
+                Ok(s) if s.kind == FileKind::Dir as i32 => {
+                    let name = curvine_common::path::normalize(&src)?.rsplit('/').next().unwrap_or_default().to_string();
+                    curvine_common::path::join(&s.path, &name)
+                }
+                _ => dst,
+            };
+            fs.rename(&src, &dst).await?;
+            Ok(())
+        }
+        FsCmd::Stat { path, json } => {
+            let s = fs.stat(&path).await?;
+            if json {
+                println!("{}", status_json(&s));
+            } else {
+                print_stat(&s);
+            }
+            Ok(())
+        }
+        FsCmd::Du { path } => {
+            let (bytes, files) = du(&fs, &path).await?;
+            println!("{bytes}\t{}\t{files} files\t{path}", human(bytes));
+            Ok(())
+        }
+        FsCmd::Df => {
+            let r = fs.report().await?;
+            println!("{:>12} {:>12} {:>12} {:>5}", "capacity", "used", "available", "use%");
+            let pct = if r.capacity == 0 { 0.0 } else { r.used as f64 * 100.0 / r.capacity as f64 };
+            println!(
+                "{:>12} {:>12} {:>12} {:>4.0}%",
+                human(r.capacity),
+                human(r.used),
+                human(r.capacity.saturating_sub(r.used)),
+                pct
+            );
+            Ok(())
+        }
+    }
+}
+
+fn mode_string(s: &FileStatus) -> String {
+    let mut out = String::with_capacity(10);
+    out.push(if s.kind == FileKind::Dir as i32 { 'd' } else { '-' });
+    for shift in [6, 3, 0] {
+        let m = (s.mode >> shift) & 7;
+        out.push(if m & 4 != 0 { 'r' } else { '-' });
+        out.push(if m & 2 != 0 { 'w' } else { '-' });
+        out.push(if m & 1 != 0 { 'x' } else { '-' });
+    }
+    out
+}
+
+fn time_string(ms: i64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+        .to_string()
+}
+
+fn status_json(s: &FileStatus) -> serde_json::Value {
+    serde_json::json!({
+        "path": s.path, "id": s.id,
+        "type": if s.kind == FileKind::Dir as i32 { "directory" } else { "file" },
+        "len": s.len, "mode": format!("{:o}", s.mode), "mtime_ms": s.mtime_ms,
+        "block_size": s.block_size, "replication": s.replication, "complete": s.complete,
+        "children": s.children,
+    })
+}
+
+fn print_stat(s: &FileStatus) {
+    let kind = if s.kind == FileKind::Dir as i32 { "directory" } else { "file" };
+    println!("path:        {}", s.path);
+    println!("type:        {kind}");
+    println!("size:        {} ({})", s.len, human(s.len));
+    println!("mode:        {} ({:o})", mode_string(s), s.mode);
+    println!("modified:    {}", time_string(s.mtime_ms));
+    if s.kind == FileKind::Dir as i32 {
+        println!("entries:     {}", s.children);
+    } else {
+        println!("block size:  {}", human(s.block_size));
+        println!("replication: {}", s.replication);
+        println!("complete:    {}", s.complete);
+    }
+}
+
+async fn ls(fs: &FileSystem, path: &str, recursive: bool) -> Result<()> {
+    let st = fs.stat(path).await?;
+    if st.kind != FileKind::Dir as i32 {
+        print_entry(&st);
+        return Ok(());
+    }
+    let mut dirs = vec![st.path.clone()];
+    while let Some(d) = dirs.pop() {
+        let mut entries = fs.list(&d).await?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        if recursive {
+            println!("{d}:");
+        }
+        for e in &entries {
+            print_entry(e);
+            if recursive && e.kind == FileKind::Dir as i32 {
+                dirs.push(e.path.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_entry(e: &FileStatus) {
+    let flag = if e.kind == FileKind::File as i32 && !e.complete { " (incomplete)" } else { "" };
+    println!("{} {:>14} {} {}{flag}", mode_string(e), e.len, time_string(e.mtime_ms), e.path);
+}
+
+async fn du(fs: &FileSystem, path: &str) -> Result<(u64, u64)> {
+    let st = fs.stat(path).await?;
+    if st.kind != FileKind::Dir as i32 {
+        return Ok((st.len, 1));
+    }
+    let (mut bytes, mut files) = (0, 0);
+    let mut dirs = vec![st.path];
+    while let Some(d) = dirs.pop() {
+        for e in fs.list(&d).await? {
+            if e.kind == FileKind::Dir as i32 {
+                dirs.push(e.path);
+            } else {
+                bytes += e.len;
+                files += 1;
+            }
+        }
+    }
+    Ok((bytes, files))
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() || len < (8 << 20) {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+async fn put(fs: &FileSystem, local: &Path, path: &str, force: bool) -> Result<()> {
+    let mut file = std::fs::File::open(local).with_context(|| format!("{}", local.display()))?;
+    let len = file.metadata()?.len();
+    // `put f /dir` puts into the directory.
+    let dst = match fs.stat(path).await {
+        Ok(s) if s.kind == FileKind::Dir as i32 => {
+            let name = local.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+            curvine_common::path::join(&s.path, name)
+        }
+        _ => path.to_string(),
+    };
+    let mut w = fs.create(&dst, CreateOptions { overwrite: force, ..Default::default() }).await?;
+    let pb = progress(len, "put");
+    // A reader thread fills buffers from the local file while this task
+    // sends the previous one.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let _ = back_tx.send(vec![0u8; IO_BUF]);
+    let _ = back_tx.send(vec![0u8; IO_BUF]);
+    let reader = std::thread::spawn(move || {
+        while let Ok(mut buf) = back_rx.recv() {
+            buf.resize(IO_BUF, 0);
+            let mut n = 0;
+            while n < buf.len() {
+                match file.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+            buf.truncate(n);
+            let last = n == 0;
+            if tx.blocking_send(Ok(buf)).is_err() || last {
+                return;
+            }
+        }
+    });
+    let res: Result<()> = async {
+        while let Some(buf) = rx.recv().await {
+            let buf = buf.with_context(|| format!("{}", local.display()))?;
+            if buf.is_empty() {
+                break;
+            }
+            w.write(&buf).await?;
+            pb.inc(buf.len() as u64);
+            let _ = back_tx.send(buf);
+        }
+        Ok(())
+    }
+    .await;
+    drop(back_tx);
+    let _ = reader.join();
+    if let Err(e) = res {
+        w.abort().await;
+        return Err(e);
+    }
+    w.close().await?;
+    pb.finish_and_clear();
+    Ok(())
+}
+
+async fn get(fs: &FileSystem, path: &str, local: &Path) -> Result<()> {
+    let r = fs.open(path).await?;
+    if r.status().kind == FileKind::Dir as i32 {
+        return Err(Error::is_dir(&r.status().path).into());
+    }
+    let len = r.len();
+    let to_stdout = local == Path::new("-");
+    let local = if !to_stdout && local.is_dir() {
+        local.join(r.status().name.clone())
+    } else {
+        local.to_path_buf()
+    };
+    let mut out: Box<dyn Write + Send> = if to_stdout {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(std::fs::File::create(&local).with_context(|| format!("{}", local.display()))?)
+    };
+    let pb = if to_stdout { ProgressBar::hidden() } else { progress(len, "get") };
+    // A writer thread drains filled buffers to the local file while this
+    // task reads the next one from the worker.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+    let (back_tx, mut back_rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(2);
+    let writer = std::thread::spawn(move || {
+        while let Ok(buf) = rx.recv() {
+            let r = out.write_all(&buf).map(|_| buf);
+            let failed = r.is_err();
+            if back_tx.blocking_send(r).is_err() || failed {
+                return;
+            }
+        }
+        let _ = out.flush();
+    });
+    let mut spare = vec![vec![0u8; IO_BUF.min(len as usize).max(1)], vec![0u8; IO_BUF.min(len as usize).max(1)]];
+    let mut off = 0u64;
+    let mut in_flight = 0;
+    let res: Result<()> = async {
+        while off < len {
+            let mut buf = match spare.pop() {
+                Some(b) => b,
+                None => {
+                    in_flight -= 1;
+                    back_rx.recv().await.context("writer stopped")?.with_context(|| format!("{}", local.display()))?
+                }
+            };
+            let n = ((len - off) as usize).min(IO_BUF);
+            buf.resize(n, 0);
+            let got = r.read_at(off, &mut buf).await?;
+            buf.truncate(got);
+            if got == 0 {
+                break;
+            }
+            off += got as u64;
+            pb.inc(got as u64);
+            tx.send(buf).context("writer stopped")?;
+            in_flight += 1;
+        }
+        while in_flight > 0 {
+            in_flight -= 1;
+            back_rx.recv().await.context("writer stopped")?.with_context(|| format!("{}", local.display()))?;
+        }
+        Ok(())
+    }
+    .await;
+    drop(tx);
+    let _ = writer.join();
+    res?;
+    pb.finish_and_clear();
+    Ok(())
+}
+
+pub async fn report(c: &ClientArgs, json: bool) -> Result<()> {
+    let fs = c.fs()?;
+    let r = fs.report().await?;
+    if json {
+        let workers: Vec<_> = r
+            .workers
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "id": w.id, "addr": w.addr, "hostname": w.hostname, "alive": w.alive,
+                    "last_heartbeat_ms": w.last_heartbeat_ms,
+                    "tiers": w.tiers.iter().map(|t| serde_json::json!({
+                        "kind": t.kind, "dir": t.dir, "capacity": t.capacity, "used": t.used,
+                        "reserved": t.reserved, "blocks": t.blocks})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "capacity": r.capacity, "used": r.used, "files": r.files, "dirs": r.dirs,
+            "block_size": r.block_size, "raft": {"leader": r.raft_leader, "term": r.raft_term, "applied": r.raft_applied},
+            "workers": workers,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("meta:      {} (raft leader {}, term {}, applied {})", fs.meta_addrs().join(","), r.raft_leader, r.raft_term, r.raft_applied);
+    println!("namespace: {} files, {} directories, block size {}", r.files, r.dirs, human(r.block_size));
+    println!("capacity:  {} total, {} used, {} free", human(r.capacity), human(r.used), human(r.capacity.saturating_sub(r.used)));
+    let alive = r.workers.iter().filter(|w| w.alive).count();
+    println!("workers:   {alive} alive, {} dead", r.workers.len() - alive);
+    for w in &r.workers {
+        let state = if w.alive { "alive" } else { "DEAD" };
+        println!("  worker {} {} ({}) {state}, last heartbeat {} ms ago", w.id, w.addr, w.hostname, w.last_heartbeat_ms);
+        for t in &w.tiers {
+            println!(
+                "    {:<4} {:>10} used of {:>10} ({} blocks) {}",
+                t.kind,
+                human(t.used),
+                human(t.capacity),
+                t.blocks,
+                t.dir
+            );
+        }
+    }
+    Ok(())
+}

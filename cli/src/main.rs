@@ -1,0 +1,103 @@
+//! `cv`: the one Curvine binary — every server role, the file commands,
+//! admin reports and benchmarks.
+
+mod bench;
+mod fs_cmd;
+mod server;
+mod web;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cv", version = curvine_common::VERSION, about = "Curvine: a multi-tier cache for AI data", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// Meta service address(es), comma-separated
+    #[arg(long, env = "CURVINE_META", default_value = curvine_common::config::DEFAULT_META_ADDR, value_delimiter = ',', global = true)]
+    pub meta: Vec<String>,
+}
+
+impl ClientArgs {
+    pub fn fs(&self) -> curvine_client::Result<curvine_client::FileSystem> {
+        curvine_client::FileSystem::new(curvine_common::config::ClientConf {
+            meta: self.meta.clone(),
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run an all-in-one node (meta + worker) with embedded defaults
+    Up(server::UpArgs),
+    /// Run the metadata service
+    Meta(server::RoleArgs),
+    /// Run a worker
+    Worker(server::RoleArgs),
+    /// File commands: ls, mkdir, put, get, cat, rm, mv, stat, du, df
+    Fs {
+        #[command(subcommand)]
+        cmd: fs_cmd::FsCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Workers, tiers, capacity and use
+    Report {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks against same-run machine baselines
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the version
+    Version,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let server = matches!(cli.cmd, Cmd::Up(_) | Cmd::Meta(_) | Cmd::Worker(_));
+    curvine_common::telemetry::init_logging(if server { "info" } else { "warn" });
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cv: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let res = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Up(a) => server::up(a).await,
+            Cmd::Meta(a) => server::meta(a).await,
+            Cmd::Worker(a) => server::worker(a).await,
+            Cmd::Fs { cmd, client } => fs_cmd::run(cmd, &client).await,
+            Cmd::Report { client, json } => fs_cmd::report(&client, json).await,
+            Cmd::Bench { cmd, client } => bench::run(cmd, &client).await,
+            Cmd::Version => {
+                println!("cv {}", curvine_common::VERSION);
+                Ok(())
+            }
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    if let Err(e) = res {
+        // One line a human can act on: the root cause carries the path.
+        let msg = match e.downcast_ref::<curvine_common::Error>() {
+            Some(ce) => ce.to_string(),
+            None => format!("{e:#}"),
+        };
+        eprintln!("cv: {msg}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,163 @@
+//! Bytes in, bytes out: large files across separate client processes,
+//! concurrent writers, restarts, full workers.
+
+mod common;
+
+use common::*;
+use curvine_client::{CreateOptions, ErrorKind};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_1gib_is_byte_identical_across_processes() {
+    let n = node().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big.bin");
+    // Several pieces with different seeds: a block mix-up cannot go unseen.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&src).unwrap();
+        for i in 0..16u64 {
+            f.write_all(&random_bytes(64 << 20, i + 1)).unwrap();
+        }
+    }
+    ok(&cv(&n, &["fs", "put", src.to_str().unwrap(), "/big.bin"]));
+    let back = dir.path().join("back.bin");
+    let out = cv(&n, &["fs", "get", "/big.bin", back.to_str().unwrap()]);
+    ok(&out);
+    // Piped output: no progress bar noise.
+    assert!(out.stderr.is_empty(), "stderr not empty when piped: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(same_file(&src, &back), "1 GiB round trip differs");
+    let stat = ok(&cv(&n, &["fs", "stat", "/big.bin", "--json"]));
+    assert!(stat.contains("\"len\":1073741824"), "{stat}");
+    assert!(stat.contains("\"complete\":true"), "{stat}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_reads_ranges_and_small_files_exactly() {
+    let n = node_with(UpOptions { block_size: Some("1MiB".into()), mem: Some("256MiB".into()), ..Default::default() }).await;
+    let fs = n.fs().unwrap();
+    for (i, len) in [0usize, 1, 65535, 65536, 65537, (1 << 20) - 1, 1 << 20, (3 << 20) + 12345].into_iter().enumerate() {
+        let data = random_bytes(len, i as u64);
+        let path = format!("/sizes/f{len}");
+        let mut w = fs.create(&path, CreateOptions { parents: true, ..Default::default() }).await.unwrap();
+        // Odd-sized writes exercise the staging path.
+        for piece in data.chunks(100_003) {
+            w.write(piece).await.unwrap();
+        }
+        let st = w.close().await.unwrap();
+        assert_eq!(st.len, len as u64);
+        assert_eq!(fs.read_all(&path).await.unwrap(), data, "len {len}");
+        let r = fs.open(&path).await.unwrap();
+        if len > 10 {
+            // A range spanning a block boundary, read into the caller's buffer.
+            let lo = len / 3;
+            let mut buf = vec![0u8; len - lo];
+            assert_eq!(r.read_at(lo as u64, &mut buf).await.unwrap(), len - lo);
+            assert_eq!(buf, data[lo..]);
+        }
+        let mut past = [0u8; 10];
+        assert_eq!(r.read_at(len as u64, &mut past).await.unwrap(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_to_different_files() {
+    let n = node_with(UpOptions { block_size: Some("4MiB".into()), ..Default::default() }).await;
+    let fs = n.fs().unwrap();
+    fs.mkdir("/conc", false).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let fs = fs.clone();
+        tasks.push(tokio::spawn(async move {
+            let data = random_bytes((9 << 20) + i as usize * 4099, 100 + i);
+            let mut w = fs.create(&format!("/conc/f{i}"), CreateOptions::default()).await.unwrap();
+            for piece in data.chunks(1 << 20) {
+                w.write(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            w.close().await.unwrap();
+            data
+        }));
+    }
+    let mut expected = Vec::new();
+    for t in tasks {
+        expected.push(t.await.unwrap());
+    }
+    assert_eq!(fs.list("/conc").await.unwrap().len(), 8);
+    for (i, data) in expected.iter().enumerate() {
+        assert_eq!(&fs.read_all(&format!("/conc/f{i}")).await.unwrap(), data, "file {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_then_restart_keeps_namespace_and_disk_data() {
+    let mut n = node_with(UpOptions { no_mem: true, disk: Some("1GiB".into()), block_size: Some("1MiB".into()), ..Default::default() }).await;
+    let fs = n.fs().unwrap();
+    fs.mkdir("/keep/a/b", true).await.unwrap();
+    let data = random_bytes((5 << 20) + 7, 9);
+    fs.write_all("/keep/a/b/data", &data, false).await.unwrap();
+    fs.write_all("/keep/small", b"hello", false).await.unwrap();
+    fs.rename("/keep/small", "/keep/a/small").await.unwrap();
+    fs.set_attr("/keep/a/small", Some(0o600), Some(1_000_000)).await.unwrap();
+
+    n.kill9_and_restart().await.unwrap();
+    let fs = n.fs().unwrap();
+    assert_eq!(fs.read_all("/keep/a/b/data").await.unwrap(), data);
+    let st = fs.stat("/keep/a/small").await.unwrap();
+    assert_eq!((st.mode & 0o777, st.mtime_ms, st.len), (0o600, 1_000_000, 5));
+    assert_eq!(fs.read_all("/keep/a/small").await.unwrap(), b"hello");
+    assert!(!fs.exists("/keep/small").await.unwrap());
+
+    // And a clean stop/start too.
+    n.stop_and_restart().await.unwrap();
+    assert_eq!(n.fs().unwrap().read_all("/keep/a/b/data").await.unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_worker_says_no_space_and_loses_nothing() {
+    let n = node_with(UpOptions {
+        mem: Some("2MiB".into()),
+        disk: Some("3MiB".into()),
+        block_size: Some("1MiB".into()),
+        ..Default::default()
+    })
+    .await;
+    let fs = n.fs().unwrap();
+    fs.mkdir("/full", false).await.unwrap();
+    let mut kept = Vec::new();
+    let mut err = None;
+    for i in 0..10u64 {
+        let data = random_bytes(1 << 20, i);
+        match fs.write_all(&format!("/full/f{i}"), &data, false).await {
+            Ok(_) => kept.push((i, data)),
+            Err(e) => {
+                err = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (failed, e) = err.expect("5 MiB of tiers must fill up");
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    assert!(e.to_string().contains("no space"), "{e}");
+    assert!(kept.len() >= 4, "only {} files fit in 5 MiB", kept.len());
+    // The failed file is not left behind as complete.
+    match fs.stat(&format!("/full/f{failed}")).await {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::NotFound),
+        Ok(s) => assert!(!s.complete, "a partial file is reported complete"),
+    }
+    for (i, data) in &kept {
+        assert_eq!(&fs.read_all(&format!("/full/f{i}")).await.unwrap(), data, "file {i} damaged by the full disk");
+    }
+    // The CLI says so on one line.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x");
+    std::fs::write(&p, random_bytes(1 << 20, 77)).unwrap();
+    fails_with(&cv(&n, &["fs", "put", p.to_str().unwrap(), "/full/cli"]), "no space");
+    // Freeing space makes writes work again.
+    fs.delete("/full/f0", false).await.unwrap();
+    fs.delete("/full/f1", false).await.unwrap();
+    testbed::wait_for("space to be freed", std::time::Duration::from_secs(30), || async {
+        fs.write_all("/full/again", &random_bytes(1 << 20, 5), true).await.is_ok()
+    })
+    .await
+    .unwrap();
+}

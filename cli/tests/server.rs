@@ -1,0 +1,102 @@
+//! `cv up` itself: ready line, cluster.toml, HTTP endpoints, clean
+//! shutdown, bad configuration, and malformed data-plane input.
+
+mod common;
+
+use std::io::{Read, Write};
+
+use common::*;
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_publishes_addresses_health_and_metrics_and_stops_cleanly() {
+    let mut n = node().await;
+    for k in ["meta", "worker", "web", "home"] {
+        assert!(n.proc.ready.contains_key(k), "ready line lacks {k}: {:?}", n.proc.ready);
+    }
+    let cluster = std::fs::read_to_string(n.home().join("cluster.toml")).unwrap();
+    assert!(cluster.contains(&n.meta_addr()), "{cluster}");
+    let health = http_get(&n.web_addr(), "/health");
+    assert!(health.starts_with("HTTP/1.1 200") && health.contains("\"status\":\"ok\""), "{health}");
+    n.fs().unwrap().write_all("/m", &random_bytes(100_000, 1), false).await.unwrap();
+    n.fs().unwrap().read_all("/m").await.unwrap();
+    let metrics = http_get(&n.web_addr(), "/metrics");
+    assert!(metrics.contains("curvine_meta_"), "no meta metrics:\n{metrics}");
+    assert!(metrics.contains("curvine_worker_"), "no worker metrics:\n{metrics}");
+    let code = tokio::task::block_in_place(|| n.proc.terminate()).unwrap();
+    assert_eq!(code, Some(0), "SIGTERM must shut down cleanly:\n{}", n.proc.log_tail(30));
+}
+
+#[test]
+fn bad_config_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[worker]\nprot = 8997\n", "prot"),
+        ("[cluster]\nblock_size = \"12 parsecs\"\n", "block_size"),
+        ("[[worker.tiers]]\nkind = \"TAPE\"\ndir = \"/tmp/x\"\ncapacity = \"1GiB\"\n", "worker.tiers[0].kind"),
+        ("[meta]\nport = \"eighty\"\n", "port"),
+    ];
+    for (text, key) in cases {
+        let conf = dir.path().join("bad.toml");
+        std::fs::write(&conf, text).unwrap();
+        let o = std::process::Command::new(bin())
+            .args(["up", "--home", dir.path().to_str().unwrap(), "--config", conf.to_str().unwrap()])
+            .args(["--meta-port", "0", "--worker-port", "0", "--web-port", "0"])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "bad config accepted: {text}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(key), "error for {text:?} does not name '{key}': {err}");
+        assert!(err.contains("bad.toml"), "error does not name the file: {err}");
+    }
+    let o = std::process::Command::new(bin()).args(["up", "--config", "/nonexistent/cv.toml"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/cv.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_close_one_connection_and_the_worker_keeps_serving() {
+    let n = node().await;
+    let fs = n.fs().unwrap();
+    let data = random_bytes(3 << 20, 4);
+    fs.write_all("/ok", &data, false).await.unwrap();
+    let worker = n.proc.addr("worker").unwrap();
+    let cases: Vec<Vec<u8>> = vec![
+        vec![0xff; 100],                                    // garbage
+        {
+            let mut h = curvine_fabric::frame::Header::request(curvine_fabric::frame::Op::WriteData, 1, 0, 0).encode();
+            h[20..24].copy_from_slice(&u32::MAX.to_le_bytes()); // 4 GiB payload claim
+            h.to_vec()
+        },
+        {
+            let mut h = curvine_fabric::frame::Header::request(curvine_fabric::frame::Op::Read, 1, 0, 0).encode();
+            h[16..20].copy_from_slice(&u32::MAX.to_le_bytes()); // 4 GiB head claim
+            h.to_vec()
+        },
+        curvine_fabric::frame::Header::request(curvine_fabric::frame::Op::Read, 1, 3, 0).encode()[..].iter().chain(&[1, 2, 3]).copied().collect(),
+    ];
+    for bytes in cases {
+        tokio::task::block_in_place(|| {
+            let mut s = std::net::TcpStream::connect(&worker).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+            s.write_all(&bytes).unwrap();
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                    Err(e) => panic!("worker kept a malformed connection open: {e}"),
+                }
+            }
+        });
+        assert_eq!(fs.read_all("/ok").await.unwrap(), data, "worker stopped serving after malformed input");
+    }
+}

@@ -1,0 +1,237 @@
+//! `FileSystem`: the Rust SDK entry point. Namespace calls go to meta; block
+//! bytes go straight between this process and the workers.
+
+use std::sync::Arc;
+
+use curvine_common::config::ClientConf;
+use curvine_common::path::normalize;
+use curvine_common::proto::{self, FileStatus};
+use curvine_common::{Error, ErrorKind, Result};
+use curvine_fabric::tcp::{TcpOptions, TcpTransport};
+use curvine_fabric::Transport;
+
+use crate::meta::MetaClient;
+use crate::pool::ConnPool;
+use crate::reader::FileReader;
+use crate::writer::FileWriter;
+
+pub(crate) struct Inner {
+    pub meta: MetaClient,
+    pub pool: Arc<ConnPool>,
+    pub conf: ClientConf,
+    pub hostname: String,
+}
+
+/// A handle to one Curvine cluster. Cheap to clone; share it between tasks.
+#[derive(Clone)]
+pub struct FileSystem {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Options for `create`.
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    pub overwrite: bool,
+    /// Create missing parent directories.
+    pub parents: bool,
+    /// 0 = the client's configured size, else the cluster default.
+    pub block_size: u64,
+    pub replication: u32,
+    pub mode: u32,
+}
+
+impl FileSystem {
+    /// Connects lazily: the first call reaches the meta service.
+    pub fn new(conf: ClientConf) -> Result<FileSystem> {
+        let transport: Arc<dyn Transport> = Arc::new(TcpTransport::new(TcpOptions {
+            chunk_size: conf.chunk_size.0 as usize,
+            depth: conf.pipeline_depth,
+            io_timeout: conf.timeout,
+            ..Default::default()
+        }));
+        Self::with_transport(conf, transport)
+    }
+
+    pub fn with_transport(conf: ClientConf, transport: Arc<dyn Transport>) -> Result<FileSystem> {
+        let meta = MetaClient::new(conf.meta.clone(), conf.retries, conf.timeout)?;
+        let hostname = hostname();
+        Ok(FileSystem { inner: Arc::new(Inner { meta, pool: ConnPool::new(transport), conf, hostname }) })
+    }
+
+    /// A client for `meta` (`host:port`) with default settings.
+    pub fn connect_to(meta: &str) -> Result<FileSystem> {
+        Self::new(ClientConf { meta: vec![meta.to_string()], ..Default::default() })
+    }
+
+    /// The meta addresses this client talks to.
+    pub fn meta_addrs(&self) -> &[String] {
+        self.inner.meta.addrs()
+    }
+
+    pub fn conf(&self) -> &ClientConf {
+        &self.inner.conf
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<FileStatus> {
+        let path = normalize(path)?;
+        let r = self
+            .inner
+            .meta
+            .call(|mut c| {
+                let req = proto::MkdirRequest { path: path.clone(), parents, mode: 0o755 };
+                async move { c.mkdir(req).await }
+            })
+            .await?;
+        r.status.ok_or_else(|| Error::internal("mkdir: empty response"))
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn stat(&self, path: &str) -> Result<FileStatus> {
+        let path = normalize(path)?;
+        let r = self
+            .inner
+            .meta
+            .call(|mut c| {
+                let req = proto::StatRequest { path: path.clone() };
+                async move { c.stat(req).await }
+            })
+            .await?;
+        r.status.ok_or_else(|| Error::internal("stat: empty response"))
+    }
+
+    pub async fn exists(&self, path: &str) -> Result<bool> {
+        match self.stat(path).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn list(&self, path: &str) -> Result<Vec<FileStatus>> {
+        let path = normalize(path)?;
+        let r = self
+            .inner
+            .meta
+            .call(|mut c| {
+                let req = proto::ListRequest { path: path.clone() };
+                async move { c.list(req).await }
+            })
+            .await?;
+        Ok(r.entries)
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn delete(&self, path: &str, recursive: bool) -> Result<u64> {
+        let path = normalize(path)?;
+        let r = self
+            .inner
+            .meta
+            .call(|mut c| {
+                let req = proto::DeleteRequest { path: path.clone(), recursive };
+                async move { c.delete(req).await }
+            })
+            .await?;
+        Ok(r.deleted_inodes)
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn rename(&self, src: &str, dst: &str) -> Result<()> {
+        let (src, dst) = (normalize(src)?, normalize(dst)?);
+        self.inner
+            .meta
+            .call(|mut c| {
+                let req = proto::RenameRequest { src: src.clone(), dst: dst.clone() };
+                async move { c.rename(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn set_attr(&self, path: &str, mode: Option<u32>, mtime_ms: Option<i64>) -> Result<FileStatus> {
+        let path = normalize(path)?;
+        let r = self
+            .inner
+            .meta
+            .call(|mut c| {
+                let req = proto::SetAttrRequest { path: path.clone(), mode, mtime_ms };
+                async move { c.set_attr(req).await }
+            })
+            .await?;
+        r.status.ok_or_else(|| Error::internal("set_attr: empty response"))
+    }
+
+    /// Workers, tiers and capacity, as `cv report` shows them.
+    pub async fn report(&self) -> Result<proto::ReportResponse> {
+        self.inner.meta.call(|mut c| async move { c.report(proto::ReportRequest {}).await }).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn create(&self, path: &str, opts: CreateOptions) -> Result<FileWriter> {
+        let path = normalize(path)?;
+        let block_size = if opts.block_size != 0 { opts.block_size } else { self.inner.conf.block_size.0 };
+        let r = self
+            .inner
+            .meta
+            .call(|mut c| {
+                let req = proto::CreateRequest {
+                    path: path.clone(),
+                    overwrite: opts.overwrite,
+                    block_size,
+                    replication: opts.replication,
+                    mode: if opts.mode == 0 { 0o644 } else { opts.mode },
+                    parents: opts.parents,
+                    client_host: self.inner.hostname.clone(),
+                };
+                async move { c.create(req).await }
+            })
+            .await?;
+        let status = r.status.ok_or_else(|| Error::internal("create: empty response"))?;
+        Ok(FileWriter::new(self.clone(), status))
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn open(&self, path: &str) -> Result<FileReader> {
+        let path = normalize(path)?;
+        let r = self
+            .inner
+            .meta
+            .call(|mut c| {
+                let req = proto::OpenRequest { path: path.clone() };
+                async move { c.open(req).await }
+            })
+            .await?;
+        let status = r.status.ok_or_else(|| Error::internal("open: empty response"))?;
+        Ok(FileReader::new(self.clone(), status, r.blocks))
+    }
+
+    /// Writes `data` as the whole content of `path`.
+    pub async fn write_all(&self, path: &str, data: &[u8], overwrite: bool) -> Result<FileStatus> {
+        let mut w = self.create(path, CreateOptions { overwrite, ..Default::default() }).await?;
+        w.write(data).await?;
+        w.close().await
+    }
+
+    /// Reads the whole file.
+    pub async fn read_all(&self, path: &str) -> Result<Vec<u8>> {
+        let r = self.open(path).await?;
+        let mut buf = vec![0u8; r.len() as usize];
+        let n = r.read_at(0, &mut buf).await?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // within it or truncates.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if r != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

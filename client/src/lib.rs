@@ -1,0 +1,16 @@
+//! The Rust SDK of Curvine: `FileSystem` for namespace calls, `FileWriter`
+//! and `FileReader` for bytes. Namespace calls go to the meta service over
+//! gRPC; block bytes move directly between this process and the workers over
+//! a fabric transport.
+
+mod fs;
+mod meta;
+mod pool;
+mod reader;
+mod writer;
+
+pub use curvine_common::proto::{FileKind, FileStatus, LocatedBlock, ReportResponse};
+pub use curvine_common::{Error, ErrorKind, Result};
+pub use fs::{CreateOptions, FileSystem};
+pub use reader::FileReader;
+pub use writer::FileWriter;

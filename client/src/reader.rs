@@ -1,0 +1,118 @@
+//! `FileReader`: positional and sequential reads of a complete file, straight
+//! into the caller's buffer.
+
+use curvine_common::proto::{FileStatus, LocatedBlock};
+use curvine_common::{Error, ErrorKind, Result};
+
+use crate::fs::FileSystem;
+
+pub struct FileReader {
+    fs: FileSystem,
+    status: FileStatus,
+    blocks: Vec<LocatedBlock>,
+    pos: u64,
+}
+
+impl FileReader {
+    pub(crate) fn new(fs: FileSystem, status: FileStatus, blocks: Vec<LocatedBlock>) -> FileReader {
+        FileReader { fs, status, blocks, pos: 0 }
+    }
+
+    pub fn status(&self) -> &FileStatus {
+        &self.status
+    }
+
+    pub fn len(&self) -> u64 {
+        self.status.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.status.len == 0
+    }
+
+    pub fn blocks(&self) -> &[LocatedBlock] {
+        &self.blocks
+    }
+
+    /// Reads at the current position and advances it; 0 at end of file.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let n = self.read_at(self.pos, buf).await?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    pub fn seek(&mut self, pos: u64) {
+        self.pos = pos;
+    }
+
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Fills `buf` from file offset `offset`; returns the bytes read (fewer
+    /// than `buf.len()` only at end of file).
+    #[tracing::instrument(level = "debug", skip_all, fields(path = %self.status.path, offset, len = buf.len()))]
+    pub async fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let end = (offset + buf.len() as u64).min(self.status.len);
+        if offset >= end {
+            return Ok(0);
+        }
+        let mut done = 0usize;
+        // Blocks are sorted by offset: find the first one holding `offset`.
+        let first = self.blocks.partition_point(|b| b.offset + b.len <= offset);
+        for b in &self.blocks[first..] {
+            let pos = offset + done as u64;
+            if pos >= end {
+                break;
+            }
+            let in_block = pos - b.offset;
+            let n = (b.len - in_block).min(end - pos) as usize;
+            let got = self.read_block(b, in_block, &mut buf[done..done + n]).await?;
+            if got < n {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!("{}: block {} holds {} bytes fewer than recorded", self.status.path, b.id, n - got),
+                ));
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// Reads from one block, trying each location; a worker that is down is
+    /// skipped, and a broken pooled connection is retried once on a new one.
+    async fn read_block(&self, b: &LocatedBlock, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let inner = &self.fs.inner;
+        let mut last = None;
+        let mut locs: Vec<_> = b.locations.iter().collect();
+        // Same host first: a later issue swaps in shared memory there.
+        locs.sort_by_key(|l| l.hostname != inner.hostname);
+        for loc in locs {
+            for _ in 0..2 {
+                let mut conn = match inner.pool.get(&loc.addr).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = Some(e);
+                        break;
+                    }
+                };
+                match conn.read_into(b.id, offset, buf).await {
+                    Ok(n) => return Ok(n),
+                    Err(e) if conn.is_broken() && e.is_temporary() => {
+                        // Possibly a stale pooled connection: retry on a fresh one.
+                        inner.pool.evict(&loc.addr);
+                        last = Some(e);
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound || e.is_temporary() => {
+                        last = Some(e);
+                        break;
+                    }
+                    Err(e) => return Err(e.context(&self.status.path)),
+                }
+            }
+        }
+        Err(last
+            .map(|e| e.context(&self.status.path))
+            .unwrap_or_else(|| Error::unavailable(format!("{}: block {} has no live worker", self.status.path, b.id))))
+    }
+}

@@ -1,0 +1,212 @@
+//! `FileWriter`: streams a new file to workers block by block. Bytes are
+//! staged in one chunk-sized buffer only when the caller's writes are
+//! smaller than a chunk; large writes go from the caller's slice to the
+//! socket.
+
+use curvine_common::proto::{self, CommittedBlock, FileStatus, LocatedBlock};
+use curvine_common::{Error, Result};
+use curvine_fabric::frame::CHUNK;
+
+use crate::fs::FileSystem;
+use crate::pool::Pooled;
+
+struct OpenBlock {
+    block: LocatedBlock,
+    worker_id: u64,
+    conn: Pooled,
+    /// Bytes sent to the worker so far (always CHUNK-aligned until commit).
+    sent: u64,
+}
+
+pub struct FileWriter {
+    fs: FileSystem,
+    status: FileStatus,
+    block_size: u64,
+    chunk: usize,
+    cur: Option<OpenBlock>,
+    staged: Vec<u8>,
+    committed: Vec<CommittedBlock>,
+    len: u64,
+    done: bool,
+}
+
+impl FileWriter {
+    pub(crate) fn new(fs: FileSystem, status: FileStatus) -> FileWriter {
+        let block_size = status.block_size.max(CHUNK);
+        let chunk = (fs.conf().chunk_size.0.min(block_size) / CHUNK * CHUNK).max(CHUNK) as usize;
+        FileWriter {
+            fs,
+            status,
+            block_size,
+            chunk,
+            cur: None,
+            staged: Vec::new(),
+            committed: Vec::new(),
+            len: 0,
+            done: false,
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        &self.status.path
+    }
+
+    /// Bytes accepted so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `data`. On error the file is aborted: nothing partial is ever
+    /// reported as complete.
+    #[tracing::instrument(level = "debug", skip_all, fields(path = %self.status.path, len = data.len()))]
+    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        if self.done {
+            return Err(Error::invalid(format!("{}: write after close", self.status.path)));
+        }
+        match self.write_inner(data).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_inner(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            if self.cur.is_none() {
+                self.open_block().await?;
+            }
+            let in_block = self.cur.as_ref().map_or(0, |b| b.sent) + self.staged.len() as u64;
+            let room = (self.block_size - in_block) as usize;
+            let now = &data[..data.len().min(room)];
+            let consumed = if self.staged.is_empty() && now.len() >= self.chunk {
+                // Whole chunks go straight from the caller's buffer.
+                let direct = now.len() / self.chunk * self.chunk;
+                self.send(&now[..direct]).await?;
+                direct
+            } else {
+                let fill = now.len().min(self.chunk - self.staged.len());
+                self.staged.extend_from_slice(&now[..fill]);
+                if self.staged.len() == self.chunk {
+                    self.flush_staged().await?;
+                }
+                fill
+            };
+            self.len += consumed as u64;
+            data = &data[consumed..];
+            if in_block + consumed as u64 == self.block_size {
+                self.finish_block().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        let b = self.cur.as_mut().ok_or_else(|| Error::internal("no open block"))?;
+        b.conn.write_data(b.block.id, b.sent, bytes).await?;
+        b.sent += bytes.len() as u64;
+        Ok(())
+    }
+
+    async fn flush_staged(&mut self) -> Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let r = self.send(&staged).await;
+        self.staged = staged;
+        self.staged.clear();
+        r
+    }
+
+    async fn open_block(&mut self) -> Result<()> {
+        let inner = &self.fs.inner;
+        let (file_id, path, prev) = (self.status.id, self.status.path.clone(), self.len);
+        let host = inner.hostname.clone();
+        let r = inner
+            .meta
+            .call(|mut c| {
+                let req = proto::AddBlockRequest {
+                    file_id,
+                    path: path.clone(),
+                    previous_len: prev,
+                    client_host: host.clone(),
+                    exclude_workers: vec![],
+                };
+                async move { c.add_block(req).await }
+            })
+            .await?;
+        let block = r.block.ok_or_else(|| Error::internal("add_block: empty response"))?;
+        let loc = block
+            .locations
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::unavailable(format!("{}: meta returned no worker for block {}", path, block.id)))?;
+        let mut conn = inner.pool.get(&loc.addr).await?;
+        conn.write_open(block.id, self.block_size).await?;
+        self.cur = Some(OpenBlock { block, worker_id: loc.worker_id, conn, sent: 0 });
+        Ok(())
+    }
+
+    async fn finish_block(&mut self) -> Result<()> {
+        self.flush_staged().await?;
+        if let Some(mut b) = self.cur.take() {
+            b.conn.write_commit(b.block.id, b.sent).await?;
+            self.committed.push(CommittedBlock { id: b.block.id, len: b.sent, worker_ids: vec![b.worker_id] });
+        }
+        Ok(())
+    }
+
+    /// Seals the last block and completes the file; returns its status.
+    #[tracing::instrument(level = "debug", skip_all, fields(path = %self.status.path))]
+    pub async fn close(mut self) -> Result<FileStatus> {
+        if self.done {
+            return Err(Error::invalid(format!("{}: already closed", self.status.path)));
+        }
+        if let Err(e) = self.finish_block().await {
+            self.abort().await;
+            return Err(e);
+        }
+        self.done = true;
+        let inner = &self.fs.inner;
+        let (file_id, path, len) = (self.status.id, self.status.path.clone(), self.len);
+        let blocks = std::mem::take(&mut self.committed);
+        let r = inner
+            .meta
+            .call(|mut c| {
+                let req = proto::CompleteRequest { file_id, path: path.clone(), blocks: blocks.clone(), len };
+                async move { c.complete(req).await }
+            })
+            .await?;
+        r.status.ok_or_else(|| Error::internal("complete: empty response"))
+    }
+
+    /// Drops the unfinished file and its blocks.
+    pub async fn abort(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Some(mut b) = self.cur.take() {
+            let _ = b.conn.write_abort(b.block.id).await;
+        }
+        let (file_id, path) = (self.status.id, self.status.path.clone());
+        let r = self
+            .fs
+            .inner
+            .meta
+            .call(|mut c| {
+                let req = proto::AbortRequest { file_id, path: path.clone() };
+                async move { c.abort(req).await }
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(path = %self.status.path, error = %e, "abort of unfinished file failed");
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Cluster configuration: a TOML file, overridden by environment and flags.
+//! Unknown keys are rejected with the key named, so a typo never silently
+//! falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::size::ByteSize;
+
+pub const DEFAULT_META_PORT: u16 = 8995;
+pub const DEFAULT_WORKER_PORT: u16 = 8997;
+pub const DEFAULT_WEB_PORT: u16 = 9001;
+pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 20;
+pub const DEFAULT_META_ADDR: &str = "127.0.0.1:8995";
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub cluster: ClusterConf,
+    pub meta: MetaConf,
+    pub worker: WorkerConf,
+    pub web: WebConf,
+    pub client: ClientConf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConf {
+    /// Default block size of new files.
+    pub block_size: ByteSize,
+    /// Default replication factor of new files.
+    pub replication: u32,
+}
+
+impl Default for ClusterConf {
+    fn default() -> Self {
+        ClusterConf { block_size: ByteSize(DEFAULT_BLOCK_SIZE), replication: 1 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetaConf {
+    /// Raft node id of this member.
+    pub id: u64,
+    pub host: String,
+    pub port: u16,
+    /// RocksDB state (raft log, state machine, snapshots).
+    pub dir: PathBuf,
+    /// fsync the raft log on every append: what is acknowledged survives
+    /// power loss, not only a process crash.
+    pub log_sync: bool,
+    /// A worker silent for this long is considered dead.
+    #[serde(with = "humantime_serde_compat")]
+    pub worker_timeout: Duration,
+    /// Raft log entries between snapshots.
+    pub snapshot_logs: u64,
+}
+
+impl Default for MetaConf {
+    fn default() -> Self {
+        MetaConf {
+            id: 1,
+            host: "127.0.0.1".into(),
+            port: DEFAULT_META_PORT,
+            dir: PathBuf::from("meta"),
+            log_sync: true,
+            worker_timeout: Duration::from_secs(10),
+            snapshot_logs: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TierConf {
+    /// MEM, SSD or HDD: the order of tiers is the order of this list.
+    pub kind: String,
+    pub dir: PathBuf,
+    pub capacity: ByteSize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConf {
+    pub host: String,
+    pub port: u16,
+    /// Worker state (its id).
+    pub dir: PathBuf,
+    /// Meta addresses (host:port) this worker reports to.
+    pub meta: Vec<String>,
+    #[serde(with = "humantime_serde_compat")]
+    pub heartbeat_interval: Duration,
+    /// fsync block files on commit (disk tiers only).
+    pub sync_on_commit: bool,
+    pub tiers: Vec<TierConf>,
+}
+
+impl Default for WorkerConf {
+    fn default() -> Self {
+        WorkerConf {
+            host: "127.0.0.1".into(),
+            port: DEFAULT_WORKER_PORT,
+            dir: PathBuf::from("worker"),
+            meta: vec![DEFAULT_META_ADDR.into()],
+            heartbeat_interval: Duration::from_secs(1),
+            sync_on_commit: false,
+            tiers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConf {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Default for WebConf {
+    fn default() -> Self {
+        WebConf { host: "127.0.0.1".into(), port: DEFAULT_WEB_PORT }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConf {
+    pub meta: Vec<String>,
+    /// Block size for files this client creates (0 = cluster default).
+    pub block_size: ByteSize,
+    /// Bytes per data-plane request; several are kept in flight.
+    pub chunk_size: ByteSize,
+    /// Data-plane requests in flight per connection.
+    pub pipeline_depth: usize,
+    pub retries: u32,
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+impl Default for ClientConf {
+    fn default() -> Self {
+        ClientConf {
+            meta: vec![DEFAULT_META_ADDR.into()],
+            block_size: ByteSize(0),
+            chunk_size: ByteSize(4 << 20),
+            pipeline_depth: 4,
+            retries: 3,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text. Errors name the offending key.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config> {
+        let conf: Config = toml::from_str(text)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("{origin}: {}", e.to_string().trim_end())))?;
+        conf.validate(origin)?;
+        Ok(conf)
+    }
+
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("{}: cannot read config: {e}", path.display())))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Checks values serde cannot; errors name the key.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |key: &str, why: String| Err(Error::new(ErrorKind::Config, format!("{origin}: {key}: {why}")));
+        let bs = self.cluster.block_size.0;
+        if bs < 64 << 10 || bs > 4 << 30 || bs % (64 << 10) != 0 {
+            return bad("cluster.block_size", format!("{bs} must be a multiple of 64KiB between 64KiB and 4GiB"));
+        }
+        if self.cluster.replication == 0 {
+            return bad("cluster.replication", "must be at least 1".into());
+        }
+        for (i, t) in self.worker.tiers.iter().enumerate() {
+            if crate::tier::TierKind::parse(&t.kind).is_none() {
+                return bad(&format!("worker.tiers[{i}].kind"), format!("'{}' is not one of MEM, SSD, HDD", t.kind));
+            }
+            if t.capacity.0 == 0 {
+                return bad(&format!("worker.tiers[{i}].capacity"), "must be more than 0".into());
+            }
+        }
+        if self.client.chunk_size.0 < 64 << 10 || self.client.chunk_size.0 > 64 << 20 {
+            return bad("client.chunk_size", "must be between 64KiB and 64MiB".into());
+        }
+        if self.client.pipeline_depth == 0 || self.client.pipeline_depth > 64 {
+            return bad("client.pipeline_depth", "must be between 1 and 64".into());
+        }
+        Ok(())
+    }
+}
+
+/// Durations as `"10s"`, `"500ms"` strings (humantime) or integer seconds.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as \"10s\" or \"500ms\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+                Ok(Duration::from_secs(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+                u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom("duration must not be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+                humantime::parse_duration(v).map_err(|e| E::custom(format!("'{v}': {e}")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml("[worker]\nprot = 1\n", "c.toml").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().contains("prot"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = Config::from_toml("[cluster]\nblock_size = \"12 parsecs\"\n", "c.toml").unwrap_err();
+        assert!(e.message().contains("block_size"), "{e}");
+        let e = Config::from_toml("[[worker.tiers]]\nkind = \"TAPE\"\ndir = \"/x\"\ncapacity = \"1G\"\n", "c.toml")
+            .unwrap_err();
+        assert!(e.message().contains("worker.tiers[0].kind"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        let c = Config::from_toml(
+            "[cluster]\nblock_size = \"1MiB\"\n[worker]\nheartbeat_interval = \"250ms\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(c.cluster.block_size.0, 1 << 20);
+        assert_eq!(c.worker.heartbeat_interval, Duration::from_millis(250));
+    }
+}

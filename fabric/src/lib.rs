@@ -1,0 +1,13 @@
+//! Curvine's data plane: the frame protocol and the transports that carry
+//! block bytes between clients and workers. Payload bytes never pass
+//! through protobuf.
+
+pub mod frame;
+pub mod msg;
+pub mod service;
+pub mod tcp;
+pub mod testing;
+pub mod transport;
+
+pub use service::{BlockService, BlockSink, ReadSource};
+pub use transport::{Capabilities, DataConn, Transport};

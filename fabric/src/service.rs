@@ -1,0 +1,43 @@
+//! What a data-plane server serves: the worker's block store implements
+//! `BlockService`; every transport's server side calls it.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use curvine_common::tier::TierKind;
+use curvine_common::Result;
+
+/// An open block for reading. The file is the block's bytes from offset 0;
+/// `crcs[i]` covers bytes `i*CHUNK .. min((i+1)*CHUNK, len)`.
+///
+/// To ensure correctness: `len` and `crcs` describe a sealed block that is
+/// never modified in place; eviction unlinks the file, which stays readable
+/// through this handle.
+pub struct ReadSource {
+    pub file: Arc<File>,
+    pub len: u64,
+    pub crcs: Arc<[u32]>,
+    pub tier: TierKind,
+}
+
+/// Receives the bytes of one new block, in order.
+pub trait BlockSink: Send {
+    /// Appends `data` at `offset` (== bytes appended so far). `crcs` are the
+    /// already-verified crc32c of each `CHUNK` of `data`; `offset` is
+    /// chunk-aligned, and only the final append may end mid-chunk.
+    fn append(&mut self, offset: u64, data: &[u8], crcs: &[u32]) -> Result<()>;
+    /// Seals the block at `len` bytes and makes it readable.
+    fn commit(self: Box<Self>, len: u64) -> Result<TierKind>;
+    /// Drops everything written and releases the reservation.
+    fn abort(self: Box<Self>);
+    fn tier(&self) -> TierKind;
+}
+
+pub trait BlockService: Send + Sync + 'static {
+    fn open_read(&self, block_id: u64) -> Result<ReadSource>;
+    /// Starts a new block, reserving `len_hint` bytes in the fastest tier
+    /// with room; `NoSpace` when no tier has room.
+    fn open_write(&self, block_id: u64, len_hint: u64) -> Result<Box<dyn BlockSink>>;
+    /// Accounting hook: `bytes` were served from `block_id`.
+    fn on_read(&self, _block_id: u64, _bytes: u64) {}
+}

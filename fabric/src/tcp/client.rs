@@ -1,0 +1,258 @@
+//! Client side of the TCP transport.
+
+use std::time::Duration;
+
+use curvine_common::tier::TierKind;
+use curvine_common::{Error, ErrorKind, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::frame::{Header, Op, CHUNK, HEADER_LEN, MAX_PAYLOAD};
+use crate::msg::{self, ReadReq, ReadResp, WriteCommit, WriteData, WriteOpen};
+use crate::transport::{Capabilities, DataConn, Transport};
+
+#[derive(Clone, Copy, Debug)]
+pub struct TcpOptions {
+    /// Bytes per read request; a large read becomes several requests.
+    pub chunk_size: usize,
+    /// Read requests kept in flight on one connection.
+    pub depth: usize,
+    pub connect_timeout: Duration,
+    /// Upper bound on waiting for one response.
+    pub io_timeout: Duration,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions {
+            chunk_size: 4 << 20,
+            depth: 4,
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct TcpTransport {
+    opts: TcpOptions,
+}
+
+impl TcpTransport {
+    pub fn new(opts: TcpOptions) -> Self {
+        let chunk_size = (opts.chunk_size.clamp(CHUNK as usize, MAX_PAYLOAD as usize) / CHUNK as usize) * CHUNK as usize;
+        TcpTransport { opts: TcpOptions { chunk_size, depth: opts.depth.max(1), ..opts } }
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for TcpTransport {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { zero_copy_read: true, pipelined: true }
+    }
+    async fn connect(&self, addr: &str) -> Result<Box<dyn DataConn>> {
+        Ok(Box::new(TcpConn::connect(addr, self.opts).await?))
+    }
+}
+
+pub struct TcpConn {
+    stream: TcpStream,
+    addr: String,
+    opts: TcpOptions,
+    next_id: u64,
+    broken: bool,
+    out: Vec<u8>,
+    head: Vec<u8>,
+}
+
+impl TcpConn {
+    pub async fn connect(addr: &str, opts: TcpOptions) -> Result<TcpConn> {
+        let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Timeout, format!("worker {addr}: connect timed out")))?
+            .map_err(|e| Error::from(e).context(format!("worker {addr}")))?;
+        let _ = stream.set_nodelay(true);
+        Ok(TcpConn { stream, addr: addr.to_string(), opts, next_id: 1, broken: false, out: Vec::new(), head: Vec::new() })
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        self.broken = true;
+        e.context(format!("worker {}", self.addr))
+    }
+
+    /// Queues a request frame into `self.out` (sent by `flush`).
+    fn push(&mut self, op: Op, req_id: u64, head: &[u8], payload_len: usize) {
+        let h = Header::request(op, req_id, head.len(), payload_len);
+        self.out.extend_from_slice(&h.encode());
+        self.out.extend_from_slice(head);
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let r = self.stream.write_all(&self.out).await;
+        self.out.clear();
+        r.map_err(|e| self.fail(e.into()))
+    }
+
+    /// Reads one response header for `req_id` and its head into `self.head`.
+    /// A worker-reported error is returned as `Ok(Err(..))`: the stream is
+    /// still in sync.
+    async fn recv_header(&mut self, op: Op, req_id: u64) -> Result<std::result::Result<Header, Error>> {
+        let mut hb = [0u8; HEADER_LEN];
+        let io = self.opts.io_timeout;
+        match tokio::time::timeout(io, self.stream.read_exact(&mut hb)).await {
+            Err(_) => return Err(self.fail(Error::new(ErrorKind::Timeout, format!("no response in {io:?}")))),
+            Ok(Err(e)) => return Err(self.fail(e.into())),
+            Ok(Ok(_)) => {}
+        }
+        let h = Header::decode(&hb).map_err(|e| self.fail(e))?;
+        if h.error().is_none() && (h.req_id != req_id || h.op != op) {
+            return Err(self.fail(Error::protocol(format!(
+                "response {:?}#{} does not match request {op:?}#{req_id}",
+                h.op, h.req_id
+            ))));
+        }
+        self.head.resize(h.head_len as usize, 0);
+        self.stream.read_exact(&mut self.head).await.map_err(|e| self.fail(e.into()))?;
+        if let Some(kind) = h.error() {
+            let mut m = vec![0u8; h.payload_len.min(64 << 10) as usize];
+            self.stream.read_exact(&mut m).await.map_err(|e| self.fail(e.into()))?;
+            if h.payload_len as usize > m.len() || h.req_id != req_id {
+                self.broken = true;
+            }
+            let e = Error::new(kind, String::from_utf8_lossy(&m).into_owned());
+            return Ok(Err(e));
+        }
+        Ok(Ok(h))
+    }
+
+    async fn simple(&mut self, op: Op, head: Vec<u8>) -> Result<Vec<u8>> {
+        let id = self.id();
+        self.push(op, id, &head, 0);
+        self.flush().await?;
+        match self.recv_header(op, id).await? {
+            Ok(h) if h.payload_len == 0 => Ok(std::mem::take(&mut self.head)),
+            Ok(_) => Err(self.fail(Error::protocol(format!("unexpected payload in {op:?} response")))),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl DataConn for TcpConn {
+    #[tracing::instrument(level = "trace", skip(self, buf), fields(len = buf.len()))]
+    async fn read_into(&mut self, block_id: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let chunk = self.opts.chunk_size;
+        let mut pieces = buf.len().div_ceil(chunk);
+        let first_id = self.next_id + 1;
+        self.next_id += pieces as u64;
+        let mut sent = 0;
+        let mut filled = 0;
+        let mut done = 0;
+        let mut short = false;
+        let mut worker_err = None;
+        while done < pieces {
+            // Keep `depth` requests in flight: the worker streams the next
+            // response while we copy this one out of the socket.
+            while sent < pieces && sent - done < self.opts.depth {
+                let lo = sent * chunk;
+                let len = chunk.min(buf.len() - lo);
+                let mut head = Vec::with_capacity(ReadReq::LEN);
+                ReadReq { block_id, offset: offset + lo as u64, len: len as u64 }.encode(&mut head);
+                self.push(Op::Read, first_id + sent as u64, &head, 0);
+                sent += 1;
+            }
+            if !self.out.is_empty() {
+                self.flush().await?;
+            }
+            let lo = done * chunk;
+            let len = chunk.min(buf.len() - lo);
+            let h = match self.recv_header(Op::Read, first_id + done as u64).await? {
+                Ok(h) => h,
+                Err(e) => {
+                    worker_err.get_or_insert(e);
+                    pieces = sent; // stop asking; drain what is in flight
+                    done += 1;
+                    continue;
+                }
+            };
+            if h.payload_len as usize > len {
+                return Err(self.fail(Error::protocol("read response longer than requested")));
+            }
+            let resp = ReadResp::decode(&self.head, h.payload_len).map_err(|e| self.fail(e))?;
+            let dst = &mut buf[lo..lo + h.payload_len as usize];
+            if !short && worker_err.is_none() {
+                self.stream.read_exact(dst).await.map_err(|e| self.fail(e.into()))?;
+                if let Err(e) = resp.verify(dst, block_id, offset + lo as u64) {
+                    worker_err.get_or_insert(e);
+                }
+                filled += dst.len();
+                short = dst.len() < len;
+                if short || worker_err.is_some() {
+                    pieces = sent;
+                }
+            } else {
+                // Drain responses after a short read or an error so the
+                // stream stays in sync.
+                let mut sink = vec![0u8; h.payload_len as usize];
+                self.stream.read_exact(&mut sink).await.map_err(|e| self.fail(e.into()))?;
+            }
+            done += 1;
+        }
+        match worker_err {
+            Some(e) => Err(e.context(format!("worker {}", self.addr))),
+            None => Ok(filled),
+        }
+    }
+
+    async fn write_open(&mut self, block_id: u64, len_hint: u64) -> Result<TierKind> {
+        let mut head = Vec::new();
+        WriteOpen { block_id, len_hint }.encode(&mut head);
+        let r = self.simple(Op::WriteOpen, head).await?;
+        msg::decode_tier(&r).map_err(|e| self.fail(e))
+    }
+
+    async fn write_data(&mut self, block_id: u64, offset: u64, data: &[u8]) -> Result<()> {
+        // Frames of `chunk_size` keep the worker's socket reads, checksum
+        // checks and file writes overlapping instead of one long stall.
+        let frame = self.opts.chunk_size;
+        for (i, piece) in data.chunks(frame).enumerate() {
+            let mut head = Vec::new();
+            let off = offset + (i * frame) as u64;
+            WriteData { block_id, offset: off, crcs: msg::chunk_crcs(piece) }.encode(&mut head);
+            let id = self.id();
+            self.push(Op::WriteData, id, &head, piece.len());
+            self.flush().await?;
+            // The payload goes from the caller's slice to the socket.
+            self.stream.write_all(piece).await.map_err(|e| self.fail(e.into()))?;
+        }
+        Ok(())
+    }
+
+    async fn write_commit(&mut self, block_id: u64, len: u64) -> Result<TierKind> {
+        let mut head = Vec::new();
+        WriteCommit { block_id, len }.encode(&mut head);
+        let r = self.simple(Op::WriteCommit, head).await.map_err(|e| e.context(format!("worker {}", self.addr)))?;
+        msg::decode_tier(&r).map_err(|e| self.fail(e))
+    }
+
+    async fn write_abort(&mut self, block_id: u64) -> Result<()> {
+        let mut head = Vec::new();
+        WriteCommit { block_id, len: 0 }.encode(&mut head);
+        self.simple(Op::WriteAbort, head).await.map(|_| ())
+    }
+
+    async fn ping(&mut self) -> Result<()> {
+        self.simple(Op::Ping, Vec::new()).await.map(|_| ())
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken
+    }
+}

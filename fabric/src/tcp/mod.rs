@@ -1,0 +1,8 @@
+//! The TCP transport: pipelined requests, `sendfile` on the server, reads
+//! straight into the caller's buffer on the client.
+
+mod client;
+mod server;
+
+pub use client::{TcpConn, TcpOptions, TcpTransport};
+pub use server::serve;

@@ -1,0 +1,338 @@
+//! TCP data-plane server: one task per connection, requests handled in
+//! order (so responses come back in request order and clients can keep
+//! several requests in flight), block bytes sent with `sendfile`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use curvine_common::{Error, ErrorKind, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::frame::{Header, Op, CHUNK, HEADER_LEN};
+use crate::msg::{self, ReadReq, ReadResp, WriteCommit, WriteData, WriteOpen};
+use crate::service::{BlockService, BlockSink, ReadSource};
+
+/// Serves `svc` on `listener` until `shutdown` resolves. Connection errors
+/// close that connection only.
+pub async fn serve(
+    listener: TcpListener,
+    svc: Arc<dyn BlockService>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    // EMFILE and friends: keep serving the connections we have.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = Conn::new(stream, svc).run().await {
+                        tracing::debug!(%peer, error = %e, "data connection closed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+struct WriteSession {
+    sink: Box<dyn BlockSink>,
+    next: u64,
+    ended: bool,
+    failed: Option<Error>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    svc: Arc<dyn BlockService>,
+    head: Vec<u8>,
+    payload: Vec<u8>,
+    out: Vec<u8>,
+    writes: HashMap<u64, WriteSession>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for (_, s) in self.writes.drain() {
+            s.sink.abort();
+        }
+    }
+}
+
+impl Conn {
+    fn new(stream: TcpStream, svc: Arc<dyn BlockService>) -> Self {
+        Conn { stream, svc, head: Vec::new(), payload: Vec::new(), out: Vec::new(), writes: HashMap::new() }
+    }
+
+    async fn run(mut self) -> Result<()> {
+        let mut hb = [0u8; HEADER_LEN];
+        loop {
+            match self.stream.read_exact(&mut hb).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+            let h = match Header::decode(&hb) {
+                Ok(h) => h,
+                Err(e) => {
+                    // The stream is out of sync: tell the peer why, then close.
+                    let _ = self.send_error(Op::Ping, 0, &e).await;
+                    return Err(e);
+                }
+            };
+            // Lengths were bounded by decode, so these allocations are too.
+            self.head.resize(h.head_len as usize, 0);
+            self.stream.read_exact(&mut self.head).await?;
+            let res = match h.op {
+                Op::Read => self.read(&h).await,
+                Op::WriteOpen => self.write_open(&h).await,
+                Op::WriteData => self.write_data(&h).await,
+                Op::WriteCommit => self.write_commit(&h, false).await,
+                Op::WriteAbort => self.write_commit(&h, true).await,
+                Op::Ping => {
+                    self.drain_payload(&h).await?;
+                    self.respond(&h, &[]).await
+                }
+            };
+            if let Err(e) = res {
+                if e.kind() == ErrorKind::Protocol {
+                    let _ = self.send_error(h.op, h.req_id, &e).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    async fn drain_payload(&mut self, h: &Header) -> Result<()> {
+        if h.payload_len != 0 {
+            return Err(Error::protocol(format!("{:?} request carries an unexpected payload", h.op)));
+        }
+        Ok(())
+    }
+
+    async fn respond(&mut self, h: &Header, head: &[u8]) -> Result<()> {
+        self.out.clear();
+        let rh = Header { status: 0, head_len: head.len() as u32, payload_len: 0, ..*h };
+        self.out.extend_from_slice(&rh.encode());
+        self.out.extend_from_slice(head);
+        self.stream.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    async fn send_error(&mut self, op: Op, req_id: u64, e: &Error) -> Result<()> {
+        let msg = e.message().as_bytes();
+        let msg = &msg[..msg.len().min(4096)];
+        let h = Header { op, status: e.kind().code(), flags: 0, req_id, head_len: 0, payload_len: msg.len() as u32 };
+        self.out.clear();
+        self.out.extend_from_slice(&h.encode());
+        self.out.extend_from_slice(msg);
+        self.stream.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    async fn read(&mut self, h: &Header) -> Result<()> {
+        self.drain_payload(h).await?;
+        let req = ReadReq::decode(&self.head)?;
+        let src = match self.svc.open_read(req.block_id) {
+            Ok(s) => s,
+            Err(e) => return self.send_error(h.op, h.req_id, &e).await,
+        };
+        if req.offset > src.len {
+            let e = Error::invalid(format!("block {}: offset {} beyond its {} bytes", req.block_id, req.offset, src.len));
+            return self.send_error(h.op, h.req_id, &e).await;
+        }
+        let end = (req.offset + req.len).min(src.len);
+        match self.send_range(h, &req, &src, end).await {
+            Ok(()) => {
+                self.svc.on_read(req.block_id, end - req.offset);
+                Ok(())
+            }
+            // Nothing of the payload has been sent when an edge check fails.
+            Err(e) if e.kind() == ErrorKind::Corrupt => self.send_error(h.op, h.req_id, &e).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `[offset, end)`: partial chunks at either edge are read and
+    /// verified here; whole chunks go by `sendfile` with their crcs for the
+    /// receiver to verify.
+    async fn send_range(&mut self, h: &Header, req: &ReadReq, src: &ReadSource, end: u64) -> Result<()> {
+        let off = req.offset;
+        let lo = off.div_ceil(CHUNK) * CHUNK;
+        let hi = if end == src.len { end } else { end / CHUNK * CHUNK };
+        let has_body = lo < hi;
+        let (head_edge, tail_edge, resp) = if has_body {
+            let (first, last) = ((lo / CHUNK) as usize, hi.div_ceil(CHUNK) as usize);
+            let crcs = src.crcs.get(first..last).map(<[u32]>::to_vec).ok_or_else(|| {
+                Error::new(ErrorKind::Corrupt, format!("block {}: checksum file too short", req.block_id))
+            })?;
+            let resp = ReadResp { body_start: (lo - off) as u32, body_end: (hi - off) as u32, crcs };
+            (verified_range(src, req.block_id, off, lo)?, verified_range(src, req.block_id, hi, end)?, resp)
+        } else {
+            let n = (end - off) as u32;
+            (verified_range(src, req.block_id, off, end)?, Vec::new(), ReadResp { body_start: n, body_end: n, crcs: vec![] })
+        };
+        let mut head = Vec::with_capacity(12 + resp.crcs.len() * 4);
+        resp.encode(&mut head);
+        let rh = Header { status: 0, head_len: head.len() as u32, payload_len: (end - off) as u32, ..*h };
+        self.out.clear();
+        self.out.extend_from_slice(&rh.encode());
+        self.out.extend_from_slice(&head);
+        self.out.extend_from_slice(&head_edge);
+        self.stream.write_all(&self.out).await?;
+        if has_body {
+            sendfile_all(&self.stream, &src.file, lo, (hi - lo) as usize).await?;
+        }
+        if !tail_edge.is_empty() {
+            self.stream.write_all(&tail_edge).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_open(&mut self, h: &Header) -> Result<()> {
+        self.drain_payload(h).await?;
+        let req = WriteOpen::decode(&self.head)?;
+        if self.writes.contains_key(&req.block_id) {
+            let e = Error::new(ErrorKind::AlreadyExists, format!("block {} is already being written", req.block_id));
+            return self.send_error(h.op, h.req_id, &e).await;
+        }
+        match self.svc.open_write(req.block_id, req.len_hint) {
+            Ok(sink) => {
+                let mut head = Vec::new();
+                msg::encode_tier(sink.tier(), &mut head);
+                self.writes.insert(req.block_id, WriteSession { sink, next: 0, ended: false, failed: None });
+                self.respond(h, &head).await
+            }
+            Err(e) => self.send_error(h.op, h.req_id, &e).await,
+        }
+    }
+
+    /// Data frames get no response: a failure is remembered and reported by
+    /// the commit, so the client can stream without round trips.
+    async fn write_data(&mut self, h: &Header) -> Result<()> {
+        let req = WriteData::decode(&self.head, h.payload_len)?;
+        self.payload.resize(h.payload_len as usize, 0);
+        self.stream.read_exact(&mut self.payload).await?;
+        let Some(s) = self.writes.get_mut(&req.block_id) else {
+            return Err(Error::protocol(format!("data for block {} without an open write", req.block_id)));
+        };
+        if s.failed.is_some() {
+            return Ok(());
+        }
+        let result = (|| {
+            if s.ended || req.offset != s.next {
+                return Err(Error::protocol(format!(
+                    "block {}: write at offset {} but {} bytes written so far",
+                    req.block_id, req.offset, s.next
+                )));
+            }
+            for (i, (chunk, want)) in self.payload.chunks(CHUNK as usize).zip(&req.crcs).enumerate() {
+                if crc32c::crc32c(chunk) != *want {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!("block {}: chunk at offset {} arrived corrupted", req.block_id, req.offset + i as u64 * CHUNK),
+                    ));
+                }
+            }
+            s.sink.append(req.offset, &self.payload, &req.crcs)
+        })();
+        match result {
+            Ok(()) => {
+                s.next += self.payload.len() as u64;
+                s.ended = self.payload.len() as u64 % CHUNK != 0;
+            }
+            Err(e) if e.kind() == ErrorKind::Protocol => return Err(e),
+            Err(e) => s.failed = Some(e),
+        }
+        Ok(())
+    }
+
+    async fn write_commit(&mut self, h: &Header, abort: bool) -> Result<()> {
+        self.drain_payload(h).await?;
+        let req = WriteCommit::decode(&self.head)?;
+        let Some(s) = self.writes.remove(&req.block_id) else {
+            let e = Error::protocol(format!("block {} has no open write", req.block_id));
+            return self.send_error(h.op, h.req_id, &e).await;
+        };
+        if abort {
+            s.sink.abort();
+            return self.respond(h, &[]).await;
+        }
+        if let Some(e) = s.failed {
+            s.sink.abort();
+            return self.send_error(h.op, h.req_id, &e).await;
+        }
+        if req.len != s.next {
+            s.sink.abort();
+            let e = Error::invalid(format!("block {}: commit of {} bytes but {} were written", req.block_id, req.len, s.next));
+            return self.send_error(h.op, h.req_id, &e).await;
+        }
+        match s.sink.commit(req.len) {
+            Ok(tier) => {
+                let mut head = Vec::new();
+                msg::encode_tier(tier, &mut head);
+                self.respond(h, &head).await
+            }
+            Err(e) => self.send_error(h.op, h.req_id, &e).await,
+        }
+    }
+}
+
+/// Reads `[lo, hi)` of a block into memory, verifying every chunk it touches.
+fn verified_range(src: &ReadSource, block_id: u64, lo: u64, hi: u64) -> Result<Vec<u8>> {
+    if lo >= hi {
+        return Ok(Vec::new());
+    }
+    let c_lo = lo / CHUNK * CHUNK;
+    let c_hi = (hi.div_ceil(CHUNK) * CHUNK).min(src.len);
+    let mut buf = vec![0u8; (c_hi - c_lo) as usize];
+    src.file.read_exact_at(&mut buf, c_lo).map_err(|e| Error::from(e).context(format!("block {block_id}")))?;
+    for (i, chunk) in buf.chunks(CHUNK as usize).enumerate() {
+        let idx = (c_lo / CHUNK) as usize + i;
+        let want = src.crcs.get(idx).copied();
+        if want != Some(crc32c::crc32c(chunk)) {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("block {block_id}: checksum mismatch in chunk {idx} on the worker"),
+            ));
+        }
+    }
+    buf.drain(..(lo - c_lo) as usize);
+    buf.truncate((hi - lo) as usize);
+    Ok(buf)
+}
+
+/// Sends `count` bytes of `file` from `offset` with sendfile(2): the bytes go
+/// from the page cache to the socket without entering user space.
+async fn sendfile_all(stream: &TcpStream, file: &std::fs::File, offset: u64, mut count: usize) -> Result<()> {
+    let mut off = offset as libc::off_t;
+    while count > 0 {
+        stream.writable().await?;
+        let res = stream.try_io(Interest::WRITABLE, || {
+            // SAFETY: both descriptors are open for the duration of the call.
+            let r = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r as usize) }
+        });
+        match res {
+            Ok(0) => return Err(Error::new(ErrorKind::Corrupt, "block file is shorter than its recorded length")),
+            Ok(n) => count -= n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Curvine metadata service: the namespace, file → block lists and worker
+//! membership, replicated with openraft (a one-member group or three) and
+//! stored in RocksDB.
+//!
+//! Layout under `conf.meta.dir`: `raft/` (the Raft log), `state/` (the state
+//! machine database), `snapshots/` (the newest checkpoint).
+
+pub mod metrics;
+pub mod namespace;
+pub mod raft;
+pub mod service;
+pub mod store;
+pub mod workers;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use curvine_common::config::Config;
+use curvine_common::proto::meta_service_server::MetaServiceServer;
+use curvine_common::proto::raft_service_server::RaftServiceServer;
+use curvine_common::{Error, ErrorKind, Result};
+use openraft::{BasicNode, SnapshotPolicy};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{Network, RaftServer};
+use crate::raft::types::Raft;
+use crate::service::MetaServiceImpl;
+use crate::store::state_machine::StateMachine;
+use crate::store::StateStore;
+
+/// How long `start` waits for this node to become leader.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running meta node: Raft member plus gRPC server.
+pub struct MetaNode {
+    addr: SocketAddr,
+    raft: Raft,
+    store: Arc<StateStore>,
+    log: LogStore,
+    shutdown_tx: oneshot::Sender<()>,
+    server: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+}
+
+impl MetaNode {
+    /// Opens state under `conf.meta.dir`, starts Raft (initializing a
+    /// one-member group on first start), serves MetaService and RaftService
+    /// on `listener`, and returns once this node is leader and serving.
+    pub async fn start(
+        conf: Config,
+        listener: tokio::net::TcpListener,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Result<MetaNode> {
+        let dir = conf.meta.dir.clone();
+        let id = conf.meta.id;
+        let log = LogStore::open(&dir.join("raft"), conf.meta.log_sync)?;
+        let store = StateStore::open(&dir.join("state"))?;
+        let sm = StateMachine { store: store.clone(), snapshot_dir: dir.join("snapshots") };
+
+        let raft_conf = openraft::Config {
+            cluster_name: "curvine".into(),
+            heartbeat_interval: 250,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(conf.meta.snapshot_logs.max(1)),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::new(ErrorKind::Config, format!("raft config: {e}")))?;
+        let raft = Raft::new(id, Arc::new(raft_conf), Network, log.clone(), sm)
+            .await
+            .map_err(|e| Error::internal(format!("raft: {e}")))?;
+
+        let addr = listener.local_addr()?;
+        let advertise = format!("{}:{}", conf.meta.host, addr.port());
+        let initialized = raft.is_initialized().await.map_err(|e| Error::internal(format!("raft: {e}")))?;
+        if !initialized {
+            tracing::info!(id, addr = %advertise, "initializing a one-member meta group");
+            let members = BTreeMap::from([(id, BasicNode { addr: advertise.clone() })]);
+            raft.initialize(members).await.map_err(|e| Error::internal(format!("raft initialize: {e}")))?;
+        }
+
+        let metrics = metrics::Metrics::new(registry);
+        let conf = Arc::new(conf);
+        let svc = MetaServiceImpl {
+            raft: raft.clone(),
+            store: store.clone(),
+            workers: Arc::new(workers::Workers::new(conf.meta.worker_timeout)),
+            conf: conf.clone(),
+            metrics,
+        };
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(MetaServiceServer::new(svc))
+                .add_service(RaftServiceServer::new(RaftServer { raft: raft.clone() }))
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = shutdown_rx.await;
+                }),
+        );
+
+        let node = MetaNode { addr, raft, store, log, shutdown_tx, server };
+        if let Err(e) = node.raft.wait(Some(LEADER_TIMEOUT)).current_leader(id, "meta start").await {
+            let _ = node.shutdown().await;
+            return Err(Error::unavailable(format!("meta node {id} did not become leader: {e}")));
+        }
+        tracing::info!(id, addr = %addr, dir = %dir.display(), "meta node serving");
+        Ok(node)
+    }
+
+    /// The address the gRPC server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the gRPC server and Raft, and flushes the databases.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown_tx.send(());
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "meta grpc server"),
+            Err(e) => tracing::warn!(error = %e, "meta grpc server task"),
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        self.store.flush()?;
+        self.log.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,50 @@
+//! Prometheus metrics of the meta service.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub op: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+/// Handles to every meta metric; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    pub rpc_total: Family<RpcLabels, Counter>,
+    pub rpc_seconds: Family<OpLabel, Histogram>,
+    pub inodes: Gauge,
+    pub workers_alive: Gauge,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            rpc_total: Family::default(),
+            rpc_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))),
+            inodes: Gauge::default(),
+            workers_alive: Gauge::default(),
+        };
+        registry.register("curvine_meta_rpc", "Meta RPCs by operation and result", m.rpc_total.clone());
+        registry.register("curvine_meta_rpc_seconds", "Meta RPC latency", m.rpc_seconds.clone());
+        registry.register("curvine_meta_inodes", "Files and directories in the namespace", m.inodes.clone());
+        registry.register("curvine_meta_workers_alive", "Workers heard from within the timeout", m.workers_alive.clone());
+        m
+    }
+
+    pub fn record<T>(&self, op: &'static str, start: std::time::Instant, res: &Result<T, tonic::Status>) {
+        let result = if res.is_ok() { "ok" } else { "error" };
+        self.rpc_total.get_or_create(&RpcLabels { op, result }).inc();
+        self.rpc_seconds.get_or_create(&OpLabel { op }).observe(start.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,309 @@
+//! The gRPC `MetaService`: mutations are proposed through Raft (with times
+//! filled in here so every replica applies the same command); reads go to
+//! the state machine's database directly.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use curvine_common::config::Config;
+use curvine_common::path::{join, normalize};
+use curvine_common::proto::meta_service_server::MetaService;
+use curvine_common::proto::*;
+use curvine_common::{now_ms, Error, ErrorKind, Result};
+use openraft::error::{ClientWriteError, RaftError};
+use tonic::{Request, Response, Status};
+
+use crate::metrics::Metrics;
+use crate::namespace::{MetaCommand, Outcome};
+use crate::raft::types::Raft;
+use crate::store::{BlockMeta, Inode, Reader, StateStore, KEY_DIRS, KEY_FILES};
+use crate::workers::{Reported, Workers};
+
+/// The meta service state shared by all handlers.
+pub struct MetaServiceImpl {
+    pub raft: Raft,
+    pub store: Arc<StateStore>,
+    pub workers: Arc<Workers>,
+    pub conf: Arc<Config>,
+    pub metrics: Metrics,
+}
+
+fn status_of(inode: &Inode, path: &str, children: u64) -> FileStatus {
+    FileStatus {
+        id: inode.id,
+        path: path.to_string(),
+        name: inode.name.clone(),
+        kind: if inode.is_dir() { FileKind::Dir as i32 } else { FileKind::File as i32 },
+        len: inode.len,
+        mode: inode.mode,
+        mtime_ms: inode.mtime_ms,
+        ctime_ms: inode.ctime_ms,
+        block_size: inode.block_size,
+        replication: inode.replication,
+        complete: inode.complete,
+        children,
+    }
+}
+
+impl MetaServiceImpl {
+    fn reader(&self) -> Reader {
+        Reader { db: self.store.db() }
+    }
+
+    /// Proposes `cmd` and waits until it is applied here.
+    async fn write(&self, cmd: MetaCommand) -> Result<Outcome> {
+        let res = match self.raft.client_write(cmd).await {
+            Ok(resp) => resp.data.0,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::unavailable(format!(
+                "this meta node is not the leader (leader: {})",
+                f.leader_node.map(|n| n.addr).unwrap_or_else(|| "unknown".into())
+            ))),
+            Err(e) => Err(Error::unavailable(format!("raft: {e}"))),
+        };
+        if let Ok(Outcome::Freed { blocks, .. }) = &res {
+            self.workers.free_blocks(blocks);
+        }
+        let r = self.reader();
+        if let (Ok(f), Ok(d)) = (r.sys_u64(KEY_FILES), r.sys_u64(KEY_DIRS)) {
+            self.metrics.inodes.set((f + d) as i64);
+        }
+        res
+    }
+
+    fn dir_status(&self, inode: &Inode, path: &str) -> Result<FileStatus> {
+        let children = if inode.is_dir() { self.reader().count_children(inode.id)? } else { 0 };
+        Ok(status_of(inode, path, children))
+    }
+
+    fn outcome_inode(out: Outcome) -> Result<Inode> {
+        match out {
+            Outcome::Inode(i) | Outcome::Freed { inode: Some(i), .. } | Outcome::Block { file: i, .. } => Ok(i),
+            other => Err(Error::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_mkdir(&self, r: MkdirRequest) -> Result<MkdirResponse> {
+        let path = normalize(&r.path)?;
+        let mode = if r.mode == 0 { 0o755 } else { r.mode };
+        let out = self.write(MetaCommand::Mkdir { path: path.clone(), parents: r.parents, mode, now_ms: now_ms() }).await?;
+        let inode = Self::outcome_inode(out)?;
+        Ok(MkdirResponse { status: Some(self.dir_status(&inode, &path)?) })
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_create(&self, r: CreateRequest) -> Result<CreateResponse> {
+        let path = normalize(&r.path)?;
+        let block_size = if r.block_size == 0 { self.conf.cluster.block_size.0 } else { r.block_size };
+        let replication = if r.replication == 0 { self.conf.cluster.replication } else { r.replication };
+        if block_size == 0 || replication == 0 {
+            return Err(Error::invalid(format!("{path}: block size and replication must be positive")));
+        }
+        let mode = if r.mode == 0 { 0o644 } else { r.mode };
+        let cmd = MetaCommand::Create {
+            path: path.clone(),
+            overwrite: r.overwrite,
+            parents: r.parents,
+            block_size,
+            replication,
+            mode,
+            now_ms: now_ms(),
+        };
+        let inode = Self::outcome_inode(self.write(cmd).await?)?;
+        Ok(CreateResponse { status: Some(status_of(&inode, &path, 0)) })
+    }
+
+    fn file_for_write(&self, file_id: u64, path: &str) -> Result<(Inode, String)> {
+        let reader = self.reader();
+        let path = if path.is_empty() { String::new() } else { normalize(path)? };
+        let inode = if file_id != 0 { reader.inode(file_id)? } else { Some(reader.resolve(&path)?) };
+        let name = if path.is_empty() { format!("file {file_id}") } else { path.clone() };
+        let inode = inode.ok_or_else(|| Error::not_found(&name))?;
+        if inode.is_dir() {
+            return Err(Error::is_dir(&name));
+        }
+        Ok((inode, path))
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_add_block(&self, r: AddBlockRequest) -> Result<AddBlockResponse> {
+        let (file, path) = self.file_for_write(r.file_id, &r.path)?;
+        let locations =
+            self.workers.place(file.block_size, &r.client_host, &r.exclude_workers, file.replication as usize)?;
+        match self.write(MetaCommand::AddBlock { file_id: file.id, path }).await? {
+            Outcome::Block { block_id, offset, .. } => {
+                Ok(AddBlockResponse { block: Some(LocatedBlock { id: block_id, offset, len: 0, locations }) })
+            }
+            other => Err(Error::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_complete(&self, r: CompleteRequest) -> Result<CompleteResponse> {
+        let (file, path) = self.file_for_write(r.file_id, &r.path)?;
+        let blocks = r.blocks.iter().map(|b| BlockMeta { id: b.id, len: b.len }).collect();
+        let cmd = MetaCommand::Complete { file_id: file.id, path: path.clone(), blocks, len: r.len, now_ms: now_ms() };
+        let inode = Self::outcome_inode(self.write(cmd).await?)?;
+        for b in &r.blocks {
+            self.workers.add_locations(b.id, &b.worker_ids);
+        }
+        Ok(CompleteResponse { status: Some(status_of(&inode, &path, 0)) })
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_abort(&self, r: AbortRequest) -> Result<AbortResponse> {
+        let path = normalize(&r.path)?;
+        self.write(MetaCommand::Abort { file_id: r.file_id, path }).await?;
+        Ok(AbortResponse {})
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_open(&self, r: OpenRequest) -> Result<OpenResponse> {
+        let path = normalize(&r.path)?;
+        let inode = self.reader().resolve(&path)?;
+        if inode.is_dir() {
+            return Err(Error::is_dir(&path));
+        }
+        let mut offset = 0;
+        let mut blocks = Vec::with_capacity(inode.blocks.len());
+        for b in &inode.blocks {
+            blocks.push(LocatedBlock { id: b.id, offset, len: b.len, locations: self.workers.locations(b.id) });
+            offset += if inode.complete { b.len } else { inode.block_size };
+        }
+        Ok(OpenResponse { status: Some(status_of(&inode, &path, 0)), blocks })
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_stat(&self, r: StatRequest) -> Result<StatResponse> {
+        let path = normalize(&r.path)?;
+        let inode = self.reader().resolve(&path)?;
+        Ok(StatResponse { status: Some(self.dir_status(&inode, &path)?) })
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_list(&self, r: ListRequest) -> Result<ListResponse> {
+        let path = normalize(&r.path)?;
+        let reader = self.reader();
+        let dir = reader.resolve(&path)?;
+        if !dir.is_dir() {
+            return Ok(ListResponse { entries: vec![status_of(&dir, &path, 0)] });
+        }
+        let mut entries = Vec::new();
+        for (name, id) in reader.children(dir.id)? {
+            let p = join(&path, &name);
+            let inode = reader
+                .inode(id)?
+                .ok_or_else(|| Error::new(ErrorKind::Corrupt, format!("{p}: dangling entry (inode {id})")))?;
+            entries.push(status_of(&inode, &p, 0));
+        }
+        Ok(ListResponse { entries })
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_delete(&self, r: DeleteRequest) -> Result<DeleteResponse> {
+        let path = normalize(&r.path)?;
+        match self.write(MetaCommand::Delete { path, recursive: r.recursive, now_ms: now_ms() }).await? {
+            Outcome::Freed { inodes, .. } => Ok(DeleteResponse { deleted_inodes: inodes }),
+            _ => Ok(DeleteResponse { deleted_inodes: 0 }),
+        }
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_rename(&self, r: RenameRequest) -> Result<RenameResponse> {
+        let src = normalize(&r.src)?;
+        let dst = normalize(&r.dst)?;
+        self.write(MetaCommand::Rename { src, dst, now_ms: now_ms() }).await?;
+        Ok(RenameResponse {})
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_set_attr(&self, r: SetAttrRequest) -> Result<SetAttrResponse> {
+        let path = normalize(&r.path)?;
+        let inode = Self::outcome_inode(self.write(MetaCommand::SetAttr { path: path.clone(), mode: r.mode, mtime_ms: r.mtime_ms }).await?)?;
+        Ok(SetAttrResponse { status: Some(self.dir_status(&inode, &path)?) })
+    }
+
+    fn reported(&self, blocks: Vec<ReportedBlock>) -> Result<Vec<Reported>> {
+        let reader = self.reader();
+        blocks.into_iter().map(|b| Ok(Reported { known: reader.block_exists(b.id)?, id: b.id, tier: b.tier })).collect()
+    }
+
+    #[tracing::instrument(skip(self, r), fields(worker = r.worker.as_ref().map(|w| w.id), blocks = r.blocks.len()))]
+    async fn do_register(&self, r: RegisterWorkerRequest) -> Result<RegisterWorkerResponse> {
+        let info = r.worker.ok_or_else(|| Error::invalid("register: worker info missing"))?;
+        let blocks = self.reported(r.blocks)?;
+        tracing::info!(worker = info.id, addr = %info.addr, "worker registered");
+        self.workers.register(info, blocks)?;
+        self.metrics.workers_alive.set(self.workers.alive_count() as i64);
+        Ok(RegisterWorkerResponse { heartbeat_interval_ms: self.conf.worker.heartbeat_interval.as_millis() as u64 })
+    }
+
+    #[tracing::instrument(skip(self, r), fields(worker = r.worker_id))]
+    async fn do_heartbeat(&self, r: HeartbeatRequest) -> Result<HeartbeatResponse> {
+        let added = self.reported(r.added)?;
+        let resp = match self.workers.heartbeat(r.worker_id, r.tiers, added, &r.removed) {
+            Some(delete_blocks) => HeartbeatResponse { reregister: false, delete_blocks },
+            None => HeartbeatResponse { reregister: true, delete_blocks: vec![] },
+        };
+        self.metrics.workers_alive.set(self.workers.alive_count() as i64);
+        Ok(resp)
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_report(&self, _r: ReportRequest) -> Result<ReportResponse> {
+        let workers = self.workers.list();
+        let (mut capacity, mut used) = (0, 0);
+        for w in workers.iter().filter(|w| w.alive) {
+            for t in &w.tiers {
+                capacity += t.capacity;
+                used += t.used;
+            }
+        }
+        let reader = self.reader();
+        let m = self.raft.metrics().borrow().clone();
+        Ok(ReportResponse {
+            capacity,
+            used,
+            files: reader.sys_u64(KEY_FILES)?,
+            dirs: reader.sys_u64(KEY_DIRS)?,
+            block_size: self.conf.cluster.block_size.0,
+            raft_leader: m.current_leader.unwrap_or(0),
+            raft_term: m.current_term,
+            raft_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            workers,
+        })
+    }
+}
+
+macro_rules! handlers {
+    ($($name:ident / $inner:ident : $req:ty => $resp:ty),* $(,)?) => {
+        #[tonic::async_trait]
+        impl MetaService for MetaServiceImpl {
+            $(
+                async fn $name(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
+                    let start = Instant::now();
+                    let res = self.$inner(req.into_inner()).await.map(Response::new).map_err(Status::from);
+                    self.metrics.record(stringify!($name), start, &res);
+                    res
+                }
+            )*
+        }
+    };
+}
+
+handlers! {
+    mkdir / do_mkdir: MkdirRequest => MkdirResponse,
+    create / do_create: CreateRequest => CreateResponse,
+    add_block / do_add_block: AddBlockRequest => AddBlockResponse,
+    complete / do_complete: CompleteRequest => CompleteResponse,
+    abort / do_abort: AbortRequest => AbortResponse,
+    open / do_open: OpenRequest => OpenResponse,
+    stat / do_stat: StatRequest => StatResponse,
+    list / do_list: ListRequest => ListResponse,
+    delete / do_delete: DeleteRequest => DeleteResponse,
+    rename / do_rename: RenameRequest => RenameResponse,
+    set_attr / do_set_attr: SetAttrRequest => SetAttrResponse,
+    register_worker / do_register: RegisterWorkerRequest => RegisterWorkerResponse,
+    heartbeat / do_heartbeat: HeartbeatRequest => HeartbeatResponse,
+    report / do_report: ReportRequest => ReportResponse,
+}

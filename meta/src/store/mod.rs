@@ -1,0 +1,352 @@
+//! The state machine's RocksDB: column families for inodes, dentries, blocks
+//! and system keys, plus `Txn`, an overlay that collects one command's writes
+//! into a single `WriteBatch` so a command is applied atomically.
+
+pub mod snapshot;
+pub mod state_machine;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use curvine_common::{Error, ErrorKind, Result};
+use parking_lot::RwLock;
+use rocksdb::{ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, DB};
+use serde::{Deserialize, Serialize};
+
+pub const CF_INODES: &str = "inodes";
+pub const CF_DENTRIES: &str = "dentries";
+pub const CF_BLOCKS: &str = "blocks";
+pub const CF_SYS: &str = "sys";
+const CFS: [&str; 4] = [CF_INODES, CF_DENTRIES, CF_BLOCKS, CF_SYS];
+
+pub const ROOT_ID: u64 = 1;
+
+pub const KEY_NEXT_INODE: &[u8] = b"next_inode";
+pub const KEY_NEXT_BLOCK: &[u8] = b"next_block";
+pub const KEY_FILES: &[u8] = b"files";
+pub const KEY_DIRS: &[u8] = b"dirs";
+pub const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+pub const KEY_MEMBERSHIP: &[u8] = b"last_membership";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InodeKind {
+    File,
+    Dir,
+}
+
+/// One block of a file: its id and (once the file is complete) its length.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockMeta {
+    pub id: u64,
+    pub len: u64,
+}
+
+/// A file or directory, stored bincode-encoded under its id in `inodes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub id: u64,
+    pub name: String,
+    pub kind: InodeKind,
+    pub mode: u32,
+    pub mtime_ms: i64,
+    pub ctime_ms: i64,
+    pub len: u64,
+    pub block_size: u64,
+    pub replication: u32,
+    pub complete: bool,
+    pub blocks: Vec<BlockMeta>,
+}
+
+impl Inode {
+    pub fn is_dir(&self) -> bool {
+        self.kind == InodeKind::Dir
+    }
+}
+
+pub fn id_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+pub fn dentry_key(parent: u64, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + name.len());
+    k.extend_from_slice(&parent.to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub fn decode_u64(v: &[u8]) -> Result<u64> {
+    let b: [u8; 8] = v.try_into().map_err(|_| Error::new(ErrorKind::Corrupt, "meta store: bad u64 value"))?;
+    Ok(u64::from_be_bytes(b))
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    bincode::serialize(v).map_err(|e| Error::internal(format!("meta store: encode: {e}")))
+}
+
+pub fn decode<T: for<'a> Deserialize<'a>>(v: &[u8]) -> Result<T> {
+    bincode::deserialize(v).map_err(|e| Error::new(ErrorKind::Corrupt, format!("meta store: decode: {e}")))
+}
+
+pub fn db_err(path: &Path, e: rocksdb::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("rocksdb {}: {e}", path.display()))
+}
+
+fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.set_compression_type(DBCompressionType::None);
+    o
+}
+
+/// Opens a RocksDB with the given column families, with an error naming the
+/// directory (e.g. when another process holds its lock).
+pub fn open_db(path: &Path, cfs: &[&str]) -> Result<DB> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("{}: cannot create directory: {e}", path.display())))?;
+    let descs = cfs.iter().map(|n| {
+        let mut o = Options::default();
+        o.set_compression_type(DBCompressionType::None);
+        ColumnFamilyDescriptor::new(*n, o)
+    });
+    DB::open_cf_descriptors(&db_options(), path, descs)
+        .map_err(|e| Error::new(ErrorKind::Config, format!("cannot open meta store {}: {e}", path.display())))
+}
+
+/// The state-machine database. The `DB` sits behind a lock so installing a
+/// snapshot can swap it for another directory.
+pub struct StateStore {
+    dir: PathBuf,
+    db: RwLock<Arc<DB>>,
+    /// Serializes applying commands with taking a checkpoint, so a snapshot's
+    /// metadata matches its content.
+    pub apply_lock: parking_lot::Mutex<()>,
+}
+
+const CURRENT_FILE: &str = "CURRENT_SM";
+
+impl StateStore {
+    /// Opens (creating on first start) the state machine under `dir`.
+    pub fn open(dir: &Path) -> Result<Arc<StateStore>> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("{}: cannot create directory: {e}", dir.display())))?;
+        let name = match std::fs::read_to_string(dir.join(CURRENT_FILE)) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "sm-0".to_string(),
+            Err(e) => return Err(Error::new(ErrorKind::Io, format!("{}: {e}", dir.join(CURRENT_FILE).display()))),
+        };
+        let db = open_db(&dir.join(&name), &CFS)?;
+        let store = Arc::new(StateStore { dir: dir.to_path_buf(), db: RwLock::new(Arc::new(db)), apply_lock: Default::default() });
+        store.init_root()?;
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The current database; readers hold the `Arc` for the length of a request.
+    pub fn db(&self) -> Arc<DB> {
+        self.db.read().clone()
+    }
+
+    /// Replaces the database by the checkpoint copied into `dir/<name>`.
+    pub fn swap(&self, name: &str) -> Result<()> {
+        let path = self.dir.join(name);
+        let db = open_db(&path, &CFS)?;
+        let tmp = self.dir.join(format!("{CURRENT_FILE}.tmp"));
+        std::fs::write(&tmp, name).map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, self.dir.join(CURRENT_FILE))
+            .map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", self.dir.display())))?;
+        let old = std::mem::replace(&mut *self.db.write(), Arc::new(db));
+        let old_path = old.path().to_path_buf();
+        drop(old);
+        // Readers may still hold the old DB for a moment; removing is best effort.
+        if old_path != path {
+            let _ = std::fs::remove_dir_all(&old_path);
+        }
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        let db = self.db();
+        db.flush().map_err(|e| db_err(db.path(), e))
+    }
+
+    fn init_root(&self) -> Result<()> {
+        let db = self.db();
+        if get(&db, CF_INODES, &id_key(ROOT_ID))?.is_some() {
+            return Ok(());
+        }
+        let now = curvine_common::now_ms();
+        let root = Inode {
+            id: ROOT_ID,
+            name: String::new(),
+            kind: InodeKind::Dir,
+            mode: 0o755,
+            mtime_ms: now,
+            ctime_ms: now,
+            len: 0,
+            block_size: 0,
+            replication: 0,
+            complete: true,
+            blocks: vec![],
+        };
+        let mut txn = Txn::new(db.clone());
+        txn.put(CF_INODES, id_key(ROOT_ID).to_vec(), encode(&root)?);
+        txn.put(CF_SYS, KEY_NEXT_INODE.to_vec(), (ROOT_ID + 1).to_be_bytes().to_vec());
+        txn.put(CF_SYS, KEY_DIRS.to_vec(), 1u64.to_be_bytes().to_vec());
+        let batch = txn.into_batch()?;
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(batch, &wo).map_err(|e| db_err(db.path(), e))
+    }
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name).ok_or_else(|| Error::internal(format!("meta store: column family {name} missing")))
+}
+
+pub fn get(db: &DB, cf_name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    db.get_cf(cf(db, cf_name)?, key).map_err(|e| db_err(db.path(), e))
+}
+
+/// Key/value pairs of `cf_name` whose key starts with `prefix`, in key order.
+pub fn scan_prefix(db: &DB, cf_name: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for item in db.iterator_cf(cf(db, cf_name)?, IteratorMode::From(prefix, Direction::Forward)) {
+        let (k, v) = item.map_err(|e| db_err(db.path(), e))?;
+        if !k.starts_with(prefix) {
+            break;
+        }
+        out.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(out)
+}
+
+/// Read-only queries against the current database.
+pub struct Reader {
+    pub db: Arc<DB>,
+}
+
+impl Reader {
+    pub fn inode(&self, id: u64) -> Result<Option<Inode>> {
+        get(&self.db, CF_INODES, &id_key(id))?.map(|v| decode(&v)).transpose()
+    }
+
+    pub fn child(&self, parent: u64, name: &str) -> Result<Option<u64>> {
+        get(&self.db, CF_DENTRIES, &dentry_key(parent, name))?.map(|v| decode_u64(&v)).transpose()
+    }
+
+    pub fn children(&self, parent: u64) -> Result<Vec<(String, u64)>> {
+        scan_prefix(&self.db, CF_DENTRIES, &parent.to_be_bytes())?
+            .into_iter()
+            .map(|(k, v)| Ok((String::from_utf8_lossy(&k[8..]).into_owned(), decode_u64(&v)?)))
+            .collect()
+    }
+
+    pub fn count_children(&self, parent: u64) -> Result<u64> {
+        let db = &self.db;
+        let prefix = parent.to_be_bytes();
+        let mut n = 0;
+        for item in db.iterator_cf(cf(db, CF_DENTRIES)?, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, _) = item.map_err(|e| db_err(db.path(), e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub fn block_exists(&self, id: u64) -> Result<bool> {
+        Ok(get(&self.db, CF_BLOCKS, &id_key(id))?.is_some())
+    }
+
+    pub fn sys_u64(&self, key: &[u8]) -> Result<u64> {
+        get(&self.db, CF_SYS, key)?.map(|v| decode_u64(&v)).transpose().map(|v| v.unwrap_or(0))
+    }
+
+    /// Resolves a normalized path to its inode. Errors name `path`.
+    pub fn resolve(&self, path: &str) -> Result<Inode> {
+        let mut cur = self.inode(ROOT_ID)?.ok_or_else(|| Error::internal("meta store: root inode missing"))?;
+        for name in curvine_common::path::components(path) {
+            if !cur.is_dir() {
+                return Err(Error::not_dir(path));
+            }
+            let id = self.child(cur.id, name)?.ok_or_else(|| Error::not_found(path))?;
+            cur = self.inode(id)?.ok_or_else(|| Error::new(ErrorKind::Corrupt, format!("{path}: dangling entry")))?;
+        }
+        Ok(cur)
+    }
+}
+
+type OverlayKey = (&'static str, Vec<u8>);
+
+/// The writes of one command: reads see earlier writes of the same command,
+/// and `into_batch` turns them into one atomic `WriteBatch`.
+pub struct Txn {
+    db: Arc<DB>,
+    overlay: BTreeMap<OverlayKey, Option<Vec<u8>>>,
+}
+
+impl Txn {
+    pub fn new(db: Arc<DB>) -> Txn {
+        Txn { db, overlay: BTreeMap::new() }
+    }
+
+    fn cf_static(name: &str) -> &'static str {
+        match name {
+            CF_INODES => CF_INODES,
+            CF_DENTRIES => CF_DENTRIES,
+            CF_BLOCKS => CF_BLOCKS,
+            _ => CF_SYS,
+        }
+    }
+
+    pub fn get(&self, cf_name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.overlay.get(&(Self::cf_static(cf_name), key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => get(&self.db, cf_name, key),
+        }
+    }
+
+    pub fn put(&mut self, cf_name: &str, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.insert((Self::cf_static(cf_name), key), Some(value));
+    }
+
+    pub fn delete(&mut self, cf_name: &str, key: Vec<u8>) {
+        self.overlay.insert((Self::cf_static(cf_name), key), None);
+    }
+
+    /// Entries under `prefix`, merging this command's own writes.
+    pub fn scan_prefix(&self, cf_name: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let cfs = Self::cf_static(cf_name);
+        let mut m: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            scan_prefix(&self.db, cf_name, prefix)?.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        for ((c, k), v) in self.overlay.range((cfs, prefix.to_vec())..) {
+            if *c != cfs || !k.starts_with(prefix) {
+                break;
+            }
+            m.insert(k.clone(), v.clone());
+        }
+        Ok(m.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
+    }
+
+    pub fn into_batch(self) -> Result<WriteBatch> {
+        let mut b = WriteBatch::default();
+        for ((c, k), v) in self.overlay {
+            let h = cf(&self.db, c)?;
+            match v {
+                Some(v) => b.put_cf(h, k, v),
+                None => b.delete_cf(h, k),
+            }
+        }
+        Ok(b)
+    }
+
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+}

@@ -1,0 +1,144 @@
+//! `RaftStateMachine` on the RocksDB state store: applies each entry in one
+//! `WriteBatch` with `last_applied`, builds and installs checkpoint snapshots.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, StorageIOError, StoredMembership};
+
+use crate::namespace::{self, MetaResult, Outcome};
+use crate::raft::types::{Entry, NodeId, StorageError, TypeConfig};
+use crate::store::snapshot::{self, Meta};
+use crate::store::{decode, encode, get, StateStore, Txn, CF_SYS, KEY_LAST_APPLIED, KEY_MEMBERSHIP};
+
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+fn sm_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_state_machine(AnyError::error(e.to_string())).into()
+}
+
+fn snap_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_snapshot(None, AnyError::error(e.to_string())).into()
+}
+
+/// The Raft state machine: the store plus where snapshots live.
+#[derive(Clone)]
+pub struct StateMachine {
+    pub store: Arc<StateStore>,
+    pub snapshot_dir: PathBuf,
+}
+
+impl StateMachine {
+    fn read_applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError> {
+        let db = self.store.db();
+        let applied = get(&db, CF_SYS, KEY_LAST_APPLIED).map_err(sm_err)?.map(|v| decode(&v)).transpose().map_err(sm_err)?;
+        let membership =
+            get(&db, CF_SYS, KEY_MEMBERSHIP).map_err(sm_err)?.map(|v| decode(&v)).transpose().map_err(sm_err)?;
+        Ok((applied, membership.unwrap_or_default()))
+    }
+
+    fn snapshot_from(dir: &std::path::Path, meta: Meta) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let data = snapshot::pack(dir).map_err(snap_err)?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        std::fs::create_dir_all(&self.snapshot_dir).map_err(snap_err)?;
+        // Under the apply lock the checkpoint and last_applied agree.
+        let (meta, dir) = {
+            let _g = self.store.apply_lock.lock();
+            let (last_log_id, last_membership) = self.read_applied()?;
+            let idx = last_log_id.map(|l| l.index).unwrap_or(0);
+            let term = last_log_id.map(|l| l.leader_id.term).unwrap_or(0);
+            let id = format!("{term}-{idx}-{}", curvine_common::now_ms());
+            let dir = self.snapshot_dir.join(snapshot::dir_name(&id));
+            let db = self.store.db();
+            let cp = rocksdb::checkpoint::Checkpoint::new(&db).map_err(snap_err)?;
+            cp.create_checkpoint(&dir).map_err(snap_err)?;
+            (Meta { last_log_id, last_membership, snapshot_id: id }, dir)
+        };
+        snapshot::write_meta(&dir, &meta).map_err(snap_err)?;
+        snapshot::remove_others(&self.snapshot_dir, &dir);
+        tracing::info!(snapshot = %meta.snapshot_id, "built snapshot");
+        Self::snapshot_from(&dir, meta)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError> {
+        self.read_applied()
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<MetaResult>, StorageError>
+    where I: IntoIterator<Item = Entry> + Send, I::IntoIter: Send {
+        let _g = self.store.apply_lock.lock();
+        let db = self.store.db();
+        // The raft log is the durable record: after a crash openraft re-applies
+        // from last_applied, so the state machine is written without fsync.
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(false);
+        let mut out = Vec::new();
+        for entry in entries {
+            let mut txn = Txn::new(db.clone());
+            let res = match &entry.payload {
+                EntryPayload::Blank => Ok(Outcome::None),
+                EntryPayload::Normal(cmd) => match namespace::apply(&mut txn, cmd) {
+                    Ok(o) => Ok(o),
+                    Err(e) => {
+                        if e.kind() == curvine_common::ErrorKind::Io || e.kind() == curvine_common::ErrorKind::Corrupt {
+                            tracing::error!(error = %e, "state machine apply failed");
+                        }
+                        txn = Txn::new(db.clone());
+                        Err(e)
+                    }
+                },
+                EntryPayload::Membership(m) => {
+                    let sm = Membership::new(Some(entry.log_id), m.clone());
+                    txn.put(CF_SYS, KEY_MEMBERSHIP.to_vec(), encode(&sm).map_err(sm_err)?);
+                    Ok(Outcome::None)
+                }
+            };
+            txn.put(CF_SYS, KEY_LAST_APPLIED.to_vec(), encode(&Some(entry.log_id)).map_err(sm_err)?);
+            let batch = txn.into_batch().map_err(sm_err)?;
+            db.write_opt(batch, &wo).map_err(|e| StorageIOError::apply(entry.log_id, AnyError::new(&e)))?;
+            out.push(MetaResult(res));
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let name = snapshot::dir_name(&meta.snapshot_id);
+        let dir = self.snapshot_dir.join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        snapshot::unpack(snapshot.get_ref(), &dir).map_err(snap_err)?;
+        snapshot::write_meta(&dir, meta).map_err(snap_err)?;
+        snapshot::remove_others(&self.snapshot_dir, &dir);
+        let sm_name = format!("sm-{name}-{}", curvine_common::now_ms());
+        snapshot::copy_dir(&dir, &self.store.dir().join(&sm_name)).map_err(snap_err)?;
+        let _g = self.store.apply_lock.lock();
+        self.store.swap(&sm_name).map_err(snap_err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        match snapshot::newest(&self.snapshot_dir).map_err(snap_err)? {
+            Some((dir, meta)) => Ok(Some(Self::snapshot_from(&dir, meta)?)),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Worker membership and block locations: soft state, rebuilt from worker
+//! registrations and heartbeats after a meta restart. Placement is a plain
+//! function of this state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use curvine_common::proto::{BlockLocation, TierInfo, WorkerInfo};
+use curvine_common::size::human;
+use curvine_common::{Error, ErrorKind, Result};
+use parking_lot::Mutex;
+
+struct Worker {
+    info: WorkerInfo,
+    last_seen: Instant,
+}
+
+impl Worker {
+    fn free(&self) -> u64 {
+        self.info.tiers.iter().map(|t| t.capacity.saturating_sub(t.used).saturating_sub(t.reserved)).sum()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    workers: BTreeMap<u64, Worker>,
+    /// block id -> (worker id -> tier)
+    locations: HashMap<u64, BTreeMap<u64, String>>,
+    /// worker id -> blocks it should delete (sent with the next heartbeat)
+    pending_delete: HashMap<u64, Vec<u64>>,
+}
+
+/// Registered workers, block locations and pending deletions.
+pub struct Workers {
+    timeout: Duration,
+    inner: Mutex<Inner>,
+}
+
+/// A block a worker reported holding.
+pub struct Reported {
+    pub id: u64,
+    pub tier: String,
+    /// Whether the namespace knows the block; unknown blocks are deleted.
+    pub known: bool,
+}
+
+impl Workers {
+    pub fn new(timeout: Duration) -> Workers {
+        Workers { timeout, inner: Mutex::new(Inner::default()) }
+    }
+
+    fn alive(&self, w: &Worker, now: Instant) -> bool {
+        now.duration_since(w.last_seen) <= self.timeout
+    }
+
+    /// Registers (or re-registers) a worker with its full block report.
+    pub fn register(&self, info: WorkerInfo, blocks: Vec<Reported>) -> Result<()> {
+        if info.id == 0 {
+            return Err(Error::invalid("worker id 0 is reserved"));
+        }
+        let id = info.id;
+        let mut g = self.inner.lock();
+        for locs in g.locations.values_mut() {
+            locs.remove(&id);
+        }
+        g.locations.retain(|_, l| !l.is_empty());
+        g.workers.insert(id, Worker { info, last_seen: Instant::now() });
+        Self::add_reported(&mut g, id, blocks);
+        Ok(())
+    }
+
+    fn add_reported(g: &mut Inner, worker: u64, blocks: Vec<Reported>) {
+        for b in blocks {
+            if b.known {
+                g.locations.entry(b.id).or_default().insert(worker, b.tier);
+            } else {
+                g.pending_delete.entry(worker).or_default().push(b.id);
+            }
+        }
+    }
+
+    /// Records a heartbeat. `None` when the worker is unknown (it must register again);
+    /// otherwise the blocks it should delete.
+    pub fn heartbeat(&self, id: u64, tiers: Vec<TierInfo>, added: Vec<Reported>, removed: &[u64]) -> Option<Vec<u64>> {
+        let mut g = self.inner.lock();
+        let w = g.workers.get_mut(&id)?;
+        w.last_seen = Instant::now();
+        w.info.tiers = tiers;
+        Self::add_reported(&mut g, id, added);
+        for b in removed {
+            if let Some(l) = g.locations.get_mut(b) {
+                l.remove(&id);
+                if l.is_empty() {
+                    g.locations.remove(b);
+                }
+            }
+        }
+        Some(g.pending_delete.remove(&id).unwrap_or_default())
+    }
+
+    /// Records that `workers` hold `block` (a client committed it there).
+    pub fn add_locations(&self, block: u64, workers: &[u64]) {
+        let mut g = self.inner.lock();
+        for w in workers {
+            let tier = g.workers.get(w).and_then(|w| w.info.tiers.first()).map(|t| t.kind.clone()).unwrap_or_default();
+            g.locations.entry(block).or_default().insert(*w, tier);
+        }
+    }
+
+    /// Forgets freed blocks and queues their deletion on the workers holding them.
+    pub fn free_blocks(&self, blocks: &[u64]) {
+        let mut g = self.inner.lock();
+        for b in blocks {
+            if let Some(locs) = g.locations.remove(b) {
+                for w in locs.into_keys() {
+                    g.pending_delete.entry(w).or_default().push(*b);
+                }
+            }
+        }
+    }
+
+    fn location(w: &Worker, tier: String) -> BlockLocation {
+        BlockLocation { worker_id: w.info.id, addr: w.info.addr.clone(), hostname: w.info.hostname.clone(), tier }
+    }
+
+    /// Locations of `block` on live workers.
+    pub fn locations(&self, block: u64) -> Vec<BlockLocation> {
+        let g = self.inner.lock();
+        let now = Instant::now();
+        let Some(locs) = g.locations.get(&block) else { return vec![] };
+        locs.iter()
+            .filter_map(|(id, tier)| g.workers.get(id).filter(|w| self.alive(w, now)).map(|w| Self::location(w, tier.clone())))
+            .collect()
+    }
+
+    /// Chooses up to `n` live workers for a new block of `block_size` bytes:
+    /// most free space first, a worker on `client_host` before all others.
+    pub fn place(&self, block_size: u64, client_host: &str, exclude: &[u64], n: usize) -> Result<Vec<BlockLocation>> {
+        let g = self.inner.lock();
+        let now = Instant::now();
+        let live: Vec<&Worker> =
+            g.workers.values().filter(|w| self.alive(w, now) && !exclude.contains(&w.info.id)).collect();
+        if live.is_empty() {
+            return Err(Error::new(ErrorKind::NoSpace, "no space: no live workers"));
+        }
+        let mut fit: Vec<&Worker> = live.iter().copied().filter(|w| w.free() >= block_size).collect();
+        if fit.is_empty() {
+            let list: Vec<String> =
+                live.iter().map(|w| format!("worker {}: {} free", w.info.id, human(w.free()))).collect();
+            return Err(Error::new(
+                ErrorKind::NoSpace,
+                format!("no space: no worker has {} free ({})", human(block_size), list.join(", ")),
+            ));
+        }
+        fit.sort_by_key(|w| (w.info.hostname != client_host || client_host.is_empty(), std::cmp::Reverse(w.free())));
+        Ok(fit
+            .into_iter()
+            .take(n.max(1))
+            .map(|w| Self::location(w, w.info.tiers.first().map(|t| t.kind.clone()).unwrap_or_default()))
+            .collect())
+    }
+
+    /// All workers with `alive` and `last_heartbeat_ms` (ms since the last heartbeat) filled in.
+    pub fn list(&self) -> Vec<WorkerInfo> {
+        let g = self.inner.lock();
+        let now = Instant::now();
+        g.workers
+            .values()
+            .map(|w| {
+                let mut info = w.info.clone();
+                info.alive = self.alive(w, now);
+                info.last_heartbeat_ms = now.duration_since(w.last_seen).as_millis() as i64;
+                info
+            })
+            .collect()
+    }
+
+    pub fn alive_count(&self) -> usize {
+        let g = self.inner.lock();
+        let now = Instant::now();
+        g.workers.values().filter(|w| self.alive(w, now)).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(id: u64, host: &str, cap: u64, used: u64) -> WorkerInfo {
+        WorkerInfo {
+            id,
+            addr: format!("{host}:{id}"),
+            hostname: host.into(),
+            tiers: vec![TierInfo { kind: "MEM".into(), capacity: cap, used, ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn placement_prefers_local_then_free_space() {
+        let w = Workers::new(Duration::from_secs(10));
+        assert_eq!(w.place(1, "a", &[], 1).unwrap_err().kind(), ErrorKind::NoSpace);
+        w.register(worker(1, "a", 100, 90), vec![]).unwrap();
+        w.register(worker(2, "b", 100, 0), vec![]).unwrap();
+        w.register(worker(3, "c", 100, 50), vec![]).unwrap();
+        assert_eq!(w.place(5, "a", &[], 1).unwrap()[0].worker_id, 1);
+        assert_eq!(w.place(5, "z", &[], 1).unwrap()[0].worker_id, 2);
+        assert_eq!(w.place(20, "a", &[], 1).unwrap()[0].worker_id, 2);
+        let e = w.place(200, "a", &[], 1).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NoSpace);
+        assert!(e.message().contains("worker 1"), "{e}");
+    }
+
+    #[test]
+    fn freed_and_orphan_blocks_are_sent_for_deletion() {
+        let w = Workers::new(Duration::from_secs(10));
+        w.register(
+            worker(1, "a", 100, 0),
+            vec![Reported { id: 7, tier: "MEM".into(), known: true }, Reported { id: 8, tier: "MEM".into(), known: false }],
+        )
+        .unwrap();
+        assert_eq!(w.locations(7).len(), 1);
+        w.free_blocks(&[7]);
+        assert!(w.locations(7).is_empty());
+        let mut del = w.heartbeat(1, vec![], vec![], &[]).unwrap();
+        del.sort();
+        assert_eq!(del, vec![7, 8]);
+        assert!(w.heartbeat(9, vec![], vec![], &[]).is_none());
+    }
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what building and testing Curvine needs on Debian, idempotently:
+# protoc (tonic codegen), libclang (RocksDB bindgen), fuse3 (later FUSE tests).
+set -euo pipefail
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install the Rust toolchain (rustup)" >&2; exit 1; }

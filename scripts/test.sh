@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, fabric conformance, and the integration tests
+# that start real `cv` processes on loopback. Installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/deps.sh
+. scripts/env.sh
+start=$(date +%s)
+cargo build --release --workspace --all-targets
+# Integration tests each start their own node on OS-chosen ports; a few at a
+# time keeps a 2-core machine responsive.
+cargo test --release --workspace --no-fail-fast -- --test-threads="${CV_TEST_THREADS:-3}"
+echo "all tests passed in $(( $(date +%s) - start )) s"

@@ -1,0 +1,131 @@
+//! The Curvine worker: a tiered block store (MEM → SSD → HDD directories),
+//! served on the fabric data plane and reported to meta by heartbeats.
+//!
+//! `start` wires it all up and is called by both `cv worker` and tests.
+
+mod heartbeat;
+pub mod metrics;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use curvine_common::config::Config;
+use curvine_common::{Error, ErrorKind, Result};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use store::{StoredBlock, Tier, TierUsage, TieredStore};
+
+/// A running worker. Dropping it stops serving; `shutdown` also waits for
+/// the server and heartbeat tasks to finish.
+pub struct Worker {
+    id: u64,
+    addr: SocketAddr,
+    advertised: String,
+    store: Arc<TieredStore>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<Result<()>>,
+    heartbeat: JoinHandle<()>,
+}
+
+/// Opens the store, serves the data plane on `listener` and starts
+/// reporting to meta. Returns once the worker is serving; meta need not be
+/// up (the worker keeps trying to register).
+pub async fn start(
+    conf: Config,
+    listener: tokio::net::TcpListener,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Result<Worker> {
+    let wc = &conf.worker;
+    for (i, t) in wc.tiers.iter().enumerate() {
+        std::fs::create_dir_all(&t.dir).map_err(|e| {
+            Error::new(ErrorKind::Config, format!("worker.tiers[{i}].dir: cannot create {}: {e}", t.dir.display()))
+        })?;
+    }
+    std::fs::create_dir_all(&wc.dir)
+        .map_err(|e| Error::new(ErrorKind::Config, format!("worker.dir: cannot create {}: {e}", wc.dir.display())))?;
+    let id = load_or_create_id(&wc.dir)?;
+    let store = Arc::new(TieredStore::open(id, &wc.tiers, wc.sync_on_commit)?);
+    store.metrics().register(registry);
+
+    let addr = listener.local_addr()?;
+    let advertised = format!("{}:{}", wc.host, addr.port());
+    let (tx, rx) = watch::channel(false);
+
+    let mut server_rx = rx.clone();
+    let server_stop = async move {
+        let _ = server_rx.wait_for(|v| *v).await;
+    };
+    let server = tokio::spawn(curvine_fabric::tcp::serve(listener, store.clone(), server_stop));
+
+    let hb = heartbeat::Heartbeat {
+        store: store.clone(),
+        meta: wc.meta.clone(),
+        addr: advertised.clone(),
+        hostname: heartbeat::hostname(&wc.host),
+        interval: wc.heartbeat_interval,
+    };
+    let heartbeat = tokio::spawn(hb.run(rx));
+    tracing::info!(worker = id, %addr, advertised = %advertised, tiers = wc.tiers.len(), "worker started");
+    Ok(Worker { id, addr, advertised, store, shutdown: tx, server, heartbeat })
+}
+
+impl Worker {
+    /// The address the data server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The data address reported to meta (`worker.host:<port>`).
+    pub fn advertised_addr(&self) -> &str {
+        &self.advertised
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn store(&self) -> Arc<TieredStore> {
+        self.store.clone()
+    }
+
+    /// Stops accepting connections and heartbeats, and waits for both.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "data server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "data server task failed"),
+        }
+        if let Err(e) = self.heartbeat.await {
+            tracing::warn!(error = %e, "heartbeat task failed");
+        }
+        tracing::info!(worker = self.id, "worker stopped");
+    }
+}
+
+/// The worker's persistent id in `dir/worker.id`, created (random, non-zero,
+/// at most 53 bits so every JSON reader keeps it exact) on first start.
+fn load_or_create_id(dir: &Path) -> Result<u64> {
+    let path = dir.join("worker.id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            return s.trim().parse::<u64>().ok().filter(|&id| id != 0).ok_or_else(|| {
+                Error::new(ErrorKind::Corrupt, format!("{}: '{}' is not a worker id", path.display(), s.trim()))
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::new(ErrorKind::Io, format!("{}: {e}", path.display()))),
+    }
+    let id = (rand::random::<u64>() >> 11).max(1);
+    let tmp = dir.join("worker.id.tmp");
+    std::fs::write(&tmp, format!("{id}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::new(ErrorKind::Io, format!("{}: cannot write worker id: {e}", path.display())))?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests;

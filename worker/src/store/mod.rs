@@ -1,0 +1,396 @@
+//! The tiered block store: blocks as files in tier directories (fastest
+//! first), capacity accounting per tier, and the block index rebuilt from
+//! disk on start.
+//!
+//! Layout of every tier directory:
+//! - `blocks/<id>`: a sealed block's bytes;
+//! - `blocks/<id>.crc`: one little-endian crc32c per `CHUNK` of the block;
+//! - `tmp/<id>`: a block being written (purged on start).
+//!
+//! To ensure correctness: a block is visible (indexed, reported to meta)
+//! only after its `.crc` and then its data file were renamed into
+//! `blocks/`; a data file without a `.crc` of the right length is an
+//! interrupted commit and is deleted on start.
+
+mod scan;
+mod sink;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use curvine_common::config::TierConf;
+use curvine_common::size::human;
+use curvine_common::tier::TierKind;
+use curvine_common::{Error, ErrorKind, Result};
+use curvine_fabric::frame::CHUNK;
+use curvine_fabric::service::{BlockService, BlockSink, ReadSource};
+use parking_lot::Mutex;
+
+use crate::metrics::WorkerMetrics;
+use sink::TierSink;
+
+/// One configured tier: where it lives and how much it may hold.
+#[derive(Clone, Debug)]
+pub struct Tier {
+    pub kind: TierKind,
+    pub dir: PathBuf,
+    pub capacity: u64,
+}
+
+impl Tier {
+    fn block_path(&self, id: u64) -> PathBuf {
+        self.dir.join("blocks").join(id.to_string())
+    }
+    fn crc_path(&self, id: u64) -> PathBuf {
+        self.dir.join("blocks").join(format!("{id}.crc"))
+    }
+    fn tmp_path(&self, id: u64) -> PathBuf {
+        self.dir.join("tmp").join(id.to_string())
+    }
+    fn tmp_crc_path(&self, id: u64) -> PathBuf {
+        self.dir.join("tmp").join(format!("{id}.crc"))
+    }
+}
+
+/// A tier's accounting, as reported in heartbeats and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierUsage {
+    pub kind: TierKind,
+    pub dir: PathBuf,
+    pub capacity: u64,
+    /// Bytes of sealed blocks.
+    pub used: u64,
+    /// Bytes promised to blocks being written.
+    pub reserved: u64,
+    pub blocks: u64,
+}
+
+impl TierUsage {
+    pub fn free(&self) -> u64 {
+        self.capacity.saturating_sub(self.used + self.reserved)
+    }
+}
+
+/// A sealed block as reported to meta.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBlock {
+    pub id: u64,
+    pub len: u64,
+    pub tier: TierKind,
+}
+
+/// Block changes not yet acknowledged by meta. An id is in at most one list,
+/// which holds its latest state.
+#[derive(Default, Debug)]
+pub struct Deltas {
+    pub added: Vec<StoredBlock>,
+    pub removed: Vec<u64>,
+}
+
+struct Entry {
+    tier: usize,
+    len: u64,
+    /// Loaded on first read.
+    crcs: Option<Arc<[u32]>>,
+}
+
+struct State {
+    index: HashMap<u64, Entry>,
+    /// Blocks with an open sink; their ids may not be written again.
+    writing: HashSet<u64>,
+    usage: Vec<TierUsage>,
+    deltas: Deltas,
+}
+
+pub(crate) struct Inner {
+    worker_id: u64,
+    tiers: Vec<Tier>,
+    sync_on_commit: bool,
+    state: Mutex<State>,
+    metrics: WorkerMetrics,
+}
+
+/// The worker's block store; implements the data plane's `BlockService`.
+pub struct TieredStore {
+    inner: Arc<Inner>,
+}
+
+/// Number of crc entries a block of `len` bytes has.
+pub(crate) fn crc_count(len: u64) -> u64 {
+    len.div_ceil(CHUNK)
+}
+
+impl TieredStore {
+    /// Opens (creating if needed) the tiers in `confs`, fastest first,
+    /// purges unfinished writes and rebuilds the index from `blocks/`.
+    /// Errors name the offending `worker.tiers[i]` key.
+    pub fn open(worker_id: u64, confs: &[TierConf], sync_on_commit: bool) -> Result<TieredStore> {
+        if confs.is_empty() {
+            return Err(Error::new(ErrorKind::Config, "worker.tiers: at least one tier (MEM, SSD or HDD) is required"));
+        }
+        let mut tiers = Vec::with_capacity(confs.len());
+        for (i, c) in confs.iter().enumerate() {
+            let kind = TierKind::parse(&c.kind).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("worker.tiers[{i}].kind: '{}' is not one of MEM, SSD, HDD", c.kind),
+                )
+            })?;
+            if c.capacity.0 == 0 {
+                return Err(Error::new(ErrorKind::Config, format!("worker.tiers[{i}].capacity: must be more than 0")));
+            }
+            for sub in ["blocks", "tmp"] {
+                std::fs::create_dir_all(c.dir.join(sub)).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("worker.tiers[{i}].dir: cannot create {}: {e}", c.dir.join(sub).display()),
+                    )
+                })?;
+            }
+            tiers.push(Tier { kind, dir: c.dir.clone(), capacity: c.capacity.0 });
+        }
+        let mut index = HashMap::new();
+        let mut usage = Vec::with_capacity(tiers.len());
+        for (i, t) in tiers.iter().enumerate() {
+            let found = scan::scan_tier(t)?;
+            let mut u =
+                TierUsage { kind: t.kind, dir: t.dir.clone(), capacity: t.capacity, used: 0, reserved: 0, blocks: 0 };
+            for (id, len) in found {
+                if index.contains_key(&id) {
+                    tracing::warn!(block = id, tier = %t.kind, dir = %t.dir.display(), "duplicate block copy removed");
+                    let _ = std::fs::remove_file(t.block_path(id));
+                    let _ = std::fs::remove_file(t.crc_path(id));
+                    continue;
+                }
+                u.used += len;
+                u.blocks += 1;
+                index.insert(id, Entry { tier: i, len, crcs: None });
+            }
+            tracing::info!(tier = %t.kind, dir = %t.dir.display(), blocks = u.blocks, used = u.used, "tier opened");
+            usage.push(u);
+        }
+        let inner = Inner {
+            worker_id,
+            tiers,
+            sync_on_commit,
+            state: Mutex::new(State { index, writing: HashSet::new(), usage, deltas: Deltas::default() }),
+            metrics: WorkerMetrics::default(),
+        };
+        inner.refresh_gauges(&inner.state.lock());
+        Ok(TieredStore { inner: Arc::new(inner) })
+    }
+
+    pub fn worker_id(&self) -> u64 {
+        self.inner.worker_id
+    }
+
+    pub fn tiers(&self) -> &[Tier] {
+        &self.inner.tiers
+    }
+
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.inner.metrics
+    }
+
+    /// Capacity accounting of every tier, in configured order.
+    pub fn usage(&self) -> Vec<TierUsage> {
+        self.inner.state.lock().usage.clone()
+    }
+
+    /// Every sealed block; also clears the pending deltas, since a full
+    /// report supersedes them.
+    pub fn full_report(&self) -> Vec<StoredBlock> {
+        let mut st = self.inner.state.lock();
+        st.deltas = Deltas::default();
+        st.index.iter().map(|(&id, e)| StoredBlock { id, len: e.len, tier: self.inner.tiers[e.tier].kind }).collect()
+    }
+
+    /// Takes the changes since the last call (or full report).
+    pub fn take_deltas(&self) -> Deltas {
+        std::mem::take(&mut self.inner.state.lock().deltas)
+    }
+
+    /// Puts back deltas that meta did not acknowledge. Changes recorded
+    /// since they were taken are newer and win.
+    pub fn restore_deltas(&self, old: Deltas) {
+        let mut st = self.inner.state.lock();
+        let d = &mut st.deltas;
+        let known: HashSet<u64> = d.added.iter().map(|b| b.id).chain(d.removed.iter().copied()).collect();
+        d.added.extend(old.added.into_iter().filter(|b| !known.contains(&b.id)));
+        d.removed.extend(old.removed.into_iter().filter(|id| !known.contains(id)));
+    }
+
+    pub fn contains(&self, block_id: u64) -> bool {
+        self.inner.state.lock().index.contains_key(&block_id)
+    }
+
+    /// Unlinks a sealed block and releases its space. Open readers keep
+    /// their handle.
+    #[tracing::instrument(skip(self), fields(worker = self.inner.worker_id))]
+    pub fn delete_block(&self, block_id: u64) -> Result<()> {
+        let tier = {
+            let mut st = self.inner.state.lock();
+            let e = st.index.remove(&block_id).ok_or_else(|| self.inner.not_found(block_id))?;
+            let u = &mut st.usage[e.tier];
+            u.used = u.used.saturating_sub(e.len);
+            u.blocks = u.blocks.saturating_sub(1);
+            st.deltas.added.retain(|b| b.id != block_id);
+            st.deltas.removed.push(block_id);
+            self.inner.refresh_gauges(&st);
+            e.tier
+        };
+        let t = &self.inner.tiers[tier];
+        for p in [t.block_path(block_id), t.crc_path(block_id)] {
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "cannot unlink deleted block file");
+            }
+        }
+        tracing::debug!(block = block_id, tier = %t.kind, "block deleted");
+        Ok(())
+    }
+
+    /// Reads a sealed block and checks every chunk against its crc32c.
+    /// `Corrupt` names the first bad chunk.
+    pub fn verify_block(&self, block_id: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let src = self.open_read(block_id)?;
+        let mut buf = vec![0u8; CHUNK as usize];
+        for (i, &want) in src.crcs.iter().enumerate() {
+            let off = i as u64 * CHUNK;
+            let n = (src.len - off).min(CHUNK) as usize;
+            src.file.read_exact_at(&mut buf[..n], off)?;
+            if crc32c::crc32c(&buf[..n]) != want {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!("block {block_id} on worker {}: chunk {i} fails its crc32c", self.inner.worker_id),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn not_found(&self, block_id: u64) -> Error {
+        Error::new(ErrorKind::NotFound, format!("block {block_id} not on worker {}", self.worker_id))
+    }
+
+    /// `what` completes "no space for ...", e.g. "64.0 MiB block".
+    fn no_space(&self, st: &State, what: &str) -> Error {
+        let free: Vec<String> = st.usage.iter().map(|u| format!("{} {} free", u.kind, human(u.free()))).collect();
+        Error::new(ErrorKind::NoSpace, format!("worker {}: no space for {what}: {}", self.worker_id, free.join(", ")))
+    }
+
+    /// Grows a sink's reservation in its tier by `extra` bytes.
+    fn grow(&self, tier: usize, extra: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        let u = &st.usage[tier];
+        if u.free() < extra {
+            let what = format!("{} more of a block in {}", human(extra), u.kind);
+            return Err(self.no_space(&st, &what));
+        }
+        st.usage[tier].reserved += extra;
+        Ok(())
+    }
+
+    /// Forgets a sink that did not commit.
+    fn release(&self, block_id: u64, tier: usize, reserved: u64) {
+        let mut st = self.state.lock();
+        st.writing.remove(&block_id);
+        let u = &mut st.usage[tier];
+        u.reserved = u.reserved.saturating_sub(reserved);
+    }
+
+    /// Turns a sink's reservation into a sealed, indexed block.
+    fn seal(&self, block_id: u64, tier: usize, reserved: u64, len: u64, crcs: Arc<[u32]>) {
+        let mut st = self.state.lock();
+        st.writing.remove(&block_id);
+        let u = &mut st.usage[tier];
+        u.reserved = u.reserved.saturating_sub(reserved);
+        u.used += len;
+        u.blocks += 1;
+        st.index.insert(block_id, Entry { tier, len, crcs: Some(crcs) });
+        st.deltas.removed.retain(|&id| id != block_id);
+        st.deltas.added.push(StoredBlock { id: block_id, len, tier: self.tiers[tier].kind });
+        self.refresh_gauges(&st);
+        self.metrics.blocks_written.inc();
+    }
+
+    fn refresh_gauges(&self, st: &State) {
+        self.metrics.set_tiers(&st.usage);
+    }
+}
+
+/// Reads a `.crc` file that must hold exactly `crc_count(len)` entries.
+fn load_crcs(path: &Path, len: u64) -> Result<Arc<[u32]>> {
+    let raw = std::fs::read(path)?;
+    if raw.len() as u64 != crc_count(len) * 4 {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!("{}: {} bytes of checksums for a {len}-byte block", path.display(), raw.len()),
+        ));
+    }
+    Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+impl BlockService for TieredStore {
+    #[tracing::instrument(level = "debug", skip(self), fields(worker = self.inner.worker_id))]
+    fn open_read(&self, block_id: u64) -> Result<ReadSource> {
+        let (tier, len, cached) = {
+            let st = self.inner.state.lock();
+            let e = st.index.get(&block_id).ok_or_else(|| self.inner.not_found(block_id))?;
+            (e.tier, e.len, e.crcs.clone())
+        };
+        let t = &self.inner.tiers[tier];
+        // The block may be deleted between the lookup and the open.
+        let file = File::open(t.block_path(block_id)).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => self.inner.not_found(block_id),
+            _ => Error::from(e).context(format!("block {block_id}")),
+        })?;
+        let crcs = match cached {
+            Some(c) => c,
+            None => {
+                let c = load_crcs(&t.crc_path(block_id), len)?;
+                if let Some(e) = self.inner.state.lock().index.get_mut(&block_id) {
+                    e.crcs = Some(c.clone());
+                }
+                c
+            }
+        };
+        Ok(ReadSource { file: Arc::new(file), len, crcs, tier: t.kind })
+    }
+
+    #[tracing::instrument(skip(self), fields(worker = self.inner.worker_id))]
+    fn open_write(&self, block_id: u64, len_hint: u64) -> Result<Box<dyn BlockSink>> {
+        let tier = {
+            let mut st = self.inner.state.lock();
+            if st.index.contains_key(&block_id) || st.writing.contains(&block_id) {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("block {block_id} already exists on worker {}", self.inner.worker_id),
+                ));
+            }
+            // An unknown length (hint 0) still goes where some room is left;
+            // an empty block may land in a full tier.
+            let tier = st.usage.iter().position(|u| u.free() >= len_hint.max(1)).or((len_hint == 0).then_some(0));
+            let Some(tier) = tier else {
+                return Err(self.inner.no_space(&st, &format!("{} block", human(len_hint))));
+            };
+            st.usage[tier].reserved += len_hint;
+            st.writing.insert(block_id);
+            tier
+        };
+        // From here on the sink's Drop releases the reservation.
+        let sink = TierSink::create(self.inner.clone(), block_id, tier, len_hint)?;
+        tracing::debug!(block = block_id, tier = %self.inner.tiers[tier].kind, len_hint, "block opened for write");
+        Ok(Box::new(sink))
+    }
+
+    fn on_read(&self, _block_id: u64, bytes: u64) {
+        self.inner.metrics.read_bytes.inc_by(bytes);
+    }
+}

@@ -1,0 +1,209 @@
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use curvine_common::config::TierConf;
+use curvine_common::size::ByteSize;
+use curvine_common::tier::TierKind;
+use curvine_common::ErrorKind;
+use curvine_fabric::frame::CHUNK;
+use curvine_fabric::service::BlockService;
+
+use super::TieredStore;
+
+const K: u64 = 1024;
+
+fn tier(kind: &str, dir: &Path, capacity: u64) -> TierConf {
+    TierConf { kind: kind.into(), dir: dir.join(kind.to_lowercase()), capacity: ByteSize(capacity) }
+}
+
+fn two_tiers(dir: &Path, mem: u64, ssd: u64) -> Vec<TierConf> {
+    vec![tier("MEM", dir, mem), tier("SSD", dir, ssd)]
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn crcs(data: &[u8]) -> Vec<u32> {
+    data.chunks(CHUNK as usize).map(crc32c::crc32c).collect()
+}
+
+/// Writes a whole block in 64 KiB appends; returns the tier it landed in.
+fn write(store: &TieredStore, id: u64, bytes: &[u8]) -> curvine_common::Result<TierKind> {
+    let mut sink = store.open_write(id, bytes.len() as u64)?;
+    let mut off = 0u64;
+    for piece in bytes.chunks(CHUNK as usize) {
+        sink.append(off, piece, &crcs(piece))?;
+        off += piece.len() as u64;
+    }
+    sink.commit(off)
+}
+
+fn read_back(store: &TieredStore, id: u64) -> Vec<u8> {
+    let src = store.open_read(id).unwrap();
+    let mut buf = vec![0u8; src.len as usize];
+    src.file.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&src.crcs[..], &crcs(&buf)[..], "stored crcs match the bytes");
+    buf
+}
+
+fn dir_entries(p: &Path) -> usize {
+    std::fs::read_dir(p).unwrap().count()
+}
+
+#[test]
+fn writes_fall_through_from_full_mem_to_ssd() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(7, &two_tiers(dir.path(), 100 * K, 1024 * K), false).unwrap();
+    let a = data(80 * K as usize, 1);
+    let b = data(80 * K as usize + 3, 2);
+    assert_eq!(write(&store, 1, &a).unwrap(), TierKind::Mem);
+    assert_eq!(write(&store, 2, &b).unwrap(), TierKind::Ssd);
+    assert_eq!(read_back(&store, 1), a);
+    assert_eq!(read_back(&store, 2), b);
+    assert_eq!(store.open_read(2).unwrap().tier, TierKind::Ssd);
+    let u = store.usage();
+    assert_eq!((u[0].used, u[0].blocks, u[0].reserved), (80 * K, 1, 0));
+    assert_eq!((u[1].used, u[1].blocks, u[1].reserved), (80 * K + 3, 1, 0));
+    assert!(store.verify_block(2).is_ok());
+}
+
+#[test]
+fn full_worker_says_no_space_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(7, &two_tiers(dir.path(), 64 * K, 64 * K), false).unwrap();
+    let a = data(64 * K as usize, 1);
+    let b = data(64 * K as usize, 2);
+    write(&store, 1, &a).unwrap();
+    write(&store, 2, &b).unwrap();
+
+    let e = store.open_write(3, 1).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::NoSpace);
+    assert!(e.message().contains("worker 7: no space for 1 B block: MEM 0 B free, SSD 0 B free"), "{e}");
+
+    // A write that grows past everything: fails mid-way, leaves nothing.
+    store.delete_block(2).unwrap();
+    let mut sink = store.open_write(4, 0).unwrap();
+    let big = data(2 * CHUNK as usize, 3);
+    sink.append(0, &big[..CHUNK as usize], &crcs(&big[..CHUNK as usize])).unwrap();
+    let e = sink.append(CHUNK, &big[CHUNK as usize..], &crcs(&big[CHUNK as usize..])).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    drop(sink);
+    assert!(store.open_read(4).is_err());
+    assert_eq!(read_back(&store, 1), a);
+    assert!(store.usage().iter().all(|u| u.reserved == 0));
+    assert_eq!(dir_entries(&dir.path().join("mem/tmp")) + dir_entries(&dir.path().join("ssd/tmp")), 0);
+}
+
+#[test]
+fn abort_and_drop_release_the_reservation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(7, &two_tiers(dir.path(), 256 * K, 256 * K), false).unwrap();
+    let mut sink = store.open_write(1, 200 * K).unwrap();
+    assert_eq!(sink.tier(), TierKind::Mem);
+    assert_eq!(store.usage()[0].reserved, 200 * K);
+    let d = data(CHUNK as usize, 1);
+    sink.append(0, &d, &crcs(&d)).unwrap();
+    // The same id cannot be written twice at once.
+    assert_eq!(store.open_write(1, 1).err().unwrap().kind(), ErrorKind::AlreadyExists);
+    sink.abort();
+    assert_eq!(store.usage()[0].reserved, 0);
+
+    let mut sink = store.open_write(1, 200 * K).unwrap();
+    sink.append(0, &d, &crcs(&d)).unwrap();
+    // Out of order and wrong-length commits are refused; the sink then cleans up.
+    assert_eq!(sink.append(5, &d, &crcs(&d)).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert!(sink.commit(2 * CHUNK).is_err());
+    assert_eq!(store.usage()[0].reserved, 0);
+    assert_eq!(store.open_read(1).err().unwrap().kind(), ErrorKind::NotFound);
+
+    drop(store.open_write(2, 10 * K).unwrap());
+    assert!(store.usage().iter().all(|u| u.reserved == 0 && u.used == 0));
+    assert_eq!(dir_entries(&dir.path().join("mem/tmp")), 0);
+    assert!(store.take_deltas().added.is_empty());
+}
+
+#[test]
+fn existing_blocks_are_refused_and_deletes_free_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(7, &two_tiers(dir.path(), 256 * K, 256 * K), false).unwrap();
+    write(&store, 1, &data(10, 1)).unwrap();
+    assert_eq!(write(&store, 1, &data(10, 1)).unwrap_err().kind(), ErrorKind::AlreadyExists);
+    let d = store.take_deltas();
+    assert_eq!(d.added.len(), 1);
+    store.delete_block(1).unwrap();
+    assert_eq!(store.delete_block(1).unwrap_err().kind(), ErrorKind::NotFound);
+    let e = store.open_read(1).err().unwrap();
+    assert!(e.message().contains("block 1 not on worker 7"), "{e}");
+    assert_eq!(store.usage()[0].used, 0);
+    // Unacknowledged deltas come back; newer changes win.
+    store.restore_deltas(d);
+    let d = store.take_deltas();
+    assert_eq!((d.added.len(), d.removed), (0, vec![1]));
+    // An empty block is a valid block.
+    write(&store, 9, &[]).unwrap();
+    assert_eq!(store.open_read(9).unwrap().len, 0);
+}
+
+#[test]
+fn restart_rebuilds_index_and_removes_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let confs = two_tiers(dir.path(), 128 * K, 1024 * K);
+    let a = data(100 * K as usize, 1);
+    let b = data(200 * K as usize, 2);
+    {
+        let store = TieredStore::open(7, &confs, false).unwrap();
+        write(&store, 1, &a).unwrap();
+        write(&store, 2, &b).unwrap();
+        // An unfinished write when the process dies.
+        let mut sink = store.open_write(3, 0).unwrap();
+        sink.append(0, &a[..10], &crcs(&a[..10])).unwrap();
+        std::mem::forget(sink);
+    }
+    let ssd = dir.path().join("ssd/blocks");
+    std::fs::write(ssd.join("10"), b"data without crc").unwrap();
+    std::fs::write(ssd.join("11"), vec![0u8; 3 * CHUNK as usize]).unwrap();
+    std::fs::write(ssd.join("11.crc"), [0u8; 4]).unwrap(); // one crc for three chunks
+    std::fs::write(ssd.join("12.crc"), [0u8; 4]).unwrap(); // crc without data
+
+    let store = TieredStore::open(7, &confs, false).unwrap();
+    assert_eq!(read_back(&store, 1), a);
+    assert_eq!(read_back(&store, 2), b);
+    assert_eq!(store.open_read(1).unwrap().tier, TierKind::Mem);
+    assert_eq!(store.open_read(2).unwrap().tier, TierKind::Ssd);
+    for id in [3, 10, 11, 12] {
+        assert_eq!(store.open_read(id).err().unwrap().kind(), ErrorKind::NotFound, "block {id}");
+    }
+    let mut report: Vec<_> = store.full_report().into_iter().map(|b| (b.id, b.len, b.tier)).collect();
+    report.sort();
+    assert_eq!(report, vec![(1, 100 * K, TierKind::Mem), (2, 200 * K, TierKind::Ssd)]);
+    let u = store.usage();
+    assert_eq!((u[0].used, u[0].reserved, u[1].used, u[1].blocks), (100 * K, 0, 200 * K, 1));
+    assert_eq!(dir_entries(&ssd), 2);
+    assert_eq!(dir_entries(&dir.path().join("mem/tmp")), 0);
+}
+
+#[test]
+fn corruption_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(7, &two_tiers(dir.path(), 1024 * K, 1024 * K), false).unwrap();
+    write(&store, 1, &data(3 * CHUNK as usize, 1)).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(dir.path().join("mem/blocks/1")).unwrap();
+    f.write_all_at(&[0xff, 0x00], CHUNK + 7).unwrap();
+    let e = store.verify_block(1).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(e.message().contains("chunk 1"), "{e}");
+}
+
+#[test]
+fn bad_tier_config_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(TieredStore::open(1, &[], false).err().unwrap().kind(), ErrorKind::Config);
+    let e = TieredStore::open(1, &[tier("TAPE", dir.path(), 1)], false).err().unwrap();
+    assert!(e.message().contains("worker.tiers[0].kind"), "{e}");
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    let bad = TierConf { kind: "SSD".into(), dir: file.join("sub"), capacity: ByteSize(1) };
+    let e = TieredStore::open(1, &[tier("MEM", dir.path(), 1), bad], false).err().unwrap();
+    assert!(e.message().contains("worker.tiers[1].dir"), "{e}");
+}

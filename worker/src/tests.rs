@@ -1,0 +1,210 @@
+//! The worker end to end: a real data server on a real socket, a fake meta
+//! that records what the worker reports.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use curvine_common::config::{Config, TierConf};
+use curvine_common::proto::meta_service_server::{MetaService, MetaServiceServer};
+use curvine_common::proto::*;
+use curvine_common::size::ByteSize;
+use curvine_common::tier::TierKind;
+use curvine_fabric::tcp::{TcpOptions, TcpTransport};
+use curvine_fabric::Transport;
+use parking_lot::Mutex;
+use tonic::{Request, Response, Status};
+
+#[derive(Default)]
+struct Seen {
+    registrations: Vec<Vec<u64>>,
+    added: Vec<u64>,
+    removed: Vec<u64>,
+    heartbeats: u64,
+    delete: Vec<u64>,
+    reregister: bool,
+}
+
+#[derive(Clone, Default)]
+struct FakeMeta(Arc<Mutex<Seen>>);
+
+#[async_trait::async_trait]
+impl MetaService for FakeMeta {
+    async fn mkdir(&self, _: Request<MkdirRequest>) -> Result<Response<MkdirResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn create(&self, _: Request<CreateRequest>) -> Result<Response<CreateResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn add_block(&self, _: Request<AddBlockRequest>) -> Result<Response<AddBlockResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn complete(&self, _: Request<CompleteRequest>) -> Result<Response<CompleteResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn abort(&self, _: Request<AbortRequest>) -> Result<Response<AbortResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn open(&self, _: Request<OpenRequest>) -> Result<Response<OpenResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn stat(&self, _: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn rename(&self, _: Request<RenameRequest>) -> Result<Response<RenameResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn set_attr(&self, _: Request<SetAttrRequest>) -> Result<Response<SetAttrResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn report(&self, _: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+
+    async fn register_worker(
+        &self,
+        req: Request<RegisterWorkerRequest>,
+    ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        let req = req.into_inner();
+        let w = req.worker.ok_or_else(|| Status::invalid_argument("no worker"))?;
+        assert!(w.id != 0 && w.addr.starts_with("127.0.0.1:") && !w.hostname.is_empty());
+        assert_eq!(w.tiers.len(), 2);
+        let mut ids: Vec<u64> = req.blocks.iter().map(|b| b.id).collect();
+        ids.sort();
+        self.0.lock().registrations.push(ids);
+        Ok(Response::new(RegisterWorkerResponse { heartbeat_interval_ms: 50 }))
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let req = req.into_inner();
+        let mut s = self.0.lock();
+        s.heartbeats += 1;
+        s.added.extend(req.added.iter().map(|b| b.id));
+        s.removed.extend(req.removed);
+        let resp = HeartbeatResponse {
+            reregister: std::mem::take(&mut s.reregister),
+            delete_blocks: std::mem::take(&mut s.delete),
+        };
+        Ok(Response::new(resp))
+    }
+}
+
+async fn fake_meta() -> (FakeMeta, String) {
+    let fake = FakeMeta::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let svc = MetaServiceServer::new(fake.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (fake, addr)
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn conf(dir: &std::path::Path, meta: Vec<String>) -> Config {
+    let mut c = Config::default();
+    c.worker.dir = dir.join("state");
+    c.worker.meta = meta;
+    c.worker.heartbeat_interval = Duration::from_millis(50);
+    c.worker.tiers = vec![
+        TierConf { kind: "MEM".into(), dir: dir.join("mem"), capacity: ByteSize(1 << 20) },
+        TierConf { kind: "SSD".into(), dir: dir.join("ssd"), capacity: ByteSize(8 << 20) },
+    ];
+    c
+}
+
+async fn start(c: Config, reg: &mut prometheus_client::registry::Registry) -> crate::Worker {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    crate::start(c, listener, reg).await.unwrap()
+}
+
+#[tokio::test]
+async fn worker_serves_blocks_and_reports_them_to_meta() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, meta_addr) = fake_meta().await;
+    // The first meta is dead: the worker must move on to the next.
+    let c = conf(dir.path(), vec!["127.0.0.1:1".into(), meta_addr]);
+    let mut reg = prometheus_client::registry::Registry::default();
+    let w = start(c.clone(), &mut reg).await;
+    let addr = w.addr().to_string();
+    assert_eq!(w.advertised_addr(), addr);
+
+    let t = TcpTransport::new(TcpOptions::default());
+    let small: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    let big: Vec<u8> = (0..(2u32 << 20)).map(|i| (i / 7) as u8).collect();
+    assert_eq!(curvine_fabric::testing::write_block(&t, &addr, 1, &small, 1 << 20).await.unwrap(), TierKind::Mem);
+    assert_eq!(curvine_fabric::testing::write_block(&t, &addr, 2, &big, 1 << 20).await.unwrap(), TierKind::Ssd);
+    let mut conn = t.connect(&addr).await.unwrap();
+    let mut buf = vec![0u8; big.len()];
+    assert_eq!(conn.read_into(2, 0, &mut buf).await.unwrap(), big.len());
+    assert!(buf == big);
+    let e = conn.read_into(99, 0, &mut buf).await.unwrap_err();
+    assert_eq!(e.kind(), curvine_common::ErrorKind::NotFound);
+
+    wait_for("blocks reported", || {
+        let s = fake.0.lock();
+        let all: Vec<u64> = s.registrations.iter().flatten().chain(s.added.iter()).copied().collect();
+        all.contains(&1) && all.contains(&2)
+    })
+    .await;
+    // Meta asks to delete block 1; the worker does, and reports the removal.
+    fake.0.lock().delete = vec![1];
+    wait_for("block 1 removal reported", || fake.0.lock().removed.contains(&1)).await;
+    assert!(!w.store().contains(1));
+    // Meta forgot the worker: it registers again with a full report.
+    fake.0.lock().reregister = true;
+    wait_for("re-registration", || fake.0.lock().registrations.len() >= 2).await;
+    assert_eq!(fake.0.lock().registrations.last().unwrap(), &vec![2]);
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+    for name in [
+        "curvine_worker_tier_capacity_bytes{tier=\"MEM\"} 1048576",
+        "curvine_worker_tier_used_bytes{tier=\"SSD\"} 2097152",
+        "curvine_worker_blocks{tier=\"SSD\"} 1",
+        "curvine_worker_read_bytes_total",
+        "curvine_worker_write_bytes_total",
+        "curvine_worker_blocks_written_total 2",
+    ] {
+        assert!(text.contains(name), "{name} missing from\n{text}");
+    }
+    let id = w.id();
+    w.shutdown().await;
+
+    // Restart on the same directories: same id, same blocks, no meta at all.
+    let mut reg = prometheus_client::registry::Registry::default();
+    let w = start(conf(dir.path(), vec!["127.0.0.1:1".into()]), &mut reg).await;
+    assert_eq!(w.id(), id);
+    let mut conn = t.connect(&w.addr().to_string()).await.unwrap();
+    let mut buf = vec![0u8; big.len()];
+    assert_eq!(conn.read_into(2, 0, &mut buf).await.unwrap(), big.len());
+    assert!(buf == big);
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn uncreatable_tier_dir_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let mut c = conf(dir.path(), vec![]);
+    c.worker.tiers[1].dir = file.join("ssd");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = crate::start(c, listener, &mut Default::default()).await.err().unwrap();
+    assert_eq!(e.kind(), curvine_common::ErrorKind::Config);
+    assert!(e.message().contains("worker.tiers[1].dir"), "{e}");
+}
