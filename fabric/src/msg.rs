@@ -76,10 +76,18 @@ impl ReadResp {
     /// Verifies `payload` against the checksums; names the failing chunk.
     pub fn verify(&self, payload: &[u8], block_id: u64, offset: u64) -> Result<()> {
         let body = &payload[self.body_start as usize..self.body_end as usize];
-        for (i, (chunk, want)) in body.chunks(CHUNK as usize).zip(&self.crcs).enumerate() {
+        self.verify_body(0, body, block_id, offset)
+    }
+
+    /// Verifies `piece`, which starts `at` bytes into the body (a multiple
+    /// of CHUNK), so a receiver can check data while it is still in cache.
+    pub fn verify_body(&self, at: usize, piece: &[u8], block_id: u64, offset: u64) -> Result<()> {
+        let first = at / CHUNK as usize;
+        let crcs = self.crcs.get(first..).unwrap_or(&[]);
+        for (i, (chunk, want)) in piece.chunks(CHUNK as usize).zip(crcs).enumerate() {
             let got = crc32c::crc32c(chunk);
             if got != *want {
-                let at = offset + self.body_start as u64 + i as u64 * CHUNK;
+                let at = offset + self.body_start as u64 + at as u64 + i as u64 * CHUNK;
                 return Err(Error::new(
                     curvine_common::ErrorKind::Corrupt,
                     format!("block {block_id}: checksum mismatch at offset {at} ({got:#010x} != {want:#010x})"),

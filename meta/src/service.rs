@@ -186,7 +186,7 @@ impl MetaServiceImpl {
         let reader = self.reader();
         let dir = reader.resolve(&path)?;
         if !dir.is_dir() {
-            return Ok(ListResponse { entries: vec![status_of(&dir, &path, 0)] });
+            return Err(Error::not_dir(&path));
         }
         let mut entries = Vec::new();
         for (name, id) in reader.children(dir.id)? {

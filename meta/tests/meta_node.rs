@@ -171,3 +171,52 @@ async fn second_node_on_a_locked_dir_fails_cleanly() {
     assert!(err.message().contains(&dir.path().display().to_string()), "{err}");
     node.shutdown().await.unwrap();
 }
+
+/// Run only as a child of `namespace_survives_kill_9`: starts a node on
+/// `CV_META_CHILD_DIR`, writes, says "ready" and waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_child() {
+    let Ok(dir) = std::env::var("CV_META_CHILD_DIR") else { return };
+    let mut conf = Config::default();
+    conf.meta.dir = dir.into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = MetaNode::start(conf, listener, &mut Default::default()).await.unwrap();
+    let mut c = MetaServiceClient::connect(format!("http://{}", node.addr())).await.unwrap();
+    for i in 0..20 {
+        c.mkdir(MkdirRequest { path: format!("/k/d{i}"), parents: true, mode: 0 }).await.unwrap();
+    }
+    c.rename(RenameRequest { src: "/k".into(), dst: "/kk".into() }).await.unwrap();
+    println!("CHILD-READY");
+    tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_survives_kill_9() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "kill_9_child", "--nocapture", "--test-threads=1"])
+        .env("CV_META_CHILD_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut ready = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        if line.unwrap().contains("CHILD-READY") {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "child did not get ready");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let (node, mut c) = start(dir.path()).await;
+    let list = c.list(ListRequest { path: "/kk".into() }).await.unwrap().into_inner().entries;
+    assert_eq!(list.len(), 20);
+    assert_eq!(kind(c.stat(StatRequest { path: "/k".into() }).await.unwrap_err()), ErrorKind::NotFound);
+    c.mkdir(MkdirRequest { path: "/after".into(), ..Default::default() }).await.unwrap();
+    drop(c);
+    node.shutdown().await.unwrap();
+}

@@ -11,6 +11,10 @@ use crate::frame::{Header, Op, CHUNK, HEADER_LEN, MAX_PAYLOAD};
 use crate::msg::{self, ReadReq, ReadResp, WriteCommit, WriteData, WriteOpen};
 use crate::transport::{Capabilities, DataConn, Transport};
 
+/// Bytes received between checksum checks (a multiple of CHUNK that fits in
+/// L2 cache).
+const VERIFY_PIECE: usize = 8 * CHUNK as usize;
+
 #[derive(Clone, Copy, Debug)]
 pub struct TcpOptions {
     /// Bytes per read request; a large read becomes several requests.
@@ -188,10 +192,20 @@ impl DataConn for TcpConn {
             let resp = ReadResp::decode(&self.head, h.payload_len).map_err(|e| self.fail(e))?;
             let dst = &mut buf[lo..lo + h.payload_len as usize];
             if !short && worker_err.is_none() {
-                self.stream.read_exact(dst).await.map_err(|e| self.fail(e.into()))?;
-                if let Err(e) = resp.verify(dst, block_id, offset + lo as u64) {
-                    worker_err.get_or_insert(e);
+                // Checksum each piece right after it lands, while it is
+                // still in cache, instead of re-reading the whole response.
+                let (bs, be) = (resp.body_start as usize, resp.body_end as usize);
+                self.stream.read_exact(&mut dst[..bs]).await.map_err(|e| self.fail(e.into()))?;
+                let mut at = bs;
+                while at < be {
+                    let end = (at + VERIFY_PIECE).min(be);
+                    self.stream.read_exact(&mut dst[at..end]).await.map_err(|e| self.fail(e.into()))?;
+                    if let Err(e) = resp.verify_body(at - bs, &dst[at..end], block_id, offset + lo as u64) {
+                        worker_err.get_or_insert(e);
+                    }
+                    at = end;
                 }
+                self.stream.read_exact(&mut dst[be..]).await.map_err(|e| self.fail(e.into()))?;
                 filled += dst.len();
                 short = dst.len() < len;
                 if short || worker_err.is_some() {

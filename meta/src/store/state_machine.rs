@@ -33,7 +33,12 @@ pub struct StateMachine {
 impl StateMachine {
     fn read_applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError> {
         let db = self.store.db();
-        let applied = get(&db, CF_SYS, KEY_LAST_APPLIED).map_err(sm_err)?.map(|v| decode(&v)).transpose().map_err(sm_err)?;
+        let applied: Option<LogId<NodeId>> = get(&db, CF_SYS, KEY_LAST_APPLIED)
+            .map_err(sm_err)?
+            .map(|v| decode::<Option<LogId<NodeId>>>(&v))
+            .transpose()
+            .map_err(sm_err)?
+            .flatten();
         let membership =
             get(&db, CF_SYS, KEY_MEMBERSHIP).map_err(sm_err)?.map(|v| decode(&v)).transpose().map_err(sm_err)?;
         Ok((applied, membership.unwrap_or_default()))
