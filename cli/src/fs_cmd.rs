@@ -362,7 +362,13 @@ async fn get(fs: &FileSystem, path: &str, local: &Path) -> Result<()> {
     .await;
     drop(tx);
     let _ = writer.join();
-    res?;
+    if let Err(e) = res {
+        // Never leave a partial copy that looks like the real thing.
+        if !to_stdout {
+            let _ = std::fs::remove_file(&local);
+        }
+        return Err(e);
+    }
     pb.finish_and_clear();
     Ok(())
 }

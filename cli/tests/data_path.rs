@@ -161,3 +161,29 @@ async fn full_worker_says_no_space_and_loses_nothing() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_block_is_detected_not_served() {
+    let n = node_with(UpOptions { block_size: Some("1MiB".into()), mem: Some("64MiB".into()), ..Default::default() }).await;
+    let fs = n.fs().unwrap();
+    let data = random_bytes(1 << 20, 11);
+    fs.write_all("/c", &data, false).await.unwrap();
+    let blocks = n.mem_dir().join("blocks");
+    let file = std::fs::read_dir(&blocks)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_none())
+        .expect("a block file in the memory tier");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[300_000] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let e = fs.read_all("/c").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    // A range that avoids the damaged chunk still reads.
+    let r = fs.open("/c").await.unwrap();
+    let mut head = vec![0u8; 65536];
+    r.read_at(0, &mut head).await.unwrap();
+    assert_eq!(head, data[..65536]);
+    let out = tempfile::tempdir().unwrap();
+    fails_with(&cv(&n, &["fs", "get", "/c", out.path().join("c").to_str().unwrap()]), "checksum mismatch");
+}

@@ -100,3 +100,26 @@ async fn malformed_frames_close_one_connection_and_the_worker_keeps_serving() {
         assert_eq!(fs.read_all("/ok").await.unwrap(), data, "worker stopped serving after malformed input");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_and_workers_run_as_separate_processes() {
+    let mut split = testbed::Split::start(bin(), 2, "256MiB").await.unwrap();
+    let fs = split.fs().unwrap();
+    let data = random_bytes(5 << 20, 8);
+    fs.write_all("/split", &data, false).await.unwrap();
+    assert_eq!(fs.read_all("/split").await.unwrap(), data);
+    let r = fs.report().await.unwrap();
+    assert_eq!(r.workers.iter().filter(|w| w.alive).count(), 2);
+    // A worker restart keeps its blocks and its id, and meta learns them again.
+    let w0 = split.workers[0].args().to_vec();
+    let w1 = split.workers[1].args().to_vec();
+    split.workers[0].restart_with(w0).unwrap();
+    split.workers[1].restart_with(w1).unwrap();
+    split.wait_workers(2).await.unwrap();
+    testbed::wait_for("blocks to be re-reported", std::time::Duration::from_secs(30), || async {
+        fs.read_all("/split").await.map(|d| d == data).unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    assert_eq!(fs.report().await.unwrap().workers.len(), 2, "restarted workers must keep their ids");
+}

@@ -193,6 +193,11 @@ impl Node {
         self.home.path()
     }
 
+    /// Directory of the memory tier.
+    pub fn mem_dir(&self) -> &Path {
+        self.mem.path()
+    }
+
     pub fn meta_addr(&self) -> String {
         self.proc.ready.get("meta").cloned().unwrap_or_default()
     }
@@ -254,6 +259,71 @@ impl Node {
 
 fn port_of(addr: &str) -> String {
     addr.rsplit(':').next().unwrap_or("0").to_string()
+}
+
+/// Separate `cv meta` and `cv worker` processes sharing one temp dir.
+pub struct Split {
+    pub meta: Proc,
+    pub workers: Vec<Proc>,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Split {
+    /// Starts a meta process and `workers` worker processes (one MEM tier of
+    /// `mem` each, in the temp dir) and waits until all workers are live.
+    pub async fn start(bin: &Path, workers: usize, mem: &str) -> Result<Split> {
+        let dir = tempfile::Builder::new().prefix("cv-split-").tempdir()?;
+        let d = dir.path().to_path_buf();
+        let meta_args: Vec<String> = ["meta", "--dir", &d.join("meta").display().to_string(), "--port", "0", "--web-port", "0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let meta = tokio::task::block_in_place(|| Proc::spawn(bin, &meta_args, &d.join("meta.log")))?;
+        let mut split = Split { meta, workers: Vec::new(), dir, bin: bin.to_path_buf() };
+        for i in 0..workers {
+            split.add_worker(i, mem)?;
+        }
+        split.wait_workers(workers).await?;
+        Ok(split)
+    }
+
+    fn add_worker(&mut self, i: usize, mem: &str) -> Result<()> {
+        let d = self.dir.path();
+        let args: Vec<String> = vec![
+            "worker".into(),
+            "--dir".into(),
+            d.join(format!("w{i}")).display().to_string(),
+            "--port".into(),
+            "0".into(),
+            "--web-port".into(),
+            "0".into(),
+            "--meta".into(),
+            self.meta_addr(),
+            "--tier".into(),
+            format!("MEM:{}:{mem}", d.join(format!("w{i}/mem")).display()),
+        ];
+        let p = tokio::task::block_in_place(|| Proc::spawn(&self.bin, &args, &d.join(format!("w{i}.log"))))?;
+        self.workers.push(p);
+        Ok(())
+    }
+
+    pub fn meta_addr(&self) -> String {
+        self.meta.ready.get("meta").cloned().unwrap_or_default()
+    }
+
+    pub fn fs(&self) -> Result<FileSystem> {
+        Ok(FileSystem::connect_to(&self.meta_addr())?)
+    }
+
+    /// Waits until meta reports `n` live workers.
+    pub async fn wait_workers(&self, n: usize) -> Result<()> {
+        let fs = self.fs()?;
+        wait_for(&format!("{n} live workers"), READY_TIMEOUT, || async {
+            fs.report().await.map(|r| r.workers.iter().filter(|w| w.alive).count() >= n).unwrap_or(false)
+        })
+        .await
+    }
 }
 
 /// Waits for `cond` to hold, polling every 50 ms, up to `timeout`.
