@@ -47,6 +47,7 @@ impl FileSystem {
             chunk_size: conf.chunk_size.0 as usize,
             depth: conf.pipeline_depth,
             io_timeout: conf.timeout,
+            verify: conf.verify_checksums,
             ..Default::default()
         }));
         Self::with_transport(conf, transport)

@@ -139,6 +139,8 @@ pub struct ClientConf {
     pub retries: u32,
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
+    /// Verify the crc32c of every chunk read (end to end, on the client).
+    pub verify_checksums: bool,
 }
 
 impl Default for ClientConf {
@@ -146,10 +148,11 @@ impl Default for ClientConf {
         ClientConf {
             meta: vec![DEFAULT_META_ADDR.into()],
             block_size: ByteSize(0),
-            chunk_size: ByteSize(4 << 20),
-            pipeline_depth: 4,
+            chunk_size: ByteSize(2 << 20),
+            pipeline_depth: 8,
             retries: 3,
             timeout: Duration::from_secs(30),
+            verify_checksums: true,
         }
     }
 }

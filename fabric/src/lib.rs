@@ -2,6 +2,7 @@
 //! block bytes between clients and workers. Payload bytes never pass
 //! through protobuf.
 
+pub mod crc;
 pub mod frame;
 pub mod msg;
 pub mod service;

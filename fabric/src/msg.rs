@@ -85,7 +85,7 @@ impl ReadResp {
         let first = at / CHUNK as usize;
         let crcs = self.crcs.get(first..).unwrap_or(&[]);
         for (i, (chunk, want)) in piece.chunks(CHUNK as usize).zip(crcs).enumerate() {
-            let got = crc32c::crc32c(chunk);
+            let got = crate::crc::crc32c(chunk);
             if got != *want {
                 let at = offset + self.body_start as u64 + at as u64 + i as u64 * CHUNK;
                 return Err(Error::new(
@@ -192,5 +192,5 @@ pub fn decode_tier(b: &[u8]) -> Result<TierKind> {
 
 /// crc32c of each `CHUNK` of `data`.
 pub fn chunk_crcs(data: &[u8]) -> Vec<u32> {
-    data.chunks(CHUNK as usize).map(crc32c::crc32c).collect()
+    data.chunks(CHUNK as usize).map(crate::crc::crc32c).collect()
 }

@@ -13,7 +13,7 @@ use crate::transport::{Capabilities, DataConn, Transport};
 
 /// Bytes received between checksum checks (a multiple of CHUNK that fits in
 /// L2 cache).
-const VERIFY_PIECE: usize = 8 * CHUNK as usize;
+const VERIFY_PIECE: usize = 4 * CHUNK as usize;
 
 #[derive(Clone, Copy, Debug)]
 pub struct TcpOptions {
@@ -24,15 +24,19 @@ pub struct TcpOptions {
     pub connect_timeout: Duration,
     /// Upper bound on waiting for one response.
     pub io_timeout: Duration,
+    /// Check the crc32c of every received chunk (partial edge chunks are
+    /// always checked by the worker).
+    pub verify: bool,
 }
 
 impl Default for TcpOptions {
     fn default() -> Self {
         TcpOptions {
-            chunk_size: 4 << 20,
-            depth: 4,
+            chunk_size: 2 << 20,
+            depth: 8,
             connect_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(60),
+            verify: true,
         }
     }
 }
@@ -69,6 +73,7 @@ pub struct TcpConn {
     broken: bool,
     out: Vec<u8>,
     head: Vec<u8>,
+    lowat: i32,
 }
 
 impl TcpConn {
@@ -78,7 +83,54 @@ impl TcpConn {
             .map_err(|_| Error::new(ErrorKind::Timeout, format!("worker {addr}: connect timed out")))?
             .map_err(|e| Error::from(e).context(format!("worker {addr}")))?;
         let _ = stream.set_nodelay(true);
-        Ok(TcpConn { stream, addr: addr.to_string(), opts, next_id: 1, broken: false, out: Vec::new(), head: Vec::new() })
+        Ok(TcpConn { stream, addr: addr.to_string(), opts, next_id: 1, broken: false, out: Vec::new(), head: Vec::new(), lowat: 1 })
+    }
+
+    /// Sets SO_RCVLOWAT, so readiness fires once `bytes` are queued. Only
+    /// ever set to bytes the worker is already sending, so it cannot stall.
+    fn set_lowat(&mut self, bytes: usize) {
+        let v = bytes.clamp(1, VERIFY_PIECE) as i32;
+        if v == self.lowat {
+            return;
+        }
+        self.lowat = v;
+        // SAFETY: setsockopt on an open socket with a valid int option value.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                &v as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            );
+        }
+    }
+
+    /// Fills `buf` from the socket, asking to be woken only once all of it
+    /// (up to VERIFY_PIECE) is queued: one copy per piece instead of one
+    /// wake-up per arriving segment. The low-water mark is only ever the
+    /// number of bytes still owed by a response in flight, so it cannot stall.
+    async fn read_piece(&mut self, buf: &mut [u8]) -> Result<()> {
+        let mut pos = 0;
+        while pos < buf.len() {
+            match self.stream.try_read(&mut buf[pos..]) {
+                Ok(0) => return Err(self.fail(Error::unavailable("connection closed mid-response"))),
+                Ok(n) => pos += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.set_lowat(buf.len() - pos);
+                    let io = self.opts.io_timeout;
+                    let ready = tokio::time::timeout(io, self.stream.readable()).await;
+                    self.set_lowat(1);
+                    match ready {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(self.fail(e.into())),
+                        Err(_) => return Err(self.fail(Error::new(ErrorKind::Timeout, format!("no data in {io:?}")))),
+                    }
+                }
+                Err(e) => return Err(self.fail(e.into())),
+            }
+        }
+        Ok(())
     }
 
     fn id(&mut self) -> u64 {
@@ -199,9 +251,11 @@ impl DataConn for TcpConn {
                 let mut at = bs;
                 while at < be {
                     let end = (at + VERIFY_PIECE).min(be);
-                    self.stream.read_exact(&mut dst[at..end]).await.map_err(|e| self.fail(e.into()))?;
-                    if let Err(e) = resp.verify_body(at - bs, &dst[at..end], block_id, offset + lo as u64) {
-                        worker_err.get_or_insert(e);
+                    self.read_piece(&mut dst[at..end]).await?;
+                    if self.opts.verify {
+                        if let Err(e) = resp.verify_body(at - bs, &dst[at..end], block_id, offset + lo as u64) {
+                            worker_err.get_or_insert(e);
+                        }
                     }
                     at = end;
                 }

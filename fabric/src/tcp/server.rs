@@ -38,6 +38,7 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                set_sndbuf(&stream, SNDBUF);
                 let svc = svc.clone();
                 tokio::spawn(async move {
                     if let Err(e) = Conn::new(stream, svc).run().await {
@@ -46,6 +47,24 @@ pub async fn serve(
                 });
             }
         }
+    }
+}
+
+/// Socket send buffer for data connections: large enough that one
+/// `sendfile` call moves a whole pipelined response without waking up for
+/// more room (the kernel caps it at net.core.wmem_max).
+const SNDBUF: i32 = 8 << 20;
+
+fn set_sndbuf(stream: &TcpStream, bytes: i32) {
+    // SAFETY: setsockopt on an open socket with a valid int option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &bytes as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        );
     }
 }
 
@@ -241,7 +260,7 @@ impl Conn {
                 )));
             }
             for (i, (chunk, want)) in self.payload.chunks(CHUNK as usize).zip(&req.crcs).enumerate() {
-                if crc32c::crc32c(chunk) != *want {
+                if crate::crc::crc32c(chunk) != *want {
                     return Err(Error::new(
                         ErrorKind::Corrupt,
                         format!("block {}: chunk at offset {} arrived corrupted", req.block_id, req.offset + i as u64 * CHUNK),
@@ -304,7 +323,7 @@ fn verified_range(src: &ReadSource, block_id: u64, lo: u64, hi: u64) -> Result<V
     for (i, chunk) in buf.chunks(CHUNK as usize).enumerate() {
         let idx = (c_lo / CHUNK) as usize + i;
         let want = src.crcs.get(idx).copied();
-        if want != Some(crc32c::crc32c(chunk)) {
+        if want != Some(crate::crc::crc32c(chunk)) {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!("block {block_id}: checksum mismatch in chunk {idx} on the worker"),

@@ -263,7 +263,7 @@ impl TieredStore {
             let off = i as u64 * CHUNK;
             let n = (src.len - off).min(CHUNK) as usize;
             src.file.read_exact_at(&mut buf[..n], off)?;
-            if crc32c::crc32c(&buf[..n]) != want {
+            if curvine_fabric::crc::crc32c(&buf[..n]) != want {
                 return Err(Error::new(
                     ErrorKind::Corrupt,
                     format!("block {block_id} on worker {}: chunk {i} fails its crc32c", self.inner.worker_id),

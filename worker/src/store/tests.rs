@@ -25,7 +25,7 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
 }
 
 fn crcs(data: &[u8]) -> Vec<u32> {
-    data.chunks(CHUNK as usize).map(crc32c::crc32c).collect()
+    data.chunks(CHUNK as usize).map(curvine_fabric::crc::crc32c).collect()
 }
 
 /// Writes a whole block in 64 KiB appends; returns the tier it landed in.
