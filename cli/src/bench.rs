@@ -175,7 +175,7 @@ async fn read_pass(fs: &FileSystem, a: &BenchArgs, path: &str) -> Result<f64> {
         let (lo, hi) = (size * i / threads, size * (i + 1) / threads);
         tasks.push(tokio::spawn(async move {
             let r = fs.open(&path).await?;
-            let mut buf = vec![0u8; buf_len];
+            let mut buf = crate::fs_cmd::big_buffer(buf_len);
             let mut off = lo;
             while off < hi {
                 let k = ((hi - off) as usize).min(buf_len);
