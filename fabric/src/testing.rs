@@ -29,13 +29,7 @@ impl DirBlocks {
 
     /// Flips one byte of a stored block, as a failing disk would.
     pub fn corrupt(&self, block_id: u64, at: u64) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(self.dir.join(block_id.to_string()))?;
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, at)?;
-        b[0] ^= 0xff;
-        f.write_all_at(&b, at)?;
-        Ok(())
+        flip_byte(&self.dir.join(block_id.to_string()), at)
     }
 }
 
@@ -87,6 +81,17 @@ impl BlockService for DirBlocks {
     }
 }
 
+/// Flips the byte at `at` of the file at `path`.
+pub fn flip_byte(path: &std::path::Path, at: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at)?;
+    b[0] ^= 0xff;
+    f.write_all_at(&b, at)?;
+    Ok(())
+}
+
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
@@ -113,8 +118,10 @@ pub async fn write_block(t: &dyn Transport, addr: &str, id: u64, data: &[u8], fr
 
 /// The suite: round trips of awkward sizes, ranged and unaligned reads,
 /// reads past the end, missing blocks, commit errors, and corruption.
-/// `svc` must be the service behind `addr`.
-pub async fn run_all(t: &dyn Transport, addr: &str, svc: &DirBlocks) {
+/// `corrupt(block_id, offset)` must flip a stored byte of a block of the
+/// service behind `addr`, as a failing disk would. Block ids 100..=104 and
+/// 500 are used.
+pub async fn run_all(t: &dyn Transport, addr: &str, corrupt: &(dyn Fn(u64, u64) -> Result<()> + Sync)) {
     let sizes = [1usize, CHUNK as usize - 1, CHUNK as usize, CHUNK as usize + 1, (9 << 20) + 3];
     for (i, &n) in sizes.iter().enumerate() {
         let id = 100 + i as u64;
@@ -158,7 +165,7 @@ pub async fn run_all(t: &dyn Transport, addr: &str, svc: &DirBlocks) {
     // and on partial edges (checked by the server).
     let id = 104;
     let data = pattern((9 << 20) + 3, id);
-    svc.corrupt(id, 3 * CHUNK + 5).expect("corrupt");
+    corrupt(id, 3 * CHUNK + 5).expect("corrupt");
     let mut buf = vec![0u8; data.len()];
     let e = c.read_into(id, 0, &mut buf).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");

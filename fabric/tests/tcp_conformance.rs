@@ -24,7 +24,7 @@ async fn tcp_passes_the_conformance_suite() {
     let (addr, svc, _d) = server().await;
     // Small requests and a shallow pipeline exercise the multi-request path.
     let t = TcpTransport::new(TcpOptions { chunk_size: 1 << 20, depth: 3, ..Default::default() });
-    run_all(&t, &addr, &svc).await;
+    run_all(&t, &addr, &|id, at| svc.corrupt(id, at)).await;
 }
 
 /// Sends `bytes` on a fresh connection; returns whether the server closed it.
