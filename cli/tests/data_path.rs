@@ -187,3 +187,30 @@ async fn corrupted_block_is_detected_not_served() {
     let out = tempfile::tempdir().unwrap();
     fails_with(&cv(&n, &["fs", "get", "/c", out.path().join("c").to_str().unwrap()]), "checksum mismatch");
 }
+
+/// On a terminal `put`/`get` draw a progress bar (run under `script`, which
+/// gives the command a pseudo-terminal); piped, they print nothing (checked
+/// in the 1 GiB test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_bar_on_a_terminal() {
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED progress_bar_on_a_terminal: util-linux `script` is not installed, no way to get a pty");
+        return;
+    }
+    let n = node().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("p.bin");
+    std::fs::write(&src, random_bytes(64 << 20, 21)).unwrap();
+    let cmd = format!("{} fs put {} /p.bin", bin().display(), src.display());
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("CURVINE_META", n.meta_addr())
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(tty.contains("put") && tty.contains("MiB"), "no progress bar on the terminal: {tty:?}");
+    assert_eq!(n.fs().unwrap().read_all("/p.bin").await.unwrap().len(), 64 << 20);
+}

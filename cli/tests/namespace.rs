@@ -34,6 +34,8 @@ async fn every_error_kind_reaches_the_caller() {
     assert_eq!(kind(fs.rename("/missing", "/m2").await), ErrorKind::NotFound);
     assert_eq!(kind(fs.rename("/d", "/d/inside").await), ErrorKind::InvalidArgument);
     assert_eq!(kind(fs.list("/d/f").await), ErrorKind::NotADirectory);
+    let odd = CreateOptions { block_size: 100_000, ..Default::default() };
+    assert_eq!(kind(fs.create("/d/odd", odd).await), ErrorKind::InvalidArgument);
 
     // The CLI turns them into one line each and a non-zero exit.
     fails_with(&cv(&n, &["fs", "stat", "/a/b"]), "/a/b: no such file or directory");

@@ -96,8 +96,14 @@ impl MetaServiceImpl {
         let path = normalize(&r.path)?;
         let block_size = if r.block_size == 0 { self.conf.cluster.block_size.0 } else { r.block_size };
         let replication = if r.replication == 0 { self.conf.cluster.replication } else { r.replication };
-        if block_size == 0 || replication == 0 {
-            return Err(Error::invalid(format!("{path}: block size and replication must be positive")));
+        if replication == 0 || replication > 16 {
+            return Err(Error::invalid(format!("{path}: replication {replication} must be between 1 and 16")));
+        }
+        // Data-plane frames and checksums work in 64 KiB chunks.
+        if block_size < 64 << 10 || block_size > 4 << 30 || block_size % (64 << 10) != 0 {
+            return Err(Error::invalid(format!(
+                "{path}: block size {block_size} must be a multiple of 64 KiB between 64 KiB and 4 GiB"
+            )));
         }
         let mode = if r.mode == 0 { 0o644 } else { r.mode };
         let cmd = MetaCommand::Create {
