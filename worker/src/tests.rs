@@ -233,3 +233,31 @@ async fn tiered_store_passes_the_fabric_conformance_suite() {
     };
     curvine_fabric::testing::run_all(&t, &addr, &corrupt).await;
 }
+
+/// A client that dies in the middle of a block leaves nothing behind: the
+/// reservation is released, the temp file removed, and the id reusable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connection_mid_write_releases_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiers = vec![TierConf { kind: "MEM".into(), dir: dir.path().join("mem"), capacity: ByteSize(16 << 20) }];
+    let store = Arc::new(crate::store::TieredStore::open(9, &tiers, false).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(curvine_fabric::tcp::serve(listener, store.clone(), std::future::pending()));
+    let t = TcpTransport::new(TcpOptions::default());
+    let mut c = t.connect(&addr).await.unwrap();
+    c.write_open(42, 8 << 20).await.unwrap();
+    c.write_data(42, 0, &vec![7u8; 4 << 20]).await.unwrap();
+    c.ping().await.unwrap(); // the frames above have been taken off the socket
+    assert_eq!(store.usage()[0].reserved, 8 << 20);
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.usage()[0].reserved != 0 {
+        assert!(Instant::now() < deadline, "reservation not released: {:?}", store.usage()[0].reserved);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(std::fs::read_dir(dir.path().join("mem/tmp")).unwrap().count(), 0, "temp file left behind");
+    assert!(!store.contains(42));
+    let data = vec![9u8; 1 << 20];
+    assert_eq!(curvine_fabric::testing::write_block(&t, &addr, 42, &data, 1 << 20).await.unwrap(), TierKind::Mem);
+}

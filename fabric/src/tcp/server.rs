@@ -68,33 +68,77 @@ fn set_sndbuf(stream: &TcpStream, bytes: i32) {
     }
 }
 
+/// Frames a write session keeps queued for its writer thread.
+const WRITE_QUEUE: usize = 2;
+
+/// One frame of block data on its way to the writer thread.
+struct Piece {
+    offset: u64,
+    data: Vec<u8>,
+    crcs: Vec<u32>,
+}
+
+/// A block being written. The connection task only reads frames off the
+/// socket; a blocking writer thread verifies their checksums and appends
+/// them to the block file, so socket reads and file writes overlap.
 struct WriteSession {
-    sink: Box<dyn BlockSink>,
+    tx: tokio::sync::mpsc::Sender<Piece>,
+    /// Buffers the writer has finished with, for reuse.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    done: tokio::task::JoinHandle<(Box<dyn BlockSink>, Option<Error>)>,
     next: u64,
     ended: bool,
-    failed: Option<Error>,
+}
+
+impl WriteSession {
+    fn start(block_id: u64, mut sink: Box<dyn BlockSink>) -> WriteSession {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(WRITE_QUEUE);
+        let (spare_tx, spare) = std::sync::mpsc::channel();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut failed = None;
+            while let Some(p) = rx.blocking_recv() {
+                if failed.is_none() {
+                    failed = append_verified(block_id, &mut *sink, &p).err();
+                }
+                let _ = spare_tx.send(p.data);
+            }
+            (sink, failed)
+        });
+        WriteSession { tx, spare, done, next: 0, ended: false }
+    }
+
+    /// Stops the writer thread and returns the sink with the first failure.
+    async fn finish(self) -> Result<(Box<dyn BlockSink>, Option<Error>)> {
+        drop(self.tx);
+        self.done.await.map_err(|e| Error::internal(format!("block writer failed: {e}")))
+    }
+}
+
+fn append_verified(block_id: u64, sink: &mut dyn BlockSink, p: &Piece) -> Result<()> {
+    for (i, (chunk, want)) in p.data.chunks(CHUNK as usize).zip(&p.crcs).enumerate() {
+        if crate::crc::crc32c(chunk) != *want {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("block {block_id}: chunk at offset {} arrived corrupted", p.offset + i as u64 * CHUNK),
+            ));
+        }
+    }
+    sink.append(p.offset, &p.data, &p.crcs)
 }
 
 struct Conn {
     stream: TcpStream,
     svc: Arc<dyn BlockService>,
     head: Vec<u8>,
-    payload: Vec<u8>,
     out: Vec<u8>,
+    /// Dropping a session (e.g. when the connection dies) ends its writer
+    /// thread, which drops the sink: an uncommitted block is discarded.
     writes: HashMap<u64, WriteSession>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        for (_, s) in self.writes.drain() {
-            s.sink.abort();
-        }
-    }
 }
 
 impl Conn {
     fn new(stream: TcpStream, svc: Arc<dyn BlockService>) -> Self {
-        Conn { stream, svc, head: Vec::new(), payload: Vec::new(), out: Vec::new(), writes: HashMap::new() }
+        Conn { stream, svc, head: Vec::new(), out: Vec::new(), writes: HashMap::new() }
     }
 
     async fn run(mut self) -> Result<()> {
@@ -233,7 +277,7 @@ impl Conn {
             Ok(sink) => {
                 let mut head = Vec::new();
                 msg::encode_tier(sink.tier(), &mut head);
-                self.writes.insert(req.block_id, WriteSession { sink, next: 0, ended: false, failed: None });
+                self.writes.insert(req.block_id, WriteSession::start(req.block_id, sink));
                 self.respond(h, &head).await
             }
             Err(e) => self.send_error(h.op, h.req_id, &e).await,
@@ -244,40 +288,29 @@ impl Conn {
     /// the commit, so the client can stream without round trips.
     async fn write_data(&mut self, h: &Header) -> Result<()> {
         let req = WriteData::decode(&self.head, h.payload_len)?;
-        self.payload.resize(h.payload_len as usize, 0);
-        self.stream.read_exact(&mut self.payload).await?;
         let Some(s) = self.writes.get_mut(&req.block_id) else {
             return Err(Error::protocol(format!("data for block {} without an open write", req.block_id)));
         };
-        if s.failed.is_some() {
-            return Ok(());
+        if s.ended || req.offset != s.next {
+            return Err(Error::protocol(format!(
+                "block {}: write at offset {} but {} bytes written so far",
+                req.block_id, req.offset, s.next
+            )));
         }
-        let result = (|| {
-            if s.ended || req.offset != s.next {
-                return Err(Error::protocol(format!(
-                    "block {}: write at offset {} but {} bytes written so far",
-                    req.block_id, req.offset, s.next
-                )));
-            }
-            for (i, (chunk, want)) in self.payload.chunks(CHUNK as usize).zip(&req.crcs).enumerate() {
-                if crate::crc::crc32c(chunk) != *want {
-                    return Err(Error::new(
-                        ErrorKind::Corrupt,
-                        format!("block {}: chunk at offset {} arrived corrupted", req.block_id, req.offset + i as u64 * CHUNK),
-                    ));
-                }
-            }
-            s.sink.append(req.offset, &self.payload, &req.crcs)
-        })();
-        match result {
-            Ok(()) => {
-                s.next += self.payload.len() as u64;
-                s.ended = self.payload.len() as u64 % CHUNK != 0;
-            }
-            Err(e) if e.kind() == ErrorKind::Protocol => return Err(e),
-            Err(e) => s.failed = Some(e),
+        // Bounded by MAX_PAYLOAD (checked in decode) and by WRITE_QUEUE
+        // buffers per session.
+        let mut data = s.spare.try_recv().unwrap_or_default();
+        data.resize(h.payload_len as usize, 0);
+        self.stream.read_exact(&mut data).await?;
+        s.next += data.len() as u64;
+        s.ended = data.len() as u64 % CHUNK != 0;
+        let piece = Piece { offset: req.offset, data, crcs: req.crcs };
+        // Waits (without blocking the runtime) while the writer thread is
+        // busy with the previous frames.
+        match s.tx.send(piece).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::internal(format!("block {}: writer thread is gone", req.block_id))),
         }
-        Ok(())
     }
 
     async fn write_commit(&mut self, h: &Header, abort: bool) -> Result<()> {
@@ -287,20 +320,22 @@ impl Conn {
             let e = Error::protocol(format!("block {} has no open write", req.block_id));
             return self.send_error(h.op, h.req_id, &e).await;
         };
+        let written = s.next;
+        let (sink, failed) = s.finish().await?;
         if abort {
-            s.sink.abort();
+            sink.abort();
             return self.respond(h, &[]).await;
         }
-        if let Some(e) = s.failed {
-            s.sink.abort();
+        if let Some(e) = failed {
+            sink.abort();
             return self.send_error(h.op, h.req_id, &e).await;
         }
-        if req.len != s.next {
-            s.sink.abort();
-            let e = Error::invalid(format!("block {}: commit of {} bytes but {} were written", req.block_id, req.len, s.next));
+        if req.len != written {
+            sink.abort();
+            let e = Error::invalid(format!("block {}: commit of {} bytes but {} were written", req.block_id, req.len, written));
             return self.send_error(h.op, h.req_id, &e).await;
         }
-        match s.sink.commit(req.len) {
+        match sink.commit(req.len) {
             Ok(tier) => {
                 let mut head = Vec::new();
                 msg::encode_tier(tier, &mut head);
