@@ -82,8 +82,8 @@ fn main() {
     let task = rt.spawn(async move {
         match cli.cmd {
             Cmd::Up(a) => server::up(a).await,
-            Cmd::Meta(a) => server::meta(a).await,
-            Cmd::Worker(a) => server::worker(a).await,
+            Cmd::Meta(a) => server::role(a, "meta").await,
+            Cmd::Worker(a) => server::role(a, "worker").await,
             Cmd::Fs { cmd, client } => fs_cmd::run(cmd, &client).await,
             Cmd::Report { client, json } => fs_cmd::report(&client, json).await,
             Cmd::Bench { cmd, client } => bench::run(cmd, &client).await,

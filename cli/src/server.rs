@@ -278,46 +278,41 @@ fn role_config(a: &RoleArgs, role: &str) -> Result<Config> {
     Ok(conf)
 }
 
-pub async fn meta(a: RoleArgs) -> Result<()> {
-    let conf = role_config(&a, "meta")?;
-    let l = bind(&conf.meta.host, conf.meta.port, "meta").await?;
-    let web_l = bind(&conf.web.host, conf.web.port, "web").await?;
-    let (addr, web_addr) = (l.local_addr()?, web_l.local_addr()?);
-    let mut registry = Registry::default();
-    let node = curvine_meta::MetaNode::start(conf, l, &mut registry).await?;
-    let (tx, rx) = watch::channel(false);
-    let web = tokio::spawn(crate::web::serve(
-        web_l,
-        Arc::new(registry),
-        serde_json::json!({"roles": ["meta"], "meta": addr.to_string()}),
-        shutdown_signal(&rx),
-    ));
-    println!("curvine ready meta={addr} web={web_addr}");
-    terminated().await;
-    let _ = tx.send(true);
-    node.shutdown().await?;
-    let _ = web.await;
-    Ok(())
+/// A role started by `cv meta` or `cv worker`.
+enum Running {
+    Meta(curvine_meta::MetaNode),
+    Worker(curvine_worker::Worker),
 }
 
-pub async fn worker(a: RoleArgs) -> Result<()> {
-    let conf = role_config(&a, "worker")?;
-    let l = bind(&conf.worker.host, conf.worker.port, "worker").await?;
+/// Runs one role (`"meta"` or `"worker"`) until SIGTERM or Ctrl-C.
+pub async fn role(a: RoleArgs, role: &'static str) -> Result<()> {
+    let conf = role_config(&a, role)?;
+    let (host, port) = match role {
+        "meta" => (conf.meta.host.clone(), conf.meta.port),
+        _ => (conf.worker.host.clone(), conf.worker.port),
+    };
+    let l = bind(&host, port, role).await?;
     let web_l = bind(&conf.web.host, conf.web.port, "web").await?;
     let (addr, web_addr) = (l.local_addr()?, web_l.local_addr()?);
     let mut registry = Registry::default();
-    let w = curvine_worker::start(conf, l, &mut registry).await?;
+    let running = match role {
+        "meta" => Running::Meta(curvine_meta::MetaNode::start(conf, l, &mut registry).await?),
+        _ => Running::Worker(curvine_worker::start(conf, l, &mut registry).await?),
+    };
     let (tx, rx) = watch::channel(false);
     let web = tokio::spawn(crate::web::serve(
         web_l,
         Arc::new(registry),
-        serde_json::json!({"roles": ["worker"], "worker": addr.to_string()}),
+        serde_json::json!({"roles": [role], role: addr.to_string()}),
         shutdown_signal(&rx),
     ));
-    println!("curvine ready worker={addr} web={web_addr}");
+    println!("curvine ready {role}={addr} web={web_addr}");
     terminated().await;
     let _ = tx.send(true);
-    w.shutdown().await;
+    match running {
+        Running::Meta(node) => node.shutdown().await?,
+        Running::Worker(w) => w.shutdown().await,
+    }
     let _ = web.await;
     Ok(())
 }

@@ -123,3 +123,31 @@ async fn meta_and_workers_run_as_separate_processes() {
     .unwrap();
     assert_eq!(fs.report().await.unwrap().workers.len(), 2, "restarted workers must keep their ids");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_worker_gives_a_clear_error_not_a_hang() {
+    let mut split = testbed::Split::start(bin(), 1, "64MiB").await.unwrap();
+    let fs = split.fs().unwrap();
+    let data = random_bytes(3 << 20, 12);
+    fs.write_all("/w", &data, false).await.unwrap();
+    split.workers[0].kill9();
+    let t = std::time::Instant::now();
+    let e = fs.read_all("/w").await.unwrap_err();
+    assert_eq!(e.kind(), curvine_client::ErrorKind::Unavailable, "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(30), "took {:?}", t.elapsed());
+    // Writes have nowhere to go once meta notices: a clear "no space" (no live workers).
+    testbed::wait_for("meta to notice the dead worker", std::time::Duration::from_secs(60), || async {
+        fs.report().await.map(|r| r.workers.iter().all(|w| !w.alive)).unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    let e = fs.write_all("/w2", b"x", false).await.unwrap_err();
+    assert_eq!(e.kind(), curvine_client::ErrorKind::NoSpace, "{e}");
+    assert!(e.to_string().contains("no live workers"), "{e}");
+    assert!(!fs.exists("/w2").await.unwrap(), "a failed write must not leave a file");
+    // The file comes back with its worker.
+    let args = split.workers[0].args().to_vec();
+    split.workers[0].restart_with(args).unwrap();
+    split.wait_workers(1).await.unwrap();
+    assert_eq!(fs.read_all("/w").await.unwrap(), data);
+}
