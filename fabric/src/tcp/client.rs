@@ -120,7 +120,6 @@ impl TcpConn {
                     self.set_lowat(buf.len() - pos);
                     let io = self.opts.io_timeout;
                     let ready = tokio::time::timeout(io, self.stream.readable()).await;
-                    self.set_lowat(1);
                     match ready {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return Err(self.fail(e.into())),
@@ -162,6 +161,8 @@ impl TcpConn {
     async fn recv_header(&mut self, op: Op, req_id: u64) -> Result<std::result::Result<Header, Error>> {
         let mut hb = [0u8; HEADER_LEN];
         let io = self.opts.io_timeout;
+        // Every read other than `read_piece` waits with the mark at 1 byte.
+        self.set_lowat(1);
         match tokio::time::timeout(io, self.stream.read_exact(&mut hb)).await {
             Err(_) => return Err(self.fail(Error::new(ErrorKind::Timeout, format!("no response in {io:?}")))),
             Ok(Err(e)) => return Err(self.fail(e.into())),
@@ -259,6 +260,7 @@ impl DataConn for TcpConn {
                     }
                     at = end;
                 }
+                self.set_lowat(1);
                 self.stream.read_exact(&mut dst[be..]).await.map_err(|e| self.fail(e.into()))?;
                 filled += dst.len();
                 short = dst.len() < len;
@@ -269,6 +271,7 @@ impl DataConn for TcpConn {
                 // Drain responses after a short read or an error so the
                 // stream stays in sync.
                 let mut sink = vec![0u8; h.payload_len as usize];
+                self.set_lowat(1);
                 self.stream.read_exact(&mut sink).await.map_err(|e| self.fail(e.into()))?;
             }
             done += 1;
