@@ -214,3 +214,28 @@ async fn progress_bar_on_a_terminal() {
     assert!(tty.contains("put") && tty.contains("MiB"), "no progress bar on the terminal: {tty:?}");
     assert_eq!(n.fs().unwrap().read_all("/p.bin").await.unwrap().len(), 64 << 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_writer_leaves_no_file_and_no_reservation() {
+    let n = node_with(UpOptions { block_size: Some("8MiB".into()), mem: Some("64MiB".into()), ..Default::default() }).await;
+    let fs = n.fs().unwrap();
+    let mut w = fs.create("/dropped", CreateOptions::default()).await.unwrap();
+    w.write(&random_bytes(3 << 20, 1)).await.unwrap();
+    // The open block holds a reservation, and the report shows it.
+    testbed::wait_for("the reservation to show in the report", std::time::Duration::from_secs(30), || async {
+        fs.report().await.map(|r| r.workers.iter().flat_map(|w| &w.tiers).any(|t| t.reserved > 0)).unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    drop(w);
+    testbed::wait_for("the dropped file to be aborted", std::time::Duration::from_secs(30), || async {
+        !fs.exists("/dropped").await.unwrap_or(true)
+    })
+    .await
+    .unwrap();
+    testbed::wait_for("the worker to release the reservation", std::time::Duration::from_secs(30), || async {
+        fs.report().await.map(|r| r.workers.iter().flat_map(|w| &w.tiers).all(|t| t.reserved == 0)).unwrap_or(false)
+    })
+    .await
+    .unwrap();
+}

@@ -55,6 +55,15 @@ impl DerefMut for Pooled {
     }
 }
 
+impl Pooled {
+    /// Closes the connection instead of returning it to the pool (the worker
+    /// then drops whatever the connection had open, e.g. a half-written
+    /// block and its reservation).
+    pub fn discard(mut self) {
+        self.conn.take();
+    }
+}
+
 impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {

@@ -210,3 +210,35 @@ impl FileWriter {
         }
     }
 }
+
+/// A writer dropped without `close` or `abort` (a panic, a cancelled task)
+/// must not leave a half-written block reserved on the worker or an
+/// incomplete file in the namespace.
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(b) = self.cur.take() {
+            b.conn.discard();
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(path = %self.status.path, "writer dropped outside a runtime: file left incomplete");
+            return;
+        };
+        let (fs, file_id, path) = (self.fs.clone(), self.status.id, self.status.path.clone());
+        rt.spawn(async move {
+            let r = fs
+                .inner
+                .meta
+                .call(|mut c| {
+                    let req = proto::AbortRequest { file_id, path: path.clone() };
+                    async move { c.abort(req).await }
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(%path, error = %e, "abort of a dropped writer failed");
+            }
+        });
+    }
+}
