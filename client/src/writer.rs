@@ -195,19 +195,7 @@ impl FileWriter {
         if let Some(mut b) = self.cur.take() {
             let _ = b.conn.write_abort(b.block.id).await;
         }
-        let (file_id, path) = (self.status.id, self.status.path.clone());
-        let r = self
-            .fs
-            .inner
-            .meta
-            .call(|mut c| {
-                let req = proto::AbortRequest { file_id, path: path.clone() };
-                async move { c.abort(req).await }
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(path = %self.status.path, error = %e, "abort of unfinished file failed");
-        }
+        abort_file(self.fs.clone(), self.status.id, self.status.path.clone()).await;
     }
 }
 
@@ -226,19 +214,22 @@ impl Drop for FileWriter {
             tracing::warn!(path = %self.status.path, "writer dropped outside a runtime: file left incomplete");
             return;
         };
-        let (fs, file_id, path) = (self.fs.clone(), self.status.id, self.status.path.clone());
-        rt.spawn(async move {
-            let r = fs
-                .inner
-                .meta
-                .call(|mut c| {
-                    let req = proto::AbortRequest { file_id, path: path.clone() };
-                    async move { c.abort(req).await }
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(%path, error = %e, "abort of a dropped writer failed");
-            }
-        });
+        rt.spawn(abort_file(self.fs.clone(), self.status.id, self.status.path.clone()));
+    }
+}
+
+/// Asks meta to drop an unfinished file and its blocks; failures are logged
+/// (the file stays visible as incomplete).
+async fn abort_file(fs: FileSystem, file_id: u64, path: String) {
+    let r = fs
+        .inner
+        .meta
+        .call(|mut c| {
+            let req = proto::AbortRequest { file_id, path: path.clone() };
+            async move { c.abort(req).await }
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(%path, error = %e, "abort of unfinished file failed");
     }
 }
