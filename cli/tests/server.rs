@@ -111,10 +111,8 @@ async fn meta_and_workers_run_as_separate_processes() {
     let r = fs.report().await.unwrap();
     assert_eq!(r.workers.iter().filter(|w| w.alive).count(), 2);
     // A worker restart keeps its blocks and its id, and meta learns them again.
-    let w0 = split.workers[0].args().to_vec();
-    let w1 = split.workers[1].args().to_vec();
-    split.workers[0].restart_with(w0).unwrap();
-    split.workers[1].restart_with(w1).unwrap();
+    split.workers[0].restart().unwrap();
+    split.workers[1].restart().unwrap();
     split.wait_workers(2).await.unwrap();
     testbed::wait_for("blocks to be re-reported", std::time::Duration::from_secs(30), || async {
         fs.read_all("/split").await.map(|d| d == data).unwrap_or(false)
@@ -146,8 +144,7 @@ async fn dead_worker_gives_a_clear_error_not_a_hang() {
     assert!(e.to_string().contains("no live workers"), "{e}");
     assert!(!fs.exists("/w2").await.unwrap(), "a failed write must not leave a file");
     // The file comes back with its worker.
-    let args = split.workers[0].args().to_vec();
-    split.workers[0].restart_with(args).unwrap();
+    split.workers[0].restart().unwrap();
     split.wait_workers(1).await.unwrap();
     assert_eq!(fs.read_all("/w").await.unwrap(), data);
 }

@@ -113,6 +113,11 @@ impl Proc {
         self.start()
     }
 
+    /// kill -9 (if running), then starts the same command again.
+    pub fn restart(&mut self) -> Result<()> {
+        self.restart_with(self.args.clone())
+    }
+
     pub fn args(&self) -> &[String] {
         &self.args
     }
