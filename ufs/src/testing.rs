@@ -1,0 +1,217 @@
+//! Conformance suite every UFS passes: the same calls and assertions against
+//! a local directory and a real S3 server (and any store a user wants to
+//! vet: point it at a scratch prefix). Panics with a message naming the
+//! failed property.
+//!
+//! Needs a `Ufs` built with `list_page=7` so listing crosses store pages with
+//! few objects.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::{ErrorKind, Ufs, UfsEntry};
+
+/// Runs every check under `prefix` (relative to the UFS root; must be empty
+/// or absent and writable). Removes what it wrote.
+pub async fn conformance(ufs: &Ufs, prefix: &str) {
+    let p = prefix.trim_matches('/').to_string();
+    ufs.check().await.unwrap_or_else(|e| panic!("check: {e}"));
+    write_then_stat(ufs, &p).await;
+    directories(ufs, &p).await;
+    list_pages(ufs, &p).await;
+    read_ranges(ufs, &p).await;
+    etag_guards_reads(ufs, &p).await;
+    multipart_write(ufs, &p).await;
+    abort_and_drop(ufs, &p).await;
+    bad_paths(ufs).await;
+    cleanup(ufs, &p).await;
+}
+
+/// Deterministic bytes (xorshift), so a mismatch points at an offset.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub async fn put(ufs: &Ufs, rel: &str, data: &[u8]) -> UfsEntry {
+    let mut w = ufs.writer(rel).await.unwrap_or_else(|e| panic!("writer {rel}: {e}"));
+    for piece in data.chunks(1 << 20) {
+        w.write(Bytes::copy_from_slice(piece)).await.unwrap_or_else(|e| panic!("write {rel}: {e}"));
+    }
+    w.close().await.unwrap_or_else(|e| panic!("close {rel}: {e}"))
+}
+
+pub async fn get(ufs: &Ufs, rel: &str, offset: u64, len: u64, etag: Option<&str>) -> crate::Result<Vec<u8>> {
+    let mut r = ufs.read(rel, offset, len, etag).await?;
+    let mut out = Vec::with_capacity(len as usize);
+    while let Some(b) = r.next().await? {
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
+}
+
+async fn list_all(ufs: &Ufs, rel: &str, page: usize) -> Vec<UfsEntry> {
+    let mut l = ufs.list(rel).await.unwrap_or_else(|e| panic!("list {rel}: {e}"));
+    let mut all = Vec::new();
+    loop {
+        let got = l.next_page(page).await.unwrap_or_else(|e| panic!("list {rel}: {e}"));
+        if got.is_empty() {
+            return all;
+        }
+        assert!(got.len() <= page, "list {rel}: page of {} > max {page}", got.len());
+        all.extend(got);
+    }
+}
+
+async fn write_then_stat(ufs: &Ufs, p: &str) {
+    let rel = format!("{p}/small");
+    let closed = put(ufs, &rel, b"hello ufs").await;
+    assert_eq!((closed.name.as_str(), closed.is_dir, closed.len), ("small", false, 9), "close returns the entry");
+    assert!(!closed.etag.is_empty(), "close returns an etag");
+    assert!(closed.mtime_ms > 0, "close returns an mtime");
+    let st = ufs.stat(&rel).await.unwrap().expect("stat finds the written file");
+    assert_eq!(st, closed, "stat agrees with close");
+    assert_eq!(ufs.stat(&format!("{p}/nope")).await.unwrap(), None, "stat of a missing file is None");
+    assert_eq!(ufs.stat(&format!("{p}/nope/deeper")).await.unwrap(), None, "stat under a missing dir is None");
+    assert_eq!(ufs.stat(&format!("{p}/small/under-a-file")).await.unwrap(), None, "stat under a file is None");
+    assert_eq!(get(ufs, &rel, 0, 9, None).await.unwrap(), b"hello ufs");
+    ufs.delete(&rel).await.unwrap();
+    assert_eq!(ufs.stat(&rel).await.unwrap(), None, "delete removes");
+    ufs.delete(&rel).await.expect("deleting a missing file is Ok");
+}
+
+async fn directories(ufs: &Ufs, p: &str) {
+    // On object stores `d/implicit` exists only as a prefix of this object.
+    put(ufs, &format!("{p}/d/implicit/deep/x"), b"x").await;
+    for dir in [p.to_string(), format!("{p}/d"), format!("{p}/d/implicit"), format!("{p}/d/implicit/deep")] {
+        let st = ufs.stat(&dir).await.unwrap().unwrap_or_else(|| panic!("stat {dir}: implicit dir not found"));
+        assert!(st.is_dir, "{dir} is a dir");
+        assert_eq!(st.name, dir.rsplit('/').next().unwrap(), "name of {dir}");
+    }
+    let root = ufs.stat("").await.unwrap().expect("root");
+    assert!(root.is_dir, "root is a dir");
+    let kids = list_all(ufs, &format!("{p}/d"), 10).await;
+    assert_eq!(kids.len(), 1, "list {p}/d: {kids:?}");
+    assert_eq!((kids[0].name.as_str(), kids[0].is_dir), ("implicit", true), "list shows implicit dirs");
+    assert!(list_all(ufs, &format!("{p}/missing-dir"), 10).await.is_empty(), "list of a missing dir is empty");
+}
+
+async fn list_pages(ufs: &Ufs, p: &str) {
+    let dir = format!("{p}/many");
+    let mut want = BTreeSet::new();
+    for i in 0..25 {
+        let name = format!("f{i:02}");
+        put(ufs, &format!("{dir}/{name}"), &pattern(i, i as u64)).await;
+        want.insert(name);
+    }
+    put(ufs, &format!("{dir}/sub/y"), b"y").await;
+    want.insert("sub".to_string());
+    let all = list_all(ufs, &dir, 4).await;
+    let names: BTreeSet<String> = all.iter().map(|e| e.name.clone()).collect();
+    assert_eq!(all.len(), names.len(), "no duplicates across pages");
+    assert_eq!(names, want, "list over several store pages");
+    for e in &all {
+        if e.name == "sub" {
+            assert!(e.is_dir, "sub is a dir");
+            continue;
+        }
+        let i: usize = e.name[1..].parse().unwrap();
+        assert!(!e.is_dir && e.len == i as u64, "{e:?}");
+        let st = ufs.stat(&format!("{dir}/{}", e.name)).await.unwrap().unwrap();
+        assert_eq!(st.etag, e.etag, "list and stat agree on the etag of {}", e.name);
+        assert_eq!(st.len, e.len);
+    }
+}
+
+async fn read_ranges(ufs: &Ufs, p: &str) {
+    let rel = format!("{p}/ranges");
+    let len = (3 << 20) + 17;
+    let data = pattern(len, 7);
+    put(ufs, &rel, &data).await;
+    let n = len as u64;
+    for (off, l) in [(0, n), (1, 99), (n - 10, 10), (n - 1, 1), (5, 0), (1 << 20, 1 << 20)] {
+        let got = get(ufs, &rel, off, l, None).await.unwrap_or_else(|e| panic!("read {off}+{l}: {e}"));
+        assert!(got == data[off as usize..(off + l) as usize], "bytes of {off}+{l}");
+    }
+    let e = get(ufs, &rel, n - 5, 10, None).await.expect_err("a range past the end fails");
+    assert_ne!(e.kind(), ErrorKind::NotFound, "{e}");
+    let e = get(ufs, &format!("{p}/absent"), 0, 1, None).await.expect_err("missing");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(e.message().contains(&format!("{p}/absent")), "error names the path: {e}");
+}
+
+async fn etag_guards_reads(ufs: &Ufs, p: &str) {
+    let rel = format!("{p}/versioned");
+    let v1 = put(ufs, &rel, b"version one").await;
+    assert_eq!(get(ufs, &rel, 0, 11, Some(&v1.etag)).await.unwrap(), b"version one");
+    let v2 = put(ufs, &rel, b"version two!").await;
+    assert_ne!(v1.etag, v2.etag, "an overwrite changes the etag");
+    let e = get(ufs, &rel, 0, 5, Some(&v1.etag)).await.expect_err("stale etag must not read the new version");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.message().contains("changed in the UFS"), "{e}");
+    assert_eq!(get(ufs, &rel, 0, 12, Some(&v2.etag)).await.unwrap(), b"version two!");
+}
+
+async fn multipart_write(ufs: &Ufs, p: &str) {
+    let rel = format!("{p}/big");
+    let data = pattern(20 << 20, 20);
+    let e = put(ufs, &rel, &data).await;
+    assert_eq!(e.len, 20 << 20, "multipart length");
+    // Larger than read_chunk: concurrent ranged reads.
+    let got = get(ufs, &rel, 0, e.len, Some(&e.etag)).await.unwrap();
+    assert!(got == data, "20 MiB round trip");
+    let got = get(ufs, &rel, (9 << 20) + 3, 10 << 20, None).await.unwrap();
+    assert!(got[..] == data[(9 << 20) + 3..(19 << 20) + 3], "chunked mid-range");
+}
+
+async fn abort_and_drop(ufs: &Ufs, p: &str) {
+    let rel = format!("{p}/aborted");
+    let mut w = ufs.writer(&rel).await.unwrap();
+    w.write(Bytes::from(pattern(6 << 20, 1))).await.unwrap();
+    w.abort().await.unwrap();
+    assert_eq!(ufs.stat(&rel).await.unwrap(), None, "an aborted write leaves nothing");
+
+    let rel = format!("{p}/dropped");
+    let mut w = ufs.writer(&rel).await.unwrap();
+    w.write(Bytes::from(pattern(6 << 20, 2))).await.unwrap();
+    drop(w);
+    // The abort runs in a spawned task: wait for its observable effect.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ufs.stat(&rel).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "a dropped writer leaves nothing");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn bad_paths(ufs: &Ufs) {
+    for rel in ["a/../b", "a//b", "./a"] {
+        let e = ufs.stat(rel).await.expect_err(rel);
+        assert_eq!(e.kind(), ErrorKind::InvalidPath, "{rel}: {e}");
+    }
+    assert_eq!(ufs.read("", 0, 1, None).await.err().map(|e| e.kind()), Some(ErrorKind::IsADirectory));
+}
+
+async fn cleanup(ufs: &Ufs, p: &str) {
+    let mut dirs = vec![p.to_string()];
+    while let Some(d) = dirs.pop() {
+        for e in list_all(ufs, &d, 100).await {
+            let rel = format!("{d}/{}", e.name);
+            if e.is_dir {
+                dirs.push(rel);
+            } else {
+                ufs.delete(&rel).await.unwrap_or_else(|e| panic!("cleanup {rel}: {e}"));
+            }
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! `Ufs`: one mounted under file system — an OpenDAL operator with bounded
+//! timeouts and retries, plus the mount's URI and settings.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use opendal::layers::{RetryLayer, TimeoutLayer};
+use opendal::{services, Capability, Configurator, HttpTransporter, Metadata, Operator};
+use opendal_http_transport_reqwest::ReqwestTransport;
+
+use crate::io::{UfsLister, UfsRead, UfsWriter};
+use crate::options::{resolve, Settings};
+use crate::uri::{check_rel, UfsUri};
+use crate::{error, Error, ErrorKind, Result};
+
+/// A TCP connect that takes longer than this fails; with the retries below an
+/// unreachable endpoint is reported within ~8 s.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on a whole non-streaming operation (stat, one list page, delete).
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on each piece of a streaming read or write.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retries of temporary errors (connect failures, 5xx, throttling).
+const RETRIES: usize = 2;
+/// `check` gives up after this even if a layer above misbehaves.
+const CHECK_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Metadata of one UFS entry. `name` is the last path component, without a
+/// trailing `/` (empty for the mount root).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UfsEntry {
+    pub name: String,
+    pub is_dir: bool,
+    pub len: u64,
+    pub mtime_ms: i64,
+    pub etag: String,
+}
+
+/// One mounted UFS. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Ufs {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub uri: UfsUri,
+    pub shown: String,
+    pub op: Operator,
+    pub cap: Capability,
+    pub settings: Settings,
+}
+
+impl std::fmt::Debug for Ufs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the options: they hold secrets.
+        f.debug_struct("Ufs").field("uri", &self.inner.shown).finish_non_exhaustive()
+    }
+}
+
+impl Ufs {
+    /// Builds the UFS from `uri` and `options` (see [`crate::options`] for
+    /// the keys) without contacting the store. For `file://` the root
+    /// directory must exist.
+    pub fn new(uri: &str, options: &BTreeMap<String, String>) -> Result<Ufs> {
+        crate::init();
+        let uri = UfsUri::parse(uri)?;
+        let shown = uri.to_string();
+        let settings = resolve(&uri, options)?;
+        if uri.scheme == "file" && !std::path::Path::new(&uri.root).is_dir() {
+            // OpenDAL would create it; a typo must not silently make a new tree.
+            return Err(Error::new(ErrorKind::NotFound, format!("{shown}: no such local directory")));
+        }
+        let op = build_operator(&uri, &settings).map_err(|e| Settings::config_error(&uri, &e))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(50))
+            .build()
+            .map_err(|e| Error::internal(format!("{shown}: cannot build the HTTP client: {e}")))?;
+        let ctx = op.base_context().with_http_transport(HttpTransporter::new(ReqwestTransport::new(client)));
+        let retry_uri = shown.clone();
+        let op = op
+            .with_context(ctx)
+            .layer(TimeoutLayer::new().with_timeout(OP_TIMEOUT).with_io_timeout(IO_TIMEOUT))
+            .layer(
+                RetryLayer::new()
+                    .with_max_times(RETRIES)
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_jitter()
+                    // OpenDAL's default notifier logs the full error, which can
+                    // include request URLs; log our redacted view instead.
+                    .with_notify(move |ev: opendal::layers::RetryEvent<'_>| {
+                        tracing::warn!(uri = %retry_uri, op = ?ev.op, attempt = ev.attempt, kind = ?ev.err.kind(), "retrying UFS request");
+                    }),
+            );
+        let cap = op.info().capability();
+        tracing::debug!(uri = %shown, options = ?crate::redact(options), "ufs built");
+        Ok(Ufs { inner: Arc::new(Inner { uri, shown, op, cap, settings }) })
+    }
+
+    /// The canonical URI (`s3://bkt/prefix`), for messages and display.
+    pub fn uri(&self) -> &str {
+        &self.inner.shown
+    }
+
+    /// The parsed URI.
+    pub fn parsed_uri(&self) -> &UfsUri {
+        &self.inner.uri
+    }
+
+    /// Proves that the store is reachable, the credentials are accepted and
+    /// the bucket exists, by listing the root with a limit of one. Fails
+    /// within ~15 s.
+    #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
+    pub async fn check(&self) -> Result<()> {
+        let shown = &self.inner.shown;
+        let work = async {
+            let mut l = self.inner.op.lister_with("/").limit(1).await.map_err(|e| self.err(&e, shown))?;
+            futures::TryStreamExt::try_next(&mut l).await.map_err(|e| self.err(&e, shown))?;
+            Ok(())
+        };
+        match tokio::time::timeout(CHECK_DEADLINE, work).await {
+            Ok(r) => r.map_err(|e: Error| self.explain_check(e)),
+            Err(_) => Err(Error::new(ErrorKind::Timeout, format!("{shown}: no answer within {CHECK_DEADLINE:?}"))),
+        }
+    }
+
+    /// Adds the endpoint to "cannot reach" errors of `check`.
+    fn explain_check(&self, e: Error) -> Error {
+        let endpoint = self.inner.settings.opendal.get("endpoint");
+        match (e.kind(), endpoint) {
+            (ErrorKind::Unavailable, Some(ep)) if e.message().contains("cannot reach") => {
+                let why = e.message().rsplit_once("cannot reach the store: ").map(|x| x.1).unwrap_or("");
+                Error::new(ErrorKind::Unavailable, format!("{}: cannot reach endpoint {ep}: {why}", self.inner.shown))
+            }
+            _ => e,
+        }
+    }
+
+    /// Metadata of `rel` (relative to the root, `""` = the root), `None` when
+    /// absent. Directories include implicit ones (a prefix with objects under
+    /// it but no marker object).
+    #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
+    pub async fn stat(&self, rel: &str) -> Result<Option<UfsEntry>> {
+        let r = check_rel(rel)?;
+        if r.is_empty() {
+            return Ok(Some(UfsEntry { name: String::new(), is_dir: true, len: 0, mtime_ms: 0, etag: String::new() }));
+        }
+        let what = self.what(r);
+        let name = r.rsplit('/').next().unwrap_or(r).to_string();
+        match self.inner.op.stat(r).await {
+            Ok(m) => return Ok(Some(entry(name, &m))),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => {}
+            // e.g. a file in the way of a path component on a local fs.
+            Err(e) if e.kind() == opendal::ErrorKind::NotADirectory => return Ok(None),
+            Err(e) => return Err(self.err(&e, &what)),
+        }
+        match self.inner.op.stat(&format!("{r}/")).await {
+            Ok(m) if m.is_dir() => Ok(Some(entry(name, &m))),
+            Ok(_) => Ok(None),
+            Err(e) if matches!(e.kind(), opendal::ErrorKind::NotFound | opendal::ErrorKind::NotADirectory) => Ok(None),
+            Err(e) => Err(self.err(&e, &what)),
+        }
+    }
+
+    /// Direct children of directory `rel`, fetched page by page as the
+    /// caller asks for them; never includes the directory itself.
+    #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
+    pub async fn list(&self, rel: &str) -> Result<UfsLister> {
+        let r = check_rel(rel)?;
+        let dir = if r.is_empty() { "/".to_string() } else { format!("{r}/") };
+        let what = self.what(r);
+        let lister = self.inner.op.lister_with(&dir).limit(self.inner.settings.list_page).await.map_err(|e| self.err(&e, &what))?;
+        Ok(UfsLister::new(self.clone(), lister, dir, what))
+    }
+
+    /// Bytes `[offset, offset+len)` of file `rel`, streamed in order; exactly
+    /// `len` bytes or an error. With `etag`, fails with `Unavailable`
+    /// ("changed in the UFS") if the object is no longer that version.
+    /// Ranges longer than `read_chunk` are fetched as concurrent ranged reads.
+    #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
+    pub async fn read(&self, rel: &str, offset: u64, len: u64, etag: Option<&str>) -> Result<UfsRead> {
+        let r = check_rel(rel)?;
+        let what = self.what(r);
+        if r.is_empty() {
+            return Err(Error::is_dir(&what));
+        }
+        let end = offset.checked_add(len).ok_or_else(|| Error::invalid(format!("{what}: range {offset}+{len} overflows")))?;
+        let native_if_match = self.inner.cap.read_with_if_match;
+        if let (Some(tag), false) = (etag, native_if_match) {
+            self.check_etag(r, tag).await?;
+        }
+        if len == 0 {
+            return Ok(UfsRead::empty(what));
+        }
+        let s = &self.inner.settings;
+        let mut fut = self.inner.op.reader_with(r);
+        if len > s.read_chunk as u64 {
+            fut = fut.chunk(s.read_chunk).concurrent(s.read_concurrency);
+        }
+        if let (Some(tag), true) = (etag, native_if_match) {
+            fut = fut.if_match(tag);
+        }
+        let reader = fut.await.map_err(|e| self.err(&e, &what))?;
+        let stream = reader.into_stream(offset..end).await.map_err(|e| self.err(&e, &what))?;
+        Ok(UfsRead::new(self.clone(), stream, len, what))
+    }
+
+    /// For stores without conditional reads: the object must still have `tag`.
+    async fn check_etag(&self, r: &str, tag: &str) -> Result<()> {
+        let what = self.what(r);
+        match self.stat(r).await? {
+            Some(e) if !e.is_dir && e.etag == tag => Ok(()),
+            Some(e) if e.is_dir => Err(Error::is_dir(&what)),
+            Some(e) => Err(changed(&what, tag, &e.etag)),
+            None => Err(Error::not_found(&what)),
+        }
+    }
+
+    /// A writer that replaces `rel` as a whole when closed (multipart upload
+    /// for large objects). Dropping it without `close` aborts.
+    #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
+    pub async fn writer(&self, rel: &str) -> Result<UfsWriter> {
+        let r = check_rel(rel)?;
+        let what = self.what(r);
+        if r.is_empty() {
+            return Err(Error::is_dir(&what));
+        }
+        let s = &self.inner.settings;
+        let w = self
+            .inner
+            .op
+            .writer_with(r)
+            .chunk(s.write_chunk)
+            .concurrent(s.write_concurrency)
+            .await
+            .map_err(|e| self.err(&e, &what))?;
+        Ok(UfsWriter::new(self.clone(), w, r.to_string(), what))
+    }
+
+    /// Deletes file `rel`; a missing file is not an error.
+    #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        let r = check_rel(rel)?;
+        let what = self.what(r);
+        if r.is_empty() {
+            return Err(Error::is_dir(&what));
+        }
+        match self.inner.op.delete(r).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(&e, &what)),
+        }
+    }
+
+    /// `s3://bkt/root/rel`, for messages.
+    pub(crate) fn what(&self, rel: &str) -> String {
+        let base = self.inner.shown.trim_end_matches('/');
+        if rel.is_empty() { self.inner.shown.clone() } else { format!("{base}/{rel}") }
+    }
+
+    pub(crate) fn err(&self, e: &opendal::Error, what: &str) -> Error {
+        let mapped = error::map(e, what, &self.inner.settings.opendal);
+        tracing::debug!(what, kind = ?mapped.kind(), msg = mapped.message(), "ufs error");
+        mapped
+    }
+}
+
+pub(crate) fn changed(what: &str, expected: &str, now: &str) -> Error {
+    Error::unavailable(format!(
+        "{what}: changed in the UFS since it was cached (etag {expected}, now {now}); re-read its metadata and retry"
+    ))
+}
+
+/// OpenDAL metadata → `UfsEntry`, with a synthetic etag when the store has none.
+pub(crate) fn entry(name: String, m: &Metadata) -> UfsEntry {
+    let since_epoch = m.last_modified().and_then(|t| SystemTime::from(t).duration_since(SystemTime::UNIX_EPOCH).ok());
+    let mtime_ms = since_epoch.map(|d| d.as_millis() as i64).unwrap_or(0);
+    let is_dir = m.is_dir();
+    let len = if is_dir { 0 } else { m.content_length() };
+    let etag = match (m.etag(), is_dir) {
+        (Some(t), _) => t.to_string(),
+        (None, true) => String::new(),
+        // Nanoseconds, so a rewrite within the same millisecond still differs
+        // on file systems that keep them.
+        (None, false) => format!("{len:x}-{:x}", since_epoch.map(|d| d.as_nanos()).unwrap_or(0)),
+    };
+    UfsEntry { name, is_dir, len, mtime_ms, etag }
+}
+
+fn build_operator(uri: &UfsUri, s: &Settings) -> opendal::Result<Operator> {
+    let m = s.opendal.clone();
+    match uri.scheme.as_str() {
+        "s3" => Operator::from_config(services::S3Config::from_iter(m)?),
+        "gs" => Operator::from_config(services::GcsConfig::from_iter(m)?),
+        "azblob" => Operator::from_config(services::AzblobConfig::from_iter(m)?),
+        "oss" => Operator::from_config(services::OssConfig::from_iter(m)?),
+        "webhdfs" => Operator::from_config(services::WebhdfsConfig::from_iter(m)?),
+        #[cfg(feature = "hdfs")]
+        "hdfs" => Operator::from_config(services::HdfsNativeConfig::from_iter(m)?),
+        "file" => Operator::from_config(services::FsConfig::from_iter(m)?),
+        other => Err(opendal::Error::new(opendal::ErrorKind::ConfigInvalid, format!("scheme {other} is not built in"))),
+    }
+}
