@@ -1,0 +1,177 @@
+"""Python client benchmarks, each with its baseline measured in the same run:
+
+1. ``read_into`` of a cached file into a numpy buffer vs the Rust client
+   reading the same file into a Rust buffer (``FileReader::read_at``, no
+   Python in the loop), interleaved rounds, medians.
+2. DataLoader samples/s over 64 KiB files (curvine.torch.Dataset) vs the same
+   files read from local disk by a plain map-style Dataset, same DataLoader
+   settings, page cache warm.
+3. Checkpoint save/load GB/s (curvine.checkpoint) vs torch.save/torch.load
+   of the same state dict to tmpfs (/dev/shm).
+
+Starts its own `cv up` node. Usage:
+    python python/bench/bench_python.py [--read-size 1GiB] [--files 4000] [--json]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import curvine
+import curvine.checkpoint as ckpt
+from curvine.testing import Node
+from curvine.torch import Dataset
+
+GIB = 1 << 30
+
+
+def size_arg(s):
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    s = s.lower().rstrip("ib").rstrip("b")
+    return int(float(s[:-1]) * units[s[-1]]) if s[-1] in units else int(s)
+
+
+def bench_read(c, size, rounds):
+    path = "/bench/read.bin"
+    data = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+    c.write(path, data)
+    buf = np.empty(size, dtype=np.uint8)
+    c.read_into(path, buf)  # warm connections and page tables
+    assert np.array_equal(buf, data)
+    py, rust = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        c.read_into(path, buf)
+        py.append(time.perf_counter() - t)
+        rust += c._bench_rust_read(path, 1)
+    p, r = size / statistics.median(py) / GIB, size / statistics.median(rust) / GIB
+    return {"bytes": size, "rounds": rounds, "python_read_into_gib_s": p, "rust_read_at_gib_s": r, "ratio": p / r}
+
+
+class LocalFiles(torch.utils.data.Dataset):
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        with open(self.paths[i], "rb") as f:
+            return f.read()
+
+
+def collate_bytes(batch):
+    return len(batch)
+
+
+def run_loader(ds, workers, batch):
+    dl = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate_bytes,
+                    persistent_workers=True, prefetch_factor=4)
+    for _ in dl:  # epoch 1 warms workers (and the page cache for local files)
+        pass
+    t = time.perf_counter()
+    n = sum(dl)
+    return n / (time.perf_counter() - t)
+
+
+def bench_loader(c, files, fsize, workers, batch):
+    root = "/bench/files"
+    local = tempfile.mkdtemp(prefix="cv-bench-files-", dir="/var/tmp")
+    rng = np.random.default_rng(1)
+    blobs = [rng.integers(0, 256, fsize, dtype=np.uint8).tobytes() for _ in range(64)]
+    paths = []
+
+    def put(i):
+        d = blobs[i % 64]
+        c.write(f"{root}/{i // 1000}/{i:06d}.bin", d)
+        p = os.path.join(local, f"{i:06d}.bin")
+        with open(p, "wb") as f:
+            f.write(d)
+        return p
+
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(put, range(files)))
+    try:
+        cv_rate = statistics.median(run_loader(Dataset(root, client=c), workers, batch) for _ in range(3))
+        local_rate = statistics.median(run_loader(LocalFiles(paths), workers, batch) for _ in range(3))
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    return {"files": files, "file_bytes": fsize, "workers": workers, "batch": batch,
+            "curvine_samples_s": cv_rate, "local_disk_samples_s": local_rate, "ratio": cv_rate / local_rate}
+
+
+def bench_checkpoint(c, total, rounds):
+    n = 16
+    sd = {f"layer{i}.weight": torch.randn(total // n // 4) for i in range(n)}
+    nbytes = sum(t.numel() * t.element_size() for t in sd.values())
+    shm = tempfile.mkdtemp(prefix="cv-bench-", dir="/dev/shm")
+    try:
+        res = {"save_cv": [], "load_cv": [], "save_torch": [], "load_torch": []}
+        for _ in range(rounds):
+            t = time.perf_counter()
+            ckpt.save(sd, "/bench/ckpt.safetensors", client=c)
+            res["save_cv"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            back = ckpt.load("/bench/ckpt.safetensors", client=c)
+            res["load_cv"].append(time.perf_counter() - t)
+            del back
+            p = os.path.join(shm, "ckpt.pt")
+            t = time.perf_counter()
+            torch.save(sd, p)
+            res["save_torch"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            back = torch.load(p, weights_only=True)
+            res["load_torch"].append(time.perf_counter() - t)
+            del back
+            os.remove(p)
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+    out = {"bytes": nbytes, "rounds": rounds}
+    for k, v in res.items():
+        out[f"{k}_gb_s"] = nbytes / statistics.median(v) / 1e9
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--read-size", type=size_arg, default=1 << 30)
+    ap.add_argument("--read-rounds", type=int, default=7)
+    ap.add_argument("--files", type=int, default=4000)
+    ap.add_argument("--file-size", type=size_arg, default=64 << 10)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--ckpt-size", type=size_arg, default=1 << 30)
+    ap.add_argument("--ckpt-rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    with Node(mem="6GiB") as node:
+        c = curvine.connect(node.meta)
+        results = {
+            "read_into": bench_read(c, a.read_size, a.read_rounds),
+            "dataloader": bench_loader(c, a.files, a.file_size, a.workers, a.batch),
+            "checkpoint": bench_checkpoint(c, a.ckpt_size, a.ckpt_rounds),
+        }
+    if a.json:
+        print(json.dumps(results, indent=2))
+        return
+    r, d, k = results["read_into"], results["dataloader"], results["checkpoint"]
+    print(f"read_into {r['bytes'] / GIB:.2f} GiB x{r['rounds']}: python {r['python_read_into_gib_s']:.2f} GiB/s, "
+          f"rust client {r['rust_read_at_gib_s']:.2f} GiB/s, ratio {r['ratio']:.2f}")
+    print(f"DataLoader {d['files']} x {d['file_bytes'] >> 10} KiB, {d['workers']} workers, batch {d['batch']}: "
+          f"curvine {d['curvine_samples_s']:.0f} samples/s, local disk {d['local_disk_samples_s']:.0f} samples/s, "
+          f"ratio {d['ratio']:.2f}")
+    print(f"checkpoint {k['bytes'] / 1e9:.2f} GB: curvine save {k['save_cv_gb_s']:.2f} GB/s, load {k['load_cv_gb_s']:.2f} GB/s; "
+          f"torch.save to tmpfs {k['save_torch_gb_s']:.2f} GB/s, torch.load {k['load_torch_gb_s']:.2f} GB/s")
+
+
+if __name__ == "__main__":
+    main()

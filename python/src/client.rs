@@ -1,0 +1,413 @@
+//! `Client`: the Python face of `curvine_client::FileSystem`. Every method
+//! that talks to the cluster releases the GIL for the whole call.
+
+use std::sync::Arc;
+
+use curvine_client::{CreateOptions, ErrorKind, FileReader};
+use curvine_common::config::{ClientConf, DEFAULT_META_ADDR};
+use curvine_common::Error;
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyNotImplementedError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use crate::buffer::{Borrowed, RawMut};
+use crate::conn::Conn;
+use crate::errors::IntoPy;
+use crate::file::{Reader, Writer};
+use crate::par;
+use crate::status::FileStatus;
+
+/// Files read at once by `read_many` and ranges by `read_ranges`, unless
+/// the caller says otherwise: enough to hide per-file round trips.
+const DEFAULT_PARALLEL: usize = 16;
+
+/// A connection to one Curvine cluster. Cheap to share between threads;
+/// safe to inherit across `fork` (the child reconnects on first use).
+#[pyclass(module = "curvine._curvine", subclass, frozen)]
+pub struct Client {
+    conf: ClientConf,
+    threads: usize,
+    /// Taken only with the GIL held and never across IO, so a fork (which
+    /// happens with the GIL held) cannot catch it locked.
+    conn: Mutex<Option<Arc<Conn>>>,
+}
+
+impl Client {
+    /// The connection for this process, made on first use and again after
+    /// a fork.
+    pub fn conn(&self, _py: Python<'_>) -> PyResult<Arc<Conn>> {
+        let mut cur = self.conn.lock();
+        if let Some(c) = cur.as_ref() {
+            if c.is_current() {
+                return Ok(c.clone());
+            }
+            tracing::debug!("client inherited across fork: reconnecting");
+        }
+        let c = Conn::new(&self.conf, self.threads).py_err()?;
+        // The inherited `Conn`, if any, leaks itself on drop (see conn.rs).
+        *cur = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Opens `path` with the GIL released.
+    pub fn open_reader(&self, py: Python<'_>, conn: &Arc<Conn>, path: &str) -> PyResult<FileReader> {
+        let path = path.to_string();
+        let c = conn.clone();
+        py.detach(move || c.block_on(c.fs().open(&path))).py_err()
+    }
+}
+
+fn resolve_meta(meta: Option<String>) -> PyResult<Vec<String>> {
+    let raw = meta
+        .or_else(|| std::env::var("CURVINE_META").ok().filter(|s| !s.trim().is_empty()))
+        .unwrap_or_else(|| DEFAULT_META_ADDR.to_string());
+    let addrs: Vec<String> = raw.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    if addrs.is_empty() {
+        return Err(PyValueError::new_err(format!("no meta address in {raw:?}; expected HOST:PORT[,HOST:PORT…]")));
+    }
+    for a in &addrs {
+        let ok = a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !ok {
+            return Err(PyValueError::new_err(format!("bad meta address {a:?}; expected HOST:PORT")));
+        }
+    }
+    Ok(addrs)
+}
+
+fn check_offset(offset: i64) -> PyResult<u64> {
+    u64::try_from(offset).map_err(|_| PyValueError::new_err(format!("offset must be >= 0, got {offset}")))
+}
+
+/// Bytes `read_at(offset, buf)` will fill: the overlap of `[offset,
+/// offset+want)` with the file.
+fn span(len: u64, offset: u64, want: u64) -> usize {
+    len.saturating_sub(offset).min(want) as usize
+}
+
+fn short_read(path: &str, got: usize, want: usize) -> PyErr {
+    crate::errors::to_py(Error::new(
+        ErrorKind::Io,
+        format!("{path}: read {got} of {want} bytes (file changed while reading?)"),
+    ))
+}
+
+#[pymethods]
+impl Client {
+    /// `meta`: `HOST:PORT` (comma-separated for several); default
+    /// `$CURVINE_META`, then 127.0.0.1:8995. `threads`: runtime threads
+    /// that move bytes for parallel reads.
+    #[new]
+    #[pyo3(signature = (meta=None, *, threads=None, timeout=None, verify_checksums=true))]
+    fn new(meta: Option<String>, threads: Option<usize>, timeout: Option<f64>, verify_checksums: bool) -> PyResult<Self> {
+        let mut conf = ClientConf { meta: resolve_meta(meta)?, verify_checksums, ..Default::default() };
+        if let Some(t) = timeout {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(PyValueError::new_err(format!("timeout must be > 0 seconds, got {t}")));
+            }
+            conf.timeout = std::time::Duration::from_secs_f64(t);
+        }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let threads = threads.unwrap_or(cores.min(4));
+        if threads == 0 {
+            return Err(PyValueError::new_err("threads must be >= 1"));
+        }
+        Ok(Client { conf, threads, conn: Mutex::new(None) })
+    }
+
+    /// The meta address(es), comma-separated, as `connect` accepts them.
+    #[getter]
+    fn meta(&self) -> String {
+        self.conf.meta.join(",")
+    }
+
+    fn stat(&self, py: Python<'_>, path: String) -> PyResult<FileStatus> {
+        let c = self.conn(py)?;
+        let s = py.detach(move || c.block_on(c.fs().stat(&path))).py_err()?;
+        Ok(s.into())
+    }
+
+    /// Entries of a directory, sorted by name.
+    fn ls(&self, py: Python<'_>, path: String) -> PyResult<Vec<FileStatus>> {
+        let c = self.conn(py)?;
+        let mut v = py.detach(move || c.block_on(c.fs().list(&path))).py_err()?;
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v.into_iter().map(FileStatus::from).collect())
+    }
+
+    fn exists(&self, py: Python<'_>, path: String) -> PyResult<bool> {
+        let c = self.conn(py)?;
+        py.detach(move || c.block_on(c.fs().exists(&path))).py_err()
+    }
+
+    /// Like `pathlib.Path.mkdir`: `parents` creates missing ancestors,
+    /// `exist_ok` accepts an existing directory.
+    #[pyo3(signature = (path, parents=false, exist_ok=false))]
+    fn mkdir(&self, py: Python<'_>, path: String, parents: bool, exist_ok: bool) -> PyResult<()> {
+        let c = self.conn(py)?;
+        py.detach(move || {
+            c.block_on(async {
+                match c.fs().mkdir(&path, parents).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if exist_ok && e.kind() == ErrorKind::AlreadyExists => match c.fs().stat(&path).await {
+                        Ok(s) if s.kind == curvine_client::FileKind::Dir as i32 => Ok(()),
+                        _ => Err(e),
+                    },
+                    Err(e) => Err(e),
+                }
+            })
+        })
+        .py_err()
+    }
+
+    /// Removes a file, an empty directory, or (`recursive`) a tree.
+    #[pyo3(signature = (path, recursive=false))]
+    fn rm(&self, py: Python<'_>, path: String, recursive: bool) -> PyResult<u64> {
+        let c = self.conn(py)?;
+        py.detach(move || c.block_on(c.fs().delete(&path, recursive))).py_err()
+    }
+
+    /// Atomic rename of a file or directory.
+    fn mv(&self, py: Python<'_>, src: String, dst: String) -> PyResult<()> {
+        let c = self.conn(py)?;
+        py.detach(move || c.block_on(c.fs().rename(&src, &dst))).py_err()
+    }
+
+    /// Bytes `[offset, offset+length)` of the file (to its end by default),
+    /// read straight into the returned `bytes`.
+    #[pyo3(signature = (path, offset=0, length=None))]
+    fn read<'py>(&self, py: Python<'py>, path: String, offset: i64, length: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        let offset = check_offset(offset)?;
+        let want = match length {
+            None => u64::MAX,
+            Some(l) => u64::try_from(l).map_err(|_| PyValueError::new_err(format!("length must be >= 0, got {l}")))?,
+        };
+        let c = self.conn(py)?;
+        let r = self.open_reader(py, &c, &path)?;
+        let n = span(r.len(), offset, want);
+        let (bytes, dst) = new_bytes(py, n)?;
+        let got = py.detach(|| c.block_on(r.read_at(offset, unsafe { dst.slice() }))).py_err()?;
+        if got != n {
+            return Err(short_read(&path, got, n));
+        }
+        Ok(bytes)
+    }
+
+    /// Fills `buffer` (any writable, C-contiguous buffer) from file offset
+    /// `offset`; returns the bytes read (fewer than the buffer only at the
+    /// end of the file).
+    #[pyo3(signature = (path, buffer, offset=0))]
+    fn read_into(&self, py: Python<'_>, path: String, buffer: &Bound<'_, PyAny>, offset: i64) -> PyResult<usize> {
+        let offset = check_offset(offset)?;
+        let buf = Borrowed::writable(buffer)?;
+        let dst = buf.raw_mut();
+        self.read_raw(py, &path, dst, offset)
+    }
+
+    /// `read_into` for memory the caller owns and keeps alive, given as an
+    /// address (a torch tensor's `data_ptr()`). Used by the Python layer.
+    #[pyo3(signature = (path, addr, nbytes, offset=0))]
+    fn _read_into_addr(&self, py: Python<'_>, path: String, addr: usize, nbytes: usize, offset: i64) -> PyResult<usize> {
+        let offset = check_offset(offset)?;
+        if addr == 0 && nbytes > 0 {
+            return Err(PyValueError::new_err("null address"));
+        }
+        self.read_raw(py, &path, RawMut { ptr: addr as *mut u8, len: nbytes }, offset)
+    }
+
+    /// Reads several ranges of one file in parallel, each into caller-owned
+    /// memory: `ranges` is a list of `(file_offset, addr, nbytes)`. Each
+    /// range must lie inside the file. Returns the total bytes read.
+    #[pyo3(signature = (path, ranges, parallel=DEFAULT_PARALLEL))]
+    fn _read_ranges(&self, py: Python<'_>, path: String, ranges: Vec<(u64, usize, usize)>, parallel: usize) -> PyResult<u64> {
+        let c = self.conn(py)?;
+        let r = Arc::new(self.open_reader(py, &c, &path)?);
+        let len = r.len();
+        for &(off, addr, n) in &ranges {
+            if off.checked_add(n as u64).is_none_or(|end| end > len) {
+                return Err(PyValueError::new_err(format!("{path}: range {off}+{n} is past the end ({len} bytes)")));
+            }
+            if addr == 0 && n > 0 {
+                return Err(PyValueError::new_err("null address"));
+            }
+        }
+        let ranges = Arc::new(ranges);
+        let total: u64 = ranges.iter().map(|r| r.2 as u64).sum();
+        let p = path.clone();
+        py.detach(move || {
+            c.block_on(par::for_each(c.runtime().handle(), ranges.len(), parallel, move |i| {
+                let (r, ranges, p) = (r.clone(), ranges.clone(), p.clone());
+                async move {
+                    let (off, addr, n) = ranges[i];
+                    let got = r.read_at(off, unsafe { RawMut { ptr: addr as *mut u8, len: n }.slice() }).await?;
+                    if got != n {
+                        return Err(Error::new(ErrorKind::Io, format!("{p}: read {got} of {n} bytes at {off}")));
+                    }
+                    Ok(())
+                }
+            }))
+        })
+        .py_err()?;
+        Ok(total)
+    }
+
+    /// Whole files, read `parallel` at a time inside Rust; `bytes` in the
+    /// order of `paths`.
+    #[pyo3(signature = (paths, parallel=DEFAULT_PARALLEL))]
+    fn read_many<'py>(&self, py: Python<'py>, paths: Vec<String>, parallel: usize) -> PyResult<Bound<'py, PyList>> {
+        let c = self.conn(py)?;
+        let paths = Arc::new(paths);
+        let n = paths.len();
+        // Open everything first: the lengths size the `bytes` objects, which
+        // must be allocated with the GIL held.
+        let readers = {
+            let (c2, paths) = (c.clone(), paths.clone());
+            py.detach(move || {
+                let fs = c2.fs().clone();
+                c2.block_on(par::for_each(c2.runtime().handle(), n, parallel, move |i| {
+                    let (fs, paths) = (fs.clone(), paths.clone());
+                    async move { fs.open(&paths[i]).await.map(Arc::new) }
+                }))
+            })
+            .py_err()?
+        };
+        let mut out = Vec::with_capacity(n);
+        let mut dsts = Vec::with_capacity(n);
+        for r in &readers {
+            let (b, dst) = new_bytes(py, r.len() as usize)?;
+            out.push(b);
+            dsts.push(dst);
+        }
+        let (readers, dsts) = (Arc::new(readers), Arc::new(dsts));
+        py.detach(move || {
+            c.block_on(par::for_each(c.runtime().handle(), n, parallel, move |i| {
+                let (readers, dsts) = (readers.clone(), dsts.clone());
+                async move {
+                    let (r, dst) = (&readers[i], dsts[i]);
+                    let got = r.read_at(0, unsafe { dst.slice() }).await?;
+                    if got != dst.len {
+                        let p = &r.status().path;
+                        return Err(Error::new(ErrorKind::Io, format!("{p}: read {got} of {} bytes", dst.len)));
+                    }
+                    Ok(())
+                }
+            }))
+        })
+        .py_err()?;
+        PyList::new(py, out)
+    }
+
+    /// Writes `data` (any buffer) as the whole file; returns its size.
+    #[pyo3(signature = (path, data, overwrite=true, parents=true))]
+    fn write(&self, py: Python<'_>, path: String, data: &Bound<'_, PyAny>, overwrite: bool, parents: bool) -> PyResult<u64> {
+        let buf = Borrowed::readable(data)?;
+        let src = buf.raw();
+        let c = self.conn(py)?;
+        py.detach(move || {
+            c.block_on(async {
+                let opts = CreateOptions { overwrite, parents, ..Default::default() };
+                let mut w = c.fs().create(&path, opts).await?;
+                w.write(unsafe { src.slice() }).await?;
+                w.close().await
+            })
+        })
+        .py_err()
+        .map(|s| s.len)
+    }
+
+    /// A reader for `open(path, "rb")`.
+    fn _open_reader(slf: Bound<'_, Self>, path: String) -> PyResult<Reader> {
+        Reader::open(slf, path)
+    }
+
+    /// A writer for `open(path, "wb")`.
+    #[pyo3(signature = (path, overwrite=true, parents=true))]
+    fn _open_writer(slf: Bound<'_, Self>, path: String, overwrite: bool, parents: bool) -> PyResult<Writer> {
+        Writer::create(slf, path, overwrite, parents)
+    }
+
+    /// Cluster summary, as `cv report` shows it: `workers` (list of dicts
+    /// with `id`, `addr`, `alive`), `capacity`, `used`, `files`, `dirs`.
+    fn report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.conn(py)?;
+        let r = py.detach(move || c.block_on(c.fs().report())).py_err()?;
+        let d = PyDict::new(py);
+        let workers = PyList::empty(py);
+        for w in &r.workers {
+            let wd = PyDict::new(py);
+            wd.set_item("id", w.id)?;
+            wd.set_item("addr", &w.addr)?;
+            wd.set_item("hostname", &w.hostname)?;
+            wd.set_item("alive", w.alive)?;
+            workers.append(wd)?;
+        }
+        d.set_item("workers", workers)?;
+        d.set_item("capacity", r.capacity)?;
+        d.set_item("used", r.used)?;
+        d.set_item("files", r.files)?;
+        d.set_item("dirs", r.dirs)?;
+        Ok(d)
+    }
+
+    /// Loads a path (file or tree) into the cache ahead of reads.
+    fn warm(&self, path: String) -> PyResult<()> {
+        Err(PyNotImplementedError::new_err(format!(
+            "warm({path:?}): this cluster's client has no warm/load jobs yet (UFS mounts, issue 3); \
+             files written to Curvine are already cached"
+        )))
+    }
+
+    /// Benchmark baseline: reads the whole file `rounds` times with the Rust
+    /// client alone (`FileReader::read_at` into one buffer), no Python in
+    /// the loop. Returns the seconds each round took.
+    fn _bench_rust_read(&self, py: Python<'_>, path: String, rounds: usize) -> PyResult<Vec<f64>> {
+        let c = self.conn(py)?;
+        let r = self.open_reader(py, &c, &path)?;
+        py.detach(move || {
+            c.block_on(async {
+                let mut buf = vec![0u8; r.len() as usize];
+                let mut secs = Vec::with_capacity(rounds);
+                for _ in 0..rounds {
+                    let t = std::time::Instant::now();
+                    r.read_at(0, &mut buf).await?;
+                    secs.push(t.elapsed().as_secs_f64());
+                }
+                Ok::<_, Error>(secs)
+            })
+        })
+        .py_err()
+    }
+}
+
+impl Client {
+    fn read_raw(&self, py: Python<'_>, path: &str, dst: RawMut, offset: u64) -> PyResult<usize> {
+        let c = self.conn(py)?;
+        let r = self.open_reader(py, &c, path)?;
+        let n = span(r.len(), offset, dst.len as u64);
+        let dst = RawMut { ptr: dst.ptr, len: n };
+        let got = py.detach(|| c.block_on(r.read_at(offset, unsafe { dst.slice() }))).py_err()?;
+        if got != n {
+            return Err(short_read(path, got, n));
+        }
+        Ok(n)
+    }
+}
+
+/// A new, uninitialized `bytes` of `len` and a pointer to fill it through.
+/// Filling a fresh `bytes` before anyone else sees it is how CPython builds
+/// them too; skipping the zero-fill saves a pass over the memory.
+pub fn new_bytes(py: Python<'_>, len: usize) -> PyResult<(Bound<'_, PyBytes>, RawMut)> {
+    use pyo3::ffi;
+    let n = ffi::Py_ssize_t::try_from(len).map_err(|_| PyValueError::new_err("read too large"))?;
+    // SAFETY: a NULL source asks CPython for an uninitialized object of size n.
+    unsafe {
+        let obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), n);
+        let obj = Bound::from_owned_ptr_or_err(py, obj)?;
+        let ptr = ffi::PyBytes_AsString(obj.as_ptr()) as *mut u8;
+        if ptr.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let bytes = obj.cast_into_unchecked::<PyBytes>();
+        Ok((bytes, RawMut { ptr, len }))
+    }
+}

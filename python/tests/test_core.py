@@ -1,0 +1,277 @@
+"""The core API against a real node: every read path returns the bytes
+written, buffers are filled in place, errors are Python's own exceptions."""
+
+import errno
+import io
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import curvine
+from curvine import _curvine
+
+# Spans several 2 MiB read chunks and ends mid-chunk.
+SIZE = 5 * (1 << 20) + 12345
+
+
+@pytest.fixture
+def blob(client, base):
+    data = np.random.default_rng(7).integers(0, 256, SIZE, dtype=np.uint8).tobytes()
+    path = f"{base}/blob.bin"
+    assert client.write(path, data) == SIZE
+    return path, data
+
+
+def test_read_whole_and_ranges(client, blob):
+    path, data = blob
+    assert client.read(path) == data
+    assert client.read("cv:/" + path) == data
+    assert client.read(path, 1000, 70000) == data[1000:71000]
+    assert client.read(path, SIZE - 10) == data[-10:]
+    assert client.read(path, SIZE + 5) == b""
+    assert client.read(path, 0, 0) == b""
+
+
+def test_read_into_bytearray_memoryview(client, blob):
+    path, data = blob
+    buf = bytearray(SIZE)
+    assert client.read_into(path, buf) == SIZE
+    assert buf == data
+    # A window of a larger buffer: only that window is written.
+    big = bytearray(b"\xee" * (SIZE + 200))
+    assert client.read_into(path, memoryview(big)[100:100 + 5000], offset=77) == 5000
+    assert big[100:5100] == data[77:5077]
+    assert big[:100] == b"\xee" * 100 and big[5100:] == b"\xee" * (len(big) - 5100)
+    # Past the end: short count.
+    tail = bytearray(100)
+    assert client.read_into(path, tail, offset=SIZE - 40) == 40
+    assert tail[:40] == data[-40:]
+
+
+def test_read_into_numpy_in_place(client, blob):
+    path, data = blob
+    arr = np.zeros(SIZE // 4, dtype=np.float32)  # any dtype: bytes land as is
+    before = arr.ctypes.data
+    view = arr.view(np.uint8)  # made before the read: sees the same memory
+    n = client.read_into(path, arr)
+    assert n == arr.nbytes
+    assert arr.ctypes.data == before
+    assert view.tobytes() == data[:n]
+    assert np.array_equal(arr, np.frombuffer(data[:n], dtype=np.float32), equal_nan=True)
+
+
+def test_read_into_torch_in_place(client, blob):
+    path, data = blob
+    for dtype in (torch.uint8, torch.float32, torch.bfloat16, torch.int64):
+        t = torch.zeros(4096, dtype=dtype)
+        ptr = t.data_ptr()
+        n = client.read_into(path, t, offset=333)
+        assert n == t.numel() * t.element_size()
+        assert t.data_ptr() == ptr
+        assert t.view(torch.uint8).numpy().tobytes() == data[333:333 + n]
+
+
+def test_read_many(client, base):
+    rng = np.random.default_rng(1)
+    files = {f"{base}/m/{i:03d}": rng.integers(0, 256, int(rng.integers(0, 300_000)), dtype=np.uint8).tobytes()
+             for i in range(40)}
+    for p, d in files.items():
+        client.write(p, d)
+    paths = sorted(files)
+    got = client.read_many(paths)
+    assert got == [files[p] for p in paths]
+    assert client.read_many([]) == []
+    with pytest.raises(FileNotFoundError):
+        client.read_many(paths[:3] + [f"{base}/m/missing"])
+
+
+def test_open_rb_is_raw_io(client, blob):
+    path, data = blob
+    with client.open(path, "rb") as f:
+        assert isinstance(f, io.RawIOBase)
+        assert f.readable() and f.seekable()
+        assert f.read(10) == data[:10]
+        assert f.tell() == 10
+        buf = bytearray(4096)
+        assert f.readinto(buf) == 4096 and buf == data[10:4106]
+        assert f.seek(-100, os.SEEK_END) == SIZE - 100
+        assert f.read() == data[-100:]
+        assert f.read(5) == b""
+        f.seek(5000)
+        assert f.read(1) == data[5000:5001]
+        with pytest.raises(ValueError):
+            f.seek(-1)
+    # Buffered wrappers work on top.
+    with io.BufferedReader(client.open(path, "rb")) as f:
+        assert f.read() == data
+
+
+def test_open_wb_small_writes_and_abort(client, base):
+    path = f"{base}/w.bin"
+    parts = [os.urandom(n) for n in (1, 100, 70_000, 3 << 20, 5)]
+    with client.open(path, "wb") as f:
+        assert isinstance(f, io.RawIOBase)
+        for p in parts:
+            assert f.write(p) == len(p)
+        assert f.tell() == sum(map(len, parts))
+    assert client.read(path) == b"".join(parts)
+    # Leaving the block by an exception drops the file.
+    with pytest.raises(RuntimeError):
+        with client.open(f"{base}/aborted", "wb") as f:
+            f.write(b"x" * 100_000)
+            raise RuntimeError("boom")
+    assert not client.exists(f"{base}/aborted")
+    with pytest.raises(ValueError):
+        client.open(path, "ab")
+
+
+def test_namespace_calls(client, base):
+    client.mkdir(f"{base}/d/e", parents=True)
+    client.mkdir(f"{base}/d/e", parents=True, exist_ok=True)
+    client.write(f"{base}/d/e/f", b"hello")
+    st = client.stat(f"{base}/d/e/f")
+    assert (st.path, st.name, st.size, st.is_dir, st.is_file, st.complete) == (f"{base}/d/e/f", "f", 5, False, True, True)
+    assert client.stat(f"{base}/d").is_dir
+    assert [s.name for s in client.ls(f"{base}/d")] == ["e"]
+    assert client.exists(f"{base}/d/e/f") and not client.exists(f"{base}/nope")
+    client.mv(f"{base}/d/e/f", f"{base}/d/g")
+    assert client.read(f"{base}/d/g") == b"hello"
+    assert not client.exists(f"{base}/d/e/f")
+    client.rm(f"{base}/d/g")
+    client.rm(f"{base}/d", recursive=True)
+    assert not client.exists(f"{base}/d")
+    assert client.stat(f"{base}").to_dict()["type"] == "directory"
+
+
+def test_errors_from_the_server_are_python_exceptions(client, base):
+    client.write(f"{base}/file", b"x")
+    client.mkdir(f"{base}/dir")
+    client.write(f"{base}/dir/child", b"y")
+    cases = [
+        (FileNotFoundError, errno.ENOENT, lambda: client.stat(f"{base}/missing")),
+        (FileNotFoundError, errno.ENOENT, lambda: client.read(f"{base}/missing")),
+        (FileExistsError, errno.EEXIST, lambda: client.mkdir(f"{base}/dir")),
+        (FileExistsError, errno.EEXIST, lambda: client.write(f"{base}/file", b"z", overwrite=False)),
+        (NotADirectoryError, errno.ENOTDIR, lambda: client.ls(f"{base}/file")),
+        (NotADirectoryError, errno.ENOTDIR, lambda: client.mkdir(f"{base}/file/sub")),
+        (IsADirectoryError, errno.EISDIR, lambda: client.read(f"{base}/dir")),
+        (OSError, errno.ENOTEMPTY, lambda: client.rm(f"{base}/dir")),
+        (OSError, errno.EINVAL, lambda: client.stat(f"{base}/../x")),
+    ]
+    for exc, code, call in cases:
+        with pytest.raises(exc) as ei:
+            call()
+        assert ei.value.errno == code, (exc, ei.value)
+        assert base in str(ei.value) or ".." in str(ei.value)
+
+
+def test_every_error_kind_maps_to_its_exception():
+    expected = {
+        1: FileNotFoundError, 2: FileExistsError, 3: NotADirectoryError, 4: IsADirectoryError,
+        5: OSError, 6: OSError, 7: OSError, 8: OSError, 9: ConnectionError, 10: PermissionError,
+        11: OSError, 12: OSError, 13: OSError, 14: TimeoutError, 15: OSError, 16: OSError,
+    }
+    errnos = {1: errno.ENOENT, 2: errno.EEXIST, 3: errno.ENOTDIR, 4: errno.EISDIR, 5: errno.ENOTEMPTY,
+              6: errno.EINVAL, 7: errno.EINVAL, 8: errno.ENOSPC, 9: errno.EAGAIN, 10: errno.EACCES,
+              11: errno.EIO, 12: errno.EIO, 13: errno.EIO, 14: errno.ETIMEDOUT, 15: errno.EINVAL, 16: errno.EIO}
+    for code, exc in expected.items():
+        e = _curvine.error_for_kind(code, f"/p: kind {code}")
+        assert type(e) is exc, (code, type(e))
+        assert e.errno == errnos[code]
+        assert str(e).endswith(f"/p: kind {code}")
+
+
+def test_unreachable_meta_is_connection_error(tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with pytest.raises(ConnectionError, match="meta"):
+        curvine.connect(f"127.0.0.1:{port}", timeout=5)
+
+
+def test_bad_arguments_are_clear(client, blob, node, monkeypatch):
+    path, _ = blob
+    with pytest.raises(TypeError, match="read-only"):
+        client.read_into(path, b"immutable")
+    with pytest.raises(TypeError, match="expected a buffer"):
+        client.read_into(path, [1, 2, 3])
+    with pytest.raises(BufferError, match="contiguous"):
+        client.read_into(path, np.zeros((64, 64), dtype=np.uint8)[:, ::2])
+    with pytest.raises(ValueError, match="contiguous"):
+        client.read_into(path, torch.zeros(64, 64).t())
+    with pytest.raises(ValueError, match="offset"):
+        client.read_into(path, bytearray(4), offset=-1)
+    with pytest.raises(ValueError, match="length"):
+        client.read(path, 0, -5)
+    with pytest.raises(TypeError):
+        client.stat(42)
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        curvine.connect("no-port-here")
+    monkeypatch.setenv("CURVINE_META", node.meta)
+    assert curvine.connect().meta == node.meta
+
+
+def test_warm_says_it_is_not_there_yet(client, blob):
+    with pytest.raises(NotImplementedError, match="warm"):
+        client.warm(blob[0])
+
+
+def test_threads_share_a_client(client, blob):
+    path, data = blob
+    errors = []
+
+    def reader(k):
+        try:
+            for i in range(5):
+                off = (k * 7919 + i * 104729) % SIZE
+                assert client.read(path, off, 300_000) == data[off:off + 300_000]
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=reader, args=(k,)) for k in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errors == []
+
+
+def _child_reads(client, path, reader, q):
+    # Runs in a forked child: the inherited client and open file reconnect.
+    try:
+        q.put((client.read(path), reader.read(), client.read_many([path])[0]))
+    except BaseException as e:
+        q.put(repr(e))
+
+
+def test_fork_after_connect_does_not_hang(client, blob):
+    import multiprocessing as mp
+
+    path, data = blob
+    assert client.read(path, 0, 10) == data[:10]  # the parent's connection is live
+    reader = client.open(path, "rb")
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_reads, args=(client, path, reader, q))
+    p.start()
+    got = q.get(timeout=120)
+    p.join(60)
+    assert p.exitcode == 0, f"child did not exit cleanly: {p.exitcode}"
+    assert got == (data, data, data)
+    # The parent's client still works.
+    assert client.read(path) == data
+    assert reader.read(10) == data[:10]
+
+
+def test_client_pickles(client, blob):
+    import pickle
+
+    c2 = pickle.loads(pickle.dumps(client))
+    assert c2.meta == client.meta
+    assert c2.read(blob[0], 0, 100) == blob[1][:100]
