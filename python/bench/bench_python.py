@@ -1,11 +1,11 @@
 """Python client benchmarks, each with its baseline measured in the same run:
 
 1. ``read_into`` of a cached file into a numpy buffer vs the Rust client
-   reading the same file into a Rust buffer (``FileReader::read_at``, no
-   Python in the loop), interleaved rounds, medians.
+   filling the same buffer (``FileReader::read_at`` called from Rust, no
+   Python in the loop), rounds interleaved, medians.
 2. DataLoader samples/s over 64 KiB files (curvine.torch.Dataset) vs the same
    files read from local disk by a plain map-style Dataset, same DataLoader
-   settings, page cache warm.
+   settings: with the page cache warm, and cold (evicted before the epoch).
 3. Checkpoint save/load GB/s (curvine.checkpoint) vs torch.save/torch.load
    of the same state dict to tmpfs (/dev/shm).
 
@@ -14,6 +14,7 @@ Starts its own `cv up` node. Usage:
 """
 
 import argparse
+import warnings
 import json
 import os
 import shutil
@@ -32,6 +33,9 @@ from curvine.testing import Node
 from curvine.torch import Dataset
 
 GIB = 1 << 30
+
+# torch suggests fewer DataLoader workers than cores*1 on a 2-core machine.
+warnings.filterwarnings("ignore", message="This DataLoader will create")
 
 
 def size_arg(s):
@@ -52,7 +56,7 @@ def bench_read(c, size, rounds):
         t = time.perf_counter()
         c.read_into(path, buf)
         py.append(time.perf_counter() - t)
-        rust += c._bench_rust_read(path, 1)
+        rust += c._bench_rust_read(path, buf, 1)
     p, r = size / statistics.median(py) / GIB, size / statistics.median(rust) / GIB
     return {"bytes": size, "rounds": rounds, "python_read_into_gib_s": p, "rust_read_at_gib_s": r, "ratio": p / r}
 
@@ -73,22 +77,34 @@ def collate_bytes(batch):
     return len(batch)
 
 
-def run_loader(ds, workers, batch):
+def drop_cache(paths):
+    """Evicts the files from the page cache, so the next read goes to disk."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def run_loader(ds, workers, batch, before_epoch=None):
+    """Samples/s of the second epoch (the first starts the workers)."""
     dl = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate_bytes,
                     persistent_workers=True, prefetch_factor=4)
-    for _ in dl:  # epoch 1 warms workers (and the page cache for local files)
+    for _ in dl:
         pass
+    if before_epoch is not None:
+        before_epoch()
     t = time.perf_counter()
     n = sum(dl)
     return n / (time.perf_counter() - t)
 
 
-def bench_loader(c, files, fsize, workers, batch):
+def bench_loader(c, files, fsize, workers, batch, rounds):
     root = "/bench/files"
     local = tempfile.mkdtemp(prefix="cv-bench-files-", dir="/var/tmp")
     rng = np.random.default_rng(1)
     blobs = [rng.integers(0, 256, fsize, dtype=np.uint8).tobytes() for _ in range(64)]
-    paths = []
 
     def put(i):
         d = blobs[i % 64]
@@ -100,13 +116,20 @@ def bench_loader(c, files, fsize, workers, batch):
 
     with ThreadPoolExecutor(8) as pool:
         paths = list(pool.map(put, range(files)))
+    os.sync()
+    rates = {"curvine": [], "local_warm": [], "local_cold": []}
     try:
-        cv_rate = statistics.median(run_loader(Dataset(root, client=c), workers, batch) for _ in range(3))
-        local_rate = statistics.median(run_loader(LocalFiles(paths), workers, batch) for _ in range(3))
+        # Interleaved, so drift of the machine hits all three alike.
+        for _ in range(rounds):
+            rates["curvine"].append(run_loader(Dataset(root, client=c), workers, batch))
+            rates["local_warm"].append(run_loader(LocalFiles(paths), workers, batch))
+            rates["local_cold"].append(run_loader(LocalFiles(paths), workers, batch, lambda: drop_cache(paths)))
     finally:
         shutil.rmtree(local, ignore_errors=True)
-    return {"files": files, "file_bytes": fsize, "workers": workers, "batch": batch,
-            "curvine_samples_s": cv_rate, "local_disk_samples_s": local_rate, "ratio": cv_rate / local_rate}
+    cv, warm, cold = (statistics.median(rates[k]) for k in ("curvine", "local_warm", "local_cold"))
+    return {"files": files, "file_bytes": fsize, "workers": workers, "batch": batch, "rounds": rounds,
+            "curvine_samples_s": cv, "local_page_cache_samples_s": warm, "local_disk_cold_samples_s": cold,
+            "ratio_vs_page_cache": cv / warm, "ratio_vs_cold_disk": cv / cold}
 
 
 def bench_checkpoint(c, total, rounds):
@@ -149,6 +172,7 @@ def main():
     ap.add_argument("--file-size", type=size_arg, default=64 << 10)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--loader-rounds", type=int, default=3)
     ap.add_argument("--ckpt-size", type=size_arg, default=1 << 30)
     ap.add_argument("--ckpt-rounds", type=int, default=3)
     ap.add_argument("--json", action="store_true")
@@ -157,7 +181,7 @@ def main():
         c = curvine.connect(node.meta)
         results = {
             "read_into": bench_read(c, a.read_size, a.read_rounds),
-            "dataloader": bench_loader(c, a.files, a.file_size, a.workers, a.batch),
+            "dataloader": bench_loader(c, a.files, a.file_size, a.workers, a.batch, a.loader_rounds),
             "checkpoint": bench_checkpoint(c, a.ckpt_size, a.ckpt_rounds),
         }
     if a.json:
@@ -167,8 +191,9 @@ def main():
     print(f"read_into {r['bytes'] / GIB:.2f} GiB x{r['rounds']}: python {r['python_read_into_gib_s']:.2f} GiB/s, "
           f"rust client {r['rust_read_at_gib_s']:.2f} GiB/s, ratio {r['ratio']:.2f}")
     print(f"DataLoader {d['files']} x {d['file_bytes'] >> 10} KiB, {d['workers']} workers, batch {d['batch']}: "
-          f"curvine {d['curvine_samples_s']:.0f} samples/s, local disk {d['local_disk_samples_s']:.0f} samples/s, "
-          f"ratio {d['ratio']:.2f}")
+          f"curvine {d['curvine_samples_s']:.0f} samples/s; local files, page cache warm "
+          f"{d['local_page_cache_samples_s']:.0f} (ratio {d['ratio_vs_page_cache']:.2f}), cold "
+          f"{d['local_disk_cold_samples_s']:.0f} (ratio {d['ratio_vs_cold_disk']:.2f})")
     print(f"checkpoint {k['bytes'] / 1e9:.2f} GB: curvine save {k['save_cv_gb_s']:.2f} GB/s, load {k['load_cv_gb_s']:.2f} GB/s; "
           f"torch.save to tmpfs {k['save_torch_gb_s']:.2f} GB/s, torch.load {k['load_torch_gb_s']:.2f} GB/s")
 

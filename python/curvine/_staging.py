@@ -57,6 +57,10 @@ class Stager:
         device; ranges are read in file order. Returns the bytes copied."""
         windows = _windows(sorted(items, key=lambda it: it[0]), self.chunk)
         total = 0
+        if self.cuda:
+            # The destinations may have just been allocated or written on the
+            # caller's stream: order the copy stream after that work.
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
         for k, (start, length, pieces) in enumerate(windows):
             i = k % 2
             buf = self.bufs[i]

@@ -357,19 +357,20 @@ impl Client {
         )))
     }
 
-    /// Benchmark baseline: reads the whole file `rounds` times with the Rust
-    /// client alone (`FileReader::read_at` into one buffer), no Python in
-    /// the loop. Returns the seconds each round took.
-    fn _bench_rust_read(&self, py: Python<'_>, path: String, rounds: usize) -> PyResult<Vec<f64>> {
+    /// Benchmark baseline: fills `buffer` from the start of the file
+    /// `rounds` times with the Rust client alone (`FileReader::read_at` in a
+    /// Rust loop, no Python between rounds). Returns each round's seconds.
+    fn _bench_rust_read(&self, py: Python<'_>, path: String, buffer: &Bound<'_, PyAny>, rounds: usize) -> PyResult<Vec<f64>> {
+        let buf = Borrowed::writable(buffer)?;
+        let dst = buf.raw_mut();
         let c = self.conn(py)?;
         let r = self.open_reader(py, &c, &path)?;
         py.detach(move || {
             c.block_on(async {
-                let mut buf = vec![0u8; r.len() as usize];
                 let mut secs = Vec::with_capacity(rounds);
                 for _ in 0..rounds {
                     let t = std::time::Instant::now();
-                    r.read_at(0, &mut buf).await?;
+                    r.read_at(0, unsafe { dst.slice() }).await?;
                     secs.push(t.elapsed().as_secs_f64());
                 }
                 Ok::<_, Error>(secs)

@@ -30,7 +30,8 @@ def small_files(client):
     def put(i):
         client.write(f"{root}/d{i % 10}/{i:05d}.bin", i.to_bytes(4, "little") + bytes(i % 200))
 
-    with ThreadPoolExecutor(8) as pool:
+    # Concurrent creates share the meta service's log appends.
+    with ThreadPoolExecutor(16) as pool:
         list(pool.map(put, range(N_FILES)))
     return root
 
