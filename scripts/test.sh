@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 . scripts/env.sh
 start=$(date +%s)
+./scripts/s3-server.sh install  # moto, the S3 server the UFS tests start (venv in ~/.cache/curvine)
 cargo build --release --workspace --all-targets
 # Integration tests each start their own node on OS-chosen ports; a few at a
 # time keeps a 2-core machine responsive.

@@ -1,6 +1,9 @@
 //! testbed: real `cv` processes on OS-chosen loopback ports in temp dirs,
 //! started, waited on (by status calls, never sleeps), killed and restarted.
 //! Used by the integration tests of every crate and by benchmarks.
+//! `s3` starts a real S3 server (moto or s3s-fs) for UFS tests.
+
+pub mod s3;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -24,13 +24,22 @@ use crate::{Error, ErrorKind};
 pub(crate) fn map(e: &opendal::Error, what: &str, opts: &BTreeMap<String, String>) -> Error {
     let detail = scrub(&describe(e), opts);
     let (kind, msg) = match e.kind() {
-        OK::NotFound if detail.contains("NoSuchBucket") || detail.contains("ContainerNotFound") => {
+        // S3 reports a missing bucket as a config error.
+        _ if detail.contains("NoSuchBucket") || detail.contains("ContainerNotFound") => {
             (ErrorKind::NotFound, format!("{what}: bucket does not exist ({detail})"))
         }
+        // OpenDAL's signers found no credentials anywhere (options, env, profile, metadata service).
+        _ if detail.contains("load signing credential") => (
+            ErrorKind::Config,
+            format!(
+                "{what}: no credentials found: give {} as mount options (or in the environment of `cv mount`), or anonymous=true for a public bucket",
+                credential_keys(what)
+            ),
+        ),
         OK::NotFound => (ErrorKind::NotFound, format!("{what}: {}", ErrorKind::NotFound.phrase())),
         OK::PermissionDenied => (
             ErrorKind::PermissionDenied,
-            format!("{what}: access denied (check the credentials, e.g. access_key_id/secret_access_key, and the bucket policy): {detail}"),
+            format!("{what}: access denied (check the credentials, {}, and the bucket's permissions): {detail}", credential_keys(what)),
         ),
         OK::ConfigInvalid => (ErrorKind::Config, format!("{what}: bad configuration: {detail}")),
         OK::RateLimited => (ErrorKind::Unavailable, format!("{what}: rate limited by the store: {detail}")),
@@ -42,7 +51,7 @@ pub(crate) fn map(e: &opendal::Error, what: &str, opts: &BTreeMap<String, String
             (ErrorKind::Io, format!("{what}: object is shorter than the requested range (changed in the UFS?): {detail}"))
         }
         OK::IsADirectory => (ErrorKind::IsADirectory, format!("{what}: {}", ErrorKind::IsADirectory.phrase())),
-        OK::NotADirectory => (ErrorKind::NotADirectory, format!("{what}: {}", ErrorKind::NotADirectory.phrase())),
+        _ if is_not_dir(e) => (ErrorKind::NotADirectory, format!("{what}: {}", ErrorKind::NotADirectory.phrase())),
         OK::AlreadyExists => (ErrorKind::AlreadyExists, format!("{what}: {}", ErrorKind::AlreadyExists.phrase())),
         OK::Unsupported => (ErrorKind::InvalidArgument, format!("{what}: not supported by this store: {detail}")),
         _ => match connection_failure(e) {
@@ -52,6 +61,34 @@ pub(crate) fn map(e: &opendal::Error, what: &str, opts: &BTreeMap<String, String
         },
     };
     Error::new(kind, msg)
+}
+
+/// The options that hold credentials for the scheme of `what`, for hints.
+fn credential_keys(what: &str) -> &'static str {
+    match what.split("://").next().unwrap_or("") {
+        "s3" => "access_key_id/secret_access_key/session_token",
+        "gs" => "credential/credential_path/token",
+        "azblob" => "account_name/account_key/sas_token",
+        "oss" => "access_key_id/access_key_secret",
+        "webhdfs" => "user_name/delegation",
+        _ => "the store's credentials",
+    }
+}
+
+/// Whether `e` says a path component is not a directory (OpenDAL's fs
+/// reports ENOTDIR as `Unexpected`).
+pub(crate) fn is_not_dir(e: &opendal::Error) -> bool {
+    if e.kind() == OK::NotADirectory {
+        return true;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()) == Some(libc::ENOTDIR) {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// OpenDAL's message plus its source chain, without the request URL (which

@@ -46,3 +46,30 @@ pub fn init() {
         opendal_http_transport_reqwest::install_default();
     });
 }
+
+#[cfg(test)]
+mod send_tests {
+    use super::*;
+
+    fn send<T: Send>(_: &T) {}
+
+    /// Callers spawn these on tokio: handles and futures must be `Send`.
+    #[allow(dead_code, unreachable_code, clippy::diverging_sub_expression)]
+    async fn handles_and_futures_are_send(u: Ufs, l: UfsLister, r: UfsRead, w: UfsWriter) {
+        send(&u);
+        send(&l);
+        send(&r);
+        send(&w);
+        send(&u.check());
+        send(&u.stat(""));
+        send(&u.list(""));
+        send(&u.read("", 0, 0, None));
+        send(&u.writer(""));
+        send(&u.delete(""));
+        let (mut l, mut r, mut w) = (l, r, w);
+        send(&l.next_page(1));
+        send(&r.next());
+        send(&w.write(bytes::Bytes::new()));
+        send(&w.close());
+    }
+}

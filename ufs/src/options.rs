@@ -7,7 +7,7 @@
 //!   except the ones the URI sets (`bucket`, `container`, `root`, …);
 //! - the aliases in [`ALIASES`] (e.g. s3 `secret_key` → `secret_access_key`);
 //! - Curvine's keys for every scheme: `read_chunk` (bytes per ranged GET of a
-//!   large read, default 8MiB), `read_concurrency` (ranged GETs in flight,
+//!   large read, default 16MiB), `read_concurrency` (ranged GETs in flight,
 //!   default 4), `write_chunk` (multipart part size, default 8MiB, ≥ 5MiB on
 //!   S3), `write_concurrency` (parts in flight, default 4), `list_page`
 //!   (entries per list request, default 1000).
@@ -50,7 +50,7 @@ pub const ALIASES: &[(&str, &str, &str)] = &[
 ];
 
 /// Keys set from the URI, or deprecated in OpenDAL: not accepted as options.
-const NOT_OPTIONS: &[&str] = &["root", "bucket", "container", "enable_versioning", "allow_anonymous"];
+const NOT_OPTIONS: &[&str] = &["root", "bucket", "container", "name_node", "enable_versioning", "allow_anonymous"];
 
 const CURVINE_KEYS: &[&str] = &["list_page", "read_chunk", "read_concurrency", "write_chunk", "write_concurrency"];
 
@@ -111,7 +111,7 @@ pub(crate) fn resolve(uri: &UfsUri, options: &BTreeMap<String, String>) -> Resul
     let mut opendal = BTreeMap::new();
     let mut s = Settings {
         opendal: BTreeMap::new(),
-        read_chunk: 8 << 20,
+        read_chunk: 16 << 20,
         read_concurrency: 4,
         write_chunk: 8 << 20,
         write_concurrency: 4,
@@ -187,11 +187,9 @@ fn apply_uri_and_defaults(uri: &UfsUri, m: &mut BTreeMap<String, String>) {
                 }
             }
         }
-        "webhdfs" => {
-            if !m.contains_key("endpoint") {
-                let host = if uri.authority.contains(':') { uri.authority.clone() } else { format!("{}:9870", uri.authority) };
-                m.insert("endpoint".into(), format!("http://{host}"));
-            }
+        "webhdfs" if !m.contains_key("endpoint") => {
+            let host = if uri.authority.contains(':') { uri.authority.clone() } else { format!("{}:9870", uri.authority) };
+            m.insert("endpoint".into(), format!("http://{host}"));
         }
         "hdfs" => {
             m.insert("name_node".into(), format!("hdfs://{}", uri.authority));
@@ -321,6 +319,9 @@ impl Settings {
         let mut msg = format!("{uri}: bad configuration: {}", e.message());
         if let Some(src) = std::error::Error::source(e) {
             msg.push_str(&format!(": {src}"));
+        }
+        if e.message().contains("endpoint is empty") {
+            msg = format!("{uri}: endpoint is missing: set the endpoint option (e.g. endpoint=https://…)");
         }
         if e.message().contains("region is missing") {
             msg = format!("{uri}: region is missing: set the region option (e.g. region=us-east-1) or AWS_REGION");

@@ -87,6 +87,9 @@ async fn write_then_stat(ufs: &Ufs, p: &str) {
     assert_eq!(get(ufs, &rel, 0, 9, None).await.unwrap(), b"hello ufs");
     ufs.delete(&rel).await.unwrap();
     assert_eq!(ufs.stat(&rel).await.unwrap(), None, "delete removes");
+    let empty = put(ufs, &format!("{p}/empty"), b"").await;
+    assert_eq!((empty.len, empty.is_dir), (0, false), "an empty object");
+    assert!(get(ufs, &format!("{p}/empty"), 0, 0, None).await.unwrap().is_empty());
     ufs.delete(&rel).await.expect("deleting a missing file is Ok");
 }
 

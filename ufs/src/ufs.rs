@@ -123,17 +123,34 @@ impl Ufs {
         };
         match tokio::time::timeout(CHECK_DEADLINE, work).await {
             Ok(r) => r.map_err(|e: Error| self.explain_check(e)),
-            Err(_) => Err(Error::new(ErrorKind::Timeout, format!("{shown}: no answer within {CHECK_DEADLINE:?}"))),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("{shown}: no answer from the store within {CHECK_DEADLINE:?} (is the endpoint or namenode reachable from here?)"),
+            )),
         }
     }
 
-    /// Adds the endpoint to "cannot reach" errors of `check`.
+    /// Makes `check` errors say what to fix: the endpoint that cannot be
+    /// reached, the bucket (or root) that does not exist.
     fn explain_check(&self, e: Error) -> Error {
+        let shown = &self.inner.shown;
         let endpoint = self.inner.settings.opendal.get("endpoint");
-        match (e.kind(), endpoint) {
-            (ErrorKind::Unavailable, Some(ep)) if e.message().contains("cannot reach") => {
+        match e.kind() {
+            ErrorKind::Unavailable if e.message().contains("cannot reach") => {
                 let why = e.message().rsplit_once("cannot reach the store: ").map(|x| x.1).unwrap_or("");
-                Error::new(ErrorKind::Unavailable, format!("{}: cannot reach endpoint {ep}: {why}", self.inner.shown))
+                let at = endpoint.map(|ep| format!(" endpoint {ep}")).unwrap_or_default();
+                Error::new(ErrorKind::Unavailable, format!("{shown}: cannot reach{at}: {why}"))
+            }
+            // Listing a prefix never 404s, so the container itself is missing,
+            // or the endpoint is not the kind of store the scheme says.
+            ErrorKind::NotFound if !e.message().contains("does not exist") => {
+                let what = match self.inner.uri.scheme.as_str() {
+                    "s3" | "gs" | "oss" => "bucket",
+                    "azblob" => "container",
+                    _ => "root directory",
+                };
+                let ep = endpoint.map(|ep| format!(", or {ep} is not a {} endpoint", self.inner.uri.scheme)).unwrap_or_default();
+                Error::new(ErrorKind::NotFound, format!("{shown}: {what} does not exist{ep}"))
             }
             _ => e,
         }
@@ -153,14 +170,14 @@ impl Ufs {
         match self.inner.op.stat(r).await {
             Ok(m) => return Ok(Some(entry(name, &m))),
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => {}
-            // e.g. a file in the way of a path component on a local fs.
-            Err(e) if e.kind() == opendal::ErrorKind::NotADirectory => return Ok(None),
+            // A file in the way of a path component (local fs, HDFS).
+            Err(e) if error::is_not_dir(&e) => return Ok(None),
             Err(e) => return Err(self.err(&e, &what)),
         }
         match self.inner.op.stat(&format!("{r}/")).await {
             Ok(m) if m.is_dir() => Ok(Some(entry(name, &m))),
             Ok(_) => Ok(None),
-            Err(e) if matches!(e.kind(), opendal::ErrorKind::NotFound | opendal::ErrorKind::NotADirectory) => Ok(None),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound || error::is_not_dir(&e) => Ok(None),
             Err(e) => Err(self.err(&e, &what)),
         }
     }
