@@ -44,21 +44,35 @@ def size_arg(s):
     return int(float(s[:-1]) * units[s[-1]]) if s[-1] in units else int(s)
 
 
-def bench_read(c, size, rounds):
+def bench_read(c, size, rounds, chunk):
+    """Whole file into one buffer (``read_into``), and through a
+    ``chunk``-sized buffer (``open(...).readinto`` in a loop), each against
+    the Rust client filling the same buffer the same way."""
     path = "/bench/read.bin"
     data = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
     c.write(path, data)
     buf = np.empty(size, dtype=np.uint8)
+    small = np.empty(chunk, dtype=np.uint8)
     c.read_into(path, buf)  # warm connections and page tables
     assert np.array_equal(buf, data)
-    py, rust = [], []
+    t_py, t_rust, t_pyc, t_rustc = [], [], [], []
     for _ in range(rounds):
         t = time.perf_counter()
         c.read_into(path, buf)
-        py.append(time.perf_counter() - t)
-        rust += c._bench_rust_read(path, buf, 1)
-    p, r = size / statistics.median(py) / GIB, size / statistics.median(rust) / GIB
-    return {"bytes": size, "rounds": rounds, "python_read_into_gib_s": p, "rust_read_at_gib_s": r, "ratio": p / r}
+        t_py.append(time.perf_counter() - t)
+        t_rust += c._bench_rust_read(path, buf, 1)
+        t = time.perf_counter()
+        with c.open(path, "rb") as f:
+            while f.readinto(small):
+                pass
+        t_pyc.append(time.perf_counter() - t)
+        t_rustc += c._bench_rust_read(path, small, 1)
+    rate = lambda ts: size / statistics.median(ts) / GIB  # noqa: E731
+    return {"bytes": size, "rounds": rounds, "chunk": chunk,
+            "python_read_into_gib_s": rate(t_py), "rust_read_at_gib_s": rate(t_rust),
+            "ratio": rate(t_py) / rate(t_rust),
+            "python_readinto_chunked_gib_s": rate(t_pyc), "rust_chunked_gib_s": rate(t_rustc),
+            "ratio_chunked": rate(t_pyc) / rate(t_rustc)}
 
 
 class LocalFiles(torch.utils.data.Dataset):
@@ -168,6 +182,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--read-size", type=size_arg, default=1 << 30)
     ap.add_argument("--read-rounds", type=int, default=7)
+    ap.add_argument("--read-chunk", type=size_arg, default=16 << 20)
     ap.add_argument("--files", type=int, default=4000)
     ap.add_argument("--file-size", type=size_arg, default=64 << 10)
     ap.add_argument("--workers", type=int, default=4)
@@ -180,7 +195,7 @@ def main():
     with Node(mem="6GiB") as node:
         c = curvine.connect(node.meta)
         results = {
-            "read_into": bench_read(c, a.read_size, a.read_rounds),
+            "read_into": bench_read(c, a.read_size, a.read_rounds, a.read_chunk),
             "dataloader": bench_loader(c, a.files, a.file_size, a.workers, a.batch, a.loader_rounds),
             "checkpoint": bench_checkpoint(c, a.ckpt_size, a.ckpt_rounds),
         }
@@ -189,7 +204,9 @@ def main():
         return
     r, d, k = results["read_into"], results["dataloader"], results["checkpoint"]
     print(f"read_into {r['bytes'] / GIB:.2f} GiB x{r['rounds']}: python {r['python_read_into_gib_s']:.2f} GiB/s, "
-          f"rust client {r['rust_read_at_gib_s']:.2f} GiB/s, ratio {r['ratio']:.2f}")
+          f"rust client {r['rust_read_at_gib_s']:.2f} GiB/s, ratio {r['ratio']:.2f}; through a "
+          f"{r['chunk'] >> 20} MiB buffer: python {r['python_readinto_chunked_gib_s']:.2f}, "
+          f"rust {r['rust_chunked_gib_s']:.2f}, ratio {r['ratio_chunked']:.2f}")
     print(f"DataLoader {d['files']} x {d['file_bytes'] >> 10} KiB, {d['workers']} workers, batch {d['batch']}: "
           f"curvine {d['curvine_samples_s']:.0f} samples/s; local files, page cache warm "
           f"{d['local_page_cache_samples_s']:.0f} (ratio {d['ratio_vs_page_cache']:.2f}), cold "

@@ -275,3 +275,34 @@ def test_client_pickles(client, blob):
     c2 = pickle.loads(pickle.dumps(client))
     assert c2.meta == client.meta
     assert c2.read(blob[0], 0, 100) == blob[1][:100]
+
+
+def test_gil_is_released_while_waiting_on_the_cluster(node, blob):
+    """With the server stopped, a call blocks inside Rust; the main thread
+    must still run Python (here: to resume the server). If the call held
+    the GIL, the main thread could only run after the call timed out."""
+    import signal
+
+    path, data = blob
+    c = curvine.connect(node.meta, timeout=20)
+    c.stat(path)  # connection up before the server stops
+    calling = threading.Event()
+    result = {}
+
+    def call():
+        calling.set()
+        try:
+            result["data"] = c.read(path, 0, 1000)
+        except Exception as e:  # reported below
+            result["error"] = e
+
+    os.kill(node.proc.pid, signal.SIGSTOP)
+    try:
+        t = threading.Thread(target=call)
+        t.start()
+        calling.wait()
+    finally:
+        os.kill(node.proc.pid, signal.SIGCONT)
+    t.join(60)
+    assert not t.is_alive()
+    assert result == {"data": data[:1000]}
