@@ -169,7 +169,7 @@ fn status_json(s: &FileStatus) -> serde_json::Value {
         "type": if s.kind == FileKind::Dir as i32 { "directory" } else { "file" },
         "len": s.len, "mode": format!("{:o}", s.mode), "mtime_ms": s.mtime_ms,
         "block_size": s.block_size, "replication": s.replication, "complete": s.complete,
-        "children": s.children,
+        "children": s.children, "ufs_state": s.ufs_state, "pinned": s.pinned, "mount": s.mount_uri,
     })
 }
 
@@ -180,6 +180,15 @@ fn print_stat(s: &FileStatus) {
     println!("size:        {} ({})", s.len, human(s.len));
     println!("mode:        {} ({:o})", mode_string(s), s.mode);
     println!("modified:    {}", time_string(s.mtime_ms));
+    if !s.mount_uri.is_empty() {
+        println!("mount of:    {}", s.mount_uri);
+    }
+    if !s.ufs_state.is_empty() {
+        println!("ufs:         {}", s.ufs_state);
+    }
+    if s.pinned {
+        println!("pinned:      yes");
+    }
     if s.kind == FileKind::Dir as i32 {
         println!("entries:     {}", s.children);
     } else {
@@ -197,15 +206,23 @@ async fn ls(fs: &FileSystem, path: &str, recursive: bool) -> Result<()> {
     }
     let mut dirs = vec![st.path.clone()];
     while let Some(d) = dirs.pop() {
-        let mut entries = fs.list(&d).await?;
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
         if recursive {
             println!("{d}:");
         }
-        for e in &entries {
-            print_entry(e);
-            if recursive && e.kind == FileKind::Dir as i32 {
-                dirs.push(e.path.clone());
+        // Page by page (in name order), so a directory of a million entries
+        // never sits in memory at once.
+        let mut after = String::new();
+        loop {
+            let (page, more) = fs.list_page(&d, &after, 0).await?;
+            for e in &page {
+                print_entry(e);
+                if recursive && e.kind == FileKind::Dir as i32 {
+                    dirs.push(e.path.clone());
+                }
+            }
+            match page.last() {
+                Some(last) if more => after = last.name.clone(),
+                _ => break,
             }
         }
     }
@@ -403,6 +420,14 @@ async fn get(fs: &FileSystem, path: &str, local: &Path) -> Result<()> {
     Ok(())
 }
 
+fn cache_json(c: Option<&curvine_common::proto::CacheStats>) -> serde_json::Value {
+    let c = c.cloned().unwrap_or_default();
+    serde_json::json!({
+        "hits": c.hits, "misses": c.misses, "bytes_from_cache": c.bytes_from_cache,
+        "bytes_from_ufs": c.bytes_from_ufs, "loads": c.loads, "load_errors": c.load_errors,
+    })
+}
+
 pub async fn report(c: &ClientArgs, json: bool) -> Result<()> {
     let fs = c.fs()?;
     let r = fs.report().await?;
@@ -413,7 +438,7 @@ pub async fn report(c: &ClientArgs, json: bool) -> Result<()> {
             .map(|w| {
                 serde_json::json!({
                     "id": w.id, "addr": w.addr, "hostname": w.hostname, "alive": w.alive,
-                    "last_heartbeat_ms": w.last_heartbeat_ms,
+                    "last_heartbeat_ms": w.last_heartbeat_ms, "cache": cache_json(w.cache.as_ref()),
                     "tiers": w.tiers.iter().map(|t| serde_json::json!({
                         "kind": t.kind, "dir": t.dir, "capacity": t.capacity, "used": t.used,
                         "reserved": t.reserved, "blocks": t.blocks})).collect::<Vec<_>>(),
@@ -423,6 +448,7 @@ pub async fn report(c: &ClientArgs, json: bool) -> Result<()> {
         let v = serde_json::json!({
             "capacity": r.capacity, "used": r.used, "files": r.files, "dirs": r.dirs,
             "block_size": r.block_size, "raft": {"leader": r.raft_leader, "term": r.raft_term, "applied": r.raft_applied},
+            "mounts": r.mounts, "cache": cache_json(r.cache.as_ref()),
             "workers": workers,
         });
         println!("{v}");
@@ -431,6 +457,20 @@ pub async fn report(c: &ClientArgs, json: bool) -> Result<()> {
     println!("meta:      {} (raft leader {}, term {}, applied {})", fs.meta_addrs().join(","), r.raft_leader, r.raft_term, r.raft_applied);
     println!("namespace: {} files, {} directories, block size {}", r.files, r.dirs, human(r.block_size));
     println!("capacity:  {} total, {} used, {} free", human(r.capacity), human(r.used), human(r.capacity.saturating_sub(r.used)));
+    if let Some(c) = &r.cache {
+        let reads = c.hits + c.misses;
+        let ratio = if reads == 0 { 0.0 } else { c.hits as f64 * 100.0 / reads as f64 };
+        println!(
+            "cache:     {} hits, {} misses ({ratio:.1}% hit), {} from cache, {} loaded from UFS in {} blocks ({} failed); {} mounts",
+            c.hits,
+            c.misses,
+            human(c.bytes_from_cache),
+            human(c.bytes_from_ufs),
+            c.loads,
+            c.load_errors,
+            r.mounts
+        );
+    }
     let alive = r.workers.iter().filter(|w| w.alive).count();
     println!("workers:   {alive} alive, {} dead", r.workers.len() - alive);
     for w in &r.workers {

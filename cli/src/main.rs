@@ -3,7 +3,9 @@
 
 mod bench;
 mod fs_cmd;
+mod mount_cmd;
 mod server;
+mod warm_cmd;
 mod web;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +56,48 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Mount a UFS (S3, GCS, Azure, OSS, WebHDFS, local) into the namespace; without arguments, list mounts
+    Mount {
+        #[command(flatten)]
+        args: mount_cmd::MountArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a mount and its cached data (the UFS is not touched)
+    Umount {
+        path: String,
+        /// Also drop files under it that exist only in the cache
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cache PATH (and everything under it) from its UFS with a load job; `warm status`, `warm cancel`
+    #[command(alias = "load")]
+    Warm {
+        #[command(flatten)]
+        args: warm_cmd::WarmArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Drop cached copies under PATH (the UFS keeps the data; pinned and cache-only files stay)
+    Free {
+        path: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Keep PATH (and everything under it) cached: `cv free` and eviction skip it
+    Pin {
+        path: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Undo `cv pin`
+    Unpin {
+        path: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Benchmarks against same-run machine baselines
     Bench {
         #[command(subcommand)]
@@ -87,6 +131,12 @@ fn main() {
             Cmd::Fs { cmd, client } => fs_cmd::run(cmd, &client).await,
             Cmd::Report { client, json } => fs_cmd::report(&client, json).await,
             Cmd::Bench { cmd, client } => bench::run(cmd, &client).await,
+            Cmd::Mount { args, client } => mount_cmd::run(args, &client).await,
+            Cmd::Umount { path, force, client } => mount_cmd::umount(&path, force, &client).await,
+            Cmd::Warm { args, client } => warm_cmd::run(args, &client).await,
+            Cmd::Free { path, client } => warm_cmd::free(&path, &client).await,
+            Cmd::Pin { path, client } => warm_cmd::pin(&path, true, &client).await,
+            Cmd::Unpin { path, client } => warm_cmd::pin(&path, false, &client).await,
             Cmd::Version => {
                 println!("cv {}", curvine_common::VERSION);
                 Ok(())

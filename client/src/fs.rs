@@ -65,6 +65,10 @@ impl FileSystem {
     }
 
     /// The meta addresses this client talks to.
+    pub(crate) fn meta(&self) -> &crate::meta::MetaClient {
+        &self.inner.meta
+    }
+
     pub fn meta_addrs(&self) -> &[String] {
         self.inner.meta.addrs()
     }
@@ -109,18 +113,37 @@ impl FileSystem {
         }
     }
 
+    /// Every entry of directory `path`. Large directories arrive in pages;
+    /// use `list_page` to hold one page at a time.
     #[tracing::instrument(skip(self))]
     pub async fn list(&self, path: &str) -> Result<Vec<FileStatus>> {
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let (page, more) = self.list_page(path, &after, 0).await?;
+            if let Some(last) = page.last() {
+                after = last.name.clone();
+            }
+            all.extend(page);
+            if !more || after.is_empty() {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Entries of `path` after the name `start_after` ("" = from the first),
+    /// at most `limit` (0 = the server's page size), and whether more follow.
+    pub async fn list_page(&self, path: &str, start_after: &str, limit: u32) -> Result<(Vec<FileStatus>, bool)> {
         let path = normalize(path)?;
         let r = self
             .inner
             .meta
             .call(|mut c| {
-                let req = proto::ListRequest { path: path.clone() };
+                let req = proto::ListRequest { path: path.clone(), start_after: start_after.to_string(), limit };
                 async move { c.list(req).await }
             })
             .await?;
-        Ok(r.entries)
+        Ok((r.entries, r.more))
     }
 
     #[tracing::instrument(skip(self))]

@@ -5,12 +5,15 @@
 
 mod fs;
 mod meta;
+mod mounts;
 mod pool;
 mod reader;
 mod writer;
 
 pub use curvine_common::proto::{FileKind, FileStatus, LocatedBlock, ReportResponse};
 pub use curvine_common::{Error, ErrorKind, Result};
+pub use curvine_common::proto::{FreeResponse, JobInfo, MountInfo};
 pub use fs::{CreateOptions, FileSystem};
+pub use mounts::MountOptions;
 pub use reader::FileReader;
 pub use writer::FileWriter;

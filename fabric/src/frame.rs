@@ -29,6 +29,9 @@ pub enum Op {
     WriteCommit = 4,
     WriteAbort = 5,
     Ping = 6,
+    /// Make a block readable on this worker (load it from the UFS if the
+    /// worker can); answered once it is. Head: block id.
+    Load = 7,
 }
 
 impl Op {
@@ -40,6 +43,7 @@ impl Op {
             4 => Op::WriteCommit,
             5 => Op::WriteAbort,
             6 => Op::Ping,
+            7 => Op::Load,
             _ => return None,
         })
     }

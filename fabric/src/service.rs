@@ -38,6 +38,13 @@ pub trait BlockService: Send + Sync + 'static {
     /// Starts a new block, reserving `len_hint` bytes in the fastest tier
     /// with room; `NoSpace` when no tier has room.
     fn open_write(&self, block_id: u64, len_hint: u64) -> Result<Box<dyn BlockSink>>;
-    /// Accounting hook: `bytes` were served from `block_id`.
-    fn on_read(&self, _block_id: u64, _bytes: u64) {}
+    /// Called when a read finds no such block: a future that makes it
+    /// readable (a cache loading it from the UFS), or `None` when it cannot
+    /// appear. Implementations coalesce concurrent loads of one block.
+    fn load(&self, _block_id: u64) -> Option<futures::future::BoxFuture<'static, Result<()>>> {
+        None
+    }
+    /// Accounting hook: `bytes` were served from `block_id`; `loaded` when
+    /// the read had to wait for `load` (a cache miss).
+    fn on_read(&self, _block_id: u64, _bytes: u64, _loaded: bool) {}
 }

@@ -153,6 +153,11 @@ pub async fn run_all(t: &dyn Transport, addr: &str, corrupt: &(dyn Fn(u64, u64) 
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(!c.is_broken());
     c.ping().await.expect("usable after NotFound");
+    // Load of a block the server has: "already cached"; of one it cannot
+    // produce: a NotFound for that request only.
+    assert!(c.load(100).await.expect("load of a present block"), "present block must report cached");
+    assert_eq!(c.load(999_999).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(!c.is_broken());
 
     // A commit whose length disagrees with what was sent is refused and
     // leaves no block behind.

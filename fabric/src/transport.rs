@@ -35,6 +35,9 @@ pub trait DataConn: Send {
     async fn write_commit(&mut self, block_id: u64, len: u64) -> Result<TierKind>;
     async fn write_abort(&mut self, block_id: u64) -> Result<()>;
     async fn ping(&mut self) -> Result<()>;
+    /// Asks the worker to make `block_id` readable (loading it from the UFS
+    /// when it is not cached); `true` when it was cached already.
+    async fn load(&mut self, block_id: u64) -> Result<bool>;
     fn is_broken(&self) -> bool;
 }
 

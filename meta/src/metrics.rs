@@ -25,6 +25,11 @@ pub struct Metrics {
     pub rpc_seconds: Family<OpLabel, Histogram>,
     pub inodes: Gauge,
     pub workers_alive: Gauge,
+    /// Entries or listings re-read from a UFS.
+    pub ufs_syncs: Counter,
+    /// Cluster cache counters, as last summed from worker heartbeats.
+    pub cache_hits: Gauge,
+    pub cache_misses: Gauge,
 }
 
 impl Metrics {
@@ -34,11 +39,17 @@ impl Metrics {
             rpc_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))),
             inodes: Gauge::default(),
             workers_alive: Gauge::default(),
+            ufs_syncs: Counter::default(),
+            cache_hits: Gauge::default(),
+            cache_misses: Gauge::default(),
         };
         registry.register("curvine_meta_rpc", "Meta RPCs by operation and result", m.rpc_total.clone());
         registry.register("curvine_meta_rpc_seconds", "Meta RPC latency", m.rpc_seconds.clone());
         registry.register("curvine_meta_inodes", "Files and directories in the namespace", m.inodes.clone());
         registry.register("curvine_meta_workers_alive", "Workers heard from within the timeout", m.workers_alive.clone());
+        registry.register("curvine_meta_ufs_syncs", "UFS entries and listings merged into the namespace", m.ufs_syncs.clone());
+        registry.register("curvine_meta_cache_hits", "Cluster-wide reads served from cache (from heartbeats)", m.cache_hits.clone());
+        registry.register("curvine_meta_cache_misses", "Cluster-wide reads that loaded from the UFS (from heartbeats)", m.cache_misses.clone());
         m
     }
 

@@ -16,12 +16,14 @@ use tonic::{Request, Response, Status};
 use crate::metrics::Metrics;
 use crate::namespace::{MetaCommand, Outcome};
 use crate::raft::types::Raft;
-use crate::store::{BlockMeta, Inode, Reader, StateStore, KEY_DIRS, KEY_FILES};
+use crate::store::{BlockMeta, Inode, Persist, Reader, StateStore, KEY_DIRS, KEY_FILES};
 use crate::workers::{Reported, Workers};
 
 /// The meta service state shared by all handlers.
 pub struct MetaServiceImpl {
     pub raft: Raft,
+    pub mounts: crate::mounts::Mounts,
+    pub jobs: crate::jobs::Jobs,
     pub store: Arc<StateStore>,
     pub workers: Arc<Workers>,
     pub conf: Arc<Config>,
@@ -42,16 +44,28 @@ fn status_of(inode: &Inode, path: &str, children: u64) -> FileStatus {
         replication: inode.replication,
         complete: inode.complete,
         children,
+        ufs_state: match &inode.ufs {
+            Some(u) if !inode.is_dir() => match u.persist {
+                Persist::Persisted => "persisted".into(),
+                Persist::Pending => "pending".into(),
+            },
+            _ => String::new(),
+        },
+        pinned: inode.pinned,
+        mount_uri: String::new(),
     }
 }
 
+/// Entries per `List` page when the client does not ask for a size.
+const LIST_PAGE: usize = 1000;
+
 impl MetaServiceImpl {
-    fn reader(&self) -> Reader {
+    pub(crate) fn reader(&self) -> Reader {
         Reader { db: self.store.db() }
     }
 
     /// Proposes `cmd` and waits until it is applied here.
-    async fn write(&self, cmd: MetaCommand) -> Result<Outcome> {
+    pub(crate) async fn write(&self, cmd: MetaCommand) -> Result<Outcome> {
         let res = match self.raft.client_write(cmd).await {
             Ok(resp) => resp.data.0,
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::unavailable(format!(
@@ -70,9 +84,15 @@ impl MetaServiceImpl {
         res
     }
 
-    fn dir_status(&self, inode: &Inode, path: &str) -> Result<FileStatus> {
+    pub(crate) fn dir_status(&self, inode: &Inode, path: &str) -> Result<FileStatus> {
         let children = if inode.is_dir() { self.reader().count_children(inode.id)? } else { 0 };
-        Ok(status_of(inode, path, children))
+        let mut st = status_of(inode, path, children);
+        if inode.mount_id != 0 {
+            if let Some(m) = self.mounts.table(&self.store)?.iter().find(|m| m.id == inode.mount_id) {
+                st.mount_uri = m.uri.clone();
+            }
+        }
+        Ok(st)
     }
 
     fn outcome_inode(out: Outcome) -> Result<Inode> {
@@ -138,7 +158,7 @@ impl MetaServiceImpl {
             self.workers.place(file.block_size, &r.client_host, &r.exclude_workers, file.replication as usize)?;
         match self.write(MetaCommand::AddBlock { file_id: file.id, path }).await? {
             Outcome::Block { block_id, offset, .. } => {
-                Ok(AddBlockResponse { block: Some(LocatedBlock { id: block_id, offset, len: 0, locations }) })
+                Ok(AddBlockResponse { block: Some(LocatedBlock { id: block_id, offset, len: 0, locations, from_ufs: false }) })
             }
             other => Err(Error::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -166,14 +186,25 @@ impl MetaServiceImpl {
     #[tracing::instrument(skip(self))]
     async fn do_open(&self, r: OpenRequest) -> Result<OpenResponse> {
         let path = normalize(&r.path)?;
+        self.ensure_entry(&path, false).await?;
         let inode = self.reader().resolve(&path)?;
         if inode.is_dir() {
             return Err(Error::is_dir(&path));
         }
         let mut offset = 0;
         let mut blocks = Vec::with_capacity(inode.blocks.len());
+        let in_ufs = inode.is_ufs_persisted();
         for b in &inode.blocks {
-            blocks.push(LocatedBlock { id: b.id, offset, len: b.len, locations: self.workers.locations(b.id) });
+            let mut lb =
+                LocatedBlock { id: b.id, offset, len: b.len, locations: self.workers.locations(b.id), from_ufs: false };
+            if lb.locations.is_empty() && in_ufs {
+                let loader = self.workers.loader_for(b.id).ok_or_else(|| {
+                    Error::unavailable(format!("{path}: not cached and no live worker to load it from the UFS"))
+                })?;
+                lb.locations.push(loader);
+                lb.from_ufs = true;
+            }
+            blocks.push(lb);
             offset += if inode.complete { b.len } else { inode.block_size };
         }
         Ok(OpenResponse { status: Some(status_of(&inode, &path, 0)), blocks })
@@ -182,6 +213,7 @@ impl MetaServiceImpl {
     #[tracing::instrument(skip(self))]
     async fn do_stat(&self, r: StatRequest) -> Result<StatResponse> {
         let path = normalize(&r.path)?;
+        self.ensure_entry(&path, false).await?;
         let inode = self.reader().resolve(&path)?;
         Ok(StatResponse { status: Some(self.dir_status(&inode, &path)?) })
     }
@@ -189,20 +221,27 @@ impl MetaServiceImpl {
     #[tracing::instrument(skip(self))]
     async fn do_list(&self, r: ListRequest) -> Result<ListResponse> {
         let path = normalize(&r.path)?;
+        // A listing under a mount merges the UFS's entries first (the first page only).
+        if r.start_after.is_empty() {
+            self.ensure_listed(&path, false).await?;
+        }
         let reader = self.reader();
         let dir = reader.resolve(&path)?;
         if !dir.is_dir() {
             return Err(Error::not_dir(&path));
         }
-        let mut entries = Vec::new();
-        for (name, id) in reader.children(dir.id)? {
+        let limit = if r.limit == 0 { LIST_PAGE } else { (r.limit as usize).min(100_000) };
+        let page = reader.children_page(dir.id, &r.start_after, limit + 1)?;
+        let more = page.len() > limit;
+        let mut entries = Vec::with_capacity(page.len().min(limit));
+        for (name, id) in page.into_iter().take(limit) {
             let p = join(&path, &name);
             let inode = reader
                 .inode(id)?
                 .ok_or_else(|| Error::new(ErrorKind::Corrupt, format!("{p}: dangling entry (inode {id})")))?;
             entries.push(status_of(&inode, &p, 0));
         }
-        Ok(ListResponse { entries })
+        Ok(ListResponse { entries, more })
     }
 
     #[tracing::instrument(skip(self))]
@@ -247,11 +286,14 @@ impl MetaServiceImpl {
     #[tracing::instrument(skip(self, r), fields(worker = r.worker_id))]
     async fn do_heartbeat(&self, r: HeartbeatRequest) -> Result<HeartbeatResponse> {
         let added = self.reported(r.added)?;
-        let resp = match self.workers.heartbeat(r.worker_id, r.tiers, added, &r.removed) {
+        let resp = match self.workers.heartbeat(r.worker_id, r.tiers, r.cache, added, &r.removed) {
             Some(delete_blocks) => HeartbeatResponse { reregister: false, delete_blocks },
             None => HeartbeatResponse { reregister: true, delete_blocks: vec![] },
         };
         self.metrics.workers_alive.set(self.workers.alive_count() as i64);
+        let cache = self.workers.cache_totals();
+        self.metrics.cache_hits.set(cache.hits as i64);
+        self.metrics.cache_misses.set(cache.misses as i64);
         Ok(resp)
     }
 
@@ -276,6 +318,8 @@ impl MetaServiceImpl {
             raft_leader: m.current_leader.unwrap_or(0),
             raft_term: m.current_term,
             raft_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            cache: Some(self.workers.cache_totals()),
+            mounts: self.mounts.table(&self.store)?.len() as u64,
             workers,
         })
     }
@@ -312,4 +356,14 @@ handlers! {
     register_worker / do_register: RegisterWorkerRequest => RegisterWorkerResponse,
     heartbeat / do_heartbeat: HeartbeatRequest => HeartbeatResponse,
     report / do_report: ReportRequest => ReportResponse,
+    mount / do_mount: MountRequest => MountResponse,
+    umount / do_umount: UmountRequest => UmountResponse,
+    list_mounts / do_list_mounts: ListMountsRequest => ListMountsResponse,
+    resync / do_resync: ResyncRequest => ResyncResponse,
+    block_source / do_block_source: BlockSourceRequest => BlockSourceResponse,
+    warm / do_warm: WarmRequest => WarmResponse,
+    job_status / do_job_status: JobStatusRequest => JobStatusResponse,
+    cancel_job / do_cancel_job: CancelJobRequest => CancelJobResponse,
+    free / do_free: FreeRequest => FreeResponse,
+    pin / do_pin: PinRequest => PinResponse,
 }

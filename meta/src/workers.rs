@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use curvine_common::proto::{BlockLocation, TierInfo, WorkerInfo};
+use curvine_common::proto::{BlockLocation, CacheStats, TierInfo, WorkerInfo};
 use curvine_common::size::human;
 use curvine_common::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
@@ -81,11 +81,21 @@ impl Workers {
 
     /// Records a heartbeat. `None` when the worker is unknown (it must register again);
     /// otherwise the blocks it should delete.
-    pub fn heartbeat(&self, id: u64, tiers: Vec<TierInfo>, added: Vec<Reported>, removed: &[u64]) -> Option<Vec<u64>> {
+    pub fn heartbeat(
+        &self,
+        id: u64,
+        tiers: Vec<TierInfo>,
+        cache: Option<CacheStats>,
+        added: Vec<Reported>,
+        removed: &[u64],
+    ) -> Option<Vec<u64>> {
         let mut g = self.inner.lock();
         let w = g.workers.get_mut(&id)?;
         w.last_seen = Instant::now();
         w.info.tiers = tiers;
+        if cache.is_some() {
+            w.info.cache = cache;
+        }
         Self::add_reported(&mut g, id, added);
         for b in removed {
             if let Some(l) = g.locations.get_mut(b) {
@@ -102,6 +112,9 @@ impl Workers {
     pub fn add_locations(&self, block: u64, workers: &[u64]) {
         let mut g = self.inner.lock();
         for w in workers {
+            if let Some(p) = g.pending_delete.get_mut(w) {
+                p.retain(|b| *b != block);
+            }
             let tier = g.workers.get(w).and_then(|w| w.info.tiers.first()).map(|t| t.kind.clone()).unwrap_or_default();
             g.locations.entry(block).or_default().insert(*w, tier);
         }
@@ -117,6 +130,22 @@ impl Workers {
                 }
             }
         }
+    }
+
+    /// Drops every cached copy of `blocks` (the namespace keeps them: they
+    /// can be loaded again); returns how many copies were dropped.
+    pub fn drop_cached(&self, blocks: &[u64]) -> usize {
+        let mut g = self.inner.lock();
+        let mut n = 0;
+        for b in blocks {
+            if let Some(locs) = g.locations.remove(b) {
+                for w in locs.into_keys() {
+                    g.pending_delete.entry(w).or_default().push(*b);
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     fn location(w: &Worker, tier: String) -> BlockLocation {
@@ -158,6 +187,37 @@ impl Workers {
             .take(n.max(1))
             .map(|w| Self::location(w, w.info.tiers.first().map(|t| t.kind.clone()).unwrap_or_default()))
             .collect())
+    }
+
+    /// The live worker that loads `block` from the UFS on a miss: a pure
+    /// function of the block id and the live set, so every client sends its
+    /// miss of one block to the same worker, which fetches it once.
+    pub fn loader_for(&self, block: u64) -> Option<BlockLocation> {
+        let g = self.inner.lock();
+        let now = Instant::now();
+        let live: Vec<&Worker> = g.workers.values().filter(|w| self.alive(w, now)).collect();
+        if live.is_empty() {
+            return None;
+        }
+        // Fibonacci hashing spreads consecutive block ids over the workers.
+        let h = block.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let w = live[(h % live.len() as u64) as usize];
+        Some(Self::location(w, String::new()))
+    }
+
+    /// Cache counters summed over all registered workers.
+    pub fn cache_totals(&self) -> CacheStats {
+        let g = self.inner.lock();
+        let mut t = CacheStats::default();
+        for c in g.workers.values().filter_map(|w| w.info.cache.as_ref()) {
+            t.hits += c.hits;
+            t.misses += c.misses;
+            t.bytes_from_cache += c.bytes_from_cache;
+            t.bytes_from_ufs += c.bytes_from_ufs;
+            t.loads += c.loads;
+            t.load_errors += c.load_errors;
+        }
+        t
     }
 
     /// All workers with `alive` and `last_heartbeat_ms` (ms since the last heartbeat) filled in.
@@ -222,9 +282,9 @@ mod tests {
         assert_eq!(w.locations(7).len(), 1);
         w.free_blocks(&[7]);
         assert!(w.locations(7).is_empty());
-        let mut del = w.heartbeat(1, vec![], vec![], &[]).unwrap();
+        let mut del = w.heartbeat(1, vec![], None, vec![], &[]).unwrap();
         del.sort();
         assert_eq!(del, vec![7, 8]);
-        assert!(w.heartbeat(9, vec![], vec![], &[]).is_none());
+        assert!(w.heartbeat(9, vec![], None, vec![], &[]).is_none());
     }
 }

@@ -100,7 +100,7 @@ async fn namespace_survives_restart_and_errors_have_kinds() {
     c.rename(RenameRequest { src: "/a".into(), dst: "/z".into() }).await.unwrap();
     let st = c.stat(StatRequest { path: "/z/b/f".into() }).await.unwrap().into_inner().status.unwrap();
     assert_eq!((st.path.as_str(), st.len), ("/z/b/f", 100));
-    let list = c.list(ListRequest { path: "/z/b".into() }).await.unwrap().into_inner().entries;
+    let list = c.list(ListRequest { path: "/z/b".into(), ..Default::default() }).await.unwrap().into_inner().entries;
     let names: Vec<_> = list.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(names, vec!["/z/b/c", "/z/b/f"]);
     c.set_attr(SetAttrRequest { path: "/z/b/f".into(), mode: Some(0o600), mtime_ms: Some(5) }).await.unwrap();
@@ -153,7 +153,7 @@ async fn snapshots_are_built_and_survive_restart() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node = MetaNode::start(conf, listener, &mut Default::default()).await.unwrap();
     let mut c = MetaServiceClient::connect(format!("http://{}", node.addr())).await.unwrap();
-    let list = c.list(ListRequest { path: "/".into() }).await.unwrap().into_inner().entries;
+    let list = c.list(ListRequest { path: "/".into(), ..Default::default() }).await.unwrap().into_inner().entries;
     assert_eq!(list.len(), 30);
     drop(c);
     node.shutdown().await.unwrap();
@@ -213,7 +213,7 @@ async fn namespace_survives_kill_9() {
     child.wait().unwrap();
 
     let (node, mut c) = start(dir.path()).await;
-    let list = c.list(ListRequest { path: "/kk".into() }).await.unwrap().into_inner().entries;
+    let list = c.list(ListRequest { path: "/kk".into(), ..Default::default() }).await.unwrap().into_inner().entries;
     assert_eq!(list.len(), 20);
     assert_eq!(kind(c.stat(StatRequest { path: "/k".into() }).await.unwrap_err()), ErrorKind::NotFound);
     c.mkdir(MkdirRequest { path: "/after".into(), ..Default::default() }).await.unwrap();

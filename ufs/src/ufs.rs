@@ -28,7 +28,7 @@ const CHECK_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Metadata of one UFS entry. `name` is the last path component, without a
 /// trailing `/` (empty for the mount root).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UfsEntry {
     pub name: String,
     pub is_dir: bool,

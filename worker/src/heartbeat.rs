@@ -121,6 +121,7 @@ impl Heartbeat {
             tiers: self.tiers(),
             added: deltas.added.iter().cloned().map(reported).collect(),
             removed: deltas.removed.clone(),
+            cache: Some(self.store.metrics().cache_stats()),
         };
         let resp = match client.heartbeat(req).await {
             Ok(r) => r.into_inner(),

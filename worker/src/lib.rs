@@ -4,6 +4,7 @@
 //! `start` wires it all up and is called by both `cv worker` and tests.
 
 mod heartbeat;
+pub mod loader;
 pub mod metrics;
 pub mod store;
 
@@ -58,7 +59,8 @@ pub async fn start(
     let server_stop = async move {
         let _ = server_rx.wait_for(|v| *v).await;
     };
-    let server = tokio::spawn(curvine_fabric::tcp::serve(listener, store.clone(), server_stop));
+    let svc = Arc::new(loader::CachingService { store: store.clone(), loader: loader::Loader::new(store.clone(), wc.meta.clone()) });
+    let server = tokio::spawn(curvine_fabric::tcp::serve(listener, svc, server_stop));
 
     let hb = heartbeat::Heartbeat {
         store: store.clone(),

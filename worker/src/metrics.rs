@@ -19,6 +19,14 @@ pub struct WorkerMetrics {
     pub read_bytes: Counter,
     pub write_bytes: Counter,
     pub blocks_written: Counter,
+    /// Reads served from a block already cached.
+    pub cache_hits: Counter,
+    /// Reads that waited for a load from the UFS.
+    pub cache_misses: Counter,
+    pub bytes_from_cache: Counter,
+    pub bytes_from_ufs: Counter,
+    pub ufs_loads: Counter,
+    pub ufs_load_errors: Counter,
 }
 
 impl WorkerMetrics {
@@ -31,6 +39,24 @@ impl WorkerMetrics {
         registry.register("curvine_worker_read_bytes", "Block bytes served to readers", self.read_bytes.clone());
         registry.register("curvine_worker_write_bytes", "Block bytes written", self.write_bytes.clone());
         registry.register("curvine_worker_blocks_written", "Blocks committed", self.blocks_written.clone());
+        registry.register("curvine_worker_cache_hits", "Reads served from cached blocks", self.cache_hits.clone());
+        registry.register("curvine_worker_cache_misses", "Reads that waited for a UFS load", self.cache_misses.clone());
+        registry.register("curvine_worker_bytes_from_cache", "Bytes served from cached blocks", self.bytes_from_cache.clone());
+        registry.register("curvine_worker_bytes_from_ufs", "Bytes loaded from the UFS", self.bytes_from_ufs.clone());
+        registry.register("curvine_worker_ufs_loads", "Blocks loaded from the UFS", self.ufs_loads.clone());
+        registry.register("curvine_worker_ufs_load_errors", "Block loads from the UFS that failed", self.ufs_load_errors.clone());
+    }
+
+    /// The cache counters as sent to meta with each heartbeat.
+    pub fn cache_stats(&self) -> curvine_common::proto::CacheStats {
+        curvine_common::proto::CacheStats {
+            hits: self.cache_hits.get(),
+            misses: self.cache_misses.get(),
+            bytes_from_cache: self.bytes_from_cache.get(),
+            bytes_from_ufs: self.bytes_from_ufs.get(),
+            loads: self.ufs_loads.get(),
+            load_errors: self.ufs_load_errors.get(),
+        }
     }
 
     /// Sets the per-tier gauges; tiers of the same kind are summed.

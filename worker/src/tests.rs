@@ -65,6 +65,37 @@ impl MetaService for FakeMeta {
     async fn report(&self, _: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
         Err(Status::unimplemented("fake meta"))
     }
+    async fn mount(&self, _: Request<MountRequest>) -> Result<Response<MountResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn umount(&self, _: Request<UmountRequest>) -> Result<Response<UmountResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn list_mounts(&self, _: Request<ListMountsRequest>) -> Result<Response<ListMountsResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn resync(&self, _: Request<ResyncRequest>) -> Result<Response<ResyncResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn warm(&self, _: Request<WarmRequest>) -> Result<Response<WarmResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn job_status(&self, _: Request<JobStatusRequest>) -> Result<Response<JobStatusResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn cancel_job(&self, _: Request<CancelJobRequest>) -> Result<Response<CancelJobResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn free(&self, _: Request<FreeRequest>) -> Result<Response<FreeResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn pin(&self, _: Request<PinRequest>) -> Result<Response<PinResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    /// Blocks of this fake namespace are never in a UFS.
+    async fn block_source(&self, r: Request<BlockSourceRequest>) -> Result<Response<BlockSourceResponse>, Status> {
+        Err(Status::from(curvine_common::Error::not_found(&format!("block {}", r.into_inner().block_id))))
+    }
 
     async fn register_worker(
         &self,

@@ -70,3 +70,13 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> usize {
     }
     n
 }
+
+/// A plain HTTP GET over a socket (the tests need no HTTP client crate).
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}

@@ -323,6 +323,14 @@ impl DataConn for TcpConn {
         self.simple(Op::Ping, Vec::new()).await.map(|_| ())
     }
 
+    async fn load(&mut self, block_id: u64) -> Result<bool> {
+        let head = self.simple(Op::Load, block_id.to_le_bytes().to_vec()).await?;
+        match head.first() {
+            Some(&v) => Ok(v == 1),
+            None => Err(self.fail(Error::protocol("load response without a head"))),
+        }
+    }
+
     fn is_broken(&self) -> bool {
         self.broken
     }

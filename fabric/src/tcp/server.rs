@@ -170,6 +170,7 @@ impl Conn {
                     self.drain_payload(&h).await?;
                     self.respond(&h, &[]).await
                 }
+                Op::Load => self.load(&h).await,
             };
             if let Err(e) = res {
                 if e.kind() == ErrorKind::Protocol {
@@ -207,11 +208,36 @@ impl Conn {
         Ok(())
     }
 
+    /// Answers `[1]` when the block was already here, `[0]` once loaded.
+    async fn load(&mut self, h: &Header) -> Result<()> {
+        self.drain_payload(h).await?;
+        let block = crate::frame::HeadReader::new(&self.head).u64()?;
+        if self.svc.open_read(block).is_ok() {
+            return self.respond(h, &[1]).await;
+        }
+        let res = match self.svc.load(block) {
+            Some(f) => f.await,
+            None => Err(Error::not_found(&format!("block {block} (this server cannot load blocks)"))),
+        };
+        match res {
+            Ok(()) => self.respond(h, &[0]).await,
+            Err(e) => self.send_error(h.op, h.req_id, &e).await,
+        }
+    }
+
     async fn read(&mut self, h: &Header) -> Result<()> {
         self.drain_payload(h).await?;
         let req = ReadReq::decode(&self.head)?;
-        let src = match self.svc.open_read(req.block_id) {
-            Ok(s) => s,
+        let (src, loaded) = match self.svc.open_read(req.block_id) {
+            Ok(s) => (s, false),
+            Err(e) if e.kind() == ErrorKind::NotFound => match self.svc.load(req.block_id) {
+                // A miss the service can fill (e.g. from the UFS): wait for it.
+                Some(load) => match load.await.and_then(|()| self.svc.open_read(req.block_id)) {
+                    Ok(s) => (s, true),
+                    Err(e) => return self.send_error(h.op, h.req_id, &e).await,
+                },
+                None => return self.send_error(h.op, h.req_id, &e).await,
+            },
             Err(e) => return self.send_error(h.op, h.req_id, &e).await,
         };
         if req.offset > src.len {
@@ -221,7 +247,7 @@ impl Conn {
         let end = (req.offset + req.len).min(src.len);
         match self.send_range(h, &req, &src, end).await {
             Ok(()) => {
-                self.svc.on_read(req.block_id, end - req.offset);
+                self.svc.on_read(req.block_id, end - req.offset, loaded);
                 Ok(())
             }
             // Nothing of the payload has been sent when an edge check fails.

@@ -18,7 +18,11 @@ pub const CF_INODES: &str = "inodes";
 pub const CF_DENTRIES: &str = "dentries";
 pub const CF_BLOCKS: &str = "blocks";
 pub const CF_SYS: &str = "sys";
-const CFS: [&str; 4] = [CF_INODES, CF_DENTRIES, CF_BLOCKS, CF_SYS];
+/// Mount id → `Mount`.
+pub const CF_MOUNTS: &str = "mounts";
+/// Job id → `Job` (load jobs started by `cv warm`).
+pub const CF_JOBS: &str = "jobs";
+const CFS: [&str; 6] = [CF_INODES, CF_DENTRIES, CF_BLOCKS, CF_SYS, CF_MOUNTS, CF_JOBS];
 
 pub const ROOT_ID: u64 = 1;
 
@@ -28,6 +32,12 @@ pub const KEY_FILES: &[u8] = b"files";
 pub const KEY_DIRS: &[u8] = b"dirs";
 pub const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"last_membership";
+pub const KEY_NEXT_MOUNT: &[u8] = b"next_mount";
+pub const KEY_NEXT_JOB: &[u8] = b"next_job";
+/// The encoding version of the values in this database (bincode is not
+/// self-describing: a newer binary must refuse an older layout, not misread it).
+pub const KEY_FORMAT: &[u8] = b"format";
+pub const FORMAT: u64 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InodeKind {
@@ -40,6 +50,30 @@ pub enum InodeKind {
 pub struct BlockMeta {
     pub id: u64,
     pub len: u64,
+}
+
+/// Whether the UFS holds a file's current bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Persist {
+    /// Loaded from (or written to) the UFS: the UFS has this version.
+    Persisted,
+    /// Written through Curvine, not yet in the UFS.
+    Pending,
+}
+
+/// What the UFS said about a file or directory the last time it was asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UfsMeta {
+    pub mount_id: u64,
+    /// Path relative to the mount's URI (kept here because inodes have no
+    /// parent pointers and the worker loading a block needs it).
+    pub rel: String,
+    pub len: u64,
+    pub mtime_ms: i64,
+    pub etag: String,
+    /// When this entry was last confirmed against the UFS.
+    pub synced_ms: i64,
+    pub persist: Persist,
 }
 
 /// A file or directory, stored bincode-encoded under its id in `inodes`.
@@ -56,11 +90,119 @@ pub struct Inode {
     pub replication: u32,
     pub complete: bool,
     pub blocks: Vec<BlockMeta>,
+    /// Set for entries that exist in a UFS (loaded, or persisted).
+    pub ufs: Option<UfsMeta>,
+    /// Non-zero on a mount point: the mount's id.
+    pub mount_id: u64,
+    /// Directories under a mount: when the UFS listing was last merged in.
+    pub listed_ms: i64,
+    pub pinned: bool,
 }
 
 impl Inode {
     pub fn is_dir(&self) -> bool {
         self.kind == InodeKind::Dir
+    }
+
+    /// Backed by a UFS object whose bytes the UFS holds: safe to drop from
+    /// the namespace when the UFS no longer has it.
+    pub fn is_ufs_persisted(&self) -> bool {
+        matches!(&self.ufs, Some(u) if u.persist == Persist::Persisted)
+    }
+}
+
+/// A UFS mounted at a Curvine path (stored in `mounts`, keyed by id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub id: u64,
+    pub path: String,
+    pub uri: String,
+    pub options: std::collections::BTreeMap<String, String>,
+    pub write_mode: WriteMode,
+    pub ttl_ms: i64,
+    /// How long UFS metadata is trusted; negative = until `resync`.
+    pub sync_interval_ms: i64,
+    pub block_size: u64,
+}
+
+impl Mount {
+    /// `path` relative to the mount's root ("" for the mount point), when inside.
+    pub fn rel<'a>(&self, path: &'a str) -> Option<&'a str> {
+        if path == self.path {
+            return Some("");
+        }
+        path.strip_prefix(self.path.as_str())?.strip_prefix('/')
+    }
+
+    /// Whether metadata confirmed at `synced_ms` must be checked again at `now`.
+    pub fn stale(&self, synced_ms: i64, now: i64) -> bool {
+        self.sync_interval_ms >= 0 && now.saturating_sub(synced_ms) >= self.sync_interval_ms
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A load job (`cv warm`): its progress is written back while it runs, so
+/// a restarted meta shows where it was and resumes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: u64,
+    pub path: String,
+    pub state: Option<JobState>,
+    pub created_ms: i64,
+    pub finished_ms: i64,
+    pub scanning: bool,
+    pub files_total: u64,
+    pub files_done: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    pub bytes_loaded: u64,
+    pub blocks_failed: u64,
+    pub error: String,
+    pub attempt: u64,
+    /// Block loads in flight; 0 = `LOADS_PER_WORKER` per live worker.
+    pub parallel: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteMode {
+    CacheOnly,
+    WriteThrough,
+    WriteBack,
+}
+
+impl WriteMode {
+    pub fn parse(s: &str) -> Option<WriteMode> {
+        match s {
+            "" | "cache-only" => Some(WriteMode::CacheOnly),
+            "write-through" => Some(WriteMode::WriteThrough),
+            "write-back" => Some(WriteMode::WriteBack),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMode::CacheOnly => "cache-only",
+            WriteMode::WriteThrough => "write-through",
+            WriteMode::WriteBack => "write-back",
+        }
     }
 }
 
@@ -122,6 +264,9 @@ pub struct StateStore {
     /// Serializes applying commands with taking a checkpoint, so a snapshot's
     /// metadata matches its content.
     pub apply_lock: parking_lot::Mutex<()>,
+    /// Bumped whenever the mount table may have changed, so readers can
+    /// cache it and refresh only then.
+    pub mounts_gen: std::sync::atomic::AtomicU64,
 }
 
 const CURRENT_FILE: &str = "CURRENT_SM";
@@ -137,7 +282,12 @@ impl StateStore {
             Err(e) => return Err(Error::new(ErrorKind::Io, format!("{}: {e}", dir.join(CURRENT_FILE).display()))),
         };
         let db = open_db(&dir.join(&name), &CFS)?;
-        let store = Arc::new(StateStore { dir: dir.to_path_buf(), db: RwLock::new(Arc::new(db)), apply_lock: Default::default() });
+        let store = Arc::new(StateStore {
+            dir: dir.to_path_buf(),
+            db: RwLock::new(Arc::new(db)),
+            apply_lock: Default::default(),
+            mounts_gen: std::sync::atomic::AtomicU64::new(1),
+        });
         store.init_root()?;
         Ok(store)
     }
@@ -160,6 +310,7 @@ impl StateStore {
         std::fs::rename(&tmp, self.dir.join(CURRENT_FILE))
             .map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", self.dir.display())))?;
         let old = std::mem::replace(&mut *self.db.write(), Arc::new(db));
+        self.mounts_gen.fetch_add(1, std::sync::atomic::Ordering::Release);
         let old_path = old.path().to_path_buf();
         drop(old);
         // Readers may still hold the old DB for a moment; removing is best effort.
@@ -177,6 +328,17 @@ impl StateStore {
     fn init_root(&self) -> Result<()> {
         let db = self.db();
         if get(&db, CF_INODES, &id_key(ROOT_ID))?.is_some() {
+            let format = get(&db, CF_SYS, KEY_FORMAT)?.map(|v| decode_u64(&v)).transpose()?.unwrap_or(1);
+            if format != FORMAT {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "meta store {} has format {format}, this binary reads format {FORMAT}: \
+                         start with an empty meta directory (or the binary that wrote it)",
+                        db.path().display()
+                    ),
+                ));
+            }
             return Ok(());
         }
         let now = curvine_common::now_ms();
@@ -192,8 +354,13 @@ impl StateStore {
             replication: 0,
             complete: true,
             blocks: vec![],
+            ufs: None,
+            mount_id: 0,
+            listed_ms: 0,
+            pinned: false,
         };
         let mut txn = Txn::new(db.clone());
+        txn.put(CF_SYS, KEY_FORMAT.to_vec(), FORMAT.to_be_bytes().to_vec());
         txn.put(CF_INODES, id_key(ROOT_ID).to_vec(), encode(&root)?);
         txn.put(CF_SYS, KEY_NEXT_INODE.to_vec(), (ROOT_ID + 1).to_be_bytes().to_vec());
         txn.put(CF_SYS, KEY_DIRS.to_vec(), 1u64.to_be_bytes().to_vec());
@@ -268,6 +435,47 @@ impl Reader {
         get(&self.db, CF_SYS, key)?.map(|v| decode_u64(&v)).transpose().map(|v| v.unwrap_or(0))
     }
 
+    /// The mount table, in path order.
+    pub fn mounts(&self) -> Result<Vec<Mount>> {
+        let mut v: Vec<Mount> =
+            scan_prefix(&self.db, CF_MOUNTS, &[])?.into_iter().map(|(_, v)| decode(&v)).collect::<Result<_>>()?;
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(v)
+    }
+
+    /// Children of `parent` after `start_after` (a name; "" = from the first), at most `limit`.
+    pub fn children_page(&self, parent: u64, start_after: &str, limit: usize) -> Result<Vec<(String, u64)>> {
+        let db = &self.db;
+        let prefix = parent.to_be_bytes();
+        let from = dentry_key(parent, start_after);
+        let mut out = Vec::new();
+        for item in db.iterator_cf(cf(db, CF_DENTRIES)?, IteratorMode::From(&from, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| db_err(db.path(), e))?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let name = String::from_utf8_lossy(&k[8..]).into_owned();
+            if !start_after.is_empty() && name == start_after {
+                continue;
+            }
+            out.push((name, decode_u64(&v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn jobs(&self) -> Result<Vec<Job>> {
+        scan_prefix(&self.db, CF_JOBS, &[])?.into_iter().map(|(_, v)| decode(&v)).collect()
+    }
+
+    pub fn job(&self, id: u64) -> Result<Option<Job>> {
+        get(&self.db, CF_JOBS, &id_key(id))?.map(|v| decode(&v)).transpose()
+    }
+
+    /// The file owning `block`, if the block is known.
+    pub fn block_file(&self, block: u64) -> Result<Option<u64>> {
+        get(&self.db, CF_BLOCKS, &id_key(block))?.map(|v| decode_u64(&v)).transpose()
+    }
+
     /// Resolves a normalized path to its inode. Errors name `path`.
     pub fn resolve(&self, path: &str) -> Result<Inode> {
         let mut cur = self.inode(ROOT_ID)?.ok_or_else(|| Error::internal("meta store: root inode missing"))?;
@@ -301,6 +509,8 @@ impl Txn {
             CF_INODES => CF_INODES,
             CF_DENTRIES => CF_DENTRIES,
             CF_BLOCKS => CF_BLOCKS,
+            CF_MOUNTS => CF_MOUNTS,
+            CF_JOBS => CF_JOBS,
             _ => CF_SYS,
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, StorageIOError, StoredMembership};
 
-use crate::namespace::{self, MetaResult, Outcome};
+use crate::namespace::{self, MetaCommand, MetaResult, Outcome};
 use crate::raft::types::{Entry, NodeId, StorageError, TypeConfig};
 use crate::store::snapshot::{self, Meta};
 use crate::store::{decode, encode, get, StateStore, Txn, CF_SYS, KEY_LAST_APPLIED, KEY_MEMBERSHIP};
@@ -112,6 +112,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             txn.put(CF_SYS, KEY_LAST_APPLIED.to_vec(), encode(&Some(entry.log_id)).map_err(sm_err)?);
             let batch = txn.into_batch().map_err(sm_err)?;
             db.write_opt(batch, &wo).map_err(|e| StorageIOError::apply(entry.log_id, AnyError::new(&e)))?;
+            if let EntryPayload::Normal(MetaCommand::Mount { .. } | MetaCommand::Umount { .. }) = &entry.payload {
+                self.store.mounts_gen.fetch_add(1, std::sync::atomic::Ordering::Release);
+            }
             out.push(MetaResult(res));
         }
         Ok(out)

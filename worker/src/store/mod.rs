@@ -390,7 +390,7 @@ impl BlockService for TieredStore {
         Ok(Box::new(sink))
     }
 
-    fn on_read(&self, _block_id: u64, bytes: u64) {
+    fn on_read(&self, _block_id: u64, bytes: u64, _loaded: bool) {
         self.inner.metrics.read_bytes.inc_by(bytes);
     }
 }

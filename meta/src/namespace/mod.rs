@@ -3,14 +3,17 @@
 //! or not at all. Commands carry every non-deterministic value (times) so
 //! all replicas compute the same result.
 
+mod ufs;
+
 use curvine_common::path;
 use curvine_common::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{
-    decode, decode_u64, dentry_key, encode, id_key, BlockMeta, Inode, InodeKind, Txn, CF_BLOCKS, CF_DENTRIES,
-    CF_INODES, CF_SYS, KEY_DIRS, KEY_FILES, KEY_NEXT_BLOCK, KEY_NEXT_INODE, ROOT_ID,
+    decode, decode_u64, dentry_key, encode, id_key, BlockMeta, Inode, InodeKind, Job, Mount, Txn, CF_BLOCKS, CF_DENTRIES,
+    CF_INODES, CF_MOUNTS, CF_SYS, KEY_DIRS, KEY_FILES, KEY_NEXT_BLOCK, KEY_NEXT_INODE, ROOT_ID,
 };
+pub use ufs::UfsEntry;
 
 /// A namespace mutation, proposed through Raft. Paths are normalized.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +26,24 @@ pub enum MetaCommand {
     Delete { path: String, recursive: bool, now_ms: i64 },
     Rename { src: String, dst: String, now_ms: i64 },
     SetAttr { path: String, mode: Option<u32>, mtime_ms: Option<i64> },
+    /// Adds a mount (its `id` is assigned here) and creates its mount point.
+    Mount { mount: Mount, now_ms: i64 },
+    /// Removes the mount at `path` and its cached namespace.
+    Umount { path: String, force: bool, now_ms: i64 },
+    /// Merges one UFS entry found at `path` (creating its parent directories).
+    UfsUpsert { path: String, mount_id: u64, entry: UfsEntry, now_ms: i64 },
+    /// Merges a page of a directory listing; entries are stamped `gen`.
+    UfsSyncPage { dir: String, mount_id: u64, entries: Vec<UfsEntry>, gen: i64 },
+    /// Ends a listing started at `gen`: UFS entries not seen since are gone.
+    UfsSyncEnd { dir: String, gen: i64 },
+    /// The UFS no longer has `path`.
+    UfsRemove { path: String, now_ms: i64 },
+    /// Records a new load job (its id is assigned here).
+    JobCreate { path: String, parallel: u32, now_ms: i64 },
+    /// Progress or end of a job; a finished job's state is never reverted.
+    JobUpdate { job: Job },
+    /// Keeps (or stops keeping) `path` and everything below it from eviction and `cv free`.
+    SetPin { path: String, pinned: bool },
 }
 
 /// What a successful command produced.
@@ -35,13 +56,16 @@ pub enum Outcome {
     Block { file: Inode, block_id: u64, offset: u64 },
     /// Inodes removed and blocks freed (delete, overwrite, rename over a file).
     Freed { inodes: u64, blocks: Vec<u64>, inode: Option<Inode> },
+    /// A mount added, with its id.
+    Mount(Mount),
+    Job(Job),
 }
 
 /// The state machine's answer to one log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaResult(pub Result<Outcome, Error>);
 
-struct Ns<'a> {
+pub(crate) struct Ns<'a> {
     txn: &'a mut Txn,
 }
 
@@ -124,7 +148,76 @@ impl Ns<'_> {
             replication: 0,
             complete: kind == InodeKind::Dir,
             blocks: vec![],
+            ufs: None,
+            mount_id: 0,
+            listed_ms: 0,
+            pinned: false,
         })
+    }
+
+    fn mounts(&self) -> Result<Vec<Mount>> {
+        self.txn.scan_prefix(CF_MOUNTS, &[])?.into_iter().map(|(_, v)| decode(&v)).collect()
+    }
+
+    fn mount_of(&self, p: &str) -> Result<Option<Mount>> {
+        Ok(self.mounts()?.into_iter().filter(|m| m.rel(p).is_some()).max_by_key(|m| m.path.len()))
+    }
+
+    fn job_create(&mut self, p: &str, parallel: u32, now: i64) -> Result<Outcome> {
+        self.resolve(p)?;
+        let job = Job {
+            id: self.next_id(crate::store::KEY_NEXT_JOB, 1)?,
+            path: p.to_string(),
+            state: Some(crate::store::JobState::Running),
+            created_ms: now,
+            scanning: true,
+            attempt: 1,
+            parallel,
+            ..Default::default()
+        };
+        self.txn.put(crate::store::CF_JOBS, id_key(job.id).to_vec(), encode(&job)?);
+        Ok(Outcome::Job(job))
+    }
+
+    fn job_update(&mut self, job: &Job) -> Result<Outcome> {
+        let key = id_key(job.id).to_vec();
+        let old: Job = match self.txn.get(crate::store::CF_JOBS, &key)? {
+            Some(v) => decode(&v)?,
+            None => return Err(Error::new(ErrorKind::NotFound, format!("job {}", job.id))),
+        };
+        let mut new = job.clone();
+        if old.state != Some(crate::store::JobState::Running) {
+            new.state = old.state; // cancelled (or finished) stays so
+            if new.finished_ms == 0 {
+                new.finished_ms = old.finished_ms;
+            }
+        }
+        self.txn.put(crate::store::CF_JOBS, key, encode(&new)?);
+        Ok(Outcome::Job(new))
+    }
+
+    /// Refuses to remove or move `p` when it is, or holds, a mount point,
+    /// or when it is a UFS object in a mount that does not write to the UFS.
+    fn check_removable(&self, p: &str, node: &Inode, what: &str) -> Result<()> {
+        if let Some(m) = self.mounts()?.into_iter().find(|m| path::is_within(&m.path, p)) {
+            return Err(Error::invalid(format!(
+                "cannot {what} {p}: {} is a mount point of {} (use `cv umount {}`)",
+                m.path, m.uri, m.path
+            )));
+        }
+        if node.is_ufs_persisted() {
+            if let Some(m) = self.mount_of(p)? {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "cannot {what} {p}: it is stored in {} and the mount is {}, which never changes the UFS",
+                        m.uri,
+                        m.write_mode.as_str()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn link(&mut self, parent: &mut Inode, child: &Inode, now: i64) -> Result<()> {
@@ -310,6 +403,7 @@ impl Ns<'_> {
         if node.is_dir() && !recursive && !self.children(node.id)?.is_empty() {
             return Err(Error::path(ErrorKind::NotEmpty, p));
         }
+        self.check_removable(p, &node, "delete")?;
         let mut freed = Vec::new();
         let n = self.remove_tree(&mut parent, &node, now, &mut freed)?;
         Ok(Outcome::Freed { inodes: n, blocks: freed, inode: None })
@@ -325,6 +419,12 @@ impl Ns<'_> {
         }
         if node.is_dir() && path::is_within(dst, src) {
             return Err(Error::invalid(format!("{src} -> {dst}: cannot move a directory into itself")));
+        }
+        self.check_removable(src, &node, "rename")?;
+        if let Some(m) = self.mount_of(dst)? {
+            if m.path == dst {
+                return Err(Error::invalid(format!("cannot rename onto {dst}: it is a mount point of {}", m.uri)));
+            }
         }
         let (sp, sname) = path::split(src).ok_or_else(|| Error::invalid("/: cannot rename the root directory"))?;
         let (dp, dname) = path::split(dst).ok_or_else(|| Error::invalid("/: cannot rename the root directory"))?;
@@ -391,6 +491,20 @@ pub fn apply(txn: &mut Txn, cmd: &MetaCommand) -> Result<Outcome> {
         MetaCommand::Delete { path, recursive, now_ms } => ns.delete(path, *recursive, *now_ms),
         MetaCommand::Rename { src, dst, now_ms } => ns.rename(src, dst, *now_ms),
         MetaCommand::SetAttr { path, mode, mtime_ms } => ns.set_attr(path, *mode, *mtime_ms),
+        MetaCommand::Mount { mount, now_ms } => ns.mount(mount, *now_ms),
+        MetaCommand::Umount { path, force, now_ms } => ns.umount(path, *force, *now_ms),
+        MetaCommand::UfsUpsert { path, mount_id, entry, now_ms } => ns.ufs_upsert(path, *mount_id, entry, *now_ms),
+        MetaCommand::UfsSyncPage { dir, mount_id, entries, gen } => ns.ufs_sync_page(dir, *mount_id, entries, *gen),
+        MetaCommand::UfsSyncEnd { dir, gen } => ns.ufs_sync_end(dir, *gen),
+        MetaCommand::UfsRemove { path, now_ms } => ns.ufs_remove(path, *now_ms),
+        MetaCommand::JobCreate { path, parallel, now_ms } => ns.job_create(path, *parallel, *now_ms),
+        MetaCommand::JobUpdate { job } => ns.job_update(job),
+        MetaCommand::SetPin { path, pinned } => {
+            let mut node = ns.resolve(path)?;
+            node.pinned = *pinned;
+            ns.put_inode(&node)?;
+            Ok(Outcome::Inode(node))
+        }
     }
 }
 
@@ -550,5 +664,120 @@ mod tests {
             panic!()
         };
         assert_eq!((d.mode, d.mtime_ms), (0o700, 42));
+    }
+
+    fn mount_cmd(p: &str) -> MetaCommand {
+        let mount = Mount {
+            id: 0,
+            path: p.into(),
+            uri: format!("s3://b{p}"),
+            options: Default::default(),
+            write_mode: crate::store::WriteMode::CacheOnly,
+            ttl_ms: 0,
+            sync_interval_ms: 1000,
+            block_size: 10,
+        };
+        MetaCommand::Mount { mount, now_ms: 1 }
+    }
+
+    fn entry(name: &str, len: u64, etag: &str) -> UfsEntry {
+        UfsEntry { name: name.into(), is_dir: false, len, mtime_ms: 5, etag: etag.into() }
+    }
+
+    fn mount_id(t: &T, p: &str) -> u64 {
+        t.reader().resolve(p).unwrap().mount_id
+    }
+
+    #[test]
+    fn mounts_do_not_nest_and_guard_their_contents() {
+        let t = T::new();
+        assert_eq!(t.kind(mount_cmd("/")), ErrorKind::InvalidArgument);
+        let Outcome::Mount(m) = t.run(mount_cmd("/a/b")).unwrap() else { panic!() };
+        assert_eq!(mount_id(&t, "/a/b"), m.id);
+        assert_eq!(t.kind(mount_cmd("/a/b/c")), ErrorKind::InvalidArgument);
+        assert_eq!(t.kind(mount_cmd("/a")), ErrorKind::InvalidArgument);
+        t.run(mkdir("/x", false)).unwrap();
+        t.run(create("/x/f", false)).unwrap();
+        assert_eq!(t.kind(mount_cmd("/x")), ErrorKind::NotEmpty);
+        // The mount point and its parents cannot be removed or moved.
+        assert_eq!(t.kind(del("/a", true)), ErrorKind::InvalidArgument);
+        assert_eq!(t.kind(rename("/a/b", "/y")), ErrorKind::InvalidArgument);
+        // UFS objects under a cache-only mount cannot be deleted.
+        t.run(MetaCommand::UfsUpsert { path: "/a/b/o".into(), mount_id: m.id, entry: entry("o", 25, "e1"), now_ms: 2 })
+            .unwrap();
+        assert_eq!(t.kind(del("/a/b/o", false)), ErrorKind::PermissionDenied);
+        // A local file under the mount: umount needs force.
+        t.run(create("/a/b/local", false)).unwrap();
+        assert_eq!(t.kind(MetaCommand::Umount { path: "/a/b".into(), force: false, now_ms: 3 }), ErrorKind::NotEmpty);
+        let Outcome::Freed { blocks, .. } =
+            t.run(MetaCommand::Umount { path: "/a/b".into(), force: true, now_ms: 3 }).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(blocks.len(), 3, "the UFS object's 3 blocks are freed");
+        assert!(t.reader().mounts().unwrap().is_empty());
+        assert_eq!(t.kind(MetaCommand::Umount { path: "/a/b".into(), force: true, now_ms: 3 }), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn changed_objects_get_new_blocks_and_listings_drop_what_is_gone() {
+        let t = T::new();
+        let Outcome::Mount(m) = t.run(mount_cmd("/m")).unwrap() else { panic!() };
+        let up = |p: &str, e: UfsEntry, now| MetaCommand::UfsUpsert { path: p.into(), mount_id: m.id, entry: e, now_ms: now };
+        t.run(up("/m/d/f", entry("f", 25, "e1"), 2)).unwrap();
+        let f = t.reader().resolve("/m/d/f").unwrap();
+        assert_eq!(f.blocks.iter().map(|b| b.len).collect::<Vec<_>>(), vec![10, 10, 5]);
+        assert_eq!(f.ufs.as_ref().unwrap().rel, "d/f");
+        assert!(t.reader().resolve("/m/d").unwrap().is_ufs_persisted(), "parent created as a UFS directory");
+        // Same version: blocks kept, only the sync time moves.
+        let Outcome::Freed { blocks, .. } = t.run(up("/m/d/f", entry("f", 25, "e1"), 3)).unwrap() else { panic!() };
+        assert!(blocks.is_empty());
+        assert_eq!(t.reader().resolve("/m/d/f").unwrap().blocks, f.blocks);
+        // Same length, new ETag: new block ids, the old ones freed.
+        let Outcome::Freed { blocks, .. } = t.run(up("/m/d/f", entry("f", 25, "e2"), 4)).unwrap() else { panic!() };
+        assert_eq!(blocks, f.blocks.iter().map(|b| b.id).collect::<Vec<_>>());
+        let f2 = t.reader().resolve("/m/d/f").unwrap();
+        assert!(f2.blocks.iter().all(|b| !blocks.contains(&b.id)));
+        // A listing without `f` (and with `g`) removes f but keeps a local file.
+        t.run(create("/m/d/local", false)).unwrap();
+        let page = MetaCommand::UfsSyncPage { dir: "/m/d".into(), mount_id: m.id, entries: vec![entry("g", 1, "x")], gen: 10 };
+        t.run(page).unwrap();
+        let Outcome::Freed { inodes, blocks, .. } = t.run(MetaCommand::UfsSyncEnd { dir: "/m/d".into(), gen: 10 }).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(inodes, 1);
+        assert_eq!(blocks.len(), 3);
+        assert_eq!(t.names("/m/d"), vec!["g".to_string(), "local".to_string()]);
+        assert_eq!(t.reader().resolve("/m/d").unwrap().listed_ms, 10);
+        // A UFS entry never replaces a local file of the same name.
+        t.run(up("/m/d/local", entry("local", 99, "z"), 11)).unwrap();
+        assert!(t.reader().resolve("/m/d/local").unwrap().ufs.is_none());
+        // Removal of a vanished object; a missing path is fine.
+        t.run(MetaCommand::UfsRemove { path: "/m/d/g".into(), now_ms: 12 }).unwrap();
+        t.run(MetaCommand::UfsRemove { path: "/m/d/g".into(), now_ms: 12 }).unwrap();
+        assert_eq!(t.names("/m/d"), vec!["local".to_string()]);
+    }
+
+    #[test]
+    fn jobs_and_pins() {
+        let t = T::new();
+        t.run(mkdir("/d", false)).unwrap();
+        assert_eq!(t.kind(MetaCommand::JobCreate { path: "/nope".into(), parallel: 0, now_ms: 1 }), ErrorKind::NotFound);
+        let Outcome::Job(j) = t.run(MetaCommand::JobCreate { path: "/d".into(), parallel: 0, now_ms: 1 }).unwrap() else {
+            panic!()
+        };
+        let mut c = j.clone();
+        c.state = Some(crate::store::JobState::Cancelled);
+        t.run(MetaCommand::JobUpdate { job: c }).unwrap();
+        // The runner's later progress cannot revive a cancelled job.
+        let mut p = j.clone();
+        p.bytes_done = 7;
+        let Outcome::Job(after) = t.run(MetaCommand::JobUpdate { job: p }).unwrap() else { panic!() };
+        assert_eq!(after.state, Some(crate::store::JobState::Cancelled));
+        assert_eq!(after.bytes_done, 7);
+        assert_eq!(t.reader().jobs().unwrap().len(), 1);
+        let Outcome::Inode(d) = t.run(MetaCommand::SetPin { path: "/d".into(), pinned: true }).unwrap() else { panic!() };
+        assert!(d.pinned);
     }
 }

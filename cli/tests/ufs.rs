@@ -1,0 +1,229 @@
+//! UFS mounts against a real S3-compatible server (moto, started per test on
+//! loopback): read-through caching, cache hits, change detection, and the
+//! errors a user sees for bad mounts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use curvine_client::{FileSystem, ReportResponse};
+use curvine_ufs::Ufs;
+use futures::{StreamExt, TryStreamExt};
+use testbed::s3::S3Server;
+
+const MIB: usize = 1 << 20;
+
+async fn put(ufs: &Ufs, rel: &str, data: &[u8]) {
+    let mut w = ufs.writer(rel).await.expect("ufs writer");
+    for piece in data.chunks(8 * MIB) {
+        w.write(bytes::Bytes::copy_from_slice(piece)).await.expect("ufs write");
+    }
+    w.close().await.expect("ufs close");
+}
+
+fn mount_args<'a>(opts: &'a [String], uri: &'a str, path: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["mount", uri, path];
+    for o in opts {
+        a.push("-o");
+        a.push(o);
+    }
+    a.extend_from_slice(extra);
+    a
+}
+
+/// Mount options for `s3`, with a secret distinctive enough to spot if shown.
+const SECRET: &str = "sEcReT-must-not-show";
+fn option_args(s3: &S3Server) -> Vec<String> {
+    let mut o = s3.options();
+    o.insert("secret_access_key".into(), SECRET.into());
+    o.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+async fn report(fs: &FileSystem) -> ReportResponse {
+    fs.report().await.expect("report")
+}
+
+/// Waits until the heartbeat-fed cache counters satisfy `cond`.
+async fn wait_cache(fs: &FileSystem, what: &str, cond: impl Fn(&curvine_common::proto::CacheStats) -> bool) {
+    testbed::wait_for(what, Duration::from_secs(20), || async {
+        report(fs).await.cache.map(|c| cond(&c)).unwrap_or(false)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+async fn read_all_parallel(fs: &FileSystem, paths: &[String]) -> Vec<Vec<u8>> {
+    futures::stream::iter(paths.iter().cloned())
+        .map(|p| async move { fs.read_all(&p).await.map_err(|e| format!("{p}: {e}")) })
+        .buffered(16)
+        .try_collect()
+        .await
+        .unwrap_or_else(|e| panic!("read: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_and_large_objects_read_through_then_hit_the_cache() {
+    let s3 = S3Server::start();
+    s3.create_bucket("data");
+    let ufs = Ufs::new(&s3.uri("data", ""), &s3.options()).unwrap();
+    // 2,000 small objects of varied sizes, and a few 200 MiB ones.
+    let small: Vec<(String, Vec<u8>)> =
+        (0..2000).map(|i| (format!("small/f{i:05}"), random_bytes(1 + (i * 7919) % (64 << 10), i as u64))).collect();
+    futures::stream::iter(small.iter())
+        .for_each_concurrent(32, |(k, v)| {
+            let ufs = ufs.clone();
+            async move { put(&ufs, k, v).await }
+        })
+        .await;
+    let big: Vec<(String, Vec<u8>)> = (0..3).map(|i| (format!("big/b{i}"), random_bytes(200 * MIB, 1000 + i))).collect();
+    for (k, v) in &big {
+        put(&ufs, k, v).await;
+    }
+
+    let n = node_with(UpOptions { mem: Some("1GiB".into()), disk: Some("2GiB".into()), ..Default::default() }).await;
+    let opts = option_args(&s3);
+    let uri = s3.uri("data", "");
+    ok(&cv(&n, &mount_args(&opts, &uri, "/ds", &["--sync-interval", "1h"])));
+    let listed = ok(&cv(&n, &["mount"]));
+    assert!(listed.contains("/ds") && listed.contains(&uri), "{listed}");
+    assert!(!listed.contains(SECRET), "secret shown: {listed}");
+
+    // Listing shows the UFS, page by page.
+    let ls = ok(&cv(&n, &["fs", "ls", "/ds/small"]));
+    assert_eq!(ls.lines().count(), 2000, "ls /ds/small");
+    let fs = n.fs().unwrap();
+    let st = fs.stat("/ds/small/f00007").await.unwrap();
+    assert_eq!(st.len, small[7].1.len() as u64);
+    assert_eq!(st.ufs_state, "persisted");
+
+    // First read: every block is a miss, loaded from the UFS; bytes identical.
+    let paths: Vec<String> = small.iter().map(|(k, _)| format!("/ds/{k}")).collect();
+    let got = read_all_parallel(&fs, &paths).await;
+    for ((k, want), got) in small.iter().zip(&got) {
+        assert!(got == want, "{k}: bytes differ after read-through");
+    }
+    for (k, want) in &big {
+        let got = fs.read_all(&format!("/ds/{k}")).await.unwrap();
+        assert!(&got == want, "{k}: bytes differ after read-through");
+    }
+    // 200 MiB objects are 4 blocks of 64 MiB each.
+    let blocks = 2000 + 3 * 4;
+    wait_cache(&fs, "all blocks counted as loaded", |c| c.loads == blocks).await;
+    let before = report(&fs).await.cache.unwrap();
+    assert_eq!(before.load_errors, 0);
+    let ufs_bytes: u64 = small.iter().chain(&big).map(|(_, v)| v.len() as u64).sum();
+    assert_eq!(before.bytes_from_ufs, ufs_bytes, "each byte loaded from the UFS exactly once");
+
+    // Second read: served from the cache, no new loads.
+    let again = read_all_parallel(&fs, &paths).await;
+    assert!(again == got, "second read differs");
+    let got = fs.read_all("/ds/big/b1").await.unwrap();
+    assert!(got == big[1].1, "big/b1: second read differs");
+    wait_cache(&fs, "second read counted as hits", |c| c.hits >= before.hits + 2000 + 4).await;
+    let after = report(&fs).await.cache.unwrap();
+    assert_eq!(after.loads, before.loads, "second read loaded from the UFS again");
+    assert_eq!(after.bytes_from_ufs, before.bytes_from_ufs);
+    assert_eq!(after.misses, before.misses);
+    let text = ok(&cv(&n, &["report"]));
+    assert!(text.contains("hits") && text.contains("loaded from UFS"), "{text}");
+    let metrics = http_get(&n.web_addr(), "/metrics");
+    assert!(metrics.contains("curvine_worker_cache_hits_total"), "metrics lack cache hits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changed_and_deleted_objects_are_detected() {
+    let s3 = S3Server::start();
+    s3.create_bucket("chg");
+    let ufs = Ufs::new(&s3.uri("chg", "p"), &s3.options()).unwrap();
+    let v1 = random_bytes(300 << 10, 1);
+    put(&ufs, "a.bin", &v1).await;
+    put(&ufs, "gone.bin", b"bye").await;
+
+    let n = node().await;
+    let opts = option_args(&s3);
+    let uri = s3.uri("chg", "p");
+    ok(&cv(&n, &mount_args(&opts, &uri, "/m", &["--sync-interval", "1s"])));
+    let fs = n.fs().unwrap();
+    assert_eq!(fs.read_all("/m/a.bin").await.unwrap(), v1);
+    assert_eq!(fs.read_all("/m/gone.bin").await.unwrap(), b"bye");
+
+    // Same length, other bytes: only the ETag tells. Never serve v1 after
+    // the interval, never a mix of both versions.
+    let mut v2 = v1.clone();
+    v2[1234] ^= 0xff;
+    v2[200 << 10] ^= 0x0f;
+    put(&ufs, "a.bin", &v2).await;
+    testbed::wait_for("new version served", Duration::from_secs(15), || async {
+        let got = fs.read_all("/m/a.bin").await.unwrap();
+        assert!(got == v1 || got == v2, "read mixed versions");
+        got == v2
+    })
+    .await
+    .unwrap();
+
+    // Deleted in the UFS: gone from the namespace after the interval.
+    ufs.delete("gone.bin").await.unwrap();
+    testbed::wait_for("deleted object disappears", Duration::from_secs(15), || async {
+        !fs.exists("/m/gone.bin").await.unwrap()
+    })
+    .await
+    .unwrap();
+    let ls = ok(&cv(&n, &["fs", "ls", "/m"]));
+    assert!(!ls.contains("gone.bin") && ls.contains("a.bin"), "{ls}");
+
+    // `resync` makes a change visible at once, even with a long interval.
+    ok(&cv(&n, &mount_args(&opts, &s3.uri("chg", "q"), "/slow", &["--sync-interval", "never"])));
+    let uq = Ufs::new(&s3.uri("chg", "q"), &s3.options()).unwrap();
+    put(&uq, "x", b"one").await;
+    assert_eq!(fs.read_all("/slow/x").await.unwrap(), b"one");
+    put(&uq, "x", b"two!").await;
+    assert_eq!(fs.read_all("/slow/x").await.unwrap(), b"one", "sync-interval never: cached version");
+    let out = ok(&cv(&n, &["mount", "resync", "/slow"]));
+    assert!(out.contains("resynced"), "{out}");
+    assert_eq!(fs.read_all("/slow/x").await.unwrap(), b"two!");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_mounts_fail_with_clear_errors_and_mounts_guard_the_ufs() {
+    let s3 = S3Server::start();
+    s3.create_bucket("okay");
+    let n = node().await;
+    let opts = option_args(&s3);
+    fails_with(&cv(&n, &["mount", "ftp://x/y", "/a"]), "ftp");
+    fails_with(&cv(&n, &mount_args(&opts, &s3.uri("no-such-bucket", ""), "/a", &[])), "no-such-bucket");
+    let bad_ep: Vec<String> = opts
+        .iter()
+        .map(|o| if o.starts_with("endpoint=") { "endpoint=http://127.0.0.1:1".to_string() } else { o.clone() })
+        .collect();
+    fails_with(&cv(&n, &mount_args(&bad_ep, &s3.uri("okay", ""), "/a", &[])), "127.0.0.1:1");
+    let mut bad_opt = opts.clone();
+    bad_opt.push("no_such_option=1".into());
+    fails_with(&cv(&n, &mount_args(&bad_opt, &s3.uri("okay", ""), "/a", &[])), "no_such_option");
+    fails_with(&cv(&n, &mount_args(&opts, &s3.uri("okay", ""), "/a", &["--write-mode", "sideways"])), "sideways");
+    assert!(!n.fs().unwrap().exists("/a").await.unwrap(), "a failed mount left its mount point");
+
+    // Nesting and non-empty mount points are refused.
+    let ufs = Ufs::new(&s3.uri("okay", ""), &s3.options()).unwrap();
+    put(&ufs, "d/f", b"data").await;
+    ok(&cv(&n, &mount_args(&opts, &s3.uri("okay", ""), "/a/b", &[])));
+    fails_with(&cv(&n, &mount_args(&opts, &s3.uri("okay", ""), "/a/b/c", &[])), "nest");
+    fails_with(&cv(&n, &mount_args(&opts, &s3.uri("okay", ""), "/a", &[])), "nest");
+    ok(&cv(&n, &["fs", "mkdir", "/full"]));
+    n.fs().unwrap().write_all("/full/x", b"x", false).await.unwrap();
+    fails_with(&cv(&n, &mount_args(&opts, &s3.uri("okay", ""), "/full", &[])), "not empty");
+
+    // A cache-only mount never changes the UFS: removing its objects is refused.
+    assert_eq!(n.fs().unwrap().read_all("/a/b/d/f").await.unwrap(), b"data");
+    fails_with(&cv(&n, &["fs", "rm", "/a/b/d/f"]), "cache-only");
+    fails_with(&cv(&n, &["fs", "rm", "-r", "/a"]), "mount point");
+    fails_with(&cv(&n, &["fs", "mv", "/a/b", "/z"]), "mount point");
+    // Files written under the mount live only in the cache: umount asks for --force.
+    n.fs().unwrap().write_all("/a/b/local.txt", b"only here", false).await.unwrap();
+    fails_with(&cv(&n, &["umount", "/a/b"]), "--force");
+    ok(&cv(&n, &["umount", "--force", "/a/b"]));
+    assert!(!n.fs().unwrap().exists("/a/b").await.unwrap());
+    let objs = s3.boto3("print(len(s3.list_objects_v2(Bucket='okay').get('Contents', [])))");
+    assert_eq!(objs.trim(), "1", "umount must leave the bucket alone");
+    fails_with(&cv(&n, &["umount", "/a/b"]), "not a mount point");
+}

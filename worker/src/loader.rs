@@ -1,0 +1,222 @@
+//! Read-through caching: a read of a block this worker does not hold asks
+//! meta where the block lives in the UFS, loads that range into the top
+//! tier with checksums, and then serves it like any cached block.
+//!
+//! Loads run as their own tasks (a reader that hangs up does not cancel a
+//! load other readers wait for) and are coalesced: concurrent misses of one
+//! block share one fetch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use curvine_common::proto::meta_service_client::MetaServiceClient;
+use curvine_common::proto::{BlockSourceRequest, BlockSourceResponse, MountInfo};
+use curvine_common::{Error, ErrorKind, Result};
+use curvine_fabric::frame::CHUNK;
+use curvine_fabric::msg::chunk_crcs;
+use curvine_fabric::service::{BlockService, BlockSink, ReadSource};
+use curvine_ufs::Ufs;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::store::TieredStore;
+
+/// Bytes gathered before one append to the block file (whole chunks).
+const APPEND: usize = 4 << 20;
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+type LoadFuture = Shared<BoxFuture<'static, std::result::Result<(), Error>>>;
+
+pub struct Loader {
+    store: Arc<TieredStore>,
+    meta: Vec<String>,
+    client: Mutex<Option<MetaServiceClient<Channel>>>,
+    ufs: Mutex<HashMap<u64, (MountInfo, Ufs)>>,
+    inflight: Mutex<HashMap<u64, LoadFuture>>,
+}
+
+impl Loader {
+    pub fn new(store: Arc<TieredStore>, meta: Vec<String>) -> Arc<Loader> {
+        Arc::new(Loader { store, meta, client: Mutex::new(None), ufs: Default::default(), inflight: Default::default() })
+    }
+
+    /// Resolves once `block` is cached here (or the load failed).
+    pub fn load(self: &Arc<Self>, block: u64) -> BoxFuture<'static, Result<()>> {
+        let mut g = self.inflight.lock();
+        if let Some(f) = g.get(&block) {
+            return f.clone().boxed();
+        }
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let res = me.fetch(block).await;
+            me.inflight.lock().remove(&block);
+            let m = me.store.metrics();
+            match &res {
+                Ok(_) => {
+                    m.ufs_loads.inc();
+                }
+                Err(e) => {
+                    m.ufs_load_errors.inc();
+                    tracing::warn!(block, error = %e, "UFS load failed");
+                }
+            }
+            res
+        });
+        let fut: LoadFuture = async move {
+            task.await.unwrap_or_else(|e| Err(Error::internal(format!("block {block}: load task failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        g.insert(block, fut.clone());
+        fut.boxed()
+    }
+
+    async fn meta(&self) -> Result<MetaServiceClient<Channel>> {
+        if let Some(c) = self.client.lock().clone() {
+            return Ok(c);
+        }
+        let mut last = Error::new(ErrorKind::Config, "worker.meta: no meta address configured");
+        for addr in &self.meta {
+            let url = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
+            let ep = match Endpoint::from_shared(url) {
+                Ok(e) => e.connect_timeout(RPC_TIMEOUT).timeout(RPC_TIMEOUT),
+                Err(e) => {
+                    last = Error::new(ErrorKind::Config, format!("worker.meta: bad address '{addr}': {e}"));
+                    continue;
+                }
+            };
+            match ep.connect().await {
+                Ok(ch) => {
+                    let c = MetaServiceClient::new(ch);
+                    *self.client.lock() = Some(c.clone());
+                    return Ok(c);
+                }
+                Err(e) => last = Error::unavailable(format!("meta {addr}: cannot connect: {e}")),
+            }
+        }
+        Err(last)
+    }
+
+    async fn source(&self, block: u64) -> Result<BlockSourceResponse> {
+        let mut c = self.meta().await?;
+        match c.block_source(BlockSourceRequest { block_id: block }).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => {
+                let e = Error::from(s);
+                if e.is_temporary() {
+                    *self.client.lock() = None; // reconnect next time, maybe elsewhere
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn ufs_for(&self, m: &MountInfo) -> Result<Ufs> {
+        let mut g = self.ufs.lock();
+        if let Some((known, u)) = g.get(&m.id) {
+            if known == m {
+                return Ok(u.clone());
+            }
+        }
+        let options = m.options.clone().into_iter().collect();
+        let u = Ufs::new(&m.uri, &options)?;
+        g.insert(m.id, (m.clone(), u.clone()));
+        Ok(u)
+    }
+
+    async fn fetch(&self, block: u64) -> Result<()> {
+        if self.store.contains(block) {
+            return Ok(()); // a load finished between the miss and now
+        }
+        let src = self.source(block).await?;
+        let mount = src.mount.as_ref().ok_or_else(|| Error::protocol(format!("block {block}: meta sent no mount")))?;
+        let ufs = self.ufs_for(mount)?;
+        let what = format!("block {block} ({}/{} @{})", mount.uri.trim_end_matches('/'), src.ufs_path, src.offset);
+        let sink = self.store.open_write(block, src.len)?;
+        match self.copy(&ufs, &src, sink).await {
+            Ok(()) => {
+                tracing::debug!(block, len = src.len, "loaded from UFS");
+                Ok(())
+            }
+            Err(e) => Err(e.context(what)),
+        }
+    }
+
+    async fn copy(&self, ufs: &Ufs, src: &BlockSourceResponse, mut sink: Box<dyn BlockSink>) -> Result<()> {
+        let etag = (!src.etag.is_empty()).then_some(src.etag.as_str());
+        let mut rd = match ufs.read(&src.ufs_path, src.offset, src.len, etag).await {
+            Ok(r) => r,
+            Err(e) => {
+                sink.abort();
+                return Err(e);
+            }
+        };
+        let mut pending: Vec<u8> = Vec::with_capacity(APPEND + CHUNK as usize);
+        let mut off = 0u64;
+        let res: Result<()> = async {
+            while let Some(piece) = rd.next().await? {
+                self.store.metrics().bytes_from_ufs.inc_by(piece.len() as u64);
+                pending.extend_from_slice(&piece);
+                if pending.len() >= APPEND {
+                    let n = pending.len() / CHUNK as usize * CHUNK as usize;
+                    sink.append(off, &pending[..n], &chunk_crcs(&pending[..n]))?;
+                    off += n as u64;
+                    pending.drain(..n);
+                }
+            }
+            if !pending.is_empty() {
+                sink.append(off, &pending, &chunk_crcs(&pending))?;
+                off += pending.len() as u64;
+            }
+            if off != src.len {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("the UFS returned {off} bytes, expected {}: the object changed; retry", src.len),
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        match res {
+            Ok(()) => sink.commit(src.len).map(|_| ()),
+            Err(e) => {
+                sink.abort();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The worker's data-plane service: the tiered store, filled from the UFS
+/// on a miss.
+pub struct CachingService {
+    pub store: Arc<TieredStore>,
+    pub loader: Arc<Loader>,
+}
+
+impl BlockService for CachingService {
+    fn open_read(&self, block_id: u64) -> Result<ReadSource> {
+        self.store.open_read(block_id)
+    }
+
+    fn open_write(&self, block_id: u64, len_hint: u64) -> Result<Box<dyn BlockSink>> {
+        self.store.open_write(block_id, len_hint)
+    }
+
+    fn load(&self, block_id: u64) -> Option<BoxFuture<'static, Result<()>>> {
+        Some(self.loader.load(block_id))
+    }
+
+    fn on_read(&self, block_id: u64, bytes: u64, loaded: bool) {
+        self.store.on_read(block_id, bytes, loaded);
+        let m = self.store.metrics();
+        if loaded {
+            m.cache_misses.inc();
+        } else {
+            m.cache_hits.inc();
+            m.bytes_from_cache.inc_by(bytes);
+        }
+    }
+}
