@@ -56,8 +56,8 @@ class Client(_curvine.Client):
     def write(self, path, data, overwrite=True, parents=True) -> int:
         return super().write(norm(path), data, overwrite, parents)
 
-    def warm(self, path):
-        return super().warm(norm(path))
+    def warm(self, path, wait=True, parallel=0, timeout=None) -> dict:
+        return super().warm(norm(path), wait, parallel, timeout)
 
     def read_into(self, path, buffer, offset=0) -> int:
         """Fills ``buffer`` from file offset ``offset`` in place; returns the

@@ -7,7 +7,7 @@ use curvine_client::{CreateOptions, ErrorKind, FileReader};
 use curvine_common::config::{ClientConf, DEFAULT_META_ADDR};
 use curvine_common::Error;
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyNotImplementedError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
@@ -356,12 +356,60 @@ impl Client {
         Ok(d)
     }
 
-    /// Loads a path (file or tree) into the cache ahead of reads.
-    fn warm(&self, path: String) -> PyResult<()> {
-        Err(PyNotImplementedError::new_err(format!(
-            "warm({path:?}): this cluster's client has no warm/load jobs yet (UFS mounts, issue 3); \
-             files written to Curvine are already cached"
-        )))
+    /// Loads a path (file or tree, typically under a UFS mount) into the
+    /// cache ahead of reads, as `cv warm` does. With `wait` (default) it
+    /// returns when the load job ends, raising if it failed; otherwise at
+    /// once. Returns the job as a dict (`id`, `state`, `files_total`,
+    /// `bytes_done`, …). `timeout`: seconds to wait at most (TimeoutError).
+    #[pyo3(signature = (path, wait=true, parallel=0, timeout=None))]
+    fn warm<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        wait: bool,
+        parallel: u32,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.conn(py)?;
+        let deadline = timeout.map(|t| std::time::Instant::now() + std::time::Duration::from_secs_f64(t.max(0.0)));
+        let job = py
+            .detach(move || {
+                c.block_on(async {
+                    let mut job = c.fs().warm(&path, parallel).await?;
+                    while wait && job.state == "running" {
+                        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                            return Err(Error::new(
+                                ErrorKind::Timeout,
+                                format!("{path}: warm job {} still running ({} of {} bytes)", job.id, job.bytes_done, job.bytes_total),
+                            ));
+                        }
+                        // Poll interval of the job's status; the job runs on the workers.
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        let id = job.id;
+                        job = c.fs().jobs(id).await?.into_iter().find(|j| j.id == id).ok_or_else(|| {
+                            Error::new(ErrorKind::NotFound, format!("{path}: warm job {id} disappeared"))
+                        })?;
+                    }
+                    if wait && job.state != "done" {
+                        let why = if job.error.is_empty() { job.state.clone() } else { job.error.clone() };
+                        return Err(Error::new(ErrorKind::Io, format!("{path}: warm job {} {why}", job.id)));
+                    }
+                    Ok(job)
+                })
+            })
+            .py_err()?;
+        let d = PyDict::new(py);
+        d.set_item("id", job.id)?;
+        d.set_item("path", &job.path)?;
+        d.set_item("state", &job.state)?;
+        d.set_item("files_total", job.files_total)?;
+        d.set_item("files_done", job.files_done)?;
+        d.set_item("bytes_total", job.bytes_total)?;
+        d.set_item("bytes_done", job.bytes_done)?;
+        d.set_item("bytes_loaded", job.bytes_loaded)?;
+        d.set_item("blocks_failed", job.blocks_failed)?;
+        d.set_item("error", &job.error)?;
+        Ok(d)
     }
 
     /// Benchmark baseline: reads the whole file through `buffer` (one

@@ -217,9 +217,28 @@ def test_bad_arguments_are_clear(client, blob, node, monkeypatch):
     assert curvine.connect().meta == node.meta
 
 
-def test_warm_says_it_is_not_there_yet(client, blob):
-    with pytest.raises(NotImplementedError, match="warm"):
-        client.warm(blob[0])
+def test_warm_loads_a_mounted_directory(client, node, base, tmp_path):
+    import subprocess
+
+    from curvine.testing import cv_bin
+
+    ufs = tmp_path / "ufs"
+    (ufs / "sub").mkdir(parents=True)
+    files = {"a.bin": os.urandom(3 << 20), "sub/b.bin": os.urandom(12345), "c.txt": b"hello"}
+    for name, data in files.items():
+        (ufs / name).write_bytes(data)
+    subprocess.run([cv_bin(), "mount", f"file://{ufs}", f"{base}/m", "--meta", node.meta], check=True,
+                   timeout=60, stdout=subprocess.DEVNULL)
+    job = client.warm(f"cv:/{base}/m", timeout=120)
+    assert job["state"] == "done"
+    assert job["files_total"] == len(files)
+    assert job["bytes_total"] == sum(map(len, files.values())) == job["bytes_done"]
+    for name, data in files.items():
+        assert client.read(f"{base}/m/{name}") == data
+    started = client.warm(f"{base}/m", wait=False)
+    assert started["id"] > job["id"] and started["state"] in ("running", "done")
+    with pytest.raises(FileNotFoundError):
+        client.warm(f"{base}/not-there")
 
 
 def test_threads_share_a_client(client, blob):
