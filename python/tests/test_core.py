@@ -325,3 +325,28 @@ def test_gil_is_released_while_waiting_on_the_cluster(node, blob):
     t.join(60)
     assert not t.is_alive()
     assert result == {"data": data[:1000]}
+
+
+def _child_uses_writer(writer, q):
+    try:
+        writer.write(b"more")
+        q.put("wrote")
+    except OSError as e:
+        q.put((e.errno, str(e)))
+
+
+def test_writer_inherited_across_fork_refuses_clearly(client, base):
+    import multiprocessing as mp
+
+    w = client.open(f"{base}/forked-writer", "wb")
+    w.write(b"parent")
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_uses_writer, args=(w, q))
+    p.start()
+    got = q.get(timeout=120)
+    p.join(60)
+    assert p.exitcode == 0
+    assert got[0] == errno.EINVAL and "after fork" in got[1]
+    w.close()  # the parent's writer is untouched
+    assert client.read(f"{base}/forked-writer") == b"parent"
