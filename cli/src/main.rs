@@ -80,6 +80,12 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Upload files under PATH that wait for their UFS (write-back) now, and wait
+    Sync {
+        path: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Drop cached copies under PATH (the UFS keeps the data; pinned and cache-only files stay)
     Free {
         path: String,
@@ -134,6 +140,7 @@ fn main() {
             Cmd::Mount { args, client } => mount_cmd::run(args, &client).await,
             Cmd::Umount { path, force, client } => mount_cmd::umount(&path, force, &client).await,
             Cmd::Warm { args, client } => warm_cmd::run(args, &client).await,
+            Cmd::Sync { path, client } => mount_cmd::sync(&path, &client).await,
             Cmd::Free { path, client } => warm_cmd::free(&path, &client).await,
             Cmd::Pin { path, client } => warm_cmd::pin(&path, true, &client).await,
             Cmd::Unpin { path, client } => warm_cmd::pin(&path, false, &client).await,

@@ -32,6 +32,9 @@ pub struct MountArgs {
     /// never = only on `cv mount resync`); default 60s
     #[arg(long)]
     sync_interval: Option<String>,
+    /// write-back: how long a closed file waits before its upload (e.g. 10m); `cv sync` uploads at once
+    #[arg(long, value_parser = humantime::parse_duration)]
+    upload_delay: Option<Duration>,
     /// Print JSON (listing)
     #[arg(long)]
     json: bool,
@@ -88,9 +91,22 @@ pub async fn run(a: MountArgs, c: &ClientArgs) -> Result<()> {
         write_mode: a.write_mode,
         ttl_ms: a.ttl.map(|d| d.as_millis() as i64).unwrap_or(0),
         sync_interval_ms: a.sync_interval.as_deref().map(parse_interval).transpose()?,
+        upload_delay_ms: a.upload_delay.map(|d| d.as_millis() as i64).unwrap_or(0),
     };
     let m = fs.mount(&uri, &path, opts).await?;
     println!("mounted {} at {} ({})", m.uri, m.path, m.write_mode);
+    Ok(())
+}
+
+pub async fn sync(path: &str, c: &ClientArgs) -> Result<()> {
+    let r = c.fs()?.sync(path).await?;
+    for e in &r.errors {
+        eprintln!("  {e}");
+    }
+    if r.failed > 0 {
+        bail!("{} of {} pending files under {path} failed to upload (they stay queued and are retried)", r.failed, r.pending_before);
+    }
+    println!("{} files under {path} uploaded to the UFS", r.persisted);
     Ok(())
 }
 
@@ -118,7 +134,7 @@ fn list(mounts: &[MountInfo], json: bool) -> Result<()> {
                 serde_json::json!({
                     "id": m.id, "path": m.path, "uri": m.uri, "write_mode": m.write_mode,
                     "ttl_ms": m.ttl_ms, "sync_interval_ms": m.sync_interval_ms,
-                    "block_size": m.block_size, "options": opts,
+                    "block_size": m.block_size, "options": opts, "upload_delay_ms": m.upload_delay_ms,
                 })
             })
             .collect();

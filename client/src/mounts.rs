@@ -15,6 +15,8 @@ pub struct MountOptions {
     pub write_mode: Option<String>,
     pub ttl_ms: i64,
     pub sync_interval_ms: Option<i64>,
+    /// Write-back: how long a closed file waits before its upload.
+    pub upload_delay_ms: i64,
 }
 
 impl FileSystem {
@@ -30,6 +32,7 @@ impl FileSystem {
             ttl_ms: opts.ttl_ms,
             sync_interval_ms: opts.sync_interval_ms.unwrap_or(0),
             sync_interval_set: opts.sync_interval_ms.is_some(),
+            upload_delay_ms: opts.upload_delay_ms,
         };
         let r = self.meta().call(|mut c| {
             let req = req.clone();
@@ -96,6 +99,17 @@ impl FileSystem {
             .call(|mut c| {
                 let req = proto::FreeRequest { path: path.clone() };
                 async move { c.free(req).await }
+            })
+            .await
+    }
+
+    /// Uploads every file under `path` still waiting for its UFS, and waits.
+    pub async fn sync(&self, path: &str) -> Result<proto::SyncResponse> {
+        let path = normalize(path)?;
+        self.meta()
+            .call(|mut c| {
+                let req = proto::SyncRequest { path: path.clone() };
+                async move { c.sync(req).await }
             })
             .await
     }

@@ -183,7 +183,20 @@ impl FileWriter {
                 async move { c.complete(req).await }
             })
             .await?;
-        r.status.ok_or_else(|| Error::internal("complete: empty response"))
+        let mut status = r.status.ok_or_else(|| Error::internal("complete: empty response"))?;
+        if r.persist_now {
+            // Write-through: close returns once the UFS has the file. A
+            // failed upload stays queued in meta and is retried.
+            let s = self.fs.sync(&path).await?;
+            if s.failed > 0 {
+                return Err(Error::unavailable(format!(
+                    "{path}: written to the cache, but the upload to the UFS failed (meta retries it): {}",
+                    s.errors.join("; ")
+                )));
+            }
+            status.ufs_state = "persisted".into();
+        }
+        Ok(status)
     }
 
     /// Drops the unfinished file and its blocks.

@@ -32,6 +32,9 @@ pub enum Op {
     /// Make a block readable on this worker (load it from the UFS if the
     /// worker can); answered once it is. Head: block id.
     Load = 7,
+    /// Upload a file whose blocks this worker can read to its UFS; answered
+    /// once the UFS has it. Head: file id.
+    Persist = 8,
 }
 
 impl Op {
@@ -44,6 +47,7 @@ impl Op {
             5 => Op::WriteAbort,
             6 => Op::Ping,
             7 => Op::Load,
+            8 => Op::Persist,
             _ => return None,
         })
     }

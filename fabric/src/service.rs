@@ -44,6 +44,11 @@ pub trait BlockService: Send + Sync + 'static {
     fn load(&self, _block_id: u64) -> Option<futures::future::BoxFuture<'static, Result<()>>> {
         None
     }
+    /// Uploads file `file_id` to its UFS (a cache that persists writes);
+    /// `None` when this server cannot.
+    fn persist(&self, _file_id: u64) -> Option<futures::future::BoxFuture<'static, Result<()>>> {
+        None
+    }
     /// Accounting hook: `bytes` were served from `block_id`; `loaded` when
     /// the read had to wait for `load` (a cache miss).
     fn on_read(&self, _block_id: u64, _bytes: u64, _loaded: bool) {}

@@ -157,6 +157,7 @@ pub async fn run_all(t: &dyn Transport, addr: &str, corrupt: &(dyn Fn(u64, u64) 
     // produce: a NotFound for that request only.
     assert!(c.load(100).await.expect("load of a present block"), "present block must report cached");
     assert_eq!(c.load(999_999).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(c.persist(1).await.is_err(), "a plain block server cannot upload files");
     assert!(!c.is_broken());
 
     // A commit whose length disagrees with what was sent is refused and

@@ -56,16 +56,36 @@ impl Jobs {
         let _ = self.me.set(Arc::downgrade(svc));
     }
 
-    async fn load_at(&self, addr: &str, block: u64) -> Result<bool> {
+    pub(crate) fn service(&self) -> Result<Arc<MetaServiceImpl>> {
+        self.me.get().and_then(Weak::upgrade).ok_or_else(|| Error::unavailable("meta service is shutting down"))
+    }
+
+    async fn conn(&self, addr: &str) -> Result<Box<dyn DataConn>> {
         let conn = self.idle.lock().get_mut(addr).and_then(|v| v.pop());
-        let mut conn = match conn {
-            Some(c) => c,
-            None => self.transport.connect(addr).await?,
-        };
-        let res = conn.load(block).await;
+        match conn {
+            Some(c) => Ok(c),
+            None => self.transport.connect(addr).await,
+        }
+    }
+
+    fn put_back(&self, addr: &str, conn: Box<dyn DataConn>) {
         if !conn.is_broken() {
             self.idle.lock().entry(addr.to_string()).or_default().push(conn);
         }
+    }
+
+    async fn load_at(&self, addr: &str, block: u64) -> Result<bool> {
+        let mut conn = self.conn(addr).await?;
+        let res = conn.load(block).await;
+        self.put_back(addr, conn);
+        res
+    }
+
+    /// Has the worker at `addr` upload file `file` to its UFS.
+    pub(crate) async fn persist_at(&self, addr: &str, file: u64) -> Result<()> {
+        let mut conn = self.conn(addr).await?;
+        let res = conn.persist(file).await;
+        self.put_back(addr, conn);
         res
     }
 }
@@ -159,10 +179,6 @@ impl Walk {
 }
 
 impl MetaServiceImpl {
-    fn service(&self) -> Result<Arc<MetaServiceImpl>> {
-        self.jobs.me.get().and_then(Weak::upgrade).ok_or_else(|| Error::unavailable("meta service is shutting down"))
-    }
-
     pub(crate) async fn do_warm(&self, r: WarmRequest) -> Result<WarmResponse> {
         let path = normalize(&r.path)?;
         self.ensure_entry(&path, false).await?; // under a mount, it may not be loaded yet
@@ -216,7 +232,7 @@ impl MetaServiceImpl {
     }
 
     fn spawn_job(&self, job: Job) -> Result<()> {
-        let me = self.service()?;
+        let me = self.jobs.service()?;
         let flag = Arc::new(AtomicBool::new(false));
         self.jobs.cancel.lock().insert(job.id, flag.clone());
         tokio::spawn(async move {

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod mounts;
 pub mod namespace;
+pub mod persist;
 pub mod raft;
 pub mod service;
 pub mod store;
@@ -91,6 +92,7 @@ impl MetaNode {
             raft: raft.clone(),
             mounts: Default::default(),
             jobs: Default::default(),
+            persister: Default::default(),
             store: store.clone(),
             workers: Arc::new(workers::Workers::new(conf.meta.worker_timeout)),
             conf: conf.clone(),
@@ -121,6 +123,9 @@ impl MetaNode {
         if let Err(e) = node.raft.wait(Some(LEADER_TIMEOUT)).current_leader(id, "meta start").await {
             let _ = node.shutdown().await;
             return Err(Error::unavailable(format!("meta node {id} did not become leader: {e}")));
+        }
+        if let Err(e) = svc.start_persister() {
+            tracing::warn!(error = %e, "cannot start the UFS uploader");
         }
         if let Err(e) = svc.resume_jobs() {
             tracing::warn!(error = %e, "cannot resume load jobs");

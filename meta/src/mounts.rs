@@ -103,6 +103,7 @@ pub fn mount_info(m: &Mount, with_secrets: bool) -> MountInfo {
         ttl_ms: m.ttl_ms,
         sync_interval_ms: m.sync_interval_ms,
         block_size: m.block_size,
+        upload_delay_ms: m.upload_delay_ms,
     }
 }
 
@@ -222,11 +223,11 @@ impl MetaServiceImpl {
                 r.write_mode
             ))
         })?;
-        if write_mode != WriteMode::CacheOnly {
-            return Err(Error::invalid(format!(
-                "write mode {} is not available yet in this version: mount with cache-only",
-                write_mode.as_str()
-            )));
+        if r.upload_delay_ms != 0 && write_mode != WriteMode::WriteBack {
+            return Err(Error::invalid("--upload-delay applies to write-back mounts only"));
+        }
+        if r.upload_delay_ms < 0 {
+            return Err(Error::invalid(format!("upload delay {} ms must not be negative", r.upload_delay_ms)));
         }
         if r.ttl_ms != 0 {
             return Err(Error::invalid(
@@ -249,6 +250,7 @@ impl MetaServiceImpl {
             ttl_ms: r.ttl_ms,
             sync_interval_ms,
             block_size: self.conf.cluster.block_size.0,
+            upload_delay_ms: r.upload_delay_ms,
         };
         match self.write(MetaCommand::Mount { mount, now_ms: now_ms() }).await? {
             Outcome::Mount(m) => {

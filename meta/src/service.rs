@@ -24,6 +24,7 @@ pub struct MetaServiceImpl {
     pub raft: Raft,
     pub mounts: crate::mounts::Mounts,
     pub jobs: crate::jobs::Jobs,
+    pub persister: crate::persist::Persister,
     pub store: Arc<StateStore>,
     pub workers: Arc<Workers>,
     pub conf: Arc<Config>,
@@ -173,7 +174,8 @@ impl MetaServiceImpl {
         for b in &r.blocks {
             self.workers.add_locations(b.id, &b.worker_ids);
         }
-        Ok(CompleteResponse { status: Some(status_of(&inode, &path, 0)) })
+        let persist_now = self.write_through(&inode)?;
+        Ok(CompleteResponse { status: Some(status_of(&inode, &path, 0)), persist_now })
     }
 
     #[tracing::instrument(skip(self))]
@@ -247,6 +249,9 @@ impl MetaServiceImpl {
     #[tracing::instrument(skip(self))]
     async fn do_delete(&self, r: DeleteRequest) -> Result<DeleteResponse> {
         let path = normalize(&r.path)?;
+        // Under a mount that writes to its UFS, the UFS copy goes first: a
+        // failure there leaves both sides as they were.
+        self.delete_in_ufs(&path, r.recursive).await?;
         match self.write(MetaCommand::Delete { path, recursive: r.recursive, now_ms: now_ms() }).await? {
             Outcome::Freed { inodes, .. } => Ok(DeleteResponse { deleted_inodes: inodes }),
             _ => Ok(DeleteResponse { deleted_inodes: 0 }),
@@ -362,6 +367,9 @@ handlers! {
     resync / do_resync: ResyncRequest => ResyncResponse,
     block_source / do_block_source: BlockSourceRequest => BlockSourceResponse,
     warm / do_warm: WarmRequest => WarmResponse,
+    persist_source / do_persist_source: PersistSourceRequest => PersistSourceResponse,
+    persist_done / do_persist_done: PersistDoneRequest => PersistDoneResponse,
+    sync / do_sync: SyncRequest => SyncResponse,
     job_status / do_job_status: JobStatusRequest => JobStatusResponse,
     cancel_job / do_cancel_job: CancelJobRequest => CancelJobResponse,
     free / do_free: FreeRequest => FreeResponse,

@@ -272,6 +272,22 @@ impl Ufs {
         }
     }
 
+    /// Deletes directory `rel` and everything under it; missing is not an error.
+    #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
+    pub async fn delete_all(&self, rel: &str) -> Result<()> {
+        let r = check_rel(rel)?;
+        let what = self.what(r);
+        if r.is_empty() {
+            return Err(Error::invalid(format!("{what}: refusing to delete the whole UFS root")));
+        }
+        let dir = format!("{}/", r.trim_end_matches('/'));
+        match self.inner.op.delete_with(&dir).recursive(true).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(&e, &what)),
+        }
+    }
+
     /// `s3://bkt/root/rel`, for messages.
     pub(crate) fn what(&self, rel: &str) -> String {
         let base = self.inner.shown.trim_end_matches('/');

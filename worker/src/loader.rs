@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use curvine_common::proto::meta_service_client::MetaServiceClient;
-use curvine_common::proto::{BlockSourceRequest, BlockSourceResponse, MountInfo};
+use curvine_common::proto::{
+    BlockSourceRequest, BlockSourceResponse, LocatedBlock, MountInfo, PersistDoneRequest, PersistSourceRequest,
+    PersistSourceResponse,
+};
 use curvine_common::{Error, ErrorKind, Result};
 use curvine_fabric::frame::CHUNK;
 use curvine_fabric::msg::chunk_crcs;
@@ -113,6 +116,114 @@ impl Loader {
         }
     }
 
+    async fn persist_source(&self, file: u64) -> Result<PersistSourceResponse> {
+        let mut c = self.meta().await?;
+        match c.persist_source(PersistSourceRequest { file_id: file }).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => {
+                let e = Error::from(s);
+                if e.is_temporary() {
+                    *self.client.lock() = None;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Uploads file `file` to its UFS: blocks held here are read from the
+    /// store (checksums verified), others fetched from their workers; then
+    /// meta learns the object's new version.
+    pub async fn persist(&self, file: u64) -> Result<()> {
+        let src = self.persist_source(file).await?;
+        let mount = src.mount.as_ref().ok_or_else(|| Error::protocol(format!("file {file}: meta sent no mount")))?;
+        let ufs = self.ufs_for(mount)?;
+        let mut w = ufs.writer(&src.ufs_path).await?;
+        let mut sent = 0u64;
+        for b in &src.blocks {
+            let res = if self.store.contains(b.id) { self.send_local(b.id, b.len, &mut w).await } else { self.send_remote(b, &mut w).await };
+            if let Err(e) = res {
+                let _ = w.abort().await;
+                return Err(e.context(format!("{} (file {file})", src.path)));
+            }
+            sent += b.len;
+        }
+        if sent != src.len {
+            let _ = w.abort().await;
+            return Err(Error::new(ErrorKind::Corrupt, format!("{}: blocks hold {sent} bytes, file is {}", src.path, src.len)));
+        }
+        let e = w.close().await?;
+        let mut c = self.meta().await?;
+        let done = PersistDoneRequest { file_id: file, len: src.len, etag: e.etag, mtime_ms: e.mtime_ms };
+        c.persist_done(done).await.map_err(Error::from)?;
+        self.store.metrics().ufs_uploads.inc();
+        self.store.metrics().bytes_to_ufs.inc_by(src.len);
+        tracing::debug!(file, path = %src.path, len = src.len, "uploaded to the UFS");
+        Ok(())
+    }
+
+    async fn send_local(&self, block: u64, len: u64, w: &mut curvine_ufs::UfsWriter) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let src = self.store.open_read(block)?;
+        if src.len != len {
+            return Err(Error::new(ErrorKind::Corrupt, format!("block {block}: {} bytes here, {len} recorded", src.len)));
+        }
+        let mut off = 0u64;
+        while off < len {
+            let n = (len - off).min(APPEND as u64) as usize;
+            let mut buf = vec![0u8; n];
+            src.file.read_exact_at(&mut buf, off)?;
+            let first = (off / CHUNK) as usize;
+            for (i, chunk) in buf.chunks(CHUNK as usize).enumerate() {
+                if src.crcs.get(first + i) != Some(&curvine_fabric::crc::crc32c(chunk)) {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!("block {block}: checksum mismatch at offset {}", off + (i as u64) * CHUNK),
+                    ));
+                }
+            }
+            w.write(bytes::Bytes::from(buf)).await?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+
+    async fn send_remote(&self, b: &LocatedBlock, w: &mut curvine_ufs::UfsWriter) -> Result<()> {
+        use curvine_fabric::Transport;
+        let mut last = Error::unavailable(format!("block {}: no worker holds it", b.id));
+        for loc in &b.locations {
+            let t = curvine_fabric::tcp::TcpTransport::new(Default::default());
+            let mut conn = match t.connect(&loc.addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let mut off = 0u64;
+            let res: Result<()> = async {
+                while off < b.len {
+                    let n = (b.len - off).min(APPEND as u64) as usize;
+                    let mut buf = vec![0u8; n];
+                    let got = conn.read_into(b.id, off, &mut buf).await?;
+                    if got != n {
+                        return Err(Error::new(ErrorKind::Corrupt, format!("block {}: short read at {off}", b.id)));
+                    }
+                    w.write(bytes::Bytes::from(buf)).await?;
+                    off += n as u64;
+                }
+                Ok(())
+            }
+            .await;
+            match res {
+                Ok(()) => return Ok(()),
+                // Bytes already went to the writer: cannot switch replicas midway.
+                Err(e) if off > 0 => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     fn ufs_for(&self, m: &MountInfo) -> Result<Ufs> {
         let mut g = self.ufs.lock();
         if let Some((known, u)) = g.get(&m.id) {
@@ -207,6 +318,17 @@ impl BlockService for CachingService {
 
     fn load(&self, block_id: u64) -> Option<BoxFuture<'static, Result<()>>> {
         Some(self.loader.load(block_id))
+    }
+
+    fn persist(&self, file_id: u64) -> Option<BoxFuture<'static, Result<()>>> {
+        let loader = self.loader.clone();
+        // Its own task: an upload is not abandoned halfway when meta's
+        // connection drops.
+        let task = tokio::spawn(async move { loader.persist(file_id).await });
+        Some(
+            async move { task.await.unwrap_or_else(|e| Err(Error::internal(format!("file {file_id}: upload task failed: {e}")))) }
+                .boxed(),
+        )
     }
 
     fn on_read(&self, block_id: u64, bytes: u64, loaded: bool) {

@@ -92,6 +92,15 @@ impl MetaService for FakeMeta {
     async fn pin(&self, _: Request<PinRequest>) -> Result<Response<PinResponse>, Status> {
         Err(Status::unimplemented("fake meta"))
     }
+    async fn persist_source(&self, _: Request<PersistSourceRequest>) -> Result<Response<PersistSourceResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn persist_done(&self, _: Request<PersistDoneRequest>) -> Result<Response<PersistDoneResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn sync(&self, _: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
     /// Blocks of this fake namespace are never in a UFS.
     async fn block_source(&self, r: Request<BlockSourceRequest>) -> Result<Response<BlockSourceResponse>, Status> {
         Err(Status::from(curvine_common::Error::not_found(&format!("block {}", r.into_inner().block_id))))

@@ -323,6 +323,10 @@ impl DataConn for TcpConn {
         self.simple(Op::Ping, Vec::new()).await.map(|_| ())
     }
 
+    async fn persist(&mut self, file_id: u64) -> Result<()> {
+        self.simple(Op::Persist, file_id.to_le_bytes().to_vec()).await.map(|_| ())
+    }
+
     async fn load(&mut self, block_id: u64) -> Result<bool> {
         let head = self.simple(Op::Load, block_id.to_le_bytes().to_vec()).await?;
         match head.first() {

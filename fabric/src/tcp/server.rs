@@ -171,6 +171,7 @@ impl Conn {
                     self.respond(&h, &[]).await
                 }
                 Op::Load => self.load(&h).await,
+                Op::Persist => self.persist(&h).await,
             };
             if let Err(e) = res {
                 if e.kind() == ErrorKind::Protocol {
@@ -206,6 +207,19 @@ impl Conn {
         self.out.extend_from_slice(msg);
         self.stream.write_all(&self.out).await?;
         Ok(())
+    }
+
+    async fn persist(&mut self, h: &Header) -> Result<()> {
+        self.drain_payload(h).await?;
+        let file = crate::frame::HeadReader::new(&self.head).u64()?;
+        let res = match self.svc.persist(file) {
+            Some(f) => f.await,
+            None => Err(Error::invalid(format!("file {file}: this server does not upload to a UFS"))),
+        };
+        match res {
+            Ok(()) => self.respond(h, &[]).await,
+            Err(e) => self.send_error(h.op, h.req_id, &e).await,
+        }
     }
 
     /// Answers `[1]` when the block was already here, `[0]` once loaded.

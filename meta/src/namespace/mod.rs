@@ -44,6 +44,10 @@ pub enum MetaCommand {
     JobUpdate { job: Job },
     /// Keeps (or stops keeping) `path` and everything below it from eviction and `cv free`.
     SetPin { path: String, pinned: bool },
+    /// File `file_id` is in the UFS now, as this version.
+    PersistDone { file_id: u64, len: u64, etag: String, mtime_ms: i64, now_ms: i64 },
+    /// An upload failed: retry at `retry_ms`.
+    PersistFailed { file_id: u64, error: String, retry_ms: i64 },
 }
 
 /// What a successful command produced.
@@ -205,15 +209,23 @@ impl Ns<'_> {
                 m.path, m.uri, m.path
             )));
         }
-        if node.is_ufs_persisted() {
-            if let Some(m) = self.mount_of(p)? {
+        if let Some(m) = self.mount_of(p)? {
+            let in_ufs = node.is_ufs_persisted() || (node.is_dir() && node.ufs.is_some());
+            if in_ufs && m.write_mode == crate::store::WriteMode::CacheOnly {
                 return Err(Error::new(
                     ErrorKind::PermissionDenied,
                     format!(
-                        "cannot {what} {p}: it is stored in {} and the mount is {}, which never changes the UFS",
-                        m.uri,
-                        m.write_mode.as_str()
+                        "cannot {what} {p}: it is stored in {} and the mount is cache-only, which never changes the UFS",
+                        m.uri
                     ),
+                ));
+            }
+            // The service deletes in the UFS before proposing a delete; a
+            // rename would need a copy there, which is not built yet.
+            if node.ufs.is_some() && what == "rename" {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("cannot rename {p}: renaming entries stored in a UFS ({}) is not supported yet", m.uri),
                 ));
             }
         }
@@ -241,7 +253,8 @@ impl Ns<'_> {
             cur = match self.child(cur.id, name)? {
                 Some(id) => self.must_inode(id, &walked)?,
                 None => {
-                    let dir = self.new_inode(name, InodeKind::Dir, mode, now)?;
+                    let mut dir = self.new_inode(name, InodeKind::Dir, mode, now)?;
+                    dir.ufs = self.pending_ufs(&walked, now)?;
                     self.link(&mut cur, &dir, now)?;
                     dir
                 }
@@ -261,7 +274,9 @@ impl Ns<'_> {
         if self.child(parent.id, name)?.is_some() {
             return Err(Error::exists(p));
         }
-        let dir = self.new_inode(name, InodeKind::Dir, mode, now)?;
+        let mut dir = self.new_inode(name, InodeKind::Dir, mode, now)?;
+        // Under a mount that writes to its UFS, a new directory belongs there too.
+        dir.ufs = self.pending_ufs(p, now)?;
         self.link(&mut parent, &dir, now)?;
         Ok(Outcome::Inode(dir))
     }
@@ -287,6 +302,7 @@ impl Ns<'_> {
         let mut file = self.new_inode(name, InodeKind::File, mode, now)?;
         file.block_size = bs;
         file.replication = repl;
+        file.ufs = self.pending_ufs(p, now)?;
         self.link(&mut parent, &file, now)?;
         Ok(Outcome::Freed { inodes: removed, blocks: freed, inode: Some(file) })
     }
@@ -346,6 +362,7 @@ impl Ns<'_> {
         f.complete = true;
         f.mtime_ms = now;
         self.put_inode(&f)?;
+        self.queue_persist(&f, p, now)?;
         Ok(Outcome::Freed { inodes: 0, blocks: freed, inode: Some(f) })
     }
 
@@ -385,6 +402,7 @@ impl Ns<'_> {
                     self.txn.delete(CF_BLOCKS, id_key(b.id).to_vec());
                     freed.push(b.id);
                 }
+                self.txn.delete(crate::store::CF_PERSIST, id_key(i.id).to_vec());
                 self.add_counter(KEY_FILES, -1)?;
             }
             self.txn.delete(CF_INODES, id_key(i.id).to_vec());
@@ -499,6 +517,10 @@ pub fn apply(txn: &mut Txn, cmd: &MetaCommand) -> Result<Outcome> {
         MetaCommand::UfsRemove { path, now_ms } => ns.ufs_remove(path, *now_ms),
         MetaCommand::JobCreate { path, parallel, now_ms } => ns.job_create(path, *parallel, *now_ms),
         MetaCommand::JobUpdate { job } => ns.job_update(job),
+        MetaCommand::PersistDone { file_id, len, etag, mtime_ms, now_ms } => {
+            ns.persist_done(*file_id, *len, etag, *mtime_ms, *now_ms)
+        }
+        MetaCommand::PersistFailed { file_id, error, retry_ms } => ns.persist_failed(*file_id, error, *retry_ms),
         MetaCommand::SetPin { path, pinned } => {
             let mut node = ns.resolve(path)?;
             node.pinned = *pinned;
@@ -676,6 +698,7 @@ mod tests {
             ttl_ms: 0,
             sync_interval_ms: 1000,
             block_size: 10,
+            upload_delay_ms: 0,
         };
         MetaCommand::Mount { mount, now_ms: 1 }
     }

@@ -14,8 +14,8 @@ use curvine_common::{Error, ErrorKind, Result};
 
 use super::{Ns, Outcome};
 use crate::store::{
-    encode, id_key, BlockMeta, Inode, InodeKind, Mount, Persist, UfsMeta, CF_BLOCKS, CF_MOUNTS, KEY_NEXT_BLOCK,
-    KEY_NEXT_MOUNT,
+    decode, encode, id_key, BlockMeta, Inode, InodeKind, Mount, Persist, PersistItem, UfsMeta, WriteMode, CF_BLOCKS,
+    CF_MOUNTS, CF_PERSIST, KEY_NEXT_BLOCK, KEY_NEXT_MOUNT,
 };
 
 /// One object or directory as the UFS reported it (part of Raft commands).
@@ -315,5 +315,66 @@ impl Ns<'_> {
         let mut freed = Vec::new();
         let n = self.remove_tree(&mut parent, &node, now, &mut freed)?;
         Ok(Outcome::Freed { inodes: n, blocks: freed, inode: None })
+    }
+
+    /// UFS metadata of a new file at `p`: pending under a mount that writes
+    /// to its UFS, none elsewhere (cache-only files live in the cache only).
+    pub(super) fn pending_ufs(&self, p: &str, now: i64) -> Result<Option<UfsMeta>> {
+        let Some(m) = self.mount_of(p)? else { return Ok(None) };
+        if m.write_mode == WriteMode::CacheOnly {
+            return Ok(None);
+        }
+        Ok(Some(UfsMeta {
+            mount_id: m.id,
+            rel: m.rel(p).unwrap_or_default().to_string(),
+            len: 0,
+            mtime_ms: 0,
+            etag: String::new(),
+            synced_ms: now,
+            persist: Persist::Pending,
+        }))
+    }
+
+    /// Queues a completed pending file for upload (after the mount's delay).
+    pub(super) fn queue_persist(&mut self, f: &Inode, p: &str, now: i64) -> Result<()> {
+        let Some(u) = f.ufs.as_ref().filter(|u| u.persist == Persist::Pending) else { return Ok(()) };
+        let delay = match self.mount_by_id(u.mount_id) {
+            Ok(m) if m.write_mode == WriteMode::WriteBack => m.upload_delay_ms.max(0),
+            Ok(_) => 0,
+            Err(_) => return Ok(()), // unmounted meanwhile: nowhere to upload
+        };
+        let item = PersistItem { file_id: f.id, path: p.to_string(), due_ms: now + delay, attempts: 0, last_error: String::new() };
+        self.txn.put(CF_PERSIST, id_key(f.id).to_vec(), encode(&item)?);
+        Ok(())
+    }
+
+    pub(super) fn persist_done(&mut self, file: u64, len: u64, etag: &str, mtime: i64, now: i64) -> Result<Outcome> {
+        self.txn.delete(CF_PERSIST, id_key(file).to_vec());
+        let Some(mut f) = self.inode(file)? else {
+            return Ok(Outcome::None); // deleted or overwritten while uploading
+        };
+        match f.ufs.as_mut() {
+            Some(u) if u.persist == Persist::Pending && f.complete && f.len == len => {
+                u.persist = Persist::Persisted;
+                u.len = len;
+                u.etag = etag.to_string();
+                u.mtime_ms = mtime;
+                u.synced_ms = now;
+            }
+            _ => return Ok(Outcome::None),
+        }
+        self.put_inode(&f)?;
+        Ok(Outcome::Inode(f))
+    }
+
+    pub(super) fn persist_failed(&mut self, file: u64, error: &str, retry_ms: i64) -> Result<Outcome> {
+        let key = id_key(file).to_vec();
+        let Some(v) = self.txn.get(CF_PERSIST, &key)? else { return Ok(Outcome::None) };
+        let mut item: PersistItem = decode(&v)?;
+        item.attempts += 1;
+        item.last_error = error.to_string();
+        item.due_ms = retry_ms;
+        self.txn.put(CF_PERSIST, key, encode(&item)?);
+        Ok(Outcome::None)
     }
 }

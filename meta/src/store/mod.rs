@@ -22,7 +22,10 @@ pub const CF_SYS: &str = "sys";
 pub const CF_MOUNTS: &str = "mounts";
 /// Job id → `Job` (load jobs started by `cv warm`).
 pub const CF_JOBS: &str = "jobs";
-const CFS: [&str; 6] = [CF_INODES, CF_DENTRIES, CF_BLOCKS, CF_SYS, CF_MOUNTS, CF_JOBS];
+/// File id → `PersistItem`: files written under a write-through/write-back
+/// mount that the UFS does not have yet.
+pub const CF_PERSIST: &str = "persist";
+const CFS: [&str; 7] = [CF_INODES, CF_DENTRIES, CF_BLOCKS, CF_SYS, CF_MOUNTS, CF_JOBS, CF_PERSIST];
 
 pub const ROOT_ID: u64 = 1;
 
@@ -123,6 +126,8 @@ pub struct Mount {
     /// How long UFS metadata is trusted; negative = until `resync`.
     pub sync_interval_ms: i64,
     pub block_size: u64,
+    /// Write-back: how long a closed file waits before it is uploaded.
+    pub upload_delay_ms: i64,
 }
 
 impl Mount {
@@ -138,6 +143,18 @@ impl Mount {
     pub fn stale(&self, synced_ms: i64, now: i64) -> bool {
         self.sync_interval_ms >= 0 && now.saturating_sub(synced_ms) >= self.sync_interval_ms
     }
+}
+
+/// A file waiting to be uploaded to its UFS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistItem {
+    pub file_id: u64,
+    /// Where it was when queued (for `cv sync PATH` and messages).
+    pub path: String,
+    /// Not before this time (upload delay, then retry backoff).
+    pub due_ms: i64,
+    pub attempts: u32,
+    pub last_error: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -471,6 +488,25 @@ impl Reader {
         get(&self.db, CF_JOBS, &id_key(id))?.map(|v| decode(&v)).transpose()
     }
 
+    /// Queued uploads with file id above `after`, at most `limit`.
+    pub fn persist_page(&self, after: u64, limit: usize) -> Result<Vec<PersistItem>> {
+        let db = &self.db;
+        let from = id_key(after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in db.iterator_cf(cf(db, CF_PERSIST)?, IteratorMode::From(&from, Direction::Forward)) {
+            let (_, v) = item.map_err(|e| db_err(db.path(), e))?;
+            if out.len() >= limit {
+                break;
+            }
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn persist_item(&self, file: u64) -> Result<Option<PersistItem>> {
+        get(&self.db, CF_PERSIST, &id_key(file))?.map(|v| decode(&v)).transpose()
+    }
+
     /// The file owning `block`, if the block is known.
     pub fn block_file(&self, block: u64) -> Result<Option<u64>> {
         get(&self.db, CF_BLOCKS, &id_key(block))?.map(|v| decode_u64(&v)).transpose()
@@ -511,6 +547,7 @@ impl Txn {
             CF_BLOCKS => CF_BLOCKS,
             CF_MOUNTS => CF_MOUNTS,
             CF_JOBS => CF_JOBS,
+            CF_PERSIST => CF_PERSIST,
             _ => CF_SYS,
         }
     }

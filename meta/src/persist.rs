@@ -1,0 +1,226 @@
+//! Getting files written under write-through and write-back mounts into
+//! their UFS.
+//!
+//! `Complete` queues such a file (`CF_PERSIST`, in the same Raft entry, so
+//! an acknowledged file is never forgotten by a meta restart). A background
+//! loop on the meta node picks due entries and asks a worker holding the
+//! file's first block to upload it (fabric `Persist`); the worker streams the
+//! blocks into the UFS and reports the new object with `PersistDone`. A
+//! failure is recorded and retried with backoff. `Sync` uploads everything
+//! pending under a path now and waits; write-through clients call it
+//! before `close` returns. Meta never touches file bytes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use curvine_common::path::{is_within, normalize};
+use curvine_common::proto::*;
+use curvine_common::{now_ms, Error, ErrorKind, Result};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::stream::{self, StreamExt};
+use parking_lot::Mutex;
+
+use crate::namespace::MetaCommand;
+use crate::service::MetaServiceImpl;
+use crate::store::{Inode, Persist, WriteMode};
+
+const SCAN_EVERY: Duration = Duration::from_millis(500);
+const PARALLEL: usize = 8;
+const PAGE: usize = 256;
+/// Longest wait between two attempts of one upload.
+const MAX_BACKOFF_MS: i64 = 60_000;
+
+type Upload = Shared<BoxFuture<'static, std::result::Result<(), Error>>>;
+
+/// Uploads in flight, by file id: the loop, `Sync` and a write-through
+/// close asking for the same file share one upload.
+#[derive(Default)]
+pub struct Persister {
+    inflight: Mutex<HashMap<u64, Upload>>,
+}
+
+impl MetaServiceImpl {
+    /// Whether `Complete` of `f` must upload before the client's close returns.
+    pub(crate) fn write_through(&self, f: &Inode) -> Result<bool> {
+        let Some(u) = f.ufs.as_ref().filter(|u| u.persist == Persist::Pending) else { return Ok(false) };
+        Ok(self.mounts.table(&self.store)?.iter().any(|m| m.id == u.mount_id && m.write_mode == WriteMode::WriteThrough))
+    }
+
+    /// Deletes `path` in its UFS first when its mount writes there.
+    pub(crate) async fn delete_in_ufs(&self, path: &str, recursive: bool) -> Result<()> {
+        let Some(m) = self.mounts.of(&self.store, path)? else { return Ok(()) };
+        if m.write_mode == WriteMode::CacheOnly || m.path == path {
+            return Ok(()); // cache-only: the namespace refuses; mount point: umount
+        }
+        let Ok(node) = self.reader().resolve(path) else { return Ok(()) };
+        let Some(u) = node.ufs.as_ref() else { return Ok(()) };
+        if node.is_dir() && !recursive && self.reader().count_children(node.id)? > 0 {
+            return Ok(()); // the namespace answers "not empty"
+        }
+        let ufs = self.mounts.client(&m)?;
+        if node.is_dir() {
+            ufs.delete_all(&u.rel).await.map_err(Error::permanent)
+        } else if u.persist == Persist::Persisted {
+            ufs.delete(&u.rel).await.map_err(Error::permanent)
+        } else {
+            Ok(()) // not uploaded yet; dequeued with the inode
+        }
+    }
+
+    fn service_arc(&self) -> Result<Arc<MetaServiceImpl>> {
+        self.jobs.service()
+    }
+
+    /// Starts the background upload loop (runs until the service is dropped).
+    pub fn start_persister(&self) -> Result<()> {
+        let weak = Arc::downgrade(&self.service_arc()?);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SCAN_EVERY).await;
+                let Some(me) = weak.upgrade() else { return };
+                if let Err(e) = me.persist_due().await {
+                    tracing::warn!(error = %e, "persist scan failed");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Uploads every queued file whose time has come, a few at a time.
+    async fn persist_due(&self) -> Result<()> {
+        let now = now_ms();
+        let mut after = 0;
+        loop {
+            let page = self.reader().persist_page(after, PAGE)?;
+            let Some(last) = page.last() else { return Ok(()) };
+            after = last.file_id;
+            let due: Vec<u64> = page.iter().filter(|i| i.due_ms <= now).map(|i| i.file_id).collect();
+            stream::iter(due)
+                .for_each_concurrent(PARALLEL, |id| async move {
+                    let _ = self.persist_file(id).await;
+                })
+                .await;
+        }
+    }
+
+    /// One upload of file `id` (shared with concurrent callers); a failure
+    /// is recorded with the time of the next attempt.
+    pub(crate) async fn persist_file(&self, id: u64) -> Result<()> {
+        let fut = {
+            let mut g = self.persister.inflight.lock();
+            match g.get(&id) {
+                Some(f) => f.clone(),
+                None => {
+                    let me = self.service_arc()?;
+                    let f: Upload = async move {
+                        let res = me.upload(id).await;
+                        me.persister.inflight.lock().remove(&id);
+                        if let Err(e) = &res {
+                            let attempts = me.reader().persist_item(id).ok().flatten().map(|i| i.attempts).unwrap_or(0);
+                            let backoff = (1000i64 << attempts.min(6)).min(MAX_BACKOFF_MS);
+                            tracing::warn!(file = id, error = %e, retry_in_ms = backoff, "upload to the UFS failed");
+                            let cmd = MetaCommand::PersistFailed { file_id: id, error: e.to_string(), retry_ms: now_ms() + backoff };
+                            let _ = me.write(cmd).await;
+                        }
+                        res
+                    }
+                    .boxed()
+                    .shared();
+                    g.insert(id, f.clone());
+                    f
+                }
+            }
+        };
+        fut.await
+    }
+
+    async fn upload(&self, id: u64) -> Result<()> {
+        let Some(f) = self.reader().inode(id)? else { return Ok(()) };
+        if !matches!(&f.ufs, Some(u) if u.persist == Persist::Pending) || !f.complete {
+            return Ok(());
+        }
+        // The worker holding the first block uploads (reading it locally);
+        // an empty file goes to any live worker.
+        let loc = f
+            .blocks
+            .first()
+            .and_then(|b| self.workers.locations(b.id).into_iter().next())
+            .or_else(|| self.workers.loader_for(id))
+            .ok_or_else(|| Error::unavailable(format!("file {id}: no live worker holds it to upload")))?;
+        self.jobs.persist_at(&loc.addr, id).await.map_err(|e| e.context(format!("upload via worker {}", loc.addr)))
+    }
+
+    pub(crate) async fn do_persist_source(&self, r: PersistSourceRequest) -> Result<PersistSourceResponse> {
+        let reader = self.reader();
+        let item = reader.persist_item(r.file_id)?;
+        let f = reader
+            .inode(r.file_id)?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("file {} is gone", r.file_id)))?;
+        let u = f
+            .ufs
+            .as_ref()
+            .filter(|u| u.persist == Persist::Pending)
+            .ok_or_else(|| Error::invalid(format!("file {} is not waiting for an upload", r.file_id)))?;
+        let m = self
+            .mounts
+            .table(&self.store)?
+            .iter()
+            .find(|m| m.id == u.mount_id)
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("the mount of file {} is gone", r.file_id)))?;
+        let mut offset = 0;
+        let blocks = f
+            .blocks
+            .iter()
+            .map(|b| {
+                let lb = LocatedBlock { id: b.id, offset, len: b.len, locations: self.workers.locations(b.id), from_ufs: false };
+                offset += b.len;
+                lb
+            })
+            .collect();
+        Ok(PersistSourceResponse {
+            mount: Some(crate::mounts::mount_info(&m, true)),
+            ufs_path: u.rel.clone(),
+            len: f.len,
+            blocks,
+            path: item.map(|i| i.path).unwrap_or_default(),
+        })
+    }
+
+    pub(crate) async fn do_persist_done(&self, r: PersistDoneRequest) -> Result<PersistDoneResponse> {
+        let cmd = MetaCommand::PersistDone { file_id: r.file_id, len: r.len, etag: r.etag, mtime_ms: r.mtime_ms, now_ms: now_ms() };
+        self.write(cmd).await?;
+        Ok(PersistDoneResponse {})
+    }
+
+    /// Uploads everything pending under `path` now (ignoring upload delays).
+    #[tracing::instrument(skip(self))]
+    pub(crate) async fn do_sync(&self, r: SyncRequest) -> Result<SyncResponse> {
+        let path = normalize(&r.path)?;
+        self.reader().resolve(&path)?;
+        let mut out = SyncResponse::default();
+        let mut after = 0;
+        loop {
+            let page = self.reader().persist_page(after, PAGE)?;
+            let Some(last) = page.last() else { break };
+            after = last.file_id;
+            let ids: Vec<u64> = page.iter().filter(|i| is_within(&i.path, &path)).map(|i| i.file_id).collect();
+            out.pending_before += ids.len() as u64;
+            let results: Vec<(u64, Result<()>)> =
+                stream::iter(ids).map(|id| async move { (id, self.persist_file(id).await) }).buffer_unordered(PARALLEL).collect().await;
+            for (_, res) in results {
+                match res {
+                    Ok(()) => out.persisted += 1,
+                    Err(e) => {
+                        out.failed += 1;
+                        if out.errors.len() < 20 {
+                            out.errors.push(e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
