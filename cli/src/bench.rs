@@ -17,6 +17,8 @@ pub enum BenchCmd {
     Read(BenchArgs),
     /// Write --size bytes split over --threads files
     Write(BenchArgs),
+    /// UFS objects read directly vs through Curvine (cold, hot) and by `cv warm`
+    Ufs(crate::bench_ufs::UfsBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -203,6 +205,7 @@ pub async fn run(cmd: BenchCmd, c: &ClientArgs) -> Result<()> {
     let (name, a) = match &cmd {
         BenchCmd::Read(a) => ("read", a.clone()),
         BenchCmd::Write(a) => ("write", a.clone()),
+        BenchCmd::Ufs(a) => return crate::bench_ufs::run(a.clone(), c).await,
     };
     let conf = curvine_common::config::Config {
         client: curvine_common::config::ClientConf {

@@ -2,6 +2,7 @@
 //! admin reports and benchmarks.
 
 mod bench;
+mod bench_ufs;
 mod fs_cmd;
 mod mount_cmd;
 mod server;

@@ -103,7 +103,11 @@ async fn small_and_large_objects_read_through_then_hit_the_cache() {
     for ((k, want), got) in small.iter().zip(&got) {
         assert!(got == want, "{k}: bytes differ after read-through");
     }
-    for (k, want) in &big {
+    // Eight readers miss the same blocks at once: each block is fetched once.
+    let p0 = format!("/ds/{}", big[0].0);
+    let same: Vec<Vec<u8>> = futures::future::try_join_all((0..8).map(|_| fs.read_all(&p0))).await.unwrap();
+    assert!(same.iter().all(|g| *g == big[0].1), "concurrent readers of one object got different bytes");
+    for (k, want) in &big[1..] {
         let got = fs.read_all(&format!("/ds/{k}")).await.unwrap();
         assert!(&got == want, "{k}: bytes differ after read-through");
     }
@@ -182,6 +186,18 @@ async fn changed_and_deleted_objects_are_detected() {
     let out = ok(&cv(&n, &["mount", "resync", "/slow"]));
     assert!(out.contains("resynced"), "{out}");
     assert_eq!(fs.read_all("/slow/x").await.unwrap(), b"two!");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_fail_the_mount_with_access_denied() {
+    let s3 = S3Server::start_refusing_credentials(); // (no bucket can be created there)
+    let n = node().await;
+    let opts = option_args(&s3); // carries a made-up secret the server refuses
+    let o = cv(&n, &mount_args(&opts, &s3.uri("locked", ""), "/l", &[]));
+    fails_with(&o, "denied");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains(SECRET), "the secret leaked into the error: {err}");
+    assert!(ok(&cv(&n, &["mount"])).contains("no mounts"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,6 +56,15 @@ impl Mounts {
         Ok(self.table(store)?.iter().find(|m| m.rel(path).is_some()).cloned())
     }
 
+    /// Mount `id`; the error names `of` (what needed it).
+    pub fn by_id(&self, store: &StateStore, id: u64, of: &str) -> Result<Mount> {
+        self.table(store)?
+            .iter()
+            .find(|m| m.id == id)
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("the mount of {of} is gone")))
+    }
+
     /// The UFS client of `m`, built once per mount definition.
     pub fn client(&self, m: &Mount) -> Result<Ufs> {
         let mut c = self.clients.lock();
@@ -328,13 +337,7 @@ impl MetaServiceImpl {
             offset += b.len;
         }
         let len = len.ok_or_else(gone)?;
-        let m = self
-            .mounts
-            .table(&self.store)?
-            .iter()
-            .find(|m| m.id == u.mount_id)
-            .cloned()
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("mount {} of block {} is gone", u.mount_id, r.block_id)))?;
+        let m = self.mounts.by_id(&self.store, u.mount_id, &format!("block {}", r.block_id))?;
         Ok(BlockSourceResponse {
             mount: Some(mount_info(&m, true)),
             ufs_path: u.rel.clone(),

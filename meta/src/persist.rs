@@ -162,13 +162,7 @@ impl MetaServiceImpl {
             .as_ref()
             .filter(|u| u.persist == Persist::Pending)
             .ok_or_else(|| Error::invalid(format!("file {} is not waiting for an upload", r.file_id)))?;
-        let m = self
-            .mounts
-            .table(&self.store)?
-            .iter()
-            .find(|m| m.id == u.mount_id)
-            .cloned()
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("the mount of file {} is gone", r.file_id)))?;
+        let m = self.mounts.by_id(&self.store, u.mount_id, &format!("file {}", r.file_id))?;
         let mut offset = 0;
         let blocks = f
             .blocks
