@@ -25,7 +25,8 @@ pub struct MountArgs {
     /// cache-only (default; never writes the UFS), write-through or write-back
     #[arg(long)]
     write_mode: Option<String>,
-    /// Drop cached data this long after it was loaded (e.g. 7d); default: never
+    /// Drop cached copies this long after they were cached (e.g. 7d; pinned and
+    /// cache-only files stay; the UFS keeps the data); default: never
     #[arg(long, value_parser = humantime::parse_duration)]
     ttl: Option<Duration>,
     /// How long UFS metadata is trusted before it is checked again (e.g. 30s, 0 = always,

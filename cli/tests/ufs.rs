@@ -189,6 +189,34 @@ async fn changed_and_deleted_objects_are_detected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_drops_cached_copies_and_the_next_read_loads_again() {
+    let s3 = S3Server::start();
+    s3.create_bucket("ttlb");
+    let ufs = Ufs::new(&s3.uri("ttlb", ""), &s3.options()).unwrap();
+    let data = random_bytes(200 << 10, 3);
+    put(&ufs, "t/x", &data).await;
+    put(&ufs, "t/keep", &data).await;
+    let n = node().await;
+    let opts = option_args(&s3);
+    ok(&cv(&n, &mount_args(&opts, &s3.uri("ttlb", ""), "/ttl", &["--ttl", "2s"])));
+    let fs = n.fs().unwrap();
+    ok(&cv(&n, &["pin", "/ttl/t/keep"]));
+    assert_eq!(fs.read_all("/ttl/t/x").await.unwrap(), data);
+    assert_eq!(fs.read_all("/ttl/t/keep").await.unwrap(), data);
+    // After the TTL the unpinned copy is dropped on the worker; the pinned one stays.
+    testbed::wait_for("expired copy dropped", Duration::from_secs(30), || async {
+        let r = fs.report().await.unwrap();
+        r.workers.iter().flat_map(|w| &w.tiers).map(|t| t.blocks).sum::<u64>() == 1
+    })
+    .await
+    .unwrap();
+    assert!(fs.open("/ttl/t/x").await.unwrap().blocks().iter().all(|b| b.from_ufs));
+    assert!(fs.open("/ttl/t/keep").await.unwrap().blocks().iter().all(|b| !b.from_ufs));
+    assert_eq!(fs.read_all("/ttl/t/x").await.unwrap(), data, "an expired file reads again from the UFS");
+    wait_cache(&fs, "the re-read loaded it again", |c| c.loads == 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_fail_the_mount_with_access_denied() {
     let s3 = S3Server::start_refusing_credentials(); // (no bucket can be created there)
     let n = node().await;

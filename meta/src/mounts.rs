@@ -238,10 +238,8 @@ impl MetaServiceImpl {
         if r.upload_delay_ms < 0 {
             return Err(Error::invalid(format!("upload delay {} ms must not be negative", r.upload_delay_ms)));
         }
-        if r.ttl_ms != 0 {
-            return Err(Error::invalid(
-                "--ttl is not available yet in this version: cached data stays until `cv free` or unmount",
-            ));
+        if r.ttl_ms < 0 {
+            return Err(Error::invalid(format!("ttl {} ms must not be negative", r.ttl_ms)));
         }
         let options: BTreeMap<String, String> = r.options.into_iter().collect();
         // Build and reach the UFS before anything is recorded: a bad URI,

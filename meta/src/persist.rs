@@ -82,8 +82,46 @@ impl MetaServiceImpl {
                 if let Err(e) = me.persist_due().await {
                     tracing::warn!(error = %e, "persist scan failed");
                 }
+                if let Err(e) = me.expire_cached() {
+                    tracing::warn!(error = %e, "TTL sweep failed");
+                }
             }
         });
+        Ok(())
+    }
+
+    /// Mount TTLs: drops cached copies of UFS-backed blocks cached longer
+    /// than their mount's `ttl`. The UFS keeps the data and the namespace
+    /// the block ids (the next read loads them again); pinned files and files
+    /// not in the UFS are never dropped.
+    fn expire_cached(&self) -> Result<()> {
+        let mounts = self.mounts.table(&self.store)?;
+        let Some(min_ttl) = mounts.iter().filter(|m| m.ttl_ms > 0).map(|m| m.ttl_ms).min() else { return Ok(()) };
+        let reader = self.reader();
+        let mut drop = Vec::new();
+        for block in self.workers.cached_longer_than(Duration::from_millis(min_ttl as u64)) {
+            let Some(f) = reader.block_file(block)?.and_then(|id| reader.inode(id).ok().flatten()) else { continue };
+            let Some(u) = f.ufs.as_ref().filter(|_| f.is_ufs_persisted()) else { continue };
+            let Some(m) = mounts.iter().find(|m| m.id == u.mount_id && m.ttl_ms > 0) else { continue };
+            if !self.workers.cached_longer_than_one(block, Duration::from_millis(m.ttl_ms as u64)) {
+                continue;
+            }
+            // Pinned here or on any directory above (up to the mount point).
+            let path = curvine_common::path::join(&m.path, &u.rel);
+            let mut p = path.as_str();
+            let mut pinned = f.pinned;
+            while let Some((parent, _)) = curvine_common::path::split(p).filter(|_| !pinned && p != m.path) {
+                pinned = reader.resolve(parent).map(|i| i.pinned).unwrap_or(false);
+                p = parent;
+            }
+            if !pinned {
+                drop.push(block);
+            }
+        }
+        if !drop.is_empty() {
+            let n = self.workers.drop_cached(&drop);
+            tracing::info!(blocks = drop.len(), copies = n, "TTL expired cached blocks");
+        }
         Ok(())
     }
 

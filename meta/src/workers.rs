@@ -28,6 +28,8 @@ struct Inner {
     locations: HashMap<u64, BTreeMap<u64, String>>,
     /// worker id -> blocks it should delete (sent with the next heartbeat)
     pending_delete: HashMap<u64, Vec<u64>>,
+    /// block id -> when this meta first saw a cached copy (for mount TTLs)
+    cached_since: HashMap<u64, Instant>,
 }
 
 /// Registered workers, block locations and pending deletions.
@@ -73,6 +75,7 @@ impl Workers {
         for b in blocks {
             if b.known {
                 g.locations.entry(b.id).or_default().insert(worker, b.tier);
+                g.cached_since.entry(b.id).or_insert_with(Instant::now);
             } else {
                 g.pending_delete.entry(worker).or_default().push(b.id);
             }
@@ -117,6 +120,7 @@ impl Workers {
             }
             let tier = g.workers.get(w).and_then(|w| w.info.tiers.first()).map(|t| t.kind.clone()).unwrap_or_default();
             g.locations.entry(block).or_default().insert(*w, tier);
+            g.cached_since.entry(block).or_insert_with(Instant::now);
         }
     }
 
@@ -138,6 +142,7 @@ impl Workers {
         let mut g = self.inner.lock();
         let mut n = 0;
         for b in blocks {
+            g.cached_since.remove(b);
             if let Some(locs) = g.locations.remove(b) {
                 for w in locs.into_keys() {
                     g.pending_delete.entry(w).or_default().push(*b);
@@ -146,6 +151,19 @@ impl Workers {
             }
         }
         n
+    }
+
+    /// Cached blocks whose first copy appeared more than `age` ago.
+    pub fn cached_longer_than(&self, age: Duration) -> Vec<u64> {
+        let mut g = self.inner.lock();
+        let Inner { locations, cached_since, .. } = &mut *g;
+        cached_since.retain(|b, _| locations.contains_key(b));
+        let now = Instant::now();
+        cached_since.iter().filter(|(_, t)| now.duration_since(**t) > age).map(|(b, _)| *b).collect()
+    }
+
+    pub fn cached_longer_than_one(&self, block: u64, age: Duration) -> bool {
+        self.inner.lock().cached_since.get(&block).map(|t| t.elapsed() > age).unwrap_or(false)
     }
 
     fn location(w: &Worker, tier: String) -> BlockLocation {
