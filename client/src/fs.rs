@@ -17,6 +17,9 @@ use crate::writer::FileWriter;
 
 pub(crate) struct Inner {
     pub meta: MetaClient,
+    /// For calls that may wait on the UFS (a first listing of a large
+    /// prefix, uploads, mount checks): same addresses, a long deadline.
+    pub meta_ufs: MetaClient,
     pub pool: Arc<ConnPool>,
     pub conf: ClientConf,
     pub hostname: String,
@@ -27,6 +30,10 @@ pub(crate) struct Inner {
 pub struct FileSystem {
     pub(crate) inner: Arc<Inner>,
 }
+
+/// Deadline of calls that may wait on a UFS: merging a listing of a
+/// million objects, or uploading a large file (write-through close, `sync`).
+const UFS_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
 
 /// Options for `create`.
 #[derive(Clone, Debug, Default)]
@@ -55,8 +62,9 @@ impl FileSystem {
 
     pub fn with_transport(conf: ClientConf, transport: Arc<dyn Transport>) -> Result<FileSystem> {
         let meta = MetaClient::new(conf.meta.clone(), conf.retries, conf.timeout)?;
+        let meta_ufs = MetaClient::new(conf.meta.clone(), conf.retries, conf.timeout.max(UFS_CALL_TIMEOUT))?;
         let hostname = hostname();
-        Ok(FileSystem { inner: Arc::new(Inner { meta, pool: ConnPool::new(transport), conf, hostname }) })
+        Ok(FileSystem { inner: Arc::new(Inner { meta, meta_ufs, pool: ConnPool::new(transport), conf, hostname }) })
     }
 
     /// A client for `meta` (`host:port`) with default settings.
@@ -67,6 +75,11 @@ impl FileSystem {
     /// The meta addresses this client talks to.
     pub(crate) fn meta(&self) -> &crate::meta::MetaClient {
         &self.inner.meta
+    }
+
+    /// The meta client for calls that may wait on a UFS.
+    pub(crate) fn meta_ufs(&self) -> &crate::meta::MetaClient {
+        &self.inner.meta_ufs
     }
 
     pub fn meta_addrs(&self) -> &[String] {
@@ -137,7 +150,7 @@ impl FileSystem {
         let path = normalize(path)?;
         let r = self
             .inner
-            .meta
+            .meta_ufs
             .call(|mut c| {
                 let req = proto::ListRequest { path: path.clone(), start_after: start_after.to_string(), limit };
                 async move { c.list(req).await }

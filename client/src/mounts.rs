@@ -34,7 +34,7 @@ impl FileSystem {
             sync_interval_set: opts.sync_interval_ms.is_some(),
             upload_delay_ms: opts.upload_delay_ms,
         };
-        let r = self.meta().call(|mut c| {
+        let r = self.meta_ufs().call(|mut c| {
             let req = req.clone();
             async move { c.mount(req).await }
         });
@@ -60,7 +60,7 @@ impl FileSystem {
     /// Re-reads `path` (and the listed directories below it) from its UFS now.
     pub async fn resync(&self, path: &str) -> Result<proto::ResyncResponse> {
         let path = normalize(path)?;
-        self.meta()
+        self.meta_ufs()
             .call(|mut c| {
                 let req = proto::ResyncRequest { path: path.clone() };
                 async move { c.resync(req).await }
@@ -106,7 +106,7 @@ impl FileSystem {
     /// Uploads every file under `path` still waiting for its UFS, and waits.
     pub async fn sync(&self, path: &str) -> Result<proto::SyncResponse> {
         let path = normalize(path)?;
-        self.meta()
+        self.meta_ufs()
             .call(|mut c| {
                 let req = proto::SyncRequest { path: path.clone() };
                 async move { c.sync(req).await }
