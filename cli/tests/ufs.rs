@@ -176,6 +176,24 @@ async fn changed_and_deleted_objects_are_detected() {
     let ls = ok(&cv(&n, &["fs", "ls", "/m"]));
     assert!(!ls.contains("gone.bin") && ls.contains("a.bin"), "{ls}");
 
+    // Changed after the metadata was loaded but before any byte was cached:
+    // the load refuses the new bytes (If-Match), the worker asks meta to
+    // resync, and the next read sees the new version — no waiting for the
+    // interval, never a mix.
+    ok(&cv(&n, &mount_args(&opts, &s3.uri("chg", "r"), "/late", &["--sync-interval", "1h"])));
+    let ur = Ufs::new(&s3.uri("chg", "r"), &s3.options()).unwrap();
+    let (a1, a2) = (random_bytes(100 << 10, 5), random_bytes(100 << 10, 6));
+    put(&ur, "y", &a1).await;
+    assert_eq!(fs.stat("/late/y").await.unwrap().len, a1.len() as u64);
+    put(&ur, "y", &a2).await;
+    let first = fs.read_all("/late/y").await;
+    assert!(first.as_ref().map(|d| *d == a2).unwrap_or(true), "served bytes of neither version");
+    testbed::wait_for("changed object resynced", Duration::from_secs(15), || async {
+        fs.read_all("/late/y").await.map(|d| d == a2).unwrap_or(false)
+    })
+    .await
+    .unwrap();
+
     // `resync` makes a change visible at once, even with a long interval.
     ok(&cv(&n, &mount_args(&opts, &s3.uri("chg", "q"), "/slow", &["--sync-interval", "never"])));
     let uq = Ufs::new(&s3.uri("chg", "q"), &s3.options()).unwrap();

@@ -343,6 +343,7 @@ impl MetaServiceImpl {
             len,
             etag: u.etag.clone(),
             object_len: u.len,
+            path: curvine_common::path::join(&m.path, &u.rel),
         })
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use curvine_common::proto::meta_service_client::MetaServiceClient;
 use curvine_common::proto::{
     BlockSourceRequest, BlockSourceResponse, LocatedBlock, MountInfo, PersistDoneRequest, PersistSourceRequest,
-    PersistSourceResponse,
+    PersistSourceResponse, ResyncRequest,
 };
 use curvine_common::{Error, ErrorKind, Result};
 use curvine_fabric::frame::CHUNK;
@@ -251,7 +251,32 @@ impl Loader {
                 tracing::debug!(block, len = src.len, "loaded from UFS");
                 Ok(())
             }
-            Err(e) => Err(e.context(what)),
+            Err(e) => {
+                self.resync_if_changed(&ufs, &src).await;
+                Err(e.context(what))
+            }
+        }
+    }
+
+    /// After a failed load: if the object is no longer the version meta
+    /// holds, ask meta to re-read it now, so the next open sees the new
+    /// version instead of failing until the sync interval ends.
+    async fn resync_if_changed(&self, ufs: &Ufs, src: &BlockSourceResponse) {
+        let now = match ufs.stat(&src.ufs_path).await {
+            Ok(e) => e,
+            Err(_) => return, // the UFS is unwell, not changed: nothing to tell
+        };
+        let changed = match &now {
+            None => true,
+            Some(e) => e.len != src.object_len || (!src.etag.is_empty() && e.etag != src.etag),
+        };
+        if !changed || src.path.is_empty() {
+            return;
+        }
+        let Ok(mut c) = self.meta().await else { return };
+        match c.resync(ResyncRequest { path: src.path.clone() }).await {
+            Ok(_) => tracing::info!(path = %src.path, "object changed in the UFS: asked meta to resync it"),
+            Err(e) => tracing::warn!(path = %src.path, error = %e, "cannot ask meta to resync a changed object"),
         }
     }
 
