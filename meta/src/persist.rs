@@ -26,6 +26,7 @@ use crate::service::MetaServiceImpl;
 use crate::store::{Inode, Persist, WriteMode};
 
 const SCAN_EVERY: Duration = Duration::from_millis(500);
+const TTL_SWEEP_EVERY: Duration = Duration::from_secs(2);
 const PARALLEL: usize = 8;
 const PAGE: usize = 256;
 /// Longest wait between two attempts of one upload.
@@ -76,14 +77,19 @@ impl MetaServiceImpl {
     pub fn start_persister(&self) -> Result<()> {
         let weak = Arc::downgrade(&self.service_arc()?);
         tokio::spawn(async move {
+            let mut last_sweep = std::time::Instant::now();
             loop {
                 tokio::time::sleep(SCAN_EVERY).await;
                 let Some(me) = weak.upgrade() else { return };
                 if let Err(e) = me.persist_due().await {
                     tracing::warn!(error = %e, "persist scan failed");
                 }
-                if let Err(e) = me.expire_cached() {
-                    tracing::warn!(error = %e, "TTL sweep failed");
+                // The TTL sweep visits every cached block: seconds apart, not every scan.
+                if last_sweep.elapsed() >= TTL_SWEEP_EVERY {
+                    last_sweep = std::time::Instant::now();
+                    if let Err(e) = me.expire_cached() {
+                        tracing::warn!(error = %e, "TTL sweep failed");
+                    }
                 }
             }
         });

@@ -102,32 +102,26 @@ impl Loader {
         Err(last)
     }
 
+    /// Meta's answer; a temporary failure drops the channel so the next
+    /// call reconnects (maybe to another meta).
+    fn answer<T>(&self, r: std::result::Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
+        r.map(|r| r.into_inner()).map_err(|s| {
+            let e = Error::from(s);
+            if e.is_temporary() {
+                *self.client.lock() = None;
+            }
+            e
+        })
+    }
+
     async fn source(&self, block: u64) -> Result<BlockSourceResponse> {
         let mut c = self.meta().await?;
-        match c.block_source(BlockSourceRequest { block_id: block }).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(s) => {
-                let e = Error::from(s);
-                if e.is_temporary() {
-                    *self.client.lock() = None; // reconnect next time, maybe elsewhere
-                }
-                Err(e)
-            }
-        }
+        self.answer(c.block_source(BlockSourceRequest { block_id: block }).await)
     }
 
     async fn persist_source(&self, file: u64) -> Result<PersistSourceResponse> {
         let mut c = self.meta().await?;
-        match c.persist_source(PersistSourceRequest { file_id: file }).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(s) => {
-                let e = Error::from(s);
-                if e.is_temporary() {
-                    *self.client.lock() = None;
-                }
-                Err(e)
-            }
-        }
+        self.answer(c.persist_source(PersistSourceRequest { file_id: file }).await)
     }
 
     /// Uploads file `file` to its UFS: blocks held here are read from the
