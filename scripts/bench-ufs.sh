@@ -2,13 +2,13 @@
 # UFS benchmark (not a test): starts moto on loopback, fills a bucket with
 # 64 KiB objects and 64 MiB objects, starts `cv up`, and runs `cv bench ufs`
 # on both sets: direct opendal reads vs Curvine cold / hot / `cv warm`.
-#   scripts/bench-ufs.sh [SMALL_COUNT] [LARGE_COUNT]
+#   scripts/bench-ufs.sh [SMALL_COUNT] [LARGE_COUNT] [LARGE_READERS] [cv bench ufs flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 ./scripts/s3-server.sh install >/dev/null
 cargo build --release -q -p curvine-cli
-small=${1:-2000}; large=${2:-8}
+small=${1:-2000}; large=${2:-8}; readers=${3:-4}
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 "$HOME/.cache/curvine/moto-venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
@@ -29,11 +29,11 @@ uppid=$!
 for _ in $(seq 300); do grep -q "curvine ready" "$work/up.log" && break; sleep 0.1; done
 meta=$(sed -n 's/.*curvine ready meta=\([^ ]*\).*/\1/p' "$work/up.log")
 opts=(-o "endpoint=$ep" -o region=us-east-1 -o access_key_id=test -o secret_access_key=test)
-echo "== 64 KiB objects"; "$CV_BIN" bench ufs --meta "$meta" "s3://bench/small" "${opts[@]}" -t 16 "${@:3}"
+echo "== 64 KiB objects"; "$CV_BIN" bench ufs --meta "$meta" "s3://bench/small" "${opts[@]}" -t 16 "${@:4}"
 # One GET per 64 MiB block (moto re-reads the whole object on every ranged GET).
 if [ "$large" -gt 0 ]; then
   echo "== 64 MiB objects"
-  "$CV_BIN" bench ufs --meta "$meta" "s3://bench/large" "${opts[@]}" -o read_chunk=64MiB -t 4 "${@:3}"
+  "$CV_BIN" bench ufs --meta "$meta" "s3://bench/large" "${opts[@]}" -o read_chunk=64MiB -t "$readers" "${@:4}"
 fi
 # Memory: the server's peak RSS after all of the above, and the CLI's while
 # listing the small set page by page.

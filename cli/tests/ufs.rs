@@ -133,6 +133,16 @@ async fn small_and_large_objects_read_through_then_hit_the_cache() {
     assert!(text.contains("hits") && text.contains("loaded from UFS"), "{text}");
     let metrics = http_get(&n.web_addr(), "/metrics");
     assert!(metrics.contains("curvine_worker_cache_hits_total"), "metrics lack cache hits");
+    // A first read of a 64 MiB block asks for its first 2 MiB and is answered
+    // long before the whole block has arrived.
+    let early = metric(&metrics, "curvine_worker_reads_while_loading_total");
+    assert!(early > 0.0, "no read was served while its block was loading:\n{metrics}");
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

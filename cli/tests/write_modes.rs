@@ -1,6 +1,6 @@
 //! Write-through and write-back mounts against a real S3-compatible server:
 //! files land in the bucket (checked with boto3), a write-back file survives
-//! kill -9 before its upload, deletes reach the UFS.
+//! kill -9 before its upload, deletes and renames reach the UFS.
 
 mod common;
 
@@ -10,7 +10,11 @@ use common::*;
 use testbed::s3::S3Server;
 
 fn mount(n: &Node, s3: &S3Server, bucket: &str, at: &str, extra: &[&str]) {
-    let mut args = vec!["mount".to_string(), s3.uri(bucket, "out"), at.to_string()];
+    mount_prefix(n, s3, bucket, "out", at, extra)
+}
+
+fn mount_prefix(n: &Node, s3: &S3Server, bucket: &str, prefix: &str, at: &str, extra: &[&str]) {
+    let mut args = vec!["mount".to_string(), s3.uri(bucket, prefix), at.to_string()];
     for (k, v) in s3.options() {
         args.push("-o".into());
         args.push(format!("{k}={v}"));
@@ -62,8 +66,7 @@ async fn write_through_files_are_in_the_bucket_when_close_returns() {
     // Reads are cache hits of what was written; bytes identical.
     assert!(fs.read_all("/wt/dir/big.bin").await.unwrap() == big);
 
-    // Deletes reach the UFS; renames of UFS entries are refused clearly.
-    fails_with(&cv(&n, &["fs", "mv", "/wt/small.bin", "/wt/other.bin"]), "not supported yet");
+    // Deletes reach the UFS.
     ok(&cv(&n, &["fs", "rm", "/wt/small.bin"]));
     assert_eq!(object(&s3, "wthru", "out/small.bin"), "missing");
     ok(&cv(&n, &["fs", "rm", "-r", "/wt/dir"]));
@@ -144,4 +147,62 @@ async fn write_back_uploads_in_the_background_and_retries_after_failures() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renames_move_the_objects_in_the_bucket() {
+    let s3 = S3Server::start();
+    s3.create_bucket("moves");
+    let n = node().await;
+    mount(&n, &s3, "moves", "/mv", &["--write-mode", "write-through"]);
+    mount_prefix(&n, &s3, "moves", "back", "/mb", &["--write-mode", "write-back", "--upload-delay", "1h"]);
+    let fs = n.fs().unwrap();
+    let a = random_bytes(300 << 10, 11);
+    let big = random_bytes((70 << 20) + 5, 12); // two blocks
+    fs.write_all("/mv/a.bin", &a, false).await.unwrap();
+    fs.mkdir("/mv/d/e", true).await.unwrap();
+    fs.write_all("/mv/d/e/big.bin", &big, false).await.unwrap();
+    fs.write_all("/mv/d/x.bin", &a, false).await.unwrap();
+
+    // A file: the object moves, the cached copy stays readable.
+    ok(&cv(&n, &["fs", "mv", "/mv/a.bin", "/mv/b.bin"]));
+    assert_eq!(object(&s3, "moves", "out/a.bin"), "missing");
+    assert_eq!(object(&s3, "moves", "out/b.bin"), expect(&a));
+    assert!(fs.read_all("/mv/b.bin").await.unwrap() == a);
+    assert_eq!(fs.stat("/mv/b.bin").await.unwrap().ufs_state, "persisted");
+    // Over an existing file.
+    fs.write_all("/mv/c.bin", b"old", false).await.unwrap();
+    ok(&cv(&n, &["fs", "mv", "/mv/b.bin", "/mv/c.bin"]));
+    assert_eq!(object(&s3, "moves", "out/c.bin"), expect(&a));
+    assert_eq!(object(&s3, "moves", "out/b.bin"), "missing");
+
+    // A directory tree: every object under it moves.
+    ok(&cv(&n, &["fs", "mv", "/mv/d", "/mv/d2"]));
+    assert_eq!(object(&s3, "moves", "out/d/e/big.bin"), "missing");
+    assert_eq!(object(&s3, "moves", "out/d2/e/big.bin"), expect(&big));
+    assert_eq!(object(&s3, "moves", "out/d2/x.bin"), expect(&a));
+    assert!(fs.read_all("/mv/d2/e/big.bin").await.unwrap() == big);
+    // After a resync the moved entries are still the same versions: no reload.
+    ok(&cv(&n, &["mount", "resync", "/mv"]));
+    let ls = ok(&cv(&n, &["fs", "ls", "/mv/d2/e"]));
+    assert!(ls.contains("big.bin"), "{ls}");
+    assert_eq!(fs.stat("/mv/d").await.unwrap_err().kind(), curvine_common::ErrorKind::NotFound);
+    let fs = n.fs().unwrap();
+    assert!(fs.read_all("/mv/d2/e/big.bin").await.unwrap() == big);
+
+    // Write-back: a file renamed before its upload is uploaded at its new key.
+    fs.write_all("/mb/ckpt.tmp", &a, false).await.unwrap();
+    ok(&cv(&n, &["fs", "mv", "/mb/ckpt.tmp", "/mb/ckpt.pt"]));
+    ok(&cv(&n, &["sync", "/mb"]));
+    assert_eq!(object(&s3, "moves", "back/ckpt.pt"), expect(&a));
+    assert_eq!(object(&s3, "moves", "back/ckpt.tmp"), "missing");
+    assert_eq!(fs.stat("/mb/ckpt.pt").await.unwrap().ufs_state, "persisted");
+
+    // Between mounts, or out of a writing mount: refused, nothing moved.
+    fails_with(&cv(&n, &["fs", "mv", "/mv/c.bin", "/mb/c.bin"]), "different places");
+    fails_with(&cv(&n, &["fs", "mv", "/mv/c.bin", "/c.bin"]), "copy the data");
+    assert_eq!(object(&s3, "moves", "out/c.bin"), expect(&a));
+    // A rename the namespace refuses touches nothing in the bucket.
+    fails_with(&cv(&n, &["fs", "mv", "/mv/c.bin", "/mv/nodir/c.bin"]), "");
+    assert_eq!(object(&s3, "moves", "out/c.bin"), expect(&a));
 }

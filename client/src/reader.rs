@@ -1,6 +1,8 @@
 //! `FileReader`: positional and sequential reads of a complete file, straight
 //! into the caller's buffer.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use curvine_common::proto::{FileStatus, LocatedBlock};
 use curvine_common::{Error, ErrorKind, Result};
 
@@ -11,11 +13,15 @@ pub struct FileReader {
     status: FileStatus,
     blocks: Vec<LocatedBlock>,
     pos: u64,
+    /// Where the last read ended: a read starting there is sequential.
+    last_end: AtomicU64,
+    /// Blocks below this index have had their UFS load asked for ahead.
+    ahead: AtomicUsize,
 }
 
 impl FileReader {
     pub(crate) fn new(fs: FileSystem, status: FileStatus, blocks: Vec<LocatedBlock>) -> FileReader {
-        FileReader { fs, status, blocks, pos: 0 }
+        FileReader { fs, status, blocks, pos: 0, last_end: AtomicU64::new(0), ahead: AtomicUsize::new(0) }
     }
 
     pub fn status(&self) -> &FileStatus {
@@ -60,6 +66,13 @@ impl FileReader {
         let mut done = 0usize;
         // Blocks are sorted by offset: find the first one holding `offset`.
         let first = self.blocks.partition_point(|b| b.offset + b.len <= offset);
+        if self.last_end.swap(end, Ordering::Relaxed) == offset {
+            // Past the middle of a block: time to fetch the next one.
+            let cur = self.blocks.partition_point(|b| b.offset + b.len < end);
+            if self.blocks.get(cur).is_some_and(|b| end - b.offset >= b.len / 2) {
+                self.load_ahead(cur + 1);
+            }
+        }
         for b in &self.blocks[first..] {
             let pos = offset + done as u64;
             if pos >= end {
@@ -77,6 +90,29 @@ impl FileReader {
             done += n;
         }
         Ok(done)
+    }
+
+    /// A sequential reader about to need block `next`: when it is still in
+    /// the UFS only, its worker starts loading it now, so the load overlaps
+    /// the reading of the blocks before it.
+    fn load_ahead(&self, next: usize) {
+        let Some(b) = self.blocks.get(next) else { return };
+        if !b.from_ufs || self.ahead.fetch_max(next + 1, Ordering::Relaxed) > next {
+            return;
+        }
+        let Some(loc) = b.locations.first() else { return };
+        let (pool, addr, id) = (self.fs.inner.pool.clone(), loc.addr.clone(), b.id);
+        tokio::spawn(async move {
+            // Best effort: a failed load shows up again on the real read.
+            match pool.get(&addr).await {
+                Ok(mut c) => {
+                    if let Err(e) = c.load(id).await {
+                        tracing::debug!(block = id, error = %e, "read-ahead load failed");
+                    }
+                }
+                Err(e) => tracing::debug!(block = id, error = %e, "read-ahead: worker unreachable"),
+            }
+        });
     }
 
     /// Reads from one block, trying each location; a worker that is down is

@@ -31,6 +31,12 @@ pub trait BlockSink: Send {
     /// Drops everything written and releases the reservation.
     fn abort(self: Box<Self>);
     fn tier(&self) -> TierKind;
+    /// A read handle on the bytes appended so far (positional reads only),
+    /// so a block can be served while it is still being written; `None`
+    /// when the sink cannot offer one.
+    fn partial(&self) -> Option<Arc<File>> {
+        None
+    }
 }
 
 pub trait BlockService: Send + Sync + 'static {
@@ -43,6 +49,21 @@ pub trait BlockService: Send + Sync + 'static {
     /// appear. Implementations coalesce concurrent loads of one block.
     fn load(&self, _block_id: u64) -> Option<futures::future::BoxFuture<'static, Result<()>>> {
         None
+    }
+    /// Like `load`, but resolves as soon as bytes `..end` of the block are
+    /// readable, with a source that may cover only a prefix of the block
+    /// (at least `..min(end, block length)`): a reader is served while the
+    /// rest of the block is still arriving. The default waits for `load`.
+    fn load_until(
+        self: Arc<Self>,
+        block_id: u64,
+        _end: u64,
+    ) -> Option<futures::future::BoxFuture<'static, Result<ReadSource>>> {
+        let load = self.load(block_id)?;
+        Some(Box::pin(async move {
+            load.await?;
+            self.open_read(block_id)
+        }))
     }
     /// Uploads file `file_id` to its UFS (a cache that persists writes);
     /// `None` when this server cannot.

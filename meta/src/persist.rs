@@ -69,6 +69,48 @@ impl MetaServiceImpl {
         }
     }
 
+    /// Moves `src` to `dst` in the UFS first when they are in a mount that
+    /// writes there, and says which command records the rename. Moves
+    /// across mounts (or in or out of a writing mount) are refused: they
+    /// would be a copy between stores.
+    pub(crate) async fn rename_in_ufs(&self, src: &str, dst: &str, now: i64) -> Result<MetaCommand> {
+        let plain = MetaCommand::Rename { src: src.to_string(), dst: dst.to_string(), now_ms: now };
+        let (sm, dm) = (self.mounts.of(&self.store, src)?, self.mounts.of(&self.store, dst)?);
+        let writes = |m: &Option<crate::store::Mount>| m.as_ref().is_some_and(|m| m.write_mode != WriteMode::CacheOnly);
+        let same = sm.as_ref().map(|m| m.id) == dm.as_ref().map(|m| m.id);
+        let Ok(node) = self.reader().resolve(src) else { return Ok(plain) }; // the namespace says "not found"
+        if !same && (writes(&sm) || writes(&dm)) && sm.as_ref().is_none_or(|m| m.path != src) {
+            let name = |m: &Option<crate::store::Mount>| m.as_ref().map(|m| m.uri.clone()).unwrap_or_else(|| "Curvine".into());
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "cannot move {src} to {dst}: they are stored in different places ({} and {}); copy the data and delete the source",
+                    name(&sm),
+                    name(&dm)
+                ),
+            ));
+        }
+        let Some(m) = sm.filter(|m| m.write_mode != WriteMode::CacheOnly && m.path != src) else { return Ok(plain) };
+        let Some(u) = node.ufs.as_ref() else { return Ok(plain) };
+        if !node.is_dir() && u.persist == Persist::Pending {
+            return Ok(plain); // not uploaded yet: the upload follows the new key
+        }
+        // Refuse what the namespace would refuse before touching the UFS.
+        let mut dry = crate::store::Txn::new(self.store.db());
+        crate::namespace::apply(&mut dry, &plain)?;
+        drop(dry);
+        let ufs = self.mounts.client(&m)?;
+        let to = m.rel(dst).unwrap_or_default().to_string();
+        if node.is_dir() {
+            let n = ufs.rename_all(&u.rel, &to).await.map_err(Error::permanent)?;
+            tracing::info!(src, dst, files = n, "directory moved in the UFS");
+            Ok(MetaCommand::RenameUfs { src: src.to_string(), dst: dst.to_string(), now_ms: now, entry: None })
+        } else {
+            let e = ufs.rename(&u.rel, &to).await.map_err(Error::permanent)?;
+            Ok(MetaCommand::RenameUfs { src: src.to_string(), dst: dst.to_string(), now_ms: now, entry: Some(e) })
+        }
+    }
+
     fn service_arc(&self) -> Result<Arc<MetaServiceImpl>> {
         self.jobs.service()
     }
@@ -227,9 +269,35 @@ impl MetaServiceImpl {
     }
 
     pub(crate) async fn do_persist_done(&self, r: PersistDoneRequest) -> Result<PersistDoneResponse> {
+        if let Some(moved) = self.moved_while_uploading(&r).await? {
+            return Err(moved);
+        }
         let cmd = MetaCommand::PersistDone { file_id: r.file_id, len: r.len, etag: r.etag, mtime_ms: r.mtime_ms, now_ms: now_ms() };
         self.write(cmd).await?;
         Ok(PersistDoneResponse {})
+    }
+
+    /// A file renamed while its upload ran went to its old key: that object
+    /// is removed again and the upload fails, so the retry uses the new key.
+    async fn moved_while_uploading(&self, r: &PersistDoneRequest) -> Result<Option<Error>> {
+        let Some(f) = self.reader().inode(r.file_id)? else { return Ok(None) };
+        let Some(u) = f.ufs.as_ref() else { return Ok(None) };
+        if r.ufs_path.is_empty() || u.rel == r.ufs_path {
+            return Ok(None);
+        }
+        if let Ok(m) = self.mounts.by_id(&self.store, u.mount_id, &r.ufs_path) {
+            // Only if nothing else now lives at the old key in Curvine.
+            let old = curvine_common::path::join(&m.path, &r.ufs_path);
+            if self.reader().resolve(&old).is_err() {
+                if let Err(e) = self.mounts.client(&m)?.delete(&r.ufs_path).await {
+                    tracing::warn!(key = %r.ufs_path, error = %e, "cannot remove an upload to a moved file's old key");
+                }
+            }
+        }
+        Ok(Some(Error::unavailable(format!(
+            "file {} moved to {} while it was uploaded to {}; uploading again",
+            r.file_id, u.rel, r.ufs_path
+        ))))
     }
 
     /// Uploads everything pending under `path` now (ignoring upload delays).

@@ -262,7 +262,8 @@ impl MetaServiceImpl {
     async fn do_rename(&self, r: RenameRequest) -> Result<RenameResponse> {
         let src = normalize(&r.src)?;
         let dst = normalize(&r.dst)?;
-        self.write(MetaCommand::Rename { src, dst, now_ms: now_ms() }).await?;
+        let cmd = self.rename_in_ufs(&src, &dst, now_ms()).await?;
+        self.write(cmd).await?;
         Ok(RenameResponse {})
     }
 

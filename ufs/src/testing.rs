@@ -25,6 +25,7 @@ pub async fn conformance(ufs: &Ufs, prefix: &str) {
     etag_guards_reads(ufs, &p).await;
     multipart_write(ufs, &p).await;
     abort_and_drop(ufs, &p).await;
+    renames(ufs, &p).await;
     bad_paths(ufs).await;
     cleanup(ufs, &p).await;
 }
@@ -107,6 +108,28 @@ async fn directories(ufs: &Ufs, p: &str) {
     assert_eq!(kids.len(), 1, "list {p}/d: {kids:?}");
     assert_eq!((kids[0].name.as_str(), kids[0].is_dir), ("implicit", true), "list shows implicit dirs");
     assert!(list_all(ufs, &format!("{p}/missing-dir"), 10).await.is_empty(), "list of a missing dir is empty");
+}
+
+async fn renames(ufs: &Ufs, p: &str) {
+    let data = pattern(100_000, 7);
+    put(ufs, &format!("{p}/mv/a"), &data).await;
+    put(ufs, &format!("{p}/mv/over"), b"old").await;
+    let e = ufs.rename(&format!("{p}/mv/a"), &format!("{p}/mv/over")).await.unwrap();
+    assert_eq!(e.len, data.len() as u64, "renamed entry");
+    assert!(ufs.stat(&format!("{p}/mv/a")).await.unwrap().is_none(), "source gone after rename");
+    assert_eq!(get(ufs, &format!("{p}/mv/over"), 0, e.len, None).await.unwrap(), data, "renamed bytes");
+    assert!(ufs.rename(&format!("{p}/mv/missing"), &format!("{p}/mv/x")).await.is_err(), "rename of a missing file");
+
+    for (i, k) in ["t/1", "t/sub/2", "t/sub/deeper/3"].iter().enumerate() {
+        put(ufs, &format!("{p}/mv/{k}"), &pattern(1000 + i, i as u64)).await;
+    }
+    let n = ufs.rename_all(&format!("{p}/mv/t"), &format!("{p}/mv/t2")).await.unwrap();
+    assert_eq!(n, 3, "files moved by rename_all");
+    assert!(ufs.stat(&format!("{p}/mv/t")).await.unwrap().is_none(), "source tree gone");
+    for (i, k) in ["t2/1", "t2/sub/2", "t2/sub/deeper/3"].iter().enumerate() {
+        let got = get(ufs, &format!("{p}/mv/{k}"), 0, 1000 + i as u64, None).await.unwrap();
+        assert_eq!(got, pattern(1000 + i, i as u64), "{k} after rename_all");
+    }
 }
 
 async fn list_pages(ufs: &Ufs, p: &str) {

@@ -288,6 +288,90 @@ impl Ufs {
         }
     }
 
+    /// Moves file `src` to `dst`, replacing `dst`: a native rename where the
+    /// store has one (local fs, HDFS), else a server-side copy and a delete
+    /// (object stores), else the bytes are streamed through. Returns `dst`'s
+    /// entry afterwards. Not atomic on object stores: a failure after the
+    /// copy leaves both, never neither.
+    #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
+    pub async fn rename(&self, src: &str, dst: &str) -> Result<UfsEntry> {
+        let (s, d) = (check_rel(src)?, check_rel(dst)?);
+        if s.is_empty() || d.is_empty() {
+            return Err(Error::invalid(format!("{}: cannot rename the UFS root", self.what(""))));
+        }
+        let what = format!("{} -> {}", self.what(s), self.what(d));
+        let cap = &self.inner.cap;
+        if cap.rename {
+            self.inner.op.rename(s, d).await.map_err(|e| self.err(&e, &what))?;
+        } else {
+            if cap.copy {
+                self.inner.op.copy(s, d).await.map_err(|e| self.err(&e, &what))?;
+            } else {
+                self.stream_copy(s, d).await.map_err(|e| e.context(&what))?;
+            }
+            self.delete(s).await?;
+        }
+        match self.stat(d).await? {
+            Some(e) if !e.is_dir => Ok(e),
+            _ => Err(Error::new(ErrorKind::Unavailable, format!("{what}: the renamed object is not there afterwards"))),
+        }
+    }
+
+    async fn stream_copy(&self, s: &str, d: &str) -> Result<()> {
+        let len = match self.stat(s).await? {
+            Some(e) if !e.is_dir => e.len,
+            Some(_) => return Err(Error::is_dir(&self.what(s))),
+            None => return Err(Error::not_found(&self.what(s))),
+        };
+        let mut r = self.read(s, 0, len, None).await?;
+        let mut w = self.writer(d).await?;
+        while let Some(b) = r.next().await? {
+            if let Err(e) = w.write(b).await {
+                let _ = w.abort().await;
+                return Err(e);
+            }
+        }
+        w.close().await.map(|_| ())
+    }
+
+    /// Moves directory `src` and everything under it to `dst` (which must
+    /// not exist): every object is renamed as by [`Ufs::rename`], several at
+    /// a time, then what is left of `src` (markers) is deleted. Returns how
+    /// many files moved.
+    #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
+    pub async fn rename_all(&self, src: &str, dst: &str) -> Result<u64> {
+        use futures::TryStreamExt;
+        let (s, d) = (check_rel(src)?, check_rel(dst)?);
+        if s.is_empty() || d.is_empty() {
+            return Err(Error::invalid(format!("{}: cannot rename the UFS root", self.what(""))));
+        }
+        let (s, d) = (s.trim_end_matches('/').to_string(), d.trim_end_matches('/').to_string());
+        let what = format!("{} -> {}", self.what(&s), self.what(&d));
+        let prefix = format!("{s}/");
+        let lister =
+            self.inner.op.lister_with(&prefix).recursive(true).await.map_err(|e| self.err(&e, &what))?;
+        let mut moved = 0u64;
+        let mut files = lister
+            .map_err(|e| self.err(&e, &what))
+            .try_filter(|e| futures::future::ready(!e.metadata().is_dir()))
+            .map_ok(|e| {
+                let rest = e.path().strip_prefix(&prefix).unwrap_or(e.path()).to_string();
+                let from = format!("{prefix}{rest}");
+                let to = format!("{d}/{rest}");
+                async move { self.rename(&from, &to).await.map(|_| ()) }
+            })
+            .try_buffer_unordered(8);
+        while files.try_next().await?.is_some() {
+            moved += 1;
+        }
+        if moved == 0 && self.inner.cap.create_dir {
+            // An empty directory exists only as its marker: move that too.
+            self.inner.op.create_dir(&format!("{d}/")).await.map_err(|e| self.err(&e, &what))?;
+        }
+        self.delete_all(&s).await?;
+        Ok(moved)
+    }
+
     /// `s3://bkt/root/rel`, for messages.
     pub(crate) fn what(&self, rel: &str) -> String {
         let base = self.inner.shown.trim_end_matches('/');

@@ -4,9 +4,12 @@
 //!
 //! Loads run as their own tasks (a reader that hangs up does not cancel a
 //! load other readers wait for) and are coalesced: concurrent misses of one
-//! block share one fetch.
+//! block share one fetch. Readers do not wait for the whole block: the bytes
+//! appended so far (checksummed, in the tier's tmp file) are served as soon
+//! as they cover the requested range.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +18,12 @@ use curvine_common::proto::{
     BlockSourceRequest, BlockSourceResponse, LocatedBlock, MountInfo, PersistDoneRequest, PersistSourceRequest,
     PersistSourceResponse, ResyncRequest,
 };
+use curvine_common::tier::TierKind;
 use curvine_common::{Error, ErrorKind, Result};
 use curvine_fabric::frame::CHUNK;
 use curvine_fabric::msg::chunk_crcs;
 use curvine_fabric::service::{BlockService, BlockSink, ReadSource};
+use tokio::sync::watch;
 use curvine_ufs::Ufs;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
@@ -26,18 +31,56 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::store::TieredStore;
 
-/// Bytes gathered before one append to the block file (whole chunks).
+/// Bytes gathered before one upload write.
 const APPEND: usize = 4 << 20;
+/// Bytes gathered before one append to a loading block (whole chunks):
+/// also how far ahead of a waiting reader the load must be.
+const LOAD_APPEND: usize = 1 << 20;
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
 type LoadFuture = Shared<BoxFuture<'static, std::result::Result<(), Error>>>;
+
+/// What a block being loaded offers readers before it is sealed.
+#[derive(Default)]
+struct Partial {
+    file: Option<(Arc<File>, TierKind)>,
+    /// The block's length, once meta has said where it comes from.
+    len: Option<u64>,
+    /// Bytes appended: whole chunks, or `len`.
+    done: u64,
+    crcs: Vec<u32>,
+    /// The load ended (sealed or failed); readers go to the store.
+    finished: bool,
+}
+
+struct LoadState {
+    partial: Mutex<Partial>,
+    /// Bumped on every change of `partial`.
+    signal: watch::Sender<()>,
+}
+
+impl LoadState {
+    fn update(&self, f: impl FnOnce(&mut Partial)) {
+        f(&mut self.partial.lock());
+        self.signal.send_replace(());
+    }
+}
+
+/// Marks a load finished however its task ends (even by a panic).
+struct Finish(Arc<LoadState>);
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.0.update(|p| p.finished = true);
+    }
+}
 
 pub struct Loader {
     store: Arc<TieredStore>,
     meta: Vec<String>,
     client: Mutex<Option<MetaServiceClient<Channel>>>,
     ufs: Mutex<HashMap<u64, (MountInfo, Ufs)>>,
-    inflight: Mutex<HashMap<u64, LoadFuture>>,
+    inflight: Mutex<HashMap<u64, (LoadFuture, Arc<LoadState>)>>,
 }
 
 impl Loader {
@@ -47,13 +90,52 @@ impl Loader {
 
     /// Resolves once `block` is cached here (or the load failed).
     pub fn load(self: &Arc<Self>, block: u64) -> BoxFuture<'static, Result<()>> {
-        let mut g = self.inflight.lock();
-        if let Some(f) = g.get(&block) {
-            return f.clone().boxed();
+        self.start(block).0.boxed()
+    }
+
+    /// Resolves once bytes `..end` of `block` can be read: from the block
+    /// being loaded while it is still arriving, or from the store.
+    pub fn load_until(self: &Arc<Self>, block: u64, end: u64) -> BoxFuture<'static, Result<ReadSource>> {
+        let (load, state) = self.start(block);
+        let store = self.store.clone();
+        async move {
+            // Subscribed before looking, so no change is missed.
+            let mut rx = state.signal.subscribe();
+            loop {
+                {
+                    let p = state.partial.lock();
+                    if p.finished {
+                        break;
+                    }
+                    if let (Some(len), Some((file, tier))) = (p.len, &p.file) {
+                        // A complete block is about to be sealed: wait for that.
+                        if p.done >= end.min(len) && p.done < len {
+                            store.metrics().reads_while_loading.inc();
+                            return Ok(ReadSource { file: file.clone(), len: p.done, crcs: p.crcs.clone().into(), tier: *tier });
+                        }
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+            load.await?;
+            store.open_read(block)
         }
+        .boxed()
+    }
+
+    fn start(self: &Arc<Self>, block: u64) -> (LoadFuture, Arc<LoadState>) {
+        let mut g = self.inflight.lock();
+        if let Some((f, st)) = g.get(&block) {
+            return (f.clone(), st.clone());
+        }
+        let state = Arc::new(LoadState { partial: Default::default(), signal: watch::channel(()).0 });
         let me = self.clone();
+        let st = state.clone();
         let task = tokio::spawn(async move {
-            let res = me.fetch(block).await;
+            let _finish = Finish(st.clone());
+            let res = me.fetch(block, &st).await;
             me.inflight.lock().remove(&block);
             let m = me.store.metrics();
             match &res {
@@ -72,8 +154,8 @@ impl Loader {
         }
         .boxed()
         .shared();
-        g.insert(block, fut.clone());
-        fut.boxed()
+        g.insert(block, (fut.clone(), state.clone()));
+        (fut, state)
     }
 
     async fn meta(&self) -> Result<MetaServiceClient<Channel>> {
@@ -147,7 +229,8 @@ impl Loader {
         }
         let e = w.close().await?;
         let mut c = self.meta().await?;
-        let done = PersistDoneRequest { file_id: file, len: src.len, etag: e.etag, mtime_ms: e.mtime_ms };
+        let done =
+            PersistDoneRequest { file_id: file, len: src.len, etag: e.etag, mtime_ms: e.mtime_ms, ufs_path: src.ufs_path.clone() };
         c.persist_done(done).await.map_err(Error::from)?;
         self.store.metrics().ufs_uploads.inc();
         self.store.metrics().bytes_to_ufs.inc_by(src.len);
@@ -231,7 +314,7 @@ impl Loader {
         Ok(u)
     }
 
-    async fn fetch(&self, block: u64) -> Result<()> {
+    async fn fetch(&self, block: u64, state: &LoadState) -> Result<()> {
         if self.store.contains(block) {
             return Ok(()); // a load finished between the miss and now
         }
@@ -240,7 +323,11 @@ impl Loader {
         let ufs = self.ufs_for(mount)?;
         let what = format!("block {block} ({}/{} @{})", mount.uri.trim_end_matches('/'), src.ufs_path, src.offset);
         let sink = self.store.open_write(block, src.len)?;
-        match self.copy(&ufs, &src, sink).await {
+        state.update(|p| {
+            p.file = sink.partial().map(|f| (f, sink.tier()));
+            p.len = Some(src.len);
+        });
+        match self.copy(&ufs, &src, sink, state).await {
             Ok(()) => {
                 tracing::debug!(block, len = src.len, "loaded from UFS");
                 Ok(())
@@ -274,7 +361,13 @@ impl Loader {
         }
     }
 
-    async fn copy(&self, ufs: &Ufs, src: &BlockSourceResponse, mut sink: Box<dyn BlockSink>) -> Result<()> {
+    async fn copy(
+        &self,
+        ufs: &Ufs,
+        src: &BlockSourceResponse,
+        mut sink: Box<dyn BlockSink>,
+        state: &LoadState,
+    ) -> Result<()> {
         let etag = (!src.etag.is_empty()).then_some(src.etag.as_str());
         let mut rd = match ufs.read(&src.ufs_path, src.offset, src.len, etag).await {
             Ok(r) => r,
@@ -283,22 +376,31 @@ impl Loader {
                 return Err(e);
             }
         };
-        let mut pending: Vec<u8> = Vec::with_capacity(APPEND + CHUNK as usize);
+        let mut pending: Vec<u8> = Vec::with_capacity(LOAD_APPEND + CHUNK as usize);
         let mut off = 0u64;
+        let mut append = |off: &mut u64, data: &[u8]| -> Result<()> {
+            let crcs = chunk_crcs(data);
+            sink.append(*off, data, &crcs)?;
+            *off += data.len() as u64;
+            let done = *off;
+            state.update(|p| {
+                p.done = done;
+                p.crcs.extend_from_slice(&crcs);
+            });
+            Ok(())
+        };
         let res: Result<()> = async {
             while let Some(piece) = rd.next().await? {
                 self.store.metrics().bytes_from_ufs.inc_by(piece.len() as u64);
                 pending.extend_from_slice(&piece);
-                if pending.len() >= APPEND {
+                if pending.len() >= LOAD_APPEND {
                     let n = pending.len() / CHUNK as usize * CHUNK as usize;
-                    sink.append(off, &pending[..n], &chunk_crcs(&pending[..n]))?;
-                    off += n as u64;
+                    append(&mut off, &pending[..n])?;
                     pending.drain(..n);
                 }
             }
             if !pending.is_empty() {
-                sink.append(off, &pending, &chunk_crcs(&pending))?;
-                off += pending.len() as u64;
+                append(&mut off, &pending)?;
             }
             if off != src.len {
                 return Err(Error::new(
@@ -337,6 +439,10 @@ impl BlockService for CachingService {
 
     fn load(&self, block_id: u64) -> Option<BoxFuture<'static, Result<()>>> {
         Some(self.loader.load(block_id))
+    }
+
+    fn load_until(self: Arc<Self>, block_id: u64, end: u64) -> Option<BoxFuture<'static, Result<ReadSource>>> {
+        Some(self.loader.load_until(block_id, end))
     }
 
     fn persist(&self, file_id: u64) -> Option<BoxFuture<'static, Result<()>>> {

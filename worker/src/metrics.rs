@@ -26,6 +26,8 @@ pub struct WorkerMetrics {
     pub bytes_from_cache: Counter,
     pub bytes_from_ufs: Counter,
     pub ufs_loads: Counter,
+    /// Reads served from a block while it was still arriving from the UFS.
+    pub reads_while_loading: Counter,
     pub ufs_load_errors: Counter,
     /// Files uploaded to a UFS (write-through / write-back).
     pub ufs_uploads: Counter,
@@ -47,6 +49,11 @@ impl WorkerMetrics {
         registry.register("curvine_worker_bytes_from_cache", "Bytes served from cached blocks", self.bytes_from_cache.clone());
         registry.register("curvine_worker_bytes_from_ufs", "Bytes loaded from the UFS", self.bytes_from_ufs.clone());
         registry.register("curvine_worker_ufs_loads", "Blocks loaded from the UFS", self.ufs_loads.clone());
+        registry.register(
+            "curvine_worker_reads_while_loading",
+            "Reads served from a block still arriving from the UFS",
+            self.reads_while_loading.clone(),
+        );
         registry.register("curvine_worker_ufs_uploads", "Files uploaded to a UFS", self.ufs_uploads.clone());
         registry.register("curvine_worker_bytes_to_ufs", "Bytes uploaded to a UFS", self.bytes_to_ufs.clone());
         registry.register("curvine_worker_ufs_load_errors", "Block loads from the UFS that failed", self.ufs_load_errors.clone());

@@ -244,9 +244,10 @@ impl Conn {
         let req = ReadReq::decode(&self.head)?;
         let (src, loaded) = match self.svc.open_read(req.block_id) {
             Ok(s) => (s, false),
-            Err(e) if e.kind() == ErrorKind::NotFound => match self.svc.load(req.block_id) {
-                // A miss the service can fill (e.g. from the UFS): wait for it.
-                Some(load) => match load.await.and_then(|()| self.svc.open_read(req.block_id)) {
+            Err(e) if e.kind() == ErrorKind::NotFound => match self.svc.clone().load_until(req.block_id, req.offset + req.len) {
+                // A miss the service can fill (e.g. from the UFS): wait
+                // until the requested range has arrived, not the block.
+                Some(load) => match load.await {
                     Ok(s) => (s, true),
                     Err(e) => return self.send_error(h.op, h.req_id, &e).await,
                 },

@@ -48,6 +48,9 @@ pub enum MetaCommand {
     PersistDone { file_id: u64, len: u64, etag: String, mtime_ms: i64, now_ms: i64 },
     /// An upload failed: retry at `retry_ms`.
     PersistFailed { file_id: u64, error: String, retry_ms: i64 },
+    /// A rename already done in the UFS (write-through / write-back
+    /// mounts); `entry` is the moved file's new UFS version.
+    RenameUfs { src: String, dst: String, now_ms: i64, entry: Option<UfsEntry> },
 }
 
 /// What a successful command produced.
@@ -218,14 +221,6 @@ impl Ns<'_> {
                         "cannot {what} {p}: it is stored in {} and the mount is cache-only, which never changes the UFS",
                         m.uri
                     ),
-                ));
-            }
-            // The service deletes in the UFS before proposing a delete; a
-            // rename would need a copy there, which is not built yet.
-            if node.ufs.is_some() && what == "rename" {
-                return Err(Error::new(
-                    ErrorKind::PermissionDenied,
-                    format!("cannot rename {p}: renaming entries stored in a UFS ({}) is not supported yet", m.uri),
                 ));
             }
         }
@@ -477,6 +472,14 @@ impl Ns<'_> {
         moved.ctime_ms = now;
         self.txn.put(CF_DENTRIES, dentry_key(dst_parent.id, dname), moved.id.to_be_bytes().to_vec());
         self.put_inode(&moved)?;
+        if moved.ufs.is_some() {
+            // Entries of a writing mount keep their object key in step with
+            // their path (the service moved the objects first).
+            if let Some(m) = self.mount_of(dst)? {
+                let rel = m.rel(dst).unwrap_or_default().to_string();
+                self.rebase_ufs(&mut moved, &rel, dst)?;
+            }
+        }
         dst_parent.mtime_ms = now;
         self.put_inode(&dst_parent)?;
         Ok(Outcome::Freed { inodes: removed, blocks: freed, inode: Some(moved) })
@@ -508,6 +511,14 @@ pub fn apply(txn: &mut Txn, cmd: &MetaCommand) -> Result<Outcome> {
         MetaCommand::Abort { file_id, path } => ns.abort(*file_id, path),
         MetaCommand::Delete { path, recursive, now_ms } => ns.delete(path, *recursive, *now_ms),
         MetaCommand::Rename { src, dst, now_ms } => ns.rename(src, dst, *now_ms),
+        MetaCommand::RenameUfs { src, dst, now_ms, entry } => {
+            let out = ns.rename(src, dst, *now_ms)?;
+            match (&out, entry) {
+                (Outcome::Freed { inode: Some(f), .. }, Some(e)) => ns.renamed_in_ufs(f.id, e, *now_ms)?,
+                _ => {}
+            }
+            Ok(out)
+        }
         MetaCommand::SetAttr { path, mode, mtime_ms } => ns.set_attr(path, *mode, *mtime_ms),
         MetaCommand::Mount { mount, now_ms } => ns.mount(mount, *now_ms),
         MetaCommand::Umount { path, force, now_ms } => ns.umount(path, *force, *now_ms),

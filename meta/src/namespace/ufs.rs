@@ -367,6 +367,48 @@ impl Ns<'_> {
         Ok(Outcome::Inode(f))
     }
 
+    /// After a rename: `node` (now at `path`) and everything below it have
+    /// their UFS key under `rel`; queued uploads follow them.
+    pub(super) fn rebase_ufs(&mut self, node: &mut Inode, rel: &str, path: &str) -> Result<()> {
+        if let Some(u) = node.ufs.as_mut() {
+            let pending = u.persist == Persist::Pending;
+            if u.rel != rel {
+                u.rel = rel.to_string();
+                self.put_inode(node)?;
+            }
+            if pending && !node.is_dir() {
+                let key = id_key(node.id).to_vec();
+                if let Some(v) = self.txn.get(CF_PERSIST, &key)? {
+                    let mut item: PersistItem = decode(&v)?;
+                    item.path = path.to_string();
+                    self.txn.put(CF_PERSIST, key, encode(&item)?);
+                }
+            }
+        }
+        if node.is_dir() {
+            for (_, id) in self.children(node.id)? {
+                let mut child = self.must_inode(id, path)?;
+                let name = child.name.clone();
+                self.rebase_ufs(&mut child, &join_rel(rel, &name), &path::join(path, &name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The file `id` was moved in the UFS: record the object's new version
+    /// (a copy may carry a new ETag and mtime; the bytes are the same, so
+    /// its cached blocks stay valid).
+    pub(super) fn renamed_in_ufs(&mut self, id: u64, e: &UfsEntry, now: i64) -> Result<()> {
+        let Some(mut f) = self.inode(id)? else { return Ok(()) };
+        if let Some(u) = f.ufs.as_mut().filter(|u| u.persist == Persist::Persisted && u.len == e.len) {
+            u.etag = e.etag.clone();
+            u.mtime_ms = e.mtime_ms;
+            u.synced_ms = now;
+            self.put_inode(&f)?;
+        }
+        Ok(())
+    }
+
     pub(super) fn persist_failed(&mut self, file: u64, error: &str, retry_ms: i64) -> Result<Outcome> {
         let key = id_key(file).to_vec();
         let Some(v) = self.txn.get(CF_PERSIST, &key)? else { return Ok(Outcome::None) };

@@ -23,6 +23,8 @@ pub(super) struct TierSink {
     block_id: u64,
     tier: usize,
     file: Option<File>,
+    /// A second handle on the tmp file for serving appended bytes early.
+    reader: Option<Arc<File>>,
     written: u64,
     reserved: u64,
     crcs: Vec<u32>,
@@ -34,9 +36,18 @@ impl TierSink {
     /// Takes over a reservation of `reserved` bytes already made in `tier`.
     pub(super) fn create(inner: Arc<Inner>, block_id: u64, tier: usize, reserved: u64) -> Result<TierSink> {
         let mut sink =
-            TierSink { inner, block_id, tier, file: None, written: 0, reserved, crcs: Vec::new(), sealed: false };
+            TierSink { inner, block_id, tier, file: None, reader: None, written: 0, reserved, crcs: Vec::new(), sealed: false };
         let path = sink.inner.tiers[tier].tmp_path(block_id);
-        sink.file = Some(File::create(&path).map_err(|e| sink.io_error(e, "create"))?);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| sink.io_error(e, "create"))?;
+        // Readers use pread only, so sharing the write handle's offset is harmless.
+        sink.reader = Some(Arc::new(file.try_clone().map_err(|e| sink.io_error(e, "open"))?));
+        sink.file = Some(file);
         Ok(sink)
     }
 
@@ -175,6 +186,10 @@ impl BlockSink for TierSink {
 
     fn tier(&self) -> TierKind {
         self.inner.tiers[self.tier].kind
+    }
+
+    fn partial(&self) -> Option<Arc<File>> {
+        self.reader.clone()
     }
 }
 
