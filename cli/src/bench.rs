@@ -48,6 +48,9 @@ pub struct BenchArgs {
     /// Skip the client's end-to-end crc32c check of received chunks
     #[arg(long)]
     no_verify: bool,
+    /// Read over TCP even when the worker is on this host
+    #[arg(long)]
+    no_short_circuit: bool,
 }
 
 fn mib_s(bytes: u64, secs: f64) -> f64 {
@@ -213,6 +216,7 @@ pub async fn run(cmd: BenchCmd, c: &ClientArgs) -> Result<()> {
             chunk_size: a.chunk,
             pipeline_depth: a.depth,
             verify_checksums: !a.no_verify,
+            short_circuit: !a.no_short_circuit,
             ..Default::default()
         },
         ..Default::default()
@@ -247,17 +251,22 @@ pub async fn run(cmd: BenchCmd, c: &ClientArgs) -> Result<()> {
     let tcp_best = tcp.iter().cloned().fold(0.0, f64::max);
     let (med, tcp_med) = (median(&mut ours), median(&mut tcp));
     let memcpy = tokio::task::spawn_blocking(move || memcpy_baseline(size)).await?;
+    let local = fs.local_stats();
+    let path = if local.reads > 0 { "short-circuit" } else { "tcp" };
     if a.json {
         let v = serde_json::json!({
             "bench": name, "size": size, "threads": threads, "rounds": rounds,
-            "chunk": a.chunk.0, "depth": a.depth, "verify": !a.no_verify, "buf": buf_len,
+            "chunk": a.chunk.0, "depth": a.depth, "verify": !a.no_verify, "buf": buf_len, "path": path,
             "mib_s": med, "mib_s_best": best,
             "baselines": {"memcpy_mib_s": memcpy, "tcp_loopback_mib_s": tcp_med, "tcp_loopback_mib_s_best": tcp_best},
             "ratios": {"vs_tcp_loopback": med / tcp_med, "vs_memcpy": med / memcpy},
         });
         println!("{v}");
     } else {
-        println!("{name}: {} with {threads} thread(s): {med:.0} MiB/s median of {rounds} (best {best:.0})", ByteSize(size));
+        println!(
+            "{name}: {} with {threads} thread(s) over {path}: {med:.0} MiB/s median of {rounds} (best {best:.0})",
+            ByteSize(size)
+        );
         println!("baseline memcpy (1 thread):        {memcpy:.0} MiB/s   ratio {:.2}", med / memcpy);
         println!(
             "baseline raw TCP loopback stream:  {tcp_med:.0} MiB/s median (best {tcp_best:.0})   ratio {:.2}  (same {} receive buffer)",

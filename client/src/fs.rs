@@ -23,6 +23,7 @@ pub(crate) struct Inner {
     pub pool: Arc<ConnPool>,
     pub conf: ClientConf,
     pub hostname: String,
+    pub local: crate::local::LocalReads,
 }
 
 /// A handle to one Curvine cluster. Cheap to clone; share it between tasks.
@@ -64,7 +65,8 @@ impl FileSystem {
         let meta = MetaClient::new(conf.meta.clone(), conf.retries, conf.timeout)?;
         let meta_ufs = MetaClient::new(conf.meta.clone(), conf.retries, conf.timeout.max(UFS_CALL_TIMEOUT))?;
         let hostname = hostname();
-        Ok(FileSystem { inner: Arc::new(Inner { meta, meta_ufs, pool: ConnPool::new(transport), conf, hostname }) })
+        let local = Default::default();
+        Ok(FileSystem { inner: Arc::new(Inner { meta, meta_ufs, pool: ConnPool::new(transport), conf, hostname, local }) })
     }
 
     /// A client for `meta` (`host:port`) with default settings.
@@ -88,6 +90,11 @@ impl FileSystem {
 
     pub fn conf(&self) -> &ClientConf {
         &self.inner.conf
+    }
+
+    /// How many reads went through the same-host short-circuit.
+    pub fn local_stats(&self) -> crate::local::LocalStats {
+        self.inner.local.stats()
     }
 
     #[tracing::instrument(skip(self))]
@@ -242,6 +249,42 @@ impl FileSystem {
             .await?;
         let status = r.status.ok_or_else(|| Error::internal("open: empty response"))?;
         Ok(FileReader::new(self.clone(), status, r.blocks))
+    }
+
+    /// Opens many files with one meta call per 1,024 paths (a training
+    /// batch): one result per path, in order.
+    pub async fn open_many(&self, paths: &[String]) -> Result<Vec<Result<FileReader>>> {
+        let mut out = Vec::with_capacity(paths.len());
+        for group in paths.chunks(1024) {
+            let norm: Vec<Result<String>> = group.iter().map(|p| normalize(p)).collect();
+            let ok: Vec<String> = norm.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+            let r = self
+                .inner
+                .meta
+                .call(|mut c| {
+                    let req = proto::OpenManyRequest { paths: ok.clone() };
+                    async move { c.open_many(req).await }
+                })
+                .await?;
+            if r.results.len() != ok.len() {
+                return Err(Error::protocol(format!("open_many: {} results for {} paths", r.results.len(), ok.len())));
+            }
+            let mut results = r.results.into_iter();
+            for p in norm {
+                out.push(p.and_then(|_| {
+                    let res = results.next().expect("counted above");
+                    match res.open {
+                        Some(o) if res.error_kind == 0 => {
+                            let status = o.status.ok_or_else(|| Error::internal("open_many: empty status"))?;
+                            Ok(FileReader::new(self.clone(), status, o.blocks))
+                        }
+                        // Meta's message names the path.
+                        _ => Err(Error::new(ErrorKind::from_code(res.error_kind.min(u16::MAX as u32) as u16), res.error)),
+                    }
+                }));
+            }
+        }
+        Ok(out)
     }
 
     /// Writes `data` as the whole content of `path`.

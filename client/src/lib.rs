@@ -4,6 +4,7 @@
 //! a fabric transport.
 
 mod fs;
+mod local;
 mod meta;
 mod mounts;
 mod pool;
@@ -14,6 +15,7 @@ pub use curvine_common::proto::{FileKind, FileStatus, LocatedBlock, ReportRespon
 pub use curvine_common::{Error, ErrorKind, Result};
 pub use curvine_common::proto::{FreeResponse, JobInfo, MountInfo};
 pub use fs::{CreateOptions, FileSystem};
+pub use local::LocalStats;
 pub use mounts::MountOptions;
 pub use reader::FileReader;
 pub use writer::FileWriter;

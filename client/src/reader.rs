@@ -121,9 +121,14 @@ impl FileReader {
         let inner = &self.fs.inner;
         let mut last = None;
         let mut locs: Vec<_> = b.locations.iter().collect();
-        // Same host first: a later issue swaps in shared memory there.
+        // Same host first, read from its block files where the worker allows it.
         locs.sort_by_key(|l| l.hostname != inner.hostname);
         for loc in locs {
+            if inner.conf.short_circuit && loc.hostname == inner.hostname && !b.from_ufs {
+                if let Some(r) = inner.local.read(loc, b.id, offset, buf, inner.conf.verify_checksums).await {
+                    return r.map_err(|e| e.context(&self.status.path));
+                }
+            }
             for _ in 0..2 {
                 let mut conn = match inner.pool.get(&loc.addr).await {
                     Ok(c) => c,

@@ -96,6 +96,9 @@ pub struct WorkerConf {
     pub heartbeat_interval: Duration,
     /// fsync block files on commit (disk tiers only).
     pub sync_on_commit: bool,
+    /// Hand block files to clients on this host over a Unix socket
+    /// (`<dir>/data.sock`) instead of streaming them over TCP.
+    pub short_circuit: bool,
     pub tiers: Vec<TierConf>,
 }
 
@@ -108,6 +111,7 @@ impl Default for WorkerConf {
             meta: vec![DEFAULT_META_ADDR.into()],
             heartbeat_interval: Duration::from_secs(1),
             sync_on_commit: false,
+            short_circuit: true,
             tiers: Vec::new(),
         }
     }
@@ -141,6 +145,9 @@ pub struct ClientConf {
     pub timeout: Duration,
     /// Verify the crc32c of every chunk read (end to end, on the client).
     pub verify_checksums: bool,
+    /// Read blocks of a worker on this host straight from its block files
+    /// (descriptors passed over its Unix socket); TCP otherwise.
+    pub short_circuit: bool,
 }
 
 impl Default for ClientConf {
@@ -153,6 +160,7 @@ impl Default for ClientConf {
             retries: 3,
             timeout: Duration::from_secs(30),
             verify_checksums: true,
+            short_circuit: true,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod crc;
 pub mod frame;
+pub mod local;
 pub mod msg;
 pub mod service;
 pub mod tcp;

@@ -185,6 +185,28 @@ impl MetaServiceImpl {
         Ok(AbortResponse {})
     }
 
+    /// At most this many paths per `OpenMany`.
+    const OPEN_MANY_MAX: usize = 4096;
+
+    #[tracing::instrument(skip_all, fields(paths = r.paths.len()))]
+    async fn do_open_many(&self, r: OpenManyRequest) -> Result<OpenManyResponse> {
+        if r.paths.len() > Self::OPEN_MANY_MAX {
+            return Err(Error::invalid(format!(
+                "open_many: {} paths in one call, at most {} allowed",
+                r.paths.len(),
+                Self::OPEN_MANY_MAX
+            )));
+        }
+        let mut results = Vec::with_capacity(r.paths.len());
+        for path in r.paths {
+            results.push(match self.do_open(OpenRequest { path }).await {
+                Ok(o) => OpenResult { open: Some(o), error_kind: 0, error: String::new() },
+                Err(e) => OpenResult { open: None, error_kind: u32::from(e.kind().code()), error: e.message().to_string() },
+            });
+        }
+        Ok(OpenManyResponse { results })
+    }
+
     #[tracing::instrument(skip(self))]
     async fn do_open(&self, r: OpenRequest) -> Result<OpenResponse> {
         let path = normalize(&r.path)?;
@@ -354,6 +376,7 @@ handlers! {
     complete / do_complete: CompleteRequest => CompleteResponse,
     abort / do_abort: AbortRequest => AbortResponse,
     open / do_open: OpenRequest => OpenResponse,
+    open_many / do_open_many: OpenManyRequest => OpenManyResponse,
     stat / do_stat: StatRequest => StatResponse,
     list / do_list: ListRequest => ListResponse,
     delete / do_delete: DeleteRequest => DeleteResponse,

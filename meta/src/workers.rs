@@ -167,7 +167,14 @@ impl Workers {
     }
 
     fn location(w: &Worker, tier: String) -> BlockLocation {
-        BlockLocation { worker_id: w.info.id, addr: w.info.addr.clone(), hostname: w.info.hostname.clone(), tier }
+        BlockLocation {
+            worker_id: w.info.id,
+            addr: w.info.addr.clone(),
+            hostname: w.info.hostname.clone(),
+            tier,
+            local_socket: w.info.local_socket.clone(),
+            local_token: w.info.local_token,
+        }
     }
 
     /// Locations of `block` on live workers.

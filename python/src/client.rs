@@ -22,11 +22,6 @@ use crate::status::FileStatus;
 /// the caller says otherwise: enough to hide per-file round trips.
 const DEFAULT_PARALLEL: usize = 16;
 
-/// Opens `read_many` keeps in flight on this process's one meta channel.
-/// Meta sets TCP_NODELAY on accepted sockets, so concurrent opens on one
-/// HTTP/2 connection no longer stall on Nagle plus delayed ACK.
-const OPEN_PARALLEL: usize = 16;
-
 /// A connection to one Curvine cluster. Cheap to share between threads;
 /// safe to inherit across `fork` (the child reconnects on first use).
 #[pyclass(module = "curvine._curvine", subclass, frozen)]
@@ -263,16 +258,14 @@ impl Client {
         let c = self.conn(py)?;
         let paths = Arc::new(paths);
         let n = paths.len();
-        // Open everything first: the lengths size the `bytes` objects, which
-        // must be allocated with the GIL held.
-        let readers = {
+        // Open everything first, in one meta call per 1,024 paths: the
+        // lengths size the `bytes` objects, which must be allocated with the
+        // GIL held. The first path that failed raises.
+        let readers: Vec<Arc<curvine_client::FileReader>> = {
             let (c2, paths) = (c.clone(), paths.clone());
             py.detach(move || {
-                let fs = c2.fs().clone();
-                c2.block_on(par::for_each(c2.runtime().handle(), n, OPEN_PARALLEL.min(parallel), move |i| {
-                    let (fs, paths) = (fs.clone(), paths.clone());
-                    async move { fs.open(&paths[i]).await.map(Arc::new) }
-                }))
+                let opened = c2.block_on(c2.fs().open_many(&paths))?;
+                opened.into_iter().map(|r| r.map(Arc::new)).collect::<curvine_client::Result<Vec<_>>>()
             })
             .py_err()?
         };

@@ -25,6 +25,9 @@ pub(crate) struct Heartbeat {
     pub addr: String,
     pub hostname: String,
     pub interval: Duration,
+    /// Short-circuit socket and token ("" / 0: none).
+    pub local_socket: String,
+    pub local_token: u64,
 }
 
 /// Resolves when shutdown has been requested (or the sender is gone).
@@ -104,6 +107,8 @@ impl Heartbeat {
                 addr: self.addr.clone(),
                 hostname: self.hostname.clone(),
                 tiers: self.tiers(),
+                local_socket: self.local_socket.clone(),
+                local_token: self.local_token,
                 ..Default::default()
             }),
             blocks: blocks.into_iter().map(reported).collect(),

@@ -60,7 +60,8 @@ pub async fn start(
         let _ = server_rx.wait_for(|v| *v).await;
     };
     let svc = Arc::new(loader::CachingService { store: store.clone(), loader: loader::Loader::new(store.clone(), wc.meta.clone()) });
-    let server = tokio::spawn(curvine_fabric::tcp::serve(listener, svc, server_stop));
+    let server = tokio::spawn(curvine_fabric::tcp::serve(listener, svc.clone(), server_stop));
+    let (local_socket, local_token) = if wc.short_circuit { start_local(&wc.dir, id, svc, rx.clone()) } else { (String::new(), 0) };
 
     let hb = heartbeat::Heartbeat {
         store: store.clone(),
@@ -68,6 +69,8 @@ pub async fn start(
         addr: advertised.clone(),
         hostname: heartbeat::hostname(&wc.host),
         interval: wc.heartbeat_interval,
+        local_socket,
+        local_token,
     };
     let heartbeat = tokio::spawn(hb.run(rx));
     tracing::info!(worker = id, %addr, advertised = %advertised, tiers = wc.tiers.len(), "worker started");
@@ -106,6 +109,47 @@ impl Worker {
         }
         tracing::info!(worker = self.id, "worker stopped");
     }
+}
+
+/// Serves same-host short-circuit reads on `dir/data.sock`; returns the
+/// socket's absolute path and the token it greets with, or nothing (with a
+/// warning: clients then read over TCP) when it cannot listen there.
+fn start_local(
+    dir: &Path,
+    worker: u64,
+    svc: Arc<loader::CachingService>,
+    mut stop: watch::Receiver<bool>,
+) -> (String, u64) {
+    let path = match std::fs::canonicalize(dir) {
+        Ok(d) => d.join("data.sock"),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "short-circuit disabled");
+            return (String::new(), 0);
+        }
+    };
+    // A socket left by a previous run of this worker (its dir is its own).
+    let _ = std::fs::remove_file(&path);
+    let listener = match tokio::net::UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "short-circuit disabled: cannot listen");
+            return (String::new(), 0);
+        }
+    };
+    let token = rand::random::<u64>().max(1);
+    let stop = async move {
+        let _ = stop.wait_for(|v| *v).await;
+    };
+    let shown = path.display().to_string();
+    let remove = path.clone();
+    tokio::spawn(async move {
+        if let Err(e) = curvine_fabric::local::serve_local(listener, svc, worker, token, stop).await {
+            tracing::warn!(error = %e, "short-circuit server stopped");
+        }
+        let _ = std::fs::remove_file(remove);
+    });
+    tracing::info!(socket = %shown, "short-circuit reads enabled");
+    (shown, token)
 }
 
 /// The worker's persistent id in `dir/worker.id`, created (random, non-zero,

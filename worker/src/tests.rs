@@ -47,6 +47,9 @@ impl MetaService for FakeMeta {
     async fn open(&self, _: Request<OpenRequest>) -> Result<Response<OpenResponse>, Status> {
         Err(Status::unimplemented("fake meta"))
     }
+    async fn open_many(&self, _: Request<OpenManyRequest>) -> Result<Response<OpenManyResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
     async fn stat(&self, _: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         Err(Status::unimplemented("fake meta"))
     }

@@ -1,0 +1,324 @@
+//! Short-circuit reads of blocks held by a worker on this host: the block
+//! file's descriptor comes over the worker's Unix socket once, then every
+//! read is a `pread` from the page cache into the caller's buffer (one
+//! copy), checksummed like a TCP read.
+//!
+//! Anything that goes wrong (no socket, a socket that is not the worker's,
+//! a refused uid, a block not there yet) makes the caller read over TCP; a
+//! worker whose socket failed is not asked again for a while.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use curvine_common::proto::BlockLocation;
+use curvine_common::tier::TierKind;
+use curvine_common::{Error, ErrorKind, Result};
+use curvine_fabric::crc::crc32c;
+use curvine_fabric::frame::CHUNK;
+use curvine_fabric::local::LocalConn;
+use curvine_fabric::ReadSource;
+use parking_lot::Mutex;
+
+/// Open block descriptors kept per client (each is one fd).
+const MAX_OPEN_BLOCKS: usize = 1024;
+/// Idle socket connections kept per worker.
+const MAX_IDLE: usize = 8;
+/// Blocks smaller than this are read with `pread`, larger ones mapped.
+const MAP_MIN: u64 = 4 << 20;
+/// Bytes read per `pread` before their checksums are checked.
+const PIECE: usize = 16 * CHUNK as usize;
+/// How long a worker whose socket failed is read over TCP only.
+const BACKOFF: Duration = Duration::from_secs(30);
+
+/// A block file mapped read-only. Sealed block files are never written or
+/// truncated (eviction unlinks them; the mapping stays valid), so the bytes
+/// under the mapping cannot change or vanish.
+struct Mapping {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: a read-only shared mapping of an immutable file.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(file: &std::fs::File, len: u64) -> Option<Mapping> {
+        use std::os::fd::AsRawFd;
+        // Small blocks: pread is cheaper than mmap + page faults + munmap.
+        if len < MAP_MIN {
+            return None;
+        }
+        // SAFETY: a fresh read-only mapping of `len` bytes of an open file.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+        if p == libc::MAP_FAILED {
+            return None; // pread then
+        }
+        Some(Mapping { ptr: p as *const u8, len: len as usize })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping lives as long as self and is never written.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len came from mmap and are unmapped once.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// A block of a local worker: its file, checksums and (usually) a mapping.
+struct LocalBlock {
+    src: ReadSource,
+    map: Option<Mapping>,
+    /// Chunks already checked through this mapping, one bit each. Only
+    /// used for MEM-tier blocks: their pages are the tmpfs file itself and
+    /// are never re-read from a device, so a chunk that passed once cannot
+    /// change under the mapping. Disk-tier chunks are checked on every read.
+    checked: Box<[AtomicU64]>,
+}
+
+impl LocalBlock {
+    fn new(src: ReadSource) -> LocalBlock {
+        let map = Mapping::new(&src.file, src.len);
+        let words = if src.tier == TierKind::Mem { src.len.div_ceil(CHUNK).div_ceil(64) as usize } else { 0 };
+        LocalBlock { src, map, checked: (0..words).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    fn is_checked(&self, idx: u64) -> bool {
+        self.checked.get((idx / 64) as usize).is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (idx % 64)) != 0)
+    }
+
+    fn mark_checked(&self, idx: u64) {
+        if let Some(w) = self.checked.get((idx / 64) as usize) {
+            w.fetch_or(1 << (idx % 64), Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Blocks {
+    map: HashMap<u64, Arc<LocalBlock>>,
+    order: VecDeque<u64>,
+}
+
+/// Counters, for tests and `cv bench`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LocalStats {
+    /// Reads served from a local block file.
+    pub reads: u64,
+    /// Reads that tried the short-circuit and went over TCP instead.
+    pub fallbacks: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct LocalReads {
+    idle: Mutex<HashMap<u64, Vec<LocalConn>>>,
+    refused: Mutex<HashMap<u64, Instant>>,
+    blocks: Mutex<Blocks>,
+    reads: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+impl LocalReads {
+    pub fn stats(&self) -> LocalStats {
+        LocalStats { reads: self.reads.load(Ordering::Relaxed), fallbacks: self.fallbacks.load(Ordering::Relaxed) }
+    }
+
+    /// Reads `buf.len()` bytes (or up to the block's end) of `block` at
+    /// `offset` from `loc`'s block file; `None` when the caller should use
+    /// TCP instead.
+    pub async fn read(&self, loc: &BlockLocation, block: u64, offset: u64, buf: &mut [u8], verify: bool) -> Option<Result<usize>> {
+        if loc.local_socket.is_empty() || self.backing_off(loc.worker_id) {
+            return None;
+        }
+        let src = match self.source(loc, block).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                if e.kind() != ErrorKind::NotFound {
+                    tracing::debug!(worker = loc.worker_id, error = %e, "short-circuit unavailable; reading over TCP");
+                    self.refused.lock().insert(loc.worker_id, Instant::now() + BACKOFF);
+                }
+                return None;
+            }
+        };
+        let res = match &src.map {
+            Some(m) => copy_verified(&src, m.bytes(), block, offset, buf, verify),
+            None => read_verified(&src.src, block, offset, buf, verify),
+        };
+        match res {
+            Ok(n) => {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                Some(Ok(n))
+            }
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                // Never serve it; the worker checks it again when asked over TCP.
+                tracing::debug!(block, error = %e, "local block file failed its checksum; reading over TCP");
+                self.forget(block);
+                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn backing_off(&self, worker: u64) -> bool {
+        let mut g = self.refused.lock();
+        match g.get(&worker) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                g.remove(&worker);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn forget(&self, block: u64) {
+        let mut g = self.blocks.lock();
+        g.map.remove(&block);
+        g.order.retain(|b| *b != block);
+    }
+
+    async fn source(&self, loc: &BlockLocation, block: u64) -> Result<Arc<LocalBlock>> {
+        if let Some(s) = self.blocks.lock().map.get(&block) {
+            return Ok(s.clone());
+        }
+        let idle = self.idle.lock().get_mut(&loc.worker_id).and_then(Vec::pop);
+        let mut conn = match idle {
+            Some(c) => c,
+            None => LocalConn::connect(&loc.local_socket, loc.worker_id, loc.local_token).await?,
+        };
+        let res = conn.open(block).await;
+        if !conn.is_broken() {
+            let mut g = self.idle.lock();
+            let v = g.entry(loc.worker_id).or_default();
+            if v.len() < MAX_IDLE {
+                v.push(conn);
+            }
+        }
+        let src = Arc::new(LocalBlock::new(res?));
+        let mut g = self.blocks.lock();
+        if g.map.insert(block, src.clone()).is_none() {
+            g.order.push_back(block);
+        }
+        while g.order.len() > MAX_OPEN_BLOCKS {
+            if let Some(old) = g.order.pop_front() {
+                g.map.remove(&old);
+            }
+        }
+        Ok(src)
+    }
+}
+
+/// Copies `[offset, offset+buf.len())` (clipped to the block) out of the
+/// block's mapping into `buf`: one copy. Each whole chunk's crc is checked
+/// on the copy right after it is made (still in cache); edge chunks are
+/// checked on the mapping before their part is copied.
+fn copy_verified(lb: &LocalBlock, map: &[u8], block: u64, offset: u64, buf: &mut [u8], verify: bool) -> Result<usize> {
+    let src = &lb.src;
+    if offset > src.len {
+        return Err(Error::invalid(format!("block {block}: offset {offset} beyond its {} bytes", src.len)));
+    }
+    let end = (offset + buf.len() as u64).min(src.len);
+    let n = (end - offset) as usize;
+    let mut pos = offset;
+    while pos < end {
+        let idx = pos / CHUNK;
+        let (c_lo, c_hi) = (idx * CHUNK, ((idx + 1) * CHUNK).min(src.len));
+        // Unchecked chunks one by one; a run of checked ones in one copy.
+        if !verify || lb.is_checked(idx) {
+            let mut to = c_hi.min(end);
+            while verify && to < end && lb.is_checked(to / CHUNK) {
+                to = (to + CHUNK).min(src.len).min(end);
+            }
+            if !verify {
+                to = end;
+            }
+            buf[(pos - offset) as usize..(to - offset) as usize].copy_from_slice(&map[pos as usize..to as usize]);
+            pos = to;
+            continue;
+        }
+        let to = c_hi.min(end);
+        let want = src.crcs.get(idx as usize).copied();
+        let dst = &mut buf[(pos - offset) as usize..(to - offset) as usize];
+        let ok = if pos == c_lo && to == c_hi {
+            dst.copy_from_slice(&map[c_lo as usize..c_hi as usize]);
+            want == Some(crc32c(dst))
+        } else {
+            let ok = want == Some(crc32c(&map[c_lo as usize..c_hi as usize]));
+            dst.copy_from_slice(&map[pos as usize..to as usize]);
+            ok
+        };
+        if !ok {
+            return Err(Error::new(ErrorKind::Corrupt, format!("block {block}: checksum mismatch in chunk {idx} (local read)")));
+        }
+        lb.mark_checked(idx);
+        pos = to;
+    }
+    Ok(n)
+}
+
+/// `copy_verified` with `pread` where the block could not be mapped.
+fn read_verified(src: &ReadSource, block: u64, offset: u64, buf: &mut [u8], verify: bool) -> Result<usize> {
+    if offset > src.len {
+        return Err(Error::invalid(format!("block {block}: offset {offset} beyond its {} bytes", src.len)));
+    }
+    let end = (offset + buf.len() as u64).min(src.len);
+    let n = (end - offset) as usize;
+    let io = |e: std::io::Error| Error::from(e).context(format!("local block {block}"));
+    if !verify {
+        src.file.read_exact_at(&mut buf[..n], offset).map_err(io)?;
+        return Ok(n);
+    }
+    // Whole chunks go straight into `buf`; partial ones at either edge are
+    // read whole into a scratch buffer so their crc can be checked.
+    let lo = offset.div_ceil(CHUNK) * CHUNK;
+    let hi = if end == src.len { end } else { end / CHUNK * CHUNK };
+    let check = |idx: u64, data: &[u8]| -> Result<()> {
+        if src.crcs.get(idx as usize) == Some(&crc32c(data)) {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Corrupt, format!("block {block}: checksum mismatch in chunk {idx} (local read)")))
+        }
+    };
+    let edge = |from: u64, to: u64, buf: &mut [u8]| -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        let c_lo = from / CHUNK * CHUNK;
+        let c_hi = (c_lo + CHUNK).min(src.len);
+        let mut tmp = vec![0u8; (c_hi - c_lo) as usize];
+        src.file.read_exact_at(&mut tmp, c_lo).map_err(io)?;
+        check(c_lo / CHUNK, &tmp)?;
+        let at = (from - offset) as usize;
+        buf[at..at + (to - from) as usize].copy_from_slice(&tmp[(from - c_lo) as usize..(to - c_lo) as usize]);
+        Ok(())
+    };
+    if lo >= hi {
+        // Inside one chunk (or two partial ones).
+        let mid = (offset / CHUNK + 1) * CHUNK;
+        edge(offset, end.min(mid), buf)?;
+        edge(mid.min(end), end, buf)?;
+        return Ok(n);
+    }
+    edge(offset, lo, buf)?;
+    // Piece by piece, so each piece is checked while it is still in cache.
+    let body = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
+    for (p, piece) in body.chunks_mut(PIECE).enumerate() {
+        let at = lo + (p * PIECE) as u64;
+        src.file.read_exact_at(piece, at).map_err(io)?;
+        for (i, chunk) in piece.chunks(CHUNK as usize).enumerate() {
+            check(at / CHUNK + i as u64, chunk)?;
+        }
+    }
+    edge(hi, end, buf)?;
+    Ok(n)
+}

@@ -1,0 +1,301 @@
+//! Same-host short-circuit. A client on the worker's host asks over the
+//! worker's Unix socket for a block and receives the block file's
+//! descriptor (SCM_RIGHTS) with its length and checksums; it then reads the
+//! page cache itself: one copy, no TCP, no worker CPU per byte.
+//!
+//! Wire format (little-endian):
+//! - hello, worker → client on accept: magic `CVSC` u32, version u32,
+//!   worker id u64, token u64. The client compares id and token with what
+//!   meta said about the worker, so a socket that is not the worker's is
+//!   refused (the client then reads over TCP).
+//! - request: op u8 (1 = open for read), block id u64.
+//! - answer: status u8 (0 = ok, else an `ErrorKind` code); ok: length u64,
+//!   tier u8, crc count u32, crcs; the descriptor rides on the first byte.
+//!   Error: message length u32, message.
+//!
+//! To ensure correctness: blocks are sealed and never modified in place, and
+//! block ids are never reused, so a descriptor stays a faithful copy of its
+//! block for as long as the client keeps it (eviction only unlinks).
+
+use std::fs::File;
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use curvine_common::tier::TierKind;
+use curvine_common::{Error, ErrorKind, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::service::{BlockService, ReadSource};
+
+const MAGIC: u32 = 0x4356_5343;
+const VERSION: u32 = 1;
+const HELLO_LEN: usize = 24;
+const OP_OPEN: u8 = 1;
+/// Largest crc list accepted (a 4 GiB block of 64 KiB chunks).
+const MAX_CRCS: u32 = 1 << 16;
+
+/// Serves short-circuit opens on `listener` until `stop` resolves. Only
+/// processes of root or the worker's own user get descriptors: others are
+/// answered `PermissionDenied` and read over TCP.
+pub async fn serve_local(
+    listener: UnixListener,
+    svc: Arc<dyn BlockService>,
+    worker_id: u64,
+    token: u64,
+    stop: impl Future<Output = ()>,
+) -> Result<()> {
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "short-circuit accept failed");
+                    continue;
+                }
+            },
+        };
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_conn(stream, svc, worker_id, token).await {
+                tracing::debug!(error = %e, "short-circuit connection ended");
+            }
+        });
+    }
+}
+
+fn allowed(stream: &UnixStream) -> std::result::Result<(), String> {
+    let cred = stream.peer_cred().map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if cred.uid() == 0 || cred.uid() == me {
+        Ok(())
+    } else {
+        Err(format!("uid {} may not open block files of a worker running as uid {me}", cred.uid()))
+    }
+}
+
+async fn serve_conn(mut stream: UnixStream, svc: Arc<dyn BlockService>, worker_id: u64, token: u64) -> Result<()> {
+    let mut hello = Vec::with_capacity(HELLO_LEN);
+    hello.extend_from_slice(&MAGIC.to_le_bytes());
+    hello.extend_from_slice(&VERSION.to_le_bytes());
+    hello.extend_from_slice(&worker_id.to_le_bytes());
+    hello.extend_from_slice(&token.to_le_bytes());
+    stream.write_all(&hello).await?;
+    let permitted = allowed(&stream);
+    let mut req = [0u8; 9];
+    loop {
+        match stream.read_exact(&mut req).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let block = u64::from_le_bytes(req[1..9].try_into().expect("8 bytes"));
+        let res = match (&permitted, req[0]) {
+            (Err(why), _) => Err(Error::new(ErrorKind::PermissionDenied, why.clone())),
+            (Ok(()), OP_OPEN) => svc.open_read(block),
+            (Ok(()), op) => Err(Error::protocol(format!("short-circuit: unknown op {op}"))),
+        };
+        match res {
+            Ok(src) => {
+                let mut out = Vec::with_capacity(14 + src.crcs.len() * 4);
+                out.push(0);
+                out.extend_from_slice(&src.len.to_le_bytes());
+                out.push(tier_code(src.tier));
+                out.extend_from_slice(&(src.crcs.len() as u32).to_le_bytes());
+                for c in src.crcs.iter() {
+                    out.extend_from_slice(&c.to_le_bytes());
+                }
+                send_with_fd(&mut stream, &out, src.file.as_raw_fd()).await?;
+            }
+            Err(e) => {
+                let msg = e.message().as_bytes();
+                let mut out = Vec::with_capacity(5 + msg.len());
+                out.push(e.kind().code().min(255) as u8);
+                out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+                out.extend_from_slice(msg);
+                stream.write_all(&out).await?;
+            }
+        }
+    }
+}
+
+fn tier_code(t: TierKind) -> u8 {
+    match t {
+        TierKind::Mem => 0,
+        TierKind::Ssd => 1,
+        TierKind::Hdd => 2,
+    }
+}
+
+fn tier_of(c: u8) -> Result<TierKind> {
+    match c {
+        0 => Ok(TierKind::Mem),
+        1 => Ok(TierKind::Ssd),
+        2 => Ok(TierKind::Hdd),
+        _ => Err(Error::protocol(format!("short-circuit: unknown tier code {c}"))),
+    }
+}
+
+/// Sends `data` with `fd` attached to its first byte.
+async fn send_with_fd(stream: &mut UnixStream, data: &[u8], fd: RawFd) -> Result<()> {
+    let sent = loop {
+        stream.writable().await?;
+        match stream.try_io(Interest::WRITABLE, || sendmsg_fd(stream.as_raw_fd(), data, fd)) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    stream.write_all(&data[sent..]).await?;
+    Ok(())
+}
+
+fn sendmsg_fd(sock: RawFd, data: &[u8], fd: RawFd) -> std::io::Result<usize> {
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer is CMSG_SPACE bytes for one descriptor.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
+    }
+    // SAFETY: msg describes valid buffers for the duration of the call.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
+}
+
+/// Receives into `buf`; returns the bytes read and a descriptor if one came.
+fn recvmsg_fd(sock: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<OwnedFd>)> {
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: as in sendmsg_fd.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    // SAFETY: msg describes valid buffers for the duration of the call.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut fd = None;
+    // SAFETY: the kernel filled msg's control part; we walk it with the CMSG macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const RawFd);
+                fd = Some(OwnedFd::from_raw_fd(raw));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(std::io::Error::other("short-circuit: descriptor truncated (out of file descriptors?)"));
+    }
+    Ok((n as usize, fd))
+}
+
+/// A client's connection to a worker's short-circuit socket.
+pub struct LocalConn {
+    stream: UnixStream,
+    broken: bool,
+}
+
+impl LocalConn {
+    /// Connects to `path` and checks that the worker behind it is
+    /// `worker_id` with `token` (both from meta).
+    pub async fn connect(path: &str, worker_id: u64, token: u64) -> Result<LocalConn> {
+        let mut stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| Error::unavailable(format!("short-circuit socket {path}: {e}")))?;
+        let mut h = [0u8; HELLO_LEN];
+        stream.read_exact(&mut h).await.map_err(|e| Error::unavailable(format!("short-circuit socket {path}: {e}")))?;
+        let word = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().expect("4 bytes"));
+        let long = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
+        if word(0) != MAGIC || word(4) != VERSION {
+            return Err(Error::protocol(format!("{path} is not a Curvine short-circuit socket (version {VERSION})")));
+        }
+        if long(8) != worker_id || long(16) != token {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("{path} is not worker {worker_id}'s socket (it says worker {}); not trusting it", long(8)),
+            ));
+        }
+        Ok(LocalConn { stream, broken: false })
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// The block's file, length and checksums; `NotFound` when the worker
+    /// does not hold it (it may be loading, or gone: read over TCP then).
+    pub async fn open(&mut self, block_id: u64) -> Result<ReadSource> {
+        let res = self.open_inner(block_id).await;
+        if let Err(e) = &res {
+            if !matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) {
+                self.broken = true;
+            }
+        }
+        res
+    }
+
+    async fn open_inner(&mut self, block_id: u64) -> Result<ReadSource> {
+        let mut req = [0u8; 9];
+        req[0] = OP_OPEN;
+        req[1..].copy_from_slice(&block_id.to_le_bytes());
+        self.stream.write_all(&req).await?;
+        let mut head = [0u8; 14];
+        let (mut got, mut fd) = (0usize, None);
+        while got == 0 {
+            self.stream.readable().await?;
+            let sock = self.stream.as_raw_fd();
+            match self.stream.try_io(Interest::READABLE, || recvmsg_fd(sock, &mut head[..1])) {
+                Ok((0, _)) => return Err(Error::unavailable("short-circuit: the worker closed the socket")),
+                Ok((n, f)) => {
+                    got = n;
+                    fd = f;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if head[0] != 0 {
+            let mut n = [0u8; 4];
+            self.stream.read_exact(&mut n).await?;
+            let len = u32::from_le_bytes(n).min(1 << 16) as usize;
+            let mut msg = vec![0u8; len];
+            self.stream.read_exact(&mut msg).await?;
+            let kind = ErrorKind::from_code(u16::from(head[0]));
+            return Err(Error::new(kind, String::from_utf8_lossy(&msg).into_owned()));
+        }
+        let fd = fd.ok_or_else(|| Error::protocol("short-circuit: answer without a descriptor"))?;
+        self.stream.read_exact(&mut head[1..]).await?;
+        let len = u64::from_le_bytes(head[1..9].try_into().expect("8 bytes"));
+        let tier = tier_of(head[9])?;
+        let n = u32::from_le_bytes(head[10..14].try_into().expect("4 bytes"));
+        if n > MAX_CRCS || u64::from(n) != len.div_ceil(crate::frame::CHUNK) {
+            return Err(Error::protocol(format!("short-circuit: {n} checksums for a block of {len} bytes")));
+        }
+        let mut raw = vec![0u8; n as usize * 4];
+        self.stream.read_exact(&mut raw).await?;
+        let crcs: Arc<[u32]> = raw.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        Ok(ReadSource { file: Arc::new(File::from(fd)), len, crcs, tier })
+    }
+}
