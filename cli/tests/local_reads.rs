@@ -129,3 +129,30 @@ async fn open_many_answers_each_path_in_order() {
     f7.read_at(0, &mut buf).await.unwrap();
     assert!(buf == random_bytes(5000, 7));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_small_files_fetches_descriptors_in_one_go() {
+    let n = node().await;
+    let fs = client(&n, true);
+    // 250: two batches (200 + 50), and within the descriptor budget of a
+    // process with the usual 1,024 open-file limit (a quarter of it).
+    let mut paths = Vec::new();
+    for i in 0..250u64 {
+        let p = format!("/batch2/f{i:03}");
+        fs.create(&p, curvine_client::CreateOptions { parents: true, ..Default::default() }).await.unwrap().close().await.unwrap();
+        fs.write_all(&p, &random_bytes(1000 + i as usize, i), true).await.unwrap();
+        paths.push(p);
+    }
+    let readers: Vec<_> = fs.open_many(&paths).await.unwrap().into_iter().map(|r| r.unwrap()).collect();
+    let refs: Vec<_> = readers.iter().collect();
+    fs.prepare_local(&refs).await;
+    let st = fs.local_stats();
+    assert_eq!(st.prefetched, 250, "{st:?}");
+    for (i, r) in readers.iter().enumerate() {
+        let mut buf = vec![0u8; r.len() as usize];
+        r.read_at(0, &mut buf).await.unwrap();
+        assert!(buf == random_bytes(1000 + i, i as u64), "{}", r.status().path);
+    }
+    let st = fs.local_stats();
+    assert_eq!((st.reads, st.fallbacks, st.prefetched), (250, 0, 250), "{st:?}");
+}

@@ -22,7 +22,7 @@ use curvine_fabric::local::LocalConn;
 use curvine_fabric::ReadSource;
 use parking_lot::Mutex;
 
-/// Open block descriptors kept per client (each is one fd).
+/// Open block descriptors kept per client at most (each is one fd).
 const MAX_OPEN_BLOCKS: usize = 1024;
 /// Idle socket connections kept per worker.
 const MAX_IDLE: usize = 8;
@@ -115,6 +115,8 @@ pub struct LocalStats {
     pub reads: u64,
     /// Reads that tried the short-circuit and went over TCP instead.
     pub fallbacks: u64,
+    /// Block descriptors fetched ahead in batches (`prepare_local`).
+    pub prefetched: u64,
 }
 
 #[derive(Default)]
@@ -124,11 +126,17 @@ pub(crate) struct LocalReads {
     blocks: Mutex<Blocks>,
     reads: AtomicU64,
     fallbacks: AtomicU64,
+    prefetched: AtomicU64,
+    cap: std::sync::OnceLock<usize>,
 }
 
 impl LocalReads {
     pub fn stats(&self) -> LocalStats {
-        LocalStats { reads: self.reads.load(Ordering::Relaxed), fallbacks: self.fallbacks.load(Ordering::Relaxed) }
+        LocalStats {
+            reads: self.reads.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            prefetched: self.prefetched.load(Ordering::Relaxed),
+        }
     }
 
     /// Reads `buf.len()` bytes (or up to the block's end) of `block` at
@@ -187,33 +195,104 @@ impl LocalReads {
         g.order.retain(|b| *b != block);
     }
 
-    async fn source(&self, loc: &BlockLocation, block: u64) -> Result<Arc<LocalBlock>> {
-        if let Some(s) = self.blocks.lock().map.get(&block) {
-            return Ok(s.clone());
+    /// Opens, in one round trip per worker and 200 blocks, the descriptors
+    /// of `blocks` (location, block id) not held yet: a batch of small
+    /// files then costs no round trip per file. Best effort; failures leave
+    /// the reads to find their own way.
+    pub async fn prefetch(&self, blocks: &[(&BlockLocation, u64)]) {
+        let mut by_worker: HashMap<u64, (&BlockLocation, Vec<u64>)> = HashMap::new();
+        {
+            let g = self.blocks.lock();
+            for (loc, id) in blocks {
+                if loc.local_socket.is_empty() || g.map.contains_key(id) {
+                    continue;
+                }
+                by_worker.entry(loc.worker_id).or_insert_with(|| (loc, Vec::new())).1.push(*id);
+            }
         }
+        for (worker, (loc, mut ids)) in by_worker {
+            if self.backing_off(worker) {
+                continue;
+            }
+            ids.truncate(self.capacity());
+            for group in ids.chunks(curvine_fabric::local::MAX_BATCH) {
+                let res = async {
+                    let mut conn = self.conn(loc).await?;
+                    let res = conn.open_many(group).await;
+                    self.put_back(worker, conn);
+                    res
+                }
+                .await;
+                match res {
+                    Ok(srcs) => {
+                        for (id, src) in group.iter().zip(srcs) {
+                            if let Some(src) = src {
+                                self.prefetched.fetch_add(1, Ordering::Relaxed);
+                                self.remember(*id, Arc::new(LocalBlock::new(src)));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(worker, error = %e, "short-circuit batch open failed; reading over TCP");
+                        self.refused.lock().insert(worker, Instant::now() + BACKOFF);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Descriptors kept: a quarter of the process's open-file limit, at
+    /// most `MAX_OPEN_BLOCKS`, so a reader never runs the process out of fds.
+    fn capacity(&self) -> usize {
+        *self.cap.get_or_init(|| {
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit fills the struct it is given.
+            let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur as usize } else { 1024 };
+            (soft / 4).clamp(16, MAX_OPEN_BLOCKS)
+        })
+    }
+
+    async fn conn(&self, loc: &BlockLocation) -> Result<LocalConn> {
         let idle = self.idle.lock().get_mut(&loc.worker_id).and_then(Vec::pop);
-        let mut conn = match idle {
-            Some(c) => c,
-            None => LocalConn::connect(&loc.local_socket, loc.worker_id, loc.local_token).await?,
-        };
-        let res = conn.open(block).await;
+        match idle {
+            Some(c) => Ok(c),
+            None => LocalConn::connect(&loc.local_socket, loc.worker_id, loc.local_token).await,
+        }
+    }
+
+    fn put_back(&self, worker: u64, conn: LocalConn) {
         if !conn.is_broken() {
             let mut g = self.idle.lock();
-            let v = g.entry(loc.worker_id).or_default();
+            let v = g.entry(worker).or_default();
             if v.len() < MAX_IDLE {
                 v.push(conn);
             }
         }
-        let src = Arc::new(LocalBlock::new(res?));
+    }
+
+    fn remember(&self, block: u64, lb: Arc<LocalBlock>) {
+        let cap = self.capacity();
         let mut g = self.blocks.lock();
-        if g.map.insert(block, src.clone()).is_none() {
+        if g.map.insert(block, lb).is_none() {
             g.order.push_back(block);
         }
-        while g.order.len() > MAX_OPEN_BLOCKS {
+        while g.order.len() > cap {
             if let Some(old) = g.order.pop_front() {
                 g.map.remove(&old);
             }
         }
+    }
+
+    async fn source(&self, loc: &BlockLocation, block: u64) -> Result<Arc<LocalBlock>> {
+        if let Some(s) = self.blocks.lock().map.get(&block) {
+            return Ok(s.clone());
+        }
+        let mut conn = self.conn(loc).await?;
+        let res = conn.open(block).await;
+        self.put_back(loc.worker_id, conn);
+        let src = Arc::new(LocalBlock::new(res?));
+        self.remember(block, src.clone());
         Ok(src)
     }
 }

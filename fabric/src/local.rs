@@ -8,10 +8,13 @@
 //!   worker id u64, token u64. The client compares id and token with what
 //!   meta said about the worker, so a socket that is not the worker's is
 //!   refused (the client then reads over TCP).
-//! - request: op u8 (1 = open for read), block id u64.
-//! - answer: status u8 (0 = ok, else an `ErrorKind` code); ok: length u64,
-//!   tier u8, crc count u32, crcs; the descriptor rides on the first byte.
-//!   Error: message length u32, message.
+//! - request: op u8 (1 = open for read), block id u64; or op 2 (open
+//!   many), count u64 (≤ 200), then that many block ids u64.
+//! - answer: status u8 (0 = ok, else an `ErrorKind` code); ok for op 1:
+//!   length u64, tier u8, crc count u32, crcs; for op 2: count u32, then per
+//!   block a presence byte and, when present, the op-1 fields. Descriptors
+//!   (one per present block, in order) ride on the first byte. Error:
+//!   message length u32, message.
 //!
 //! To ensure correctness: blocks are sealed and never modified in place, and
 //! block ids are never reused, so a descriptor stays a faithful copy of its
@@ -33,10 +36,17 @@ const MAGIC: u32 = 0x4356_5343;
 const VERSION: u32 = 1;
 const HELLO_LEN: usize = 24;
 const OP_OPEN: u8 = 1;
+/// Opens several blocks in one round trip (a batch of small files).
+const OP_OPEN_MANY: u8 = 2;
+/// Blocks per `OP_OPEN_MANY` (below the kernel's 253 descriptors per message).
+pub const MAX_BATCH: usize = 200;
 /// Largest crc list accepted (a 4 GiB block of 64 KiB chunks).
 const MAX_CRCS: u32 = 1 << 16;
 
-/// Serves short-circuit opens on `listener` until `stop` resolves. Only
+/// Serves short-circuit opens on `listener` until `stop` resolves. Each
+/// descriptor handed out counts as one read of the whole block in the
+/// service's accounting (a cache hit): the reads themselves happen in the
+/// client, unseen. Only
 /// processes of root or the worker's own user get descriptors: others are
 /// answered `PermissionDenied` and read over TCP.
 pub async fn serve_local(
@@ -93,23 +103,46 @@ async fn serve_conn(mut stream: UnixStream, svc: Arc<dyn BlockService>, worker_i
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        let block = u64::from_le_bytes(req[1..9].try_into().expect("8 bytes"));
-        let res = match (&permitted, req[0]) {
+        let arg = u64::from_le_bytes(req[1..9].try_into().expect("8 bytes"));
+        // Each answer: a head, and descriptors riding on its first byte.
+        let res: Result<(Vec<u8>, Vec<ReadSource>)> = match (&permitted, req[0]) {
             (Err(why), _) => Err(Error::new(ErrorKind::PermissionDenied, why.clone())),
-            (Ok(()), OP_OPEN) => svc.open_read(block),
+            (Ok(()), OP_OPEN) => svc.open_read(arg).map(|src| {
+                svc.on_read(arg, src.len, false);
+                let mut out = vec![0u8];
+                put_source(&mut out, &src);
+                (out, vec![src])
+            }),
+            (Ok(()), OP_OPEN_MANY) if arg as usize <= MAX_BATCH => {
+                let mut ids = vec![0u8; arg as usize * 8];
+                stream.read_exact(&mut ids).await?;
+                let mut out = vec![0u8];
+                out.extend_from_slice(&(arg as u32).to_le_bytes());
+                let mut srcs = Vec::new();
+                for id in ids.chunks_exact(8) {
+                    let id = u64::from_le_bytes(id.try_into().expect("8 bytes"));
+                    match svc.open_read(id) {
+                        Ok(src) => {
+                            svc.on_read(id, src.len, false);
+                            out.push(1);
+                            put_source(&mut out, &src);
+                            srcs.push(src);
+                        }
+                        Err(_) => out.push(0), // not here: the client reads it over TCP
+                    }
+                }
+                Ok((out, srcs))
+            }
+            (Ok(()), OP_OPEN_MANY) => {
+                // The ids that follow cannot be skipped safely: close.
+                return Err(Error::protocol(format!("short-circuit: {arg} blocks in one request, at most {MAX_BATCH}")));
+            }
             (Ok(()), op) => Err(Error::protocol(format!("short-circuit: unknown op {op}"))),
         };
         match res {
-            Ok(src) => {
-                let mut out = Vec::with_capacity(14 + src.crcs.len() * 4);
-                out.push(0);
-                out.extend_from_slice(&src.len.to_le_bytes());
-                out.push(tier_code(src.tier));
-                out.extend_from_slice(&(src.crcs.len() as u32).to_le_bytes());
-                for c in src.crcs.iter() {
-                    out.extend_from_slice(&c.to_le_bytes());
-                }
-                send_with_fd(&mut stream, &out, src.file.as_raw_fd()).await?;
+            Ok((out, srcs)) => {
+                let fds: Vec<RawFd> = srcs.iter().map(|s| s.file.as_raw_fd()).collect();
+                send_with_fds(&mut stream, &out, &fds).await?;
             }
             Err(e) => {
                 let msg = e.message().as_bytes();
@@ -120,6 +153,16 @@ async fn serve_conn(mut stream: UnixStream, svc: Arc<dyn BlockService>, worker_i
                 stream.write_all(&out).await?;
             }
         }
+    }
+}
+
+/// length u64, tier u8, crc count u32, crcs.
+fn put_source(out: &mut Vec<u8>, src: &ReadSource) {
+    out.extend_from_slice(&src.len.to_le_bytes());
+    out.push(tier_code(src.tier));
+    out.extend_from_slice(&(src.crcs.len() as u32).to_le_bytes());
+    for c in src.crcs.iter() {
+        out.extend_from_slice(&c.to_le_bytes());
     }
 }
 
@@ -140,11 +183,11 @@ fn tier_of(c: u8) -> Result<TierKind> {
     }
 }
 
-/// Sends `data` with `fd` attached to its first byte.
-async fn send_with_fd(stream: &mut UnixStream, data: &[u8], fd: RawFd) -> Result<()> {
+/// Sends `data` with `fds` attached to its first byte.
+async fn send_with_fds(stream: &mut UnixStream, data: &[u8], fds: &[RawFd]) -> Result<()> {
     let sent = loop {
         stream.writable().await?;
-        match stream.try_io(Interest::WRITABLE, || sendmsg_fd(stream.as_raw_fd(), data, fd)) {
+        match stream.try_io(Interest::WRITABLE, || sendmsg_fds(stream.as_raw_fd(), data, fds)) {
             Ok(n) => break n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e.into()),
@@ -154,35 +197,46 @@ async fn send_with_fd(stream: &mut UnixStream, data: &[u8], fd: RawFd) -> Result
     Ok(())
 }
 
-fn sendmsg_fd(sock: RawFd, data: &[u8], fd: RawFd) -> std::io::Result<usize> {
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+fn cmsg_space(fds: usize) -> usize {
+    // SAFETY: CMSG_SPACE is arithmetic.
+    unsafe { libc::CMSG_SPACE((fds * std::mem::size_of::<RawFd>()) as u32) as usize }
+}
+
+fn sendmsg_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<usize> {
+    let space = cmsg_space(fds.len());
     let mut cbuf = vec![0u8; space];
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
     // SAFETY: msghdr is plain data; every pointer set below outlives the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
-    // SAFETY: the control buffer is CMSG_SPACE bytes for one descriptor.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
+    if !fds.is_empty() {
+        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer is CMSG_SPACE bytes for `fds.len()` descriptors.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN((fds.len() * std::mem::size_of::<RawFd>()) as u32) as _;
+            let dst = libc::CMSG_DATA(c) as *mut RawFd;
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(dst.add(i), *fd);
+            }
+        }
     }
     // SAFETY: msg describes valid buffers for the duration of the call.
     let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
     if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
-/// Receives into `buf`; returns the bytes read and a descriptor if one came.
-fn recvmsg_fd(sock: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<OwnedFd>)> {
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+/// Receives into `buf`; returns the bytes read and the descriptors that came
+/// (at most `max_fds`).
+fn recvmsg_fds(sock: RawFd, buf: &mut [u8], max_fds: usize) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+    let space = cmsg_space(max_fds.max(1));
     let mut cbuf = vec![0u8; space];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
-    // SAFETY: as in sendmsg_fd.
+    // SAFETY: as in sendmsg_fds.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
@@ -193,22 +247,25 @@ fn recvmsg_fd(sock: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<Own
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let mut fd = None;
+    let mut fds = Vec::new();
     // SAFETY: the kernel filled msg's control part; we walk it with the CMSG macros.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const RawFd);
-                fd = Some(OwnedFd::from_raw_fd(raw));
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                let bytes = (*c).cmsg_len as usize - (data as usize - c as usize);
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(std::io::Error::other("short-circuit: descriptor truncated (out of file descriptors?)"));
+        return Err(std::io::Error::other("short-circuit: descriptors truncated (out of file descriptors?)"));
     }
-    Ok((n as usize, fd))
+    Ok((n as usize, fds))
 }
 
 /// A client's connection to a worker's short-circuit socket.
@@ -261,35 +318,85 @@ impl LocalConn {
         req[0] = OP_OPEN;
         req[1..].copy_from_slice(&block_id.to_le_bytes());
         self.stream.write_all(&req).await?;
-        let mut head = [0u8; 14];
-        let (mut got, mut fd) = (0usize, None);
-        while got == 0 {
+        let mut fds = self.answer(1).await?.into_iter();
+        let fd = fds.next().ok_or_else(|| Error::protocol("short-circuit: answer without a descriptor"))?;
+        self.source(fd).await
+    }
+
+    /// Opens up to [`MAX_BATCH`] blocks in one round trip: `None` for each
+    /// block the worker does not hold.
+    pub async fn open_many(&mut self, ids: &[u64]) -> Result<Vec<Option<ReadSource>>> {
+        let res = self.open_many_inner(ids).await;
+        if res.is_err() {
+            self.broken = true; // the stream may be mid-answer
+        }
+        res
+    }
+
+    async fn open_many_inner(&mut self, ids: &[u64]) -> Result<Vec<Option<ReadSource>>> {
+        if ids.len() > MAX_BATCH {
+            return Err(Error::invalid(format!("short-circuit: {} blocks in one request, at most {MAX_BATCH}", ids.len())));
+        }
+        let mut req = Vec::with_capacity(9 + ids.len() * 8);
+        req.push(OP_OPEN_MANY);
+        req.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+        for id in ids {
+            req.extend_from_slice(&id.to_le_bytes());
+        }
+        self.stream.write_all(&req).await?;
+        let mut fds = self.answer(ids.len()).await?.into_iter();
+        let mut n = [0u8; 4];
+        self.stream.read_exact(&mut n).await?;
+        if u32::from_le_bytes(n) as usize != ids.len() {
+            return Err(Error::protocol("short-circuit: answer for a different number of blocks"));
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for _ in ids {
+            let mut present = [0u8; 1];
+            self.stream.read_exact(&mut present).await?;
+            if present[0] == 0 {
+                out.push(None);
+                continue;
+            }
+            let fd = fds.next().ok_or_else(|| Error::protocol("short-circuit: fewer descriptors than blocks"))?;
+            out.push(Some(self.source(fd).await?));
+        }
+        Ok(out)
+    }
+
+    /// Reads an answer's status byte with the descriptors riding on it; an
+    /// error answer becomes the error.
+    async fn answer(&mut self, max_fds: usize) -> Result<Vec<OwnedFd>> {
+        let mut status = [0u8; 1];
+        let fds = loop {
             self.stream.readable().await?;
             let sock = self.stream.as_raw_fd();
-            match self.stream.try_io(Interest::READABLE, || recvmsg_fd(sock, &mut head[..1])) {
+            match self.stream.try_io(Interest::READABLE, || recvmsg_fds(sock, &mut status, max_fds)) {
                 Ok((0, _)) => return Err(Error::unavailable("short-circuit: the worker closed the socket")),
-                Ok((n, f)) => {
-                    got = n;
-                    fd = f;
-                }
+                Ok((_, f)) => break f,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e.into()),
             }
-        }
-        if head[0] != 0 {
+        };
+        if status[0] != 0 {
             let mut n = [0u8; 4];
             self.stream.read_exact(&mut n).await?;
             let len = u32::from_le_bytes(n).min(1 << 16) as usize;
             let mut msg = vec![0u8; len];
             self.stream.read_exact(&mut msg).await?;
-            let kind = ErrorKind::from_code(u16::from(head[0]));
+            let kind = ErrorKind::from_code(u16::from(status[0]));
             return Err(Error::new(kind, String::from_utf8_lossy(&msg).into_owned()));
         }
-        let fd = fd.ok_or_else(|| Error::protocol("short-circuit: answer without a descriptor"))?;
-        self.stream.read_exact(&mut head[1..]).await?;
-        let len = u64::from_le_bytes(head[1..9].try_into().expect("8 bytes"));
-        let tier = tier_of(head[9])?;
-        let n = u32::from_le_bytes(head[10..14].try_into().expect("4 bytes"));
+        Ok(fds)
+    }
+
+    /// Reads one block's length, tier and crcs; `fd` is its file.
+    async fn source(&mut self, fd: OwnedFd) -> Result<ReadSource> {
+        let mut head = [0u8; 13];
+        self.stream.read_exact(&mut head).await?;
+        let len = u64::from_le_bytes(head[0..8].try_into().expect("8 bytes"));
+        let tier = tier_of(head[8])?;
+        let n = u32::from_le_bytes(head[9..13].try_into().expect("4 bytes"));
         if n > MAX_CRCS || u64::from(n) != len.div_ceil(crate::frame::CHUNK) {
             return Err(Error::protocol(format!("short-circuit: {n} checksums for a block of {len} bytes")));
         }

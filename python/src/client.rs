@@ -264,8 +264,13 @@ impl Client {
         let readers: Vec<Arc<curvine_client::FileReader>> = {
             let (c2, paths) = (c.clone(), paths.clone());
             py.detach(move || {
-                let opened = c2.block_on(c2.fs().open_many(&paths))?;
-                opened.into_iter().map(|r| r.map(Arc::new)).collect::<curvine_client::Result<Vec<_>>>()
+                c2.block_on(async {
+                    let opened = c2.fs().open_many(&paths).await?;
+                    let readers = opened.into_iter().map(|r| r.map(Arc::new)).collect::<curvine_client::Result<Vec<_>>>()?;
+                    let refs: Vec<&curvine_client::FileReader> = readers.iter().map(|r| r.as_ref()).collect();
+                    c2.fs().prepare_local(&refs).await;
+                    Ok::<_, curvine_client::Error>(readers)
+                })
             })
             .py_err()?
         };
