@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 ./scripts/s3-server.sh install >/dev/null
 cargo build --release -q -p curvine-cli
 small=${1:-2000}; large=${2:-8}; readers=${3:-4}
-work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+work=$(mktemp -d); shm=$(mktemp -d -p /dev/shm cv-bench-XXXXXX 2>/dev/null || mktemp -d)
+# The memory tier goes in its own directory, removed with everything else.
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$shm"' EXIT
 port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 "$HOME/.cache/curvine/moto-venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
 ep="http://127.0.0.1:$port"
@@ -24,7 +26,7 @@ with cf.ThreadPoolExecutor(16) as ex:
     list(ex.map(lambda i: put(f"small/o{i:06}", 64 << 10), range(small)))
 for i in range(large): put(f"large/o{i:03}", 64 << 20)
 PY
-"$CV_BIN" up --home "$work/home" --meta-port 0 --worker-port 0 --web-port 0 --mem 4GiB >"$work/up.log" 2>&1 &
+"$CV_BIN" up --home "$work/home" --meta-port 0 --worker-port 0 --web-port 0 --mem 4GiB --mem-dir "$shm/mem" >"$work/up.log" 2>&1 &
 uppid=$!
 for _ in $(seq 300); do grep -q "curvine ready" "$work/up.log" && break; sleep 0.1; done
 meta=$(sed -n 's/.*curvine ready meta=\([^ ]*\).*/\1/p' "$work/up.log")

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 cargo build --release -q -p curvine-cli
 n=${1:-100000}
-work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+work=$(mktemp -d); shm=$(mktemp -d -p /dev/shm cv-bench-XXXXXX 2>/dev/null || mktemp -d)
+# The memory tier goes in its own directory, removed with everything else.
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$shm"' EXIT
 mkdir -p "$work/ufs/set"
 python3 - "$work/ufs/set" "$n" <<'PY'
 import os, sys
@@ -17,7 +19,7 @@ blob = os.urandom(1024)
 for i in range(n):
     with open(f"{d}/f{i:07}", "wb") as f: f.write(blob)
 PY
-"$CV_BIN" up --home "$work/home" --meta-port 0 --worker-port 0 --web-port 0 --mem 2GiB >"$work/up.log" 2>&1 &
+"$CV_BIN" up --home "$work/home" --meta-port 0 --worker-port 0 --web-port 0 --mem 2GiB --mem-dir "$shm/mem" >"$work/up.log" 2>&1 &
 uppid=$!
 for _ in $(seq 300); do grep -q "curvine ready" "$work/up.log" && break; sleep 0.1; done
 meta=$(sed -n 's/.*curvine ready meta=\([^ ]*\).*/\1/p' "$work/up.log")

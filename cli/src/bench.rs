@@ -51,6 +51,12 @@ pub struct BenchArgs {
     /// Read over TCP even when the worker is on this host
     #[arg(long)]
     no_short_circuit: bool,
+    /// `read` only: instead of streaming, this many random reads of
+    /// --random-size each (ops/s), against random `pread`s of a tmpfs copy
+    #[arg(long, default_value_t = 0)]
+    random: u64,
+    #[arg(long, default_value = "64KiB")]
+    random_size: ByteSize,
 }
 
 fn mib_s(bytes: u64, secs: f64) -> f64 {
@@ -199,6 +205,104 @@ async fn read_pass(fs: &FileSystem, a: &BenchArgs, path: &str) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// Cheap deterministic offsets (xorshift); no need for a crypto RNG here.
+fn offsets(seed: u64, n: u64, size: u64, len: u64) -> Vec<u64> {
+    let slots = (size / len).max(1);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % slots) * len
+        })
+        .collect()
+}
+
+/// `a.random` random reads of `a.random_size` through Curvine, over
+/// `threads` tasks; returns reads per second.
+async fn random_pass(fs: &FileSystem, a: &BenchArgs, path: &str, round: u64) -> Result<f64> {
+    let (threads, len) = (a.threads.max(1) as u64, a.random_size.0.max(1));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..threads {
+        let (fs, path) = (fs.clone(), path.to_string());
+        let offs = offsets(round * 1000 + i + 1, a.random / threads, a.size.0, len);
+        tasks.push(tokio::spawn(async move {
+            let r = fs.open(&path).await?;
+            let mut buf = vec![0u8; len as usize];
+            for off in offs {
+                r.read_at(off, &mut buf).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((a.random / threads * threads) as f64 / t.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// The same random reads as `pread` of a local file, same threads.
+fn random_local(file: &std::fs::File, a: &BenchArgs, round: u64) -> Result<f64> {
+    use std::os::unix::fs::FileExt;
+    let (threads, len) = (a.threads.max(1) as u64, a.random_size.0.max(1));
+    let t = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let hs: Vec<_> = (0..threads)
+            .map(|i| {
+                let offs = offsets(round * 1000 + i + 1, a.random / threads, a.size.0, len);
+                s.spawn(move || -> std::io::Result<()> {
+                    let mut buf = vec![0u8; len as usize];
+                    for off in offs {
+                        file.read_exact_at(&mut buf, off)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().map_err(|_| anyhow::anyhow!("baseline reader panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok((a.random / threads * threads) as f64 / t.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// `cv bench read --random N`: random reads per second, Curvine vs a local
+/// tmpfs file of the same size, rounds interleaved.
+async fn run_random(fs: &FileSystem, a: &BenchArgs, path: &str) -> Result<()> {
+    let dir = if std::path::Path::new("/dev/shm").is_dir() { std::path::PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    let tmp = dir.join(format!("cv-bench-random-{}", std::process::id()));
+    let local = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&tmp)?;
+    std::fs::remove_file(&tmp)?; // gone with the handle
+    {
+        let data = fs.read_all(path).await?;
+        use std::io::Write;
+        (&local).write_all(&data)?;
+    }
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for round in 0..a.rounds.max(1) as u64 {
+        ours.push(random_pass(fs, a, path, round).await?);
+        base.push(random_local(&local, a, round)?);
+    }
+    let (m, b) = (median(&mut ours), median(&mut base));
+    let via = if fs.local_stats().reads > 0 { "short-circuit" } else { "tcp" };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "read-random", "reads_per_s": m, "size": a.random_size.0, "threads": a.threads,
+                "path": via, "baselines": {"local_tmpfs_pread_per_s": b}, "ratios": {"vs_local_pread": m / b}})
+        );
+    } else {
+        println!(
+            "random {} reads, {} thread(s) over {via}: {m:.0} reads/s median of {}; local tmpfs pread {b:.0} reads/s, ratio {:.2}",
+            a.random_size, a.threads, a.rounds, m / b
+        );
+    }
+    Ok(())
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
@@ -233,6 +337,9 @@ pub async fn run(cmd: BenchCmd, c: &ClientArgs) -> Result<()> {
             Ok(s) if s.len == size && s.complete => {}
             _ => write_file(&fs, &read_path, size, &src).await?,
         }
+    }
+    if name == "read" && a.random > 0 {
+        return run_random(&fs, &a, &read_path).await;
     }
     // Client passes and TCP baseline passes alternate, so drift in the
     // machine's speed (a shared VM host) hits both alike; medians are

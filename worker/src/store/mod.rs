@@ -124,6 +124,31 @@ pub(crate) fn crc_count(len: u64) -> u64 {
     len.div_ceil(CHUNK)
 }
 
+/// Tier directories belong to one worker identity (`TIER/worker.id`). Blocks
+/// left by another worker (a node re-created with a new id over an old
+/// `/dev/shm` directory) are unknown to the cluster and their ids may be
+/// handed out again, so they are dropped instead of indexed.
+fn claim_tier(dir: &std::path::Path, worker_id: u64) -> Result<()> {
+    let marker = dir.join("worker.id");
+    let io = |e: std::io::Error, what: &str| Error::new(ErrorKind::Io, format!("{what} {}: {e}", marker.display()));
+    match std::fs::read_to_string(&marker) {
+        Ok(s) if s.trim().parse::<u64>().ok() == Some(worker_id) => return Ok(()),
+        Ok(s) => {
+            tracing::warn!(dir = %dir.display(), owner = s.trim(), worker = worker_id, "tier held another worker's blocks: dropping them");
+            for sub in ["blocks", "tmp"] {
+                let d = dir.join(sub);
+                std::fs::remove_dir_all(&d).map_err(|e| io(e, "clear"))?;
+                std::fs::create_dir_all(&d).map_err(|e| io(e, "recreate"))?;
+            }
+        }
+        // Unmarked: a new directory, or one from before markers existed
+        // (same worker then: keep its blocks).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e, "read")),
+    }
+    std::fs::write(&marker, format!("{worker_id}\n")).map_err(|e| io(e, "write"))
+}
+
 impl TieredStore {
     /// Opens (creating if needed) the tiers in `confs`, fastest first,
     /// purges unfinished writes and rebuilds the index from `blocks/`.
@@ -151,6 +176,7 @@ impl TieredStore {
                     )
                 })?;
             }
+            claim_tier(&c.dir, worker_id).map_err(|e| e.context(format!("worker.tiers[{i}].dir")))?;
             tiers.push(Tier { kind, dir: c.dir.clone(), capacity: c.capacity.0 });
         }
         let mut index = HashMap::new();

@@ -207,3 +207,23 @@ fn bad_tier_config_is_named() {
     let e = TieredStore::open(1, &[tier("MEM", dir.path(), 1), bad], false).err().unwrap();
     assert!(e.message().contains("worker.tiers[1].dir"), "{e}");
 }
+
+#[test]
+fn blocks_of_another_worker_identity_are_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let confs = two_tiers(dir.path(), 1024 * K, 1024 * K);
+    {
+        let store = TieredStore::open(7, &confs, false).unwrap();
+        write(&store, 1, &data(70 * K as usize, 1)).unwrap();
+    }
+    // Same worker again: its block is still there.
+    let store = TieredStore::open(7, &confs, false).unwrap();
+    assert_eq!(read_back(&store, 1), data(70 * K as usize, 1));
+    drop(store);
+    // A new worker id over the same directories: nothing of worker 7's is indexed.
+    let store = TieredStore::open(8, &confs, false).unwrap();
+    assert_eq!(store.open_read(1).err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+    assert_eq!(store.usage()[0].blocks, 0);
+    write(&store, 1, &data(10, 2)).unwrap();
+    assert_eq!(read_back(&store, 1), data(10, 2));
+}
