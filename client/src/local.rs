@@ -308,18 +308,19 @@ fn copy_verified(lb: &LocalBlock, map: &[u8], block: u64, offset: u64, buf: &mut
     }
     let end = (offset + buf.len() as u64).min(src.len);
     let n = (end - offset) as usize;
+    if !verify {
+        buf[..n].copy_from_slice(&map[offset as usize..end as usize]);
+        return Ok(n);
+    }
     let mut pos = offset;
     while pos < end {
         let idx = pos / CHUNK;
         let (c_lo, c_hi) = (idx * CHUNK, ((idx + 1) * CHUNK).min(src.len));
         // Unchecked chunks one by one; a run of checked ones in one copy.
-        if !verify || lb.is_checked(idx) {
+        if lb.is_checked(idx) {
             let mut to = c_hi.min(end);
-            while verify && to < end && lb.is_checked(to / CHUNK) {
+            while to < end && lb.is_checked(to / CHUNK) {
                 to = (to + CHUNK).min(src.len).min(end);
-            }
-            if !verify {
-                to = end;
             }
             buf[(pos - offset) as usize..(to - offset) as usize].copy_from_slice(&map[pos as usize..to as usize]);
             pos = to;
