@@ -116,9 +116,12 @@ fn up_config(a: &UpArgs) -> Result<(Config, PathBuf)> {
     conf.meta.host = a.host.clone();
     conf.worker.host = a.host.clone();
     conf.web.host = a.host.clone();
-    if a.config.is_none() {
-        conf.meta.dir = home.join("meta");
-        conf.worker.dir = home.join("worker");
+    // Relative state directories (the defaults among them) live in HOME,
+    // whether or not a config file was given.
+    for dir in [&mut conf.meta.dir, &mut conf.worker.dir] {
+        if dir.is_relative() {
+            *dir = home.join(&*dir);
+        }
     }
     if let Some(p) = a.meta_port {
         conf.meta.port = p;

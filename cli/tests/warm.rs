@@ -8,33 +8,10 @@ use std::time::Duration;
 use common::*;
 use curvine_client::{FileSystem, JobInfo};
 use curvine_ufs::Ufs;
-use futures::StreamExt;
 use testbed::s3::S3Server;
 
-async fn put_many(ufs: &Ufs, prefix: &str, n: usize, len: usize) -> Vec<(String, Vec<u8>)> {
-    let objs: Vec<(String, Vec<u8>)> =
-        (0..n).map(|i| (format!("{prefix}/o{i:05}"), random_bytes(len, (i as u64) << 8 | len as u64))).collect();
-    futures::stream::iter(objs.iter())
-        .for_each_concurrent(32, |(k, v)| {
-            let ufs = ufs.clone();
-            async move {
-                let mut w = ufs.writer(k).await.expect("writer");
-                w.write(bytes::Bytes::copy_from_slice(v)).await.expect("write");
-                w.close().await.expect("close");
-            }
-        })
-        .await;
-    objs
-}
-
 fn mount(n: &Node, s3: &S3Server, bucket: &str, at: &str) {
-    let mut args = vec!["mount".to_string(), s3.uri(bucket, ""), at.to_string()];
-    for (k, v) in s3.options() {
-        args.push("-o".into());
-        args.push(format!("{k}={v}"));
-    }
-    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    ok(&cv(n, &a));
+    mount_s3(n, s3, bucket, "", at, &[]);
 }
 
 fn job_json(out: &str) -> serde_json::Value {

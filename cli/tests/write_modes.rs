@@ -14,14 +14,7 @@ fn mount(n: &Node, s3: &S3Server, bucket: &str, at: &str, extra: &[&str]) {
 }
 
 fn mount_prefix(n: &Node, s3: &S3Server, bucket: &str, prefix: &str, at: &str, extra: &[&str]) {
-    let mut args = vec!["mount".to_string(), s3.uri(bucket, prefix), at.to_string()];
-    for (k, v) in s3.options() {
-        args.push("-o".into());
-        args.push(format!("{k}={v}"));
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    ok(&cv(n, &a));
+    mount_s3(n, s3, bucket, prefix, at, extra)
 }
 
 /// Size and sha256 of an object as boto3 sees it, or "missing".

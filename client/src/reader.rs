@@ -7,6 +7,10 @@ use curvine_common::proto::{FileStatus, LocatedBlock};
 use curvine_common::{Error, ErrorKind, Result};
 
 use crate::fs::FileSystem;
+use futures::StreamExt;
+
+/// Blocks of one read fetched at the same time.
+const PARALLEL_BLOCKS: usize = 4;
 
 pub struct FileReader {
     fs: FileSystem,
@@ -73,6 +77,11 @@ impl FileReader {
                 self.load_ahead(cur + 1);
             }
         }
+        // One piece of `buf` per block; pieces of different blocks are read
+        // at once (up to PARALLEL_BLOCKS), so a large read draws on several
+        // workers, or several connections to one, in parallel.
+        let mut reads = Vec::new();
+        let mut rest = &mut buf[..(end - offset) as usize];
         for b in &self.blocks[first..] {
             let pos = offset + done as u64;
             if pos >= end {
@@ -80,14 +89,14 @@ impl FileReader {
             }
             let in_block = pos - b.offset;
             let n = (b.len - in_block).min(end - pos) as usize;
-            let got = self.read_block(b, in_block, &mut buf[done..done + n]).await?;
-            if got < n {
-                return Err(Error::new(
-                    ErrorKind::Corrupt,
-                    format!("{}: block {} holds {} bytes fewer than recorded", self.status.path, b.id, n - got),
-                ));
-            }
+            let (piece, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            rest = tail;
+            reads.push(self.read_piece(b, in_block, piece));
             done += n;
+        }
+        let mut reads = futures::stream::iter(reads).buffer_unordered(PARALLEL_BLOCKS);
+        while let Some(r) = reads.next().await {
+            r?;
         }
         Ok(done)
     }
@@ -115,11 +124,82 @@ impl FileReader {
         });
     }
 
+    /// Fills `piece` from block `b` at `in_block`; a short block is corrupt.
+    async fn read_piece(&self, b: &LocatedBlock, in_block: u64, piece: &mut [u8]) -> Result<()> {
+        let want = piece.len();
+        let got = self.read_block(b, in_block, piece).await?;
+        if got < want {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("{}: block {} holds {} bytes fewer than recorded", self.status.path, b.id, want - got),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads from one block. Copies that fail their checksum are reported
+    /// to meta, which drops them; the block is then read wherever meta now
+    /// places it (another copy, or a fresh load from the UFS), so corrupt
+    /// bytes are never returned.
+    async fn read_block(&self, b: &LocatedBlock, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut dropped = false;
+        match self.read_located(b, offset, buf, &mut dropped).await {
+            Err(e) if e.kind() == ErrorKind::Corrupt && dropped => {
+                let fresh = self.relocate(b).await.map_err(|_| e)?;
+                self.read_located(&fresh, offset, buf, &mut dropped).await
+            }
+            other => other,
+        }
+    }
+
+    /// The block as meta places it now.
+    async fn relocate(&self, b: &LocatedBlock) -> Result<LocatedBlock> {
+        let path = self.status.path.clone();
+        let r = self
+            .fs
+            .inner
+            .meta
+            .call(|mut c| {
+                let req = curvine_common::proto::OpenRequest { path: path.clone() };
+                async move { c.open(req).await }
+            })
+            .await?;
+        r.blocks
+            .into_iter()
+            .find(|x| x.id == b.id && !x.locations.is_empty())
+            .ok_or_else(|| Error::unavailable(format!("{path}: block {} has no other copy", b.id)))
+    }
+
+    /// Tells meta that `worker`'s copy of `block` failed its checksum; true
+    /// when meta dropped the copy (the block can be had elsewhere).
+    async fn report_corrupt(&self, block: u64, worker: u64) -> bool {
+        let path = self.status.path.clone();
+        let res = self
+            .fs
+            .inner
+            .meta
+            .call(|mut c| {
+                let req = curvine_common::proto::ReportCorruptRequest { block_id: block, worker_id: worker, path: path.clone() };
+                async move { c.report_corrupt(req).await }
+            })
+            .await;
+        match res {
+            Ok(r) => r.dropped,
+            Err(e) => {
+                tracing::warn!(block, worker, error = %e, "cannot report a corrupt block copy");
+                false
+            }
+        }
+    }
+
     /// Reads from one block, trying each location; a worker that is down is
     /// skipped, and a broken pooled connection is retried once on a new one.
-    async fn read_block(&self, b: &LocatedBlock, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    /// `dropped` is set when a corrupt copy was dropped (the block can be
+    /// read again from wherever meta places it now).
+    async fn read_located(&self, b: &LocatedBlock, offset: u64, buf: &mut [u8], dropped: &mut bool) -> Result<usize> {
         let inner = &self.fs.inner;
         let mut last = None;
+        let mut corrupt = None;
         let mut locs: Vec<_> = b.locations.iter().collect();
         // Same host first, read from its block files where the worker allows it.
         locs.sort_by_key(|l| l.hostname != inner.hostname);
@@ -148,9 +228,34 @@ impl FileReader {
                         last = Some(e);
                         break;
                     }
+                    Err(e) if e.kind() == ErrorKind::Corrupt => {
+                        tracing::debug!(block = b.id, worker = loc.worker_id, error = %e, "cached copy fails its checksum");
+                        // Meta forgets the copy when the block can be had
+                        // elsewhere (another copy, the UFS); the worker then
+                        // checks it and drops it if bad. Intact on the worker
+                        // means damage in transit: read again. The only copy
+                        // of a cache-only block is kept (its other chunks
+                        // still read) and the read fails.
+                        if self.report_corrupt(b.id, loc.worker_id).await {
+                            *dropped = true;
+                            match conn.verify(b.id).await {
+                                Ok(true) => {
+                                    last = Some(e);
+                                    continue;
+                                }
+                                Ok(false) => {}
+                                Err(v) => tracing::warn!(block = b.id, error = %v, "worker could not verify the block"),
+                            }
+                        }
+                        corrupt = Some(e);
+                        break;
+                    }
                     Err(e) => return Err(e.context(&self.status.path)),
                 }
             }
+        }
+        if let Some(e) = corrupt {
+            return Err(e.context(&self.status.path));
         }
         Err(last
             .map(|e| e.context(&self.status.path))

@@ -1,7 +1,9 @@
 //! `FileWriter`: streams a new file to workers block by block. Bytes are
 //! staged in one chunk-sized buffer only when the caller's writes are
 //! smaller than a chunk; large writes go from the caller's slice to the
-//! socket.
+//! socket. A file with replication N sends every chunk to the N workers
+//! meta placed the block on, at the same time; a replica that fails is
+//! dropped (the block commits on the others) and meta re-replicates later.
 
 use curvine_common::proto::{self, CommittedBlock, FileStatus, LocatedBlock};
 use curvine_common::{Error, Result};
@@ -12,10 +14,42 @@ use crate::pool::Pooled;
 
 struct OpenBlock {
     block: LocatedBlock,
-    worker_id: u64,
-    conn: Pooled,
-    /// Bytes sent to the worker so far (always CHUNK-aligned until commit).
+    /// One connection per replica still being written: (worker id, conn).
+    replicas: Vec<(u64, Pooled)>,
+    /// Bytes sent to the workers so far (always CHUNK-aligned until commit).
     sent: u64,
+}
+
+impl OpenBlock {
+    /// Keeps the replicas whose result is `Ok`; fails (with the first error)
+    /// only when none is left.
+    fn survivors<T>(&mut self, results: Vec<Result<T>>, what: &str) -> Result<Vec<T>> {
+        let mut first_err = None;
+        let mut oks = Vec::new();
+        let mut kept = Vec::new();
+        for ((worker, conn), r) in std::mem::take(&mut self.replicas).into_iter().zip(results) {
+            match r {
+                Ok(v) => {
+                    oks.push(v);
+                    kept.push((worker, conn));
+                }
+                Err(e) => {
+                    tracing::debug!(block = self.block.id, worker, error = %e, "{what} failed on a replica; dropping it");
+                    conn.discard();
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        self.replicas = kept;
+        match first_err {
+            Some(e) if self.replicas.is_empty() => Err(e),
+            Some(e) => {
+                tracing::warn!(block = self.block.id, left = self.replicas.len(), error = %e, "{what} failed on a replica; going on with the others");
+                Ok(oks)
+            }
+            None => Ok(oks),
+        }
+    }
 }
 
 pub struct FileWriter {
@@ -108,7 +142,13 @@ impl FileWriter {
 
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
         let b = self.cur.as_mut().ok_or_else(|| Error::internal("no open block"))?;
-        b.conn.write_data(b.block.id, b.sent, bytes).await?;
+        let (id, off) = (b.block.id, b.sent);
+        let results = if b.replicas.len() == 1 {
+            vec![b.replicas[0].1.write_data(id, off, bytes).await]
+        } else {
+            futures::future::join_all(b.replicas.iter_mut().map(|(_, c)| c.write_data(id, off, bytes))).await
+        };
+        b.survivors(results, "write")?;
         b.sent += bytes.len() as u64;
         Ok(())
     }
@@ -142,22 +182,38 @@ impl FileWriter {
             })
             .await?;
         let block = r.block.ok_or_else(|| Error::internal("add_block: empty response"))?;
-        let loc = block
-            .locations
-            .first()
-            .cloned()
-            .ok_or_else(|| Error::unavailable(format!("{}: meta returned no worker for block {}", path, block.id)))?;
-        let mut conn = inner.pool.get(&loc.addr).await?;
-        conn.write_open(block.id, self.block_size).await?;
-        self.cur = Some(OpenBlock { block, worker_id: loc.worker_id, conn, sent: 0 });
+        if block.locations.is_empty() {
+            return Err(Error::unavailable(format!("{}: meta returned no worker for block {}", path, block.id)));
+        }
+        let mut replicas = Vec::with_capacity(block.locations.len());
+        let mut results = Vec::with_capacity(block.locations.len());
+        for loc in &block.locations {
+            match inner.pool.get(&loc.addr).await {
+                Ok(mut conn) => {
+                    let r = conn.write_open(block.id, self.block_size).await;
+                    replicas.push((loc.worker_id, conn));
+                    results.push(r.map(|_| ()));
+                }
+                Err(e) => tracing::warn!(block = block.id, worker = loc.worker_id, error = %e, "replica unreachable; skipping it"),
+            }
+        }
+        if replicas.is_empty() {
+            return Err(Error::unavailable(format!("{path}: no worker placed for block {} is reachable", block.id)));
+        }
+        let mut b = OpenBlock { block, replicas, sent: 0 };
+        b.survivors(results, "open")?;
+        self.cur = Some(b);
         Ok(())
     }
 
     async fn finish_block(&mut self) -> Result<()> {
         self.flush_staged().await?;
         if let Some(mut b) = self.cur.take() {
-            b.conn.write_commit(b.block.id, b.sent).await?;
-            self.committed.push(CommittedBlock { id: b.block.id, len: b.sent, worker_ids: vec![b.worker_id] });
+            let (id, len) = (b.block.id, b.sent);
+            let results = futures::future::join_all(b.replicas.iter_mut().map(|(_, c)| c.write_commit(id, len))).await;
+            b.survivors(results, "commit")?;
+            let worker_ids = b.replicas.iter().map(|(w, _)| *w).collect();
+            self.committed.push(CommittedBlock { id, len, worker_ids });
         }
         Ok(())
     }
@@ -206,7 +262,8 @@ impl FileWriter {
         }
         self.done = true;
         if let Some(mut b) = self.cur.take() {
-            let _ = b.conn.write_abort(b.block.id).await;
+            let id = b.block.id;
+            futures::future::join_all(b.replicas.iter_mut().map(|(_, c)| c.write_abort(id))).await;
         }
         abort_file(self.fs.clone(), self.status.id, self.status.path.clone()).await;
     }
@@ -221,7 +278,9 @@ impl Drop for FileWriter {
             return;
         }
         if let Some(b) = self.cur.take() {
-            b.conn.discard();
+            for (_, c) in b.replicas {
+                c.discard();
+            }
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(path = %self.status.path, "writer dropped outside a runtime: file left incomplete");

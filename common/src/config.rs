@@ -100,6 +100,26 @@ pub struct WorkerConf {
     /// (`<dir>/data.sock`) instead of streaming them over TCP.
     pub short_circuit: bool,
     pub tiers: Vec<TierConf>,
+    /// How blocks are ranked for demotion and eviction: `lru` (least
+    /// recently read first) or `lfu` (least frequently read, with counts
+    /// that halve every `lfu_half_life`).
+    pub eviction: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub lfu_half_life: Duration,
+    /// A tier filled above `high_watermark` (a fraction of its capacity)
+    /// sheds its coldest blocks until it is down to `low_watermark`: into a
+    /// slower tier that has room, else (only blocks the UFS holds and that
+    /// are not pinned) out of the cache.
+    pub high_watermark: f64,
+    pub low_watermark: f64,
+    /// Reads of a block in a slower tier that move it up to a faster one
+    /// with room (0 = never promote).
+    pub promote_after: u32,
+    /// Bytes per second that demotion and promotion may copy between tiers.
+    pub move_bandwidth: ByteSize,
+    /// How often the tiers are checked against their watermarks.
+    #[serde(with = "humantime_serde_compat")]
+    pub tiering_interval: Duration,
 }
 
 impl Default for WorkerConf {
@@ -113,6 +133,13 @@ impl Default for WorkerConf {
             sync_on_commit: false,
             short_circuit: true,
             tiers: Vec::new(),
+            eviction: "lru".into(),
+            lfu_half_life: Duration::from_secs(600),
+            high_watermark: 0.95,
+            low_watermark: 0.85,
+            promote_after: 2,
+            move_bandwidth: ByteSize(512 << 20),
+            tiering_interval: Duration::from_secs(1),
         }
     }
 }
@@ -198,6 +225,22 @@ impl Config {
                 return bad(&format!("worker.tiers[{i}].capacity"), "must be more than 0".into());
             }
         }
+        let w = &self.worker;
+        if !matches!(w.eviction.as_str(), "lru" | "lfu") {
+            return bad("worker.eviction", format!("'{}' is not one of lru, lfu", w.eviction));
+        }
+        if !(w.low_watermark > 0.0 && w.low_watermark < w.high_watermark && w.high_watermark <= 1.0) {
+            return bad(
+                "worker.low_watermark/high_watermark",
+                format!("need 0 < low ({}) < high ({}) <= 1", w.low_watermark, w.high_watermark),
+            );
+        }
+        if w.move_bandwidth.0 < 1 << 20 {
+            return bad("worker.move_bandwidth", "must be at least 1MiB (bytes per second)".into());
+        }
+        if w.tiering_interval.is_zero() {
+            return bad("worker.tiering_interval", "must be more than 0".into());
+        }
         if self.client.chunk_size.0 < 64 << 10 || self.client.chunk_size.0 > 64 << 20 {
             return bad("client.chunk_size", "must be between 64KiB and 64MiB".into());
         }
@@ -266,5 +309,22 @@ mod tests {
         .unwrap();
         assert_eq!(c.cluster.block_size.0, 1 << 20);
         assert_eq!(c.worker.heartbeat_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn tiering_settings_are_checked() {
+        let c = Config::from_toml("[worker]
+eviction = \"lfu\"\nlow_watermark = 0.5\n", "c.toml").unwrap();
+        assert_eq!(c.worker.eviction, "lfu");
+        for (toml, key) in [
+            ("[worker]\neviction = \"fifo\"\n", "worker.eviction"),
+            ("[worker]\nlow_watermark = 0.97\n", "low_watermark"),
+            ("[worker]\nhigh_watermark = 1.5\n", "high_watermark"),
+            ("[worker]\nmove_bandwidth = \"1KiB\"\n", "worker.move_bandwidth"),
+        ] {
+            let e = Config::from_toml(toml, "c.toml").unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{toml}");
+            assert!(e.message().contains(key), "{toml}: {e}");
+        }
     }
 }

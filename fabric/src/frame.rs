@@ -35,6 +35,9 @@ pub enum Op {
     /// Upload a file whose blocks this worker can read to its UFS; answered
     /// once the UFS has it. Head: file id.
     Persist = 8,
+    /// Check a block against its checksums; one that fails is dropped.
+    /// Head: block id. Answer head: [1] intact, [0] failed and dropped.
+    Verify = 9,
 }
 
 impl Op {
@@ -48,6 +51,7 @@ impl Op {
             6 => Op::Ping,
             7 => Op::Load,
             8 => Op::Persist,
+            9 => Op::Verify,
             _ => return None,
         })
     }

@@ -70,6 +70,11 @@ pub trait BlockService: Send + Sync + 'static {
     fn persist(&self, _file_id: u64) -> Option<futures::future::BoxFuture<'static, Result<()>>> {
         None
     }
+    /// Checks a block against its checksums, dropping it when it fails (a
+    /// client saw it corrupt): `Ok(true)` intact, `Ok(false)` dropped.
+    fn verify(&self, block_id: u64) -> Result<bool> {
+        Err(curvine_common::Error::invalid(format!("block {block_id}: this server cannot verify blocks")))
+    }
     /// Accounting hook: `bytes` were served from `block_id`; `loaded` when
     /// the read had to wait for `load` (a cache miss).
     fn on_read(&self, _block_id: u64, _bytes: u64, _loaded: bool) {}

@@ -38,6 +38,9 @@ pub trait DataConn: Send {
     /// Asks the worker to make `block_id` readable (loading it from the UFS
     /// when it is not cached); `true` when it was cached already.
     async fn load(&mut self, block_id: u64) -> Result<bool>;
+    /// Asks the worker to check `block_id` against its checksums (it drops
+    /// the block if it fails); `true` when intact.
+    async fn verify(&mut self, block_id: u64) -> Result<bool>;
     /// Asks the worker to upload file `file_id` to its UFS and waits.
     async fn persist(&mut self, file_id: u64) -> Result<()>;
     fn is_broken(&self) -> bool;

@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Cluster cache counters, as last summed from worker heartbeats.
     pub cache_hits: Gauge,
     pub cache_misses: Gauge,
+    /// Cached block copies clients found failing their checksum.
+    pub corrupt_reports: Counter,
 }
 
 impl Metrics {
@@ -42,6 +44,7 @@ impl Metrics {
             ufs_syncs: Counter::default(),
             cache_hits: Gauge::default(),
             cache_misses: Gauge::default(),
+            corrupt_reports: Counter::default(),
         };
         registry.register("curvine_meta_rpc", "Meta RPCs by operation and result", m.rpc_total.clone());
         registry.register("curvine_meta_rpc_seconds", "Meta RPC latency", m.rpc_seconds.clone());
@@ -50,6 +53,7 @@ impl Metrics {
         registry.register("curvine_meta_ufs_syncs", "UFS entries and listings merged into the namespace", m.ufs_syncs.clone());
         registry.register("curvine_meta_cache_hits", "Cluster-wide reads served from cache (from heartbeats)", m.cache_hits.clone());
         registry.register("curvine_meta_cache_misses", "Cluster-wide reads that loaded from the UFS (from heartbeats)", m.cache_misses.clone());
+        registry.register("curvine_meta_corrupt_blocks", "Cached block copies reported corrupt by clients", m.corrupt_reports.clone());
         m
     }
 

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 
 use crate::namespace::MetaCommand;
 use crate::service::MetaServiceImpl;
-use crate::store::{Inode, Persist, WriteMode};
+use crate::store::{Inode, Mount, Persist, Reader, WriteMode};
 
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 const TTL_SWEEP_EVERY: Duration = Duration::from_secs(2);
@@ -126,6 +126,7 @@ impl MetaServiceImpl {
                 if let Err(e) = me.persist_due().await {
                     tracing::warn!(error = %e, "persist scan failed");
                 }
+                me.re_replicate();
                 // The TTL sweep visits every cached block: seconds apart, not every scan.
                 if last_sweep.elapsed() >= TTL_SWEEP_EVERY {
                     last_sweep = std::time::Instant::now();
@@ -148,21 +149,8 @@ impl MetaServiceImpl {
         let reader = self.reader();
         let mut drop = Vec::new();
         for block in self.workers.cached_longer_than(Duration::from_millis(min_ttl as u64)) {
-            let Some(f) = reader.block_file(block)?.and_then(|id| reader.inode(id).ok().flatten()) else { continue };
-            let Some(u) = f.ufs.as_ref().filter(|_| f.is_ufs_persisted()) else { continue };
-            let Some(m) = mounts.iter().find(|m| m.id == u.mount_id && m.ttl_ms > 0) else { continue };
-            if !self.workers.cached_longer_than_one(block, Duration::from_millis(m.ttl_ms as u64)) {
-                continue;
-            }
-            // Pinned here or on any directory above (up to the mount point).
-            let path = curvine_common::path::join(&m.path, &u.rel);
-            let mut p = path.as_str();
-            let mut pinned = f.pinned;
-            while let Some((parent, _)) = curvine_common::path::split(p).filter(|_| !pinned && p != m.path) {
-                pinned = reader.resolve(parent).map(|i| i.pinned).unwrap_or(false);
-                p = parent;
-            }
-            if !pinned {
+            let Some(m) = droppable(&reader, &mounts, block)?.filter(|m| m.ttl_ms > 0) else { continue };
+            if self.workers.cached_longer_than_one(block, Duration::from_millis(m.ttl_ms as u64)) {
                 drop.push(block);
             }
         }
@@ -171,6 +159,45 @@ impl MetaServiceImpl {
             tracing::info!(blocks = drop.len(), copies = n, "TTL expired cached blocks");
         }
         Ok(())
+    }
+
+    /// When workers have died: copies of their blocks from survivors, up to
+    /// each file's replication. Blocks with no live copy left load again
+    /// from the UFS on the next read, or are lost if only the cache had them.
+    fn re_replicate(&self) {
+        let reader = self.reader();
+        let file = |b: u64| reader.block_file(b).ok().flatten().and_then(|f| reader.inode(f).ok().flatten());
+        let (scheduled, lost) = self.workers.re_replicate(|b| {
+            file(b)
+                .and_then(|f| f.blocks.iter().find(|x| x.id == b).map(|x| (f.replication, x.len)))
+                .unwrap_or((1, 0))
+        });
+        if !scheduled.is_empty() {
+            tracing::info!(copies = scheduled.len(), "re-replicating blocks of dead workers");
+        }
+        for b in lost {
+            match file(b) {
+                Some(f) if f.is_ufs_persisted() => tracing::info!(block = b, "no cached copy left; the UFS has it"),
+                Some(f) => tracing::error!(block = b, file = f.id, "block lost: its only copies were on dead workers"),
+                None => {}
+            }
+        }
+    }
+
+    /// Of the blocks a worker would evict, those that may go.
+    pub(crate) fn evictable(&self, candidates: &[u64]) -> Result<Vec<u64>> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mounts = self.mounts.table(&self.store)?;
+        let reader = self.reader();
+        let mut out = Vec::new();
+        for &b in candidates {
+            if droppable(&reader, &mounts, b)?.is_some() {
+                out.push(b);
+            }
+        }
+        Ok(out)
     }
 
     /// Uploads every queued file whose time has come, a few at a time.
@@ -329,4 +356,25 @@ impl MetaServiceImpl {
         }
         Ok(out)
     }
+}
+
+/// Whether cached copies of `block` may be dropped — its file's bytes are in
+/// a mounted UFS (the next read loads them again), and neither the file nor
+/// any directory above it is pinned — and then the mount it is under.
+pub(crate) fn droppable<'m>(reader: &Reader, mounts: &'m [Mount], block: u64) -> Result<Option<&'m Mount>> {
+    let Some(f) = reader.block_file(block)?.and_then(|id| reader.inode(id).ok().flatten()) else { return Ok(None) };
+    let Some(u) = f.ufs.as_ref().filter(|_| f.is_ufs_persisted()) else { return Ok(None) };
+    let Some(m) = mounts.iter().find(|m| m.id == u.mount_id) else { return Ok(None) };
+    if f.pinned {
+        return Ok(None);
+    }
+    let path = curvine_common::path::join(&m.path, &u.rel);
+    let mut p = path.as_str();
+    while let Some((parent, _)) = curvine_common::path::split(p) {
+        if reader.resolve(parent).map(|i| i.pinned).unwrap_or(false) {
+            return Ok(None);
+        }
+        p = parent;
+    }
+    Ok(Some(m))
 }

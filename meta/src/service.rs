@@ -314,15 +314,37 @@ impl MetaServiceImpl {
     #[tracing::instrument(skip(self, r), fields(worker = r.worker_id))]
     async fn do_heartbeat(&self, r: HeartbeatRequest) -> Result<HeartbeatResponse> {
         let added = self.reported(r.added)?;
+        let evictable = self.evictable(&r.evict_candidates)?;
         let resp = match self.workers.heartbeat(r.worker_id, r.tiers, r.cache, added, &r.removed) {
-            Some(delete_blocks) => HeartbeatResponse { reregister: false, delete_blocks },
-            None => HeartbeatResponse { reregister: true, delete_blocks: vec![] },
+            Some((delete_blocks, replicate)) => {
+                HeartbeatResponse { reregister: false, delete_blocks, evictable, replicate }
+            }
+            None => HeartbeatResponse { reregister: true, ..Default::default() },
         };
         self.metrics.workers_alive.set(self.workers.alive_count() as i64);
         let cache = self.workers.cache_totals();
         self.metrics.cache_hits.set(cache.hits as i64);
         self.metrics.cache_misses.set(cache.misses as i64);
         Ok(resp)
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_report_corrupt(&self, r: ReportCorruptRequest) -> Result<ReportCorruptResponse> {
+        // Only a copy the block can do without: the UFS has the file, or
+        // another worker has a copy. The last copy of a cache-only block
+        // stays (its good chunks still read).
+        let reader = self.reader();
+        let in_ufs = reader.block_file(r.block_id)?.and_then(|f| reader.inode(f).ok().flatten()).is_some_and(|f| f.is_ufs_persisted());
+        let others = self.workers.locations(r.block_id).iter().any(|l| l.worker_id != r.worker_id);
+        // (The copy may be too new for meta to know of it yet: a block just
+        // loaded is reported with the next heartbeat.)
+        let dropped = in_ufs || others;
+        if dropped {
+            self.workers.drop_copy(r.block_id, r.worker_id);
+        }
+        tracing::warn!(block = r.block_id, worker = r.worker_id, path = %r.path, dropped, "client reported a corrupt block copy");
+        self.metrics.corrupt_reports.inc();
+        Ok(ReportCorruptResponse { dropped })
     }
 
     #[tracing::instrument(skip(self))]
@@ -398,4 +420,5 @@ handlers! {
     cancel_job / do_cancel_job: CancelJobRequest => CancelJobResponse,
     free / do_free: FreeRequest => FreeResponse,
     pin / do_pin: PinRequest => PinResponse,
+    report_corrupt / do_report_corrupt: ReportCorruptRequest => ReportCorruptResponse,
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use curvine_common::proto::{BlockLocation, CacheStats, TierInfo, WorkerInfo};
+use curvine_common::proto::{BlockLocation, CacheStats, ReplicateTask, TierInfo, WorkerInfo};
 use curvine_common::size::human;
 use curvine_common::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
@@ -30,6 +30,10 @@ struct Inner {
     pending_delete: HashMap<u64, Vec<u64>>,
     /// block id -> when this meta first saw a cached copy (for mount TTLs)
     cached_since: HashMap<u64, Instant>,
+    /// worker id -> block copies it should make (sent with the next heartbeat)
+    pending_replicate: HashMap<u64, Vec<ReplicateTask>>,
+    /// Dead workers whose copies were already forgotten and re-replicated.
+    dead_handled: std::collections::HashSet<u64>,
 }
 
 /// Registered workers, block locations and pending deletions.
@@ -66,6 +70,7 @@ impl Workers {
             locs.remove(&id);
         }
         g.locations.retain(|_, l| !l.is_empty());
+        g.dead_handled.remove(&id);
         g.workers.insert(id, Worker { info, last_seen: Instant::now() });
         Self::add_reported(&mut g, id, blocks);
         Ok(())
@@ -83,7 +88,7 @@ impl Workers {
     }
 
     /// Records a heartbeat. `None` when the worker is unknown (it must register again);
-    /// otherwise the blocks it should delete.
+    /// otherwise the blocks it should delete and the copies it should make.
     pub fn heartbeat(
         &self,
         id: u64,
@@ -91,8 +96,13 @@ impl Workers {
         cache: Option<CacheStats>,
         added: Vec<Reported>,
         removed: &[u64],
-    ) -> Option<Vec<u64>> {
+    ) -> Option<(Vec<u64>, Vec<ReplicateTask>)> {
         let mut g = self.inner.lock();
+        // A worker declared dead (its copies forgotten) must re-register
+        // with a full report before its blocks count again.
+        if g.dead_handled.contains(&id) {
+            return None;
+        }
         let w = g.workers.get_mut(&id)?;
         w.last_seen = Instant::now();
         w.info.tiers = tiers;
@@ -108,7 +118,64 @@ impl Workers {
                 }
             }
         }
-        Some(g.pending_delete.remove(&id).unwrap_or_default())
+        let delete = g.pending_delete.remove(&id).unwrap_or_default();
+        Some((delete, g.pending_replicate.remove(&id).unwrap_or_default()))
+    }
+
+    /// Forgets the copies of workers that died since the last call and
+    /// schedules new copies of their blocks: for each block still held by a
+    /// live worker but by fewer than `want(block)` (its file's replication),
+    /// live workers without it copy it from a survivor. `want` gives a
+    /// block's (replication, length). Returns (blocks scheduled, blocks left
+    /// with no live copy).
+    pub fn re_replicate(&self, want: impl Fn(u64) -> (u32, u64)) -> (Vec<u64>, Vec<u64>) {
+        let mut g = self.inner.lock();
+        let now = Instant::now();
+        let dead: Vec<u64> = g
+            .workers
+            .values()
+            .filter(|w| !self.alive(w, now) && !g.dead_handled.contains(&w.info.id))
+            .map(|w| w.info.id)
+            .collect();
+        if dead.is_empty() {
+            return (vec![], vec![]);
+        }
+        let mut affected = Vec::new();
+        for (block, locs) in g.locations.iter_mut() {
+            if dead.iter().any(|d| locs.remove(d).is_some()) {
+                affected.push(*block);
+            }
+        }
+        g.locations.retain(|_, l| !l.is_empty());
+        for d in &dead {
+            g.dead_handled.insert(*d);
+            g.pending_delete.remove(d);
+            g.pending_replicate.remove(d);
+            tracing::warn!(worker = d, "worker dead: its cached copies are forgotten");
+        }
+        let (mut scheduled, mut lost) = (Vec::new(), Vec::new());
+        for block in affected {
+            let holders: Vec<u64> = g.locations.get(&block).map(|l| l.keys().copied().collect()).unwrap_or_default();
+            let Some(source) = holders.first().and_then(|h| g.workers.get(h)).map(|w| w.info.addr.clone()) else {
+                lost.push(block);
+                continue;
+            };
+            let (replication, len) = want(block);
+            let missing = (replication as usize).saturating_sub(holders.len());
+            let targets: Vec<u64> = g
+                .workers
+                .values()
+                .filter(|w| self.alive(w, now) && !holders.contains(&w.info.id))
+                .filter(|w| w.free() >= len)
+                .map(|w| w.info.id)
+                .take(missing)
+                .collect();
+            for t in targets {
+                g.pending_replicate.entry(t).or_default().push(ReplicateTask { block_id: block, len, source: source.clone() });
+                scheduled.push(block);
+            }
+        }
+        (scheduled, lost)
     }
 
     /// Records that `workers` hold `block` (a client committed it there).
@@ -151,6 +218,21 @@ impl Workers {
             }
         }
         n
+    }
+
+    /// Forgets `worker`'s copy of `block` (the client that found it corrupt
+    /// has the worker verify and drop it; a delete queued here could hit a
+    /// fresh copy loaded since). False when meta did not know of that copy.
+    pub fn drop_copy(&self, block: u64, worker: u64) -> bool {
+        let mut g = self.inner.lock();
+        let Some(locs) = g.locations.get_mut(&block) else { return false };
+        if locs.remove(&worker).is_none() {
+            return false;
+        }
+        if locs.is_empty() {
+            g.locations.remove(&block);
+        }
+        true
     }
 
     /// Cached blocks whose first copy appeared more than `age` ago.
@@ -307,9 +389,33 @@ mod tests {
         assert_eq!(w.locations(7).len(), 1);
         w.free_blocks(&[7]);
         assert!(w.locations(7).is_empty());
-        let mut del = w.heartbeat(1, vec![], None, vec![], &[]).unwrap();
+        let (mut del, _) = w.heartbeat(1, vec![], None, vec![], &[]).unwrap();
         del.sort();
         assert_eq!(del, vec![7, 8]);
         assert!(w.heartbeat(9, vec![], None, vec![], &[]).is_none());
+    }
+
+    #[test]
+    fn a_dead_workers_blocks_are_copied_from_survivors() {
+        let w = Workers::new(Duration::from_secs(1));
+        let known = |id| Reported { id, tier: "MEM".into(), known: true };
+        w.register(worker(1, "a", 100, 0), vec![known(7), known(8), known(9)]).unwrap();
+        w.register(worker(2, "b", 100, 0), vec![known(7), known(8)]).unwrap();
+        w.register(worker(3, "c", 100, 0), vec![]).unwrap();
+        assert_eq!(w.re_replicate(|_| (2, 10)), (vec![], vec![]), "nobody is dead");
+        std::thread::sleep(Duration::from_millis(1200));
+        // Workers 2 and 3 stay alive; 1 falls silent.
+        w.heartbeat(2, worker(2, "b", 100, 0).tiers, None, vec![], &[]).unwrap();
+        w.heartbeat(3, worker(3, "c", 100, 0).tiers, None, vec![], &[]).unwrap();
+        let (mut scheduled, lost) = w.re_replicate(|b| (if b == 8 { 1 } else { 2 }, 10));
+        scheduled.sort();
+        assert_eq!(scheduled, vec![7], "8 wants one copy and has one; 9 has none left");
+        assert_eq!(lost, vec![9]);
+        assert!(w.locations(7).iter().all(|l| l.worker_id == 2));
+        let (_, tasks) = w.heartbeat(3, worker(3, "c", 100, 0).tiers, None, vec![], &[]).unwrap();
+        assert_eq!(tasks.len(), 1);
+        assert_eq!((tasks[0].block_id, tasks[0].len, tasks[0].source.as_str()), (7, 10, "b:2"));
+        assert_eq!(w.re_replicate(|_| (2, 10)), (vec![], vec![]), "handled once");
+        assert!(w.heartbeat(1, vec![], None, vec![], &[]).is_none(), "the dead worker must register again");
     }
 }

@@ -146,6 +146,9 @@ pub struct UpOptions {
     pub disk: Option<String>,
     pub no_mem: bool,
     pub block_size: Option<String>,
+    /// TOML settings written to `HOME/cv.toml` and passed with `--config`
+    /// (the flags above still set the tiers).
+    pub config: Option<String>,
 }
 
 /// A `cv up` node in its own temp home.
@@ -168,6 +171,9 @@ impl Node {
         } else {
             tempfile::Builder::new().prefix("cv-test-mem-").tempdir()?
         };
+        if let Some(c) = &opts.config {
+            std::fs::write(home.path().join("cv.toml"), c)?;
+        }
         let args = Self::args(home.path(), mem.path(), &opts, None);
         let log = home.path().join("cv.log");
         let proc = tokio::task::block_in_place(|| Proc::spawn(bin, &args, &log))?;
@@ -193,6 +199,9 @@ impl Node {
         }
         if let Some(s) = &o.block_size {
             a.extend(["--block-size".into(), s.clone()]);
+        }
+        if o.config.is_some() {
+            a.extend(["--config".into(), home.join("cv.toml").display().to_string()]);
         }
         a
     }
@@ -281,12 +290,21 @@ impl Split {
     /// Starts a meta process and `workers` worker processes (one MEM tier of
     /// `mem` each, in the temp dir) and waits until all workers are live.
     pub async fn start(bin: &Path, workers: usize, mem: &str) -> Result<Split> {
+        Self::start_with(bin, workers, mem, "").await
+    }
+
+    /// `start`, with `meta_toml` as the meta process's config file.
+    pub async fn start_with(bin: &Path, workers: usize, mem: &str, meta_toml: &str) -> Result<Split> {
         let dir = tempfile::Builder::new().prefix("cv-split-").tempdir()?;
         let d = dir.path().to_path_buf();
-        let meta_args: Vec<String> = ["meta", "--dir", &d.join("meta").display().to_string(), "--port", "0", "--web-port", "0"]
+        let mut meta_args: Vec<String> = ["meta", "--dir", &d.join("meta").display().to_string(), "--port", "0", "--web-port", "0"]
             .iter()
             .map(|s| s.to_string())
             .collect();
+        if !meta_toml.is_empty() {
+            std::fs::write(d.join("meta.toml"), meta_toml)?;
+            meta_args.extend(["--config".to_string(), d.join("meta.toml").display().to_string()]);
+        }
         let meta = tokio::task::block_in_place(|| Proc::spawn(bin, &meta_args, &d.join("meta.log")))?;
         let mut split = Split { meta, workers: Vec::new(), dir, bin: bin.to_path_buf() };
         for i in 0..workers {

@@ -62,6 +62,8 @@ impl Heartbeat {
                 tokio::select! {
                     _ = stopped(&mut shutdown) => return,
                     _ = tokio::time::sleep(self.interval) => {}
+                    // Eviction candidates should not wait a whole interval.
+                    _ = self.store.asks_queued() => {}
                 }
                 match self.beat(&mut client).await {
                     Ok(true) => {}
@@ -121,12 +123,15 @@ impl Heartbeat {
     /// One heartbeat. `Ok(false)` when meta wants a new registration.
     async fn beat(&self, client: &mut MetaServiceClient<Channel>) -> Result<bool> {
         let deltas = self.store.take_deltas();
+        let asks = self.store.take_asks();
+        let asked = asks.clone();
         let req = HeartbeatRequest {
             worker_id: self.store.worker_id(),
             tiers: self.tiers(),
             added: deltas.added.iter().cloned().map(reported).collect(),
             removed: deltas.removed.clone(),
             cache: Some(self.store.metrics().cache_stats()),
+            evict_candidates: asks,
         };
         let resp = match client.heartbeat(req).await {
             Ok(r) => r.into_inner(),
@@ -136,6 +141,17 @@ impl Heartbeat {
                 return Err(Error::from(s));
             }
         };
+        if !asked.is_empty() {
+            self.store.mark_evictable(&asked, &resp.evictable);
+        }
+        for t in resp.replicate {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::replicate::pull(store, t.block_id, t.len, t.source.clone()).await {
+                    tracing::warn!(block = t.block_id, source = %t.source, error = %e, "cannot copy replica");
+                }
+            });
+        }
         for id in resp.delete_blocks {
             match self.store.delete_block(id) {
                 Ok(()) => {}

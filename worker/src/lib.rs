@@ -6,7 +6,9 @@
 mod heartbeat;
 pub mod loader;
 pub mod metrics;
+mod replicate;
 pub mod store;
+pub mod tiering;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -48,7 +50,9 @@ pub async fn start(
     std::fs::create_dir_all(&wc.dir)
         .map_err(|e| Error::new(ErrorKind::Config, format!("worker.dir: cannot create {}: {e}", wc.dir.display())))?;
     let id = load_or_create_id(&wc.dir)?;
-    let store = Arc::new(TieredStore::open(id, &wc.tiers, wc.sync_on_commit)?);
+    let half_life = wc.lfu_half_life.as_millis() as u64;
+    let policy = tiering::policy::by_name(&wc.eviction, half_life)?;
+    let store = Arc::new(TieredStore::open_with(id, &wc.tiers, wc.sync_on_commit, policy, half_life)?);
     store.metrics().register(registry);
 
     let addr = listener.local_addr()?;
@@ -72,6 +76,17 @@ pub async fn start(
         local_socket,
         local_token,
     };
+    let tiering = tiering::Tiering {
+        store: store.clone(),
+        thresholds: tiering::policy::Thresholds {
+            high: wc.high_watermark,
+            low: wc.low_watermark,
+            promote_after: wc.promote_after as f64,
+        },
+        bandwidth: wc.move_bandwidth.0,
+        interval: wc.tiering_interval,
+    };
+    tokio::spawn(tiering.run(rx.clone()));
     let heartbeat = tokio::spawn(hb.run(rx));
     tracing::info!(worker = id, %addr, advertised = %advertised, tiers = wc.tiers.len(), "worker started");
     Ok(Worker { id, addr, advertised, store, shutdown: tx, server, heartbeat })

@@ -37,6 +37,8 @@ const APPEND: usize = 4 << 20;
 /// also how far ahead of a waiting reader the load must be.
 const LOAD_APPEND: usize = 1 << 20;
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a load waits for meta to clear cold blocks when every tier is full.
+const ROOM_WAIT: Duration = Duration::from_secs(5);
 
 type LoadFuture = Shared<BoxFuture<'static, std::result::Result<(), Error>>>;
 
@@ -322,7 +324,17 @@ impl Loader {
         let mount = src.mount.as_ref().ok_or_else(|| Error::protocol(format!("block {block}: meta sent no mount")))?;
         let ufs = self.ufs_for(mount)?;
         let what = format!("block {block} ({}/{} @{})", mount.uri.trim_end_matches('/'), src.ufs_path, src.offset);
-        let sink = self.store.open_write(block, src.len)?;
+        // A cache full of blocks meta has not cleared for eviction yet: ask
+        // about the coldest and try again, until ROOM_WAIT has passed.
+        let deadline = tokio::time::Instant::now() + ROOM_WAIT;
+        let sink = loop {
+            match self.store.open_write(block, src.len) {
+                Err(e) if e.kind() == ErrorKind::NoSpace && tokio::time::Instant::now() < deadline => {
+                    self.store.request_room(src.len, deadline - tokio::time::Instant::now()).await;
+                }
+                other => break other?,
+            }
+        };
         state.update(|p| {
             p.file = sink.partial().map(|f| (f, sink.tier()));
             p.len = Some(src.len);
@@ -454,6 +466,10 @@ impl BlockService for CachingService {
             async move { task.await.unwrap_or_else(|e| Err(Error::internal(format!("file {file_id}: upload task failed: {e}")))) }
                 .boxed(),
         )
+    }
+
+    fn verify(&self, block_id: u64) -> Result<bool> {
+        self.store.verify(block_id)
     }
 
     fn on_read(&self, block_id: u64, bytes: u64, loaded: bool) {

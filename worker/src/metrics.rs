@@ -32,6 +32,13 @@ pub struct WorkerMetrics {
     /// Files uploaded to a UFS (write-through / write-back).
     pub ufs_uploads: Counter,
     pub bytes_to_ufs: Counter,
+    /// Blocks moved to a slower tier / a faster tier / out of the cache.
+    pub blocks_demoted: Counter,
+    pub blocks_promoted: Counter,
+    pub blocks_evicted: Counter,
+    pub bytes_moved: Counter,
+    /// Blocks dropped because a chunk failed its crc32c.
+    pub blocks_corrupt: Counter,
 }
 
 impl WorkerMetrics {
@@ -56,6 +63,11 @@ impl WorkerMetrics {
         );
         registry.register("curvine_worker_ufs_uploads", "Files uploaded to a UFS", self.ufs_uploads.clone());
         registry.register("curvine_worker_bytes_to_ufs", "Bytes uploaded to a UFS", self.bytes_to_ufs.clone());
+        registry.register("curvine_worker_blocks_demoted", "Blocks moved to a slower tier", self.blocks_demoted.clone());
+        registry.register("curvine_worker_blocks_promoted", "Blocks moved to a faster tier", self.blocks_promoted.clone());
+        registry.register("curvine_worker_blocks_evicted", "Blocks dropped from the cache", self.blocks_evicted.clone());
+        registry.register("curvine_worker_tier_moved_bytes", "Bytes copied between tiers", self.bytes_moved.clone());
+        registry.register("curvine_worker_blocks_corrupt", "Blocks dropped for a failed crc32c", self.blocks_corrupt.clone());
         registry.register("curvine_worker_ufs_load_errors", "Block loads from the UFS that failed", self.ufs_load_errors.clone());
     }
 

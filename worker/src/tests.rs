@@ -95,6 +95,9 @@ impl MetaService for FakeMeta {
     async fn pin(&self, _: Request<PinRequest>) -> Result<Response<PinResponse>, Status> {
         Err(Status::unimplemented("fake meta"))
     }
+    async fn report_corrupt(&self, _: Request<ReportCorruptRequest>) -> Result<Response<ReportCorruptResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
     async fn persist_source(&self, _: Request<PersistSourceRequest>) -> Result<Response<PersistSourceResponse>, Status> {
         Err(Status::unimplemented("fake meta"))
     }
@@ -132,6 +135,8 @@ impl MetaService for FakeMeta {
         let resp = HeartbeatResponse {
             reregister: std::mem::take(&mut s.reregister),
             delete_blocks: std::mem::take(&mut s.delete),
+            evictable: vec![],
+            replicate: vec![],
         };
         Ok(Response::new(resp))
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Output;
 
 pub use testbed::{random_bytes, Node, UpOptions};
+use testbed::s3::S3Server;
 
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cv"))
@@ -79,4 +80,34 @@ pub fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+/// `cv mount` of `bucket/prefix` at `at` with the server's options (and `extra` flags).
+pub fn mount_s3(n: &Node, s3: &S3Server, bucket: &str, prefix: &str, at: &str, extra: &[&str]) {
+    let mut args = vec!["mount".to_string(), s3.uri(bucket, prefix), at.to_string()];
+    for (k, v) in s3.options() {
+        args.push("-o".into());
+        args.push(format!("{k}={v}"));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    ok(&cv(n, &a));
+}
+
+/// Puts `n` objects of `len` random bytes as `prefix/oNNNNN`; returns (key, bytes).
+pub async fn put_many(ufs: &curvine_ufs::Ufs, prefix: &str, n: usize, len: usize) -> Vec<(String, Vec<u8>)> {
+    use futures::StreamExt;
+    let objs: Vec<(String, Vec<u8>)> =
+        (0..n).map(|i| (format!("{prefix}/o{i:05}"), random_bytes(len, (i as u64) << 8 | len as u64))).collect();
+    futures::stream::iter(objs.iter())
+        .for_each_concurrent(32, |(k, v)| {
+            let ufs = ufs.clone();
+            async move {
+                let mut w = ufs.writer(k).await.expect("writer");
+                w.write(bytes::Bytes::copy_from_slice(v)).await.expect("write");
+                w.close().await.expect("close");
+            }
+        })
+        .await;
+    objs
 }

@@ -335,6 +335,14 @@ impl DataConn for TcpConn {
         }
     }
 
+    async fn verify(&mut self, block_id: u64) -> Result<bool> {
+        let head = self.simple(Op::Verify, block_id.to_le_bytes().to_vec()).await?;
+        match head.first() {
+            Some(&v) => Ok(v == 1),
+            None => Err(self.fail(Error::protocol("verify response without a head"))),
+        }
+    }
+
     fn is_broken(&self) -> bool {
         self.broken
     }

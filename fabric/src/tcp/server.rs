@@ -171,6 +171,7 @@ impl Conn {
                     self.respond(&h, &[]).await
                 }
                 Op::Load => self.load(&h).await,
+                Op::Verify => self.verify(&h).await,
                 Op::Persist => self.persist(&h).await,
             };
             if let Err(e) = res {
@@ -235,6 +236,19 @@ impl Conn {
         };
         match res {
             Ok(()) => self.respond(h, &[0]).await,
+            Err(e) => self.send_error(h.op, h.req_id, &e).await,
+        }
+    }
+
+    async fn verify(&mut self, h: &Header) -> Result<()> {
+        self.drain_payload(h).await?;
+        let block = crate::frame::HeadReader::new(&self.head).u64()?;
+        let svc = self.svc.clone();
+        let res = tokio::task::spawn_blocking(move || svc.verify(block))
+            .await
+            .unwrap_or_else(|e| Err(Error::internal(format!("verify task: {e}"))));
+        match res {
+            Ok(intact) => self.respond(h, &[intact as u8]).await,
             Err(e) => self.send_error(h.op, h.req_id, &e).await,
         }
     }

@@ -12,6 +12,7 @@
 //! `blocks/`; a data file without a `.crc` of the right length is an
 //! interrupted commit and is deleted on start.
 
+pub(crate) mod moves;
 mod scan;
 mod sink;
 #[cfg(test)]
@@ -31,6 +32,7 @@ use curvine_fabric::service::{BlockService, BlockSink, ReadSource};
 use parking_lot::Mutex;
 
 use crate::metrics::WorkerMetrics;
+use crate::tiering::policy::{self, AccessStats, BlockView, EvictionPolicy, TierView};
 use sink::TierSink;
 
 /// One configured tier: where it lives and how much it may hold.
@@ -96,7 +98,26 @@ struct Entry {
     len: u64,
     /// Loaded on first read.
     crcs: Option<Arc<[u32]>>,
+    stats: AccessStats,
+    /// When meta last confirmed the block may leave the cache (its file is
+    /// in the UFS and not pinned); 0 = never. Trusted for `CLEARED_FOR`.
+    cleared_ms: u64,
+    /// When meta last said it may not (cache-only or pinned): not asked
+    /// about again for `CLEARED_FOR_MS`.
+    refused_ms: u64,
+    /// Being copied to another tier.
+    moving: bool,
 }
+
+impl Entry {
+    fn new(tier: usize, len: u64, crcs: Option<Arc<[u32]>>, now_ms: u64) -> Entry {
+        Entry { tier, len, crcs, stats: AccessStats::new(now_ms), cleared_ms: 0, refused_ms: 0, moving: false }
+    }
+}
+
+/// How long meta's word that a block may be evicted is trusted: a file
+/// pinned since then is safe once this has passed.
+const CLEARED_FOR_MS: u64 = 30_000;
 
 struct State {
     index: HashMap<u64, Entry>,
@@ -104,6 +125,8 @@ struct State {
     writing: HashSet<u64>,
     usage: Vec<TierUsage>,
     deltas: Deltas,
+    /// Blocks the tiering planner wants to evict, to ask meta about.
+    asks: Vec<u64>,
 }
 
 pub(crate) struct Inner {
@@ -112,6 +135,14 @@ pub(crate) struct Inner {
     sync_on_commit: bool,
     state: Mutex<State>,
     metrics: WorkerMetrics,
+    policy: Box<dyn EvictionPolicy>,
+    half_life_ms: u64,
+    /// The store's clock (access statistics are in ms since this).
+    epoch: std::time::Instant,
+    /// Wakes the heartbeat when there are eviction candidates to ask about.
+    asked: tokio::sync::Notify,
+    /// Wakes writers waiting for meta's answer (`request_room`).
+    cleared: tokio::sync::Notify,
 }
 
 /// The worker's block store; implements the data plane's `BlockService`.
@@ -154,6 +185,17 @@ impl TieredStore {
     /// purges unfinished writes and rebuilds the index from `blocks/`.
     /// Errors name the offending `worker.tiers[i]` key.
     pub fn open(worker_id: u64, confs: &[TierConf], sync_on_commit: bool) -> Result<TieredStore> {
+        Self::open_with(worker_id, confs, sync_on_commit, Box::new(policy::Lru), 0)
+    }
+
+    /// `open` with an eviction policy (`half_life_ms`: how fast read counts decay).
+    pub fn open_with(
+        worker_id: u64,
+        confs: &[TierConf],
+        sync_on_commit: bool,
+        policy: Box<dyn EvictionPolicy>,
+        half_life_ms: u64,
+    ) -> Result<TieredStore> {
         if confs.is_empty() {
             return Err(Error::new(ErrorKind::Config, "worker.tiers: at least one tier (MEM, SSD or HDD) is required"));
         }
@@ -194,7 +236,7 @@ impl TieredStore {
                 }
                 u.used += len;
                 u.blocks += 1;
-                index.insert(id, Entry { tier: i, len, crcs: None });
+                index.insert(id, Entry::new(i, len, None, 1));
             }
             tracing::info!(tier = %t.kind, dir = %t.dir.display(), blocks = u.blocks, used = u.used, "tier opened");
             usage.push(u);
@@ -203,8 +245,13 @@ impl TieredStore {
             worker_id,
             tiers,
             sync_on_commit,
-            state: Mutex::new(State { index, writing: HashSet::new(), usage, deltas: Deltas::default() }),
+            state: Mutex::new(State { index, writing: HashSet::new(), usage, deltas: Deltas::default(), asks: Vec::new() }),
+            asked: tokio::sync::Notify::new(),
+            cleared: tokio::sync::Notify::new(),
             metrics: WorkerMetrics::default(),
+            policy,
+            half_life_ms,
+            epoch: std::time::Instant::now(),
         };
         inner.refresh_gauges(&inner.state.lock());
         Ok(TieredStore { inner: Arc::new(inner) })
@@ -258,25 +305,117 @@ impl TieredStore {
     /// their handle.
     #[tracing::instrument(skip(self), fields(worker = self.inner.worker_id))]
     pub fn delete_block(&self, block_id: u64) -> Result<()> {
-        let tier = {
-            let mut st = self.inner.state.lock();
-            let e = st.index.remove(&block_id).ok_or_else(|| self.inner.not_found(block_id))?;
-            let u = &mut st.usage[e.tier];
-            u.used = u.used.saturating_sub(e.len);
-            u.blocks = u.blocks.saturating_sub(1);
-            st.deltas.added.retain(|b| b.id != block_id);
-            st.deltas.removed.push(block_id);
-            self.inner.refresh_gauges(&st);
-            e.tier
-        };
-        let t = &self.inner.tiers[tier];
-        for p in [t.block_path(block_id), t.crc_path(block_id)] {
-            if let Err(e) = std::fs::remove_file(&p) {
-                tracing::warn!(path = %p.display(), error = %e, "cannot unlink deleted block file");
+        let mut st = self.inner.state.lock();
+        if self.inner.unindex(&mut st, block_id) {
+            Ok(())
+        } else {
+            Err(self.inner.not_found(block_id))
+        }
+    }
+
+    /// The tiers and sealed blocks as the tiering planner sees them.
+    pub fn views(&self) -> (Vec<TierView>, Vec<BlockView>, u64) {
+        let st = self.inner.state.lock();
+        let now = self.inner.now_ms();
+        (self.inner.tier_views(&st), self.inner.block_views(&st, now), now)
+    }
+
+    pub fn policy(&self) -> &dyn EvictionPolicy {
+        &*self.inner.policy
+    }
+
+    /// Meta answered a heartbeat's eviction candidates `asked`: `cleared`
+    /// may leave the cache, the others may not. Wakes writers waiting in
+    /// `request_room`.
+    pub fn mark_evictable(&self, asked: &[u64], cleared: &[u64]) {
+        let now = self.inner.now_ms();
+        let mut st = self.inner.state.lock();
+        for id in asked {
+            if let Some(e) = st.index.get_mut(id) {
+                e.refused_ms = now;
             }
         }
-        tracing::debug!(block = block_id, tier = %t.kind, "block deleted");
-        Ok(())
+        for id in cleared {
+            if let Some(e) = st.index.get_mut(id) {
+                e.cleared_ms = now;
+                e.refused_ms = 0;
+            }
+        }
+        drop(st);
+        self.inner.cleared.notify_waiters();
+    }
+
+    /// For a writer that found every tier full: asks meta right away about
+    /// the coldest blocks that would make room for `need` bytes, and waits
+    /// (at most `timeout`) for the answer. The writer then tries again.
+    pub async fn request_room(&self, need: u64, timeout: std::time::Duration) {
+        let answered = self.inner.cleared.notified();
+        tokio::pin!(answered);
+        answered.as_mut().enable();
+        {
+            let mut st = self.inner.state.lock();
+            let now = self.inner.now_ms();
+            let mut cold: Vec<(f64, BlockView)> = self
+                .inner
+                .block_views(&st, now)
+                .into_iter()
+                .filter(|b| !b.busy && !b.evictable && !b.refused)
+                .map(|b| (self.inner.policy.hotness(&b.stats, now), b))
+                .collect();
+            cold.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+            // Ask about more than is needed: some may be pinned or cache-only.
+            let (mut sum, mut n) = (0, 0);
+            for (_, b) in cold {
+                if sum >= need.max(1) * 4 && n >= 8 {
+                    break;
+                }
+                n += 1;
+                if !st.asks.contains(&b.id) {
+                    st.asks.push(b.id);
+                }
+                sum += b.len;
+            }
+        }
+        self.inner.asked.notify_one();
+        let _ = tokio::time::timeout(timeout, answered).await;
+    }
+
+    /// Queues eviction candidates for meta and wakes the heartbeat.
+    pub fn ask_evictable(&self, blocks: Vec<u64>) {
+        if blocks.is_empty() {
+            return;
+        }
+        {
+            let mut st = self.inner.state.lock();
+            let known: HashSet<u64> = st.asks.iter().copied().collect();
+            st.asks.extend(blocks.into_iter().filter(|b| !known.contains(b)));
+        }
+        self.inner.asked.notify_one();
+    }
+
+    pub fn take_asks(&self) -> Vec<u64> {
+        std::mem::take(&mut self.inner.state.lock().asks)
+    }
+
+    /// Resolves when `ask_evictable` queued candidates.
+    pub async fn asks_queued(&self) {
+        self.inner.asked.notified().await
+    }
+
+    /// Drops a block from the cache (counted as an eviction).
+    pub fn evict(&self, block_id: u64) -> bool {
+        let mut st = self.inner.state.lock();
+        let done = self.inner.unindex(&mut st, block_id);
+        if done {
+            self.inner.metrics.blocks_evicted.inc();
+            tracing::debug!(block = block_id, "block evicted");
+        }
+        done
+    }
+
+    /// The tier a block is in, if it is here.
+    pub fn tier_of(&self, block_id: u64) -> Option<TierKind> {
+        self.inner.state.lock().index.get(&block_id).map(|e| self.inner.tiers[e.tier].kind)
     }
 
     /// Reads a sealed block and checks every chunk against its crc32c.
@@ -301,6 +440,11 @@ impl TieredStore {
 }
 
 impl Inner {
+    /// ms since the store opened, from 1 (0 means "never" in `Entry`).
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
     fn not_found(&self, block_id: u64) -> Error {
         Error::new(ErrorKind::NotFound, format!("block {block_id} not on worker {}", self.worker_id))
     }
@@ -339,11 +483,62 @@ impl Inner {
         u.reserved = u.reserved.saturating_sub(reserved);
         u.used += len;
         u.blocks += 1;
-        st.index.insert(block_id, Entry { tier, len, crcs: Some(crcs) });
+        let now = self.now_ms();
+        st.index.insert(block_id, Entry::new(tier, len, Some(crcs), now));
         st.deltas.removed.retain(|&id| id != block_id);
         st.deltas.added.push(StoredBlock { id: block_id, len, tier: self.tiers[tier].kind });
         self.refresh_gauges(&st);
         self.metrics.blocks_written.inc();
+    }
+
+    /// Removes a sealed block from the index and unlinks its files (open
+    /// readers keep their handles); false when it is not indexed.
+    fn unindex(&self, st: &mut State, block_id: u64) -> bool {
+        let Some(e) = st.index.remove(&block_id) else { return false };
+        let u = &mut st.usage[e.tier];
+        u.used = u.used.saturating_sub(e.len);
+        u.blocks = u.blocks.saturating_sub(1);
+        st.deltas.added.retain(|b| b.id != block_id);
+        st.deltas.removed.push(block_id);
+        self.refresh_gauges(st);
+        let t = &self.tiers[e.tier];
+        for p in [t.block_path(block_id), t.crc_path(block_id)] {
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "cannot unlink deleted block file");
+            }
+        }
+        tracing::debug!(block = block_id, tier = %t.kind, "block deleted");
+        true
+    }
+
+    fn tier_views(&self, st: &State) -> Vec<TierView> {
+        st.usage.iter().map(|u| TierView { capacity: u.capacity, used: u.used + u.reserved }).collect()
+    }
+
+    fn block_views(&self, st: &State, now: u64) -> Vec<BlockView> {
+        st.index
+            .iter()
+            .map(|(&id, e)| BlockView {
+                id,
+                len: e.len,
+                tier: e.tier,
+                stats: e.stats,
+                evictable: e.cleared_ms > 0 && now.saturating_sub(e.cleared_ms) < CLEARED_FOR_MS,
+                refused: e.refused_ms > 0 && now.saturating_sub(e.refused_ms) < CLEARED_FOR_MS,
+                busy: e.moving,
+            })
+            .collect()
+    }
+
+    /// The first tier where evicting cleared blocks frees `need` bytes, and
+    /// those blocks.
+    fn room_by_eviction(&self, st: &State, need: u64) -> Option<(usize, Vec<u64>)> {
+        let now = self.now_ms();
+        let tiers = self.tier_views(st);
+        let blocks = self.block_views(st, now);
+        (0..tiers.len()).find_map(|t| {
+            policy::make_room(&tiers[t], t, &blocks, need.max(1), &*self.policy, now).map(|v| (t, v))
+        })
     }
 
     fn refresh_gauges(&self, st: &State) {
@@ -366,17 +561,30 @@ fn load_crcs(path: &Path, len: u64) -> Result<Arc<[u32]>> {
 impl BlockService for TieredStore {
     #[tracing::instrument(level = "debug", skip(self), fields(worker = self.inner.worker_id))]
     fn open_read(&self, block_id: u64) -> Result<ReadSource> {
-        let (tier, len, cached) = {
+        let lookup = || {
             let st = self.inner.state.lock();
             let e = st.index.get(&block_id).ok_or_else(|| self.inner.not_found(block_id))?;
-            (e.tier, e.len, e.crcs.clone())
+            Ok::<_, Error>((e.tier, e.len, e.crcs.clone()))
+        };
+        let (mut tier, mut len, mut cached) = lookup()?;
+        // The block may be deleted, or moved to another tier, between the
+        // lookup and the open: a move is followed once.
+        let mut moved = false;
+        let file = loop {
+            match File::open(self.inner.tiers[tier].block_path(block_id)) {
+                Ok(f) => break f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let now = lookup()?;
+                    if moved || now.0 == tier {
+                        return Err(self.inner.not_found(block_id));
+                    }
+                    (tier, len, cached) = now;
+                    moved = true;
+                }
+                Err(e) => return Err(Error::from(e).context(format!("block {block_id}"))),
+            }
         };
         let t = &self.inner.tiers[tier];
-        // The block may be deleted between the lookup and the open.
-        let file = File::open(t.block_path(block_id)).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => self.inner.not_found(block_id),
-            _ => Error::from(e).context(format!("block {block_id}")),
-        })?;
         let crcs = match cached {
             Some(c) => c,
             None => {
@@ -402,7 +610,18 @@ impl BlockService for TieredStore {
             }
             // An unknown length (hint 0) still goes where some room is left;
             // an empty block may land in a full tier.
-            let tier = st.usage.iter().position(|u| u.free() >= len_hint.max(1)).or((len_hint == 0).then_some(0));
+            let mut tier = st.usage.iter().position(|u| u.free() >= len_hint.max(1)).or((len_hint == 0).then_some(0));
+            if tier.is_none() {
+                // Every tier is full: make room by evicting blocks meta
+                // cleared (cold first) rather than failing the write.
+                if let Some((t, victims)) = self.inner.room_by_eviction(&st, len_hint) {
+                    for id in victims {
+                        self.inner.unindex(&mut st, id);
+                        self.inner.metrics.blocks_evicted.inc();
+                    }
+                    tier = Some(t);
+                }
+            }
             let Some(tier) = tier else {
                 return Err(self.inner.no_space(&st, &format!("{} block", human(len_hint))));
             };
@@ -416,7 +635,35 @@ impl BlockService for TieredStore {
         Ok(Box::new(sink))
     }
 
-    fn on_read(&self, _block_id: u64, bytes: u64, _loaded: bool) {
+    fn verify(&self, block_id: u64) -> Result<bool> {
+        match self.verify_block(block_id) {
+            Ok(()) => {
+                // Damaged in transit: meta forgot this copy; announce it again.
+                let mut st = self.inner.state.lock();
+                if let Some(e) = st.index.get(&block_id) {
+                    let b = StoredBlock { id: block_id, len: e.len, tier: self.inner.tiers[e.tier].kind };
+                    st.deltas.added.retain(|x| x.id != block_id);
+                    st.deltas.added.push(b);
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                tracing::error!(block = block_id, error = %e, "corrupt block dropped");
+                self.inner.metrics.blocks_corrupt.inc();
+                let mut st = self.inner.state.lock();
+                self.inner.unindex(&mut st, block_id);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn on_read(&self, block_id: u64, bytes: u64, _loaded: bool) {
         self.inner.metrics.read_bytes.inc_by(bytes);
+        let now = self.inner.now_ms();
+        if let Some(e) = self.inner.state.lock().index.get_mut(&block_id) {
+            let weight = if e.len == 0 { 1.0 } else { (bytes as f64 / e.len as f64).min(1.0) };
+            e.stats.touch(now, self.inner.half_life_ms, weight);
+        }
     }
 }

@@ -227,3 +227,103 @@ fn blocks_of_another_worker_identity_are_dropped_at_open() {
     write(&store, 1, &data(10, 2)).unwrap();
     assert_eq!(read_back(&store, 1), data(10, 2));
 }
+
+fn move_to(store: &TieredStore, id: u64, tier: usize) -> curvine_common::Result<()> {
+    store.move_block(id, tier, &mut super::moves::Pace::new(1 << 30))
+}
+
+#[test]
+fn blocks_move_between_tiers_with_their_bytes_and_accounting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(7, &two_tiers(dir.path(), 1024 * K, 1024 * K), false).unwrap();
+    let a = data(200 * K as usize + 5, 1);
+    write(&store, 1, &a).unwrap();
+    store.take_deltas();
+    let held = store.open_read(1).unwrap(); // an open reader keeps its handle
+    move_to(&store, 1, 1).unwrap();
+    assert_eq!(store.tier_of(1), Some(TierKind::Ssd));
+    assert_eq!(read_back(&store, 1), a);
+    let mut buf = vec![0u8; a.len()];
+    held.file.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, a, "the reader opened before the move still reads the block");
+    let u = store.usage();
+    assert_eq!((u[0].used, u[0].blocks, u[1].used, u[1].blocks), (0, 0, a.len() as u64, 1));
+    assert_eq!((u[0].reserved, u[1].reserved), (0, 0));
+    assert_eq!(dir_entries(&dir.path().join("mem/blocks")), 0, "the source files are gone");
+    let d = store.take_deltas();
+    assert_eq!(d.added, vec![super::StoredBlock { id: 1, len: a.len() as u64, tier: TierKind::Ssd }]);
+    // Back up, and the index survives a restart in the new place.
+    move_to(&store, 1, 0).unwrap();
+    drop(store);
+    let store = TieredStore::open(7, &two_tiers(dir.path(), 1024 * K, 1024 * K), false).unwrap();
+    assert_eq!(store.tier_of(1), Some(TierKind::Mem));
+    assert_eq!(read_back(&store, 1), a);
+    assert_eq!(store.metrics().blocks_demoted.get() + store.metrics().blocks_promoted.get(), 0, "fresh metrics");
+}
+
+#[test]
+fn a_move_needs_room_and_a_corrupt_block_is_dropped_not_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(7, &two_tiers(dir.path(), 1024 * K, 100 * K), false).unwrap();
+    write(&store, 1, &data(150 * K as usize, 1)).unwrap();
+    assert_eq!(move_to(&store, 1, 1).unwrap_err().kind(), ErrorKind::NoSpace);
+    assert_eq!(store.tier_of(1), Some(TierKind::Mem), "a failed move leaves the block where it was");
+    assert_eq!(store.usage()[1].reserved, 0);
+    write(&store, 2, &data(70 * K as usize, 2)).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(dir.path().join("mem/blocks/2")).unwrap();
+    f.write_all_at(b"rot", 66 * K).unwrap();
+    let e = move_to(&store, 2, 1).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(!store.contains(2), "the corrupt block left the index");
+    assert_eq!(store.take_deltas().removed, vec![2], "and meta hears of it");
+    assert_eq!(dir_entries(&dir.path().join("ssd/blocks")), 0, "nothing half-copied is left");
+    assert_eq!(dir_entries(&dir.path().join("ssd/tmp")), 0);
+    assert_eq!(store.metrics().blocks_corrupt.get(), 1);
+}
+
+#[test]
+fn full_tiers_make_room_only_from_blocks_meta_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(7, &[tier("MEM", dir.path(), 200 * K)], false).unwrap();
+    write(&store, 1, &data(100 * K as usize, 1)).unwrap();
+    write(&store, 2, &data(100 * K as usize, 2)).unwrap();
+    store.on_read(2, 100 * K, false); // 1 is the least recently read (ties go by id too)
+    let e = write(&store, 3, &data(100 * K as usize, 3)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "nothing was cleared for eviction: {e}");
+    store.mark_evictable(&[1, 2], &[1, 2]);
+    write(&store, 3, &data(100 * K as usize, 3)).unwrap();
+    assert!(!store.contains(1) && store.contains(2) && store.contains(3), "the colder cleared block went");
+    assert_eq!(store.metrics().blocks_evicted.get(), 1);
+    assert!(store.take_deltas().removed.contains(&1));
+}
+
+#[test]
+fn a_tiering_round_sinks_cold_blocks_and_lifts_hot_ones() {
+    use crate::tiering::policy::Thresholds;
+    use crate::tiering::{Round, Tiering};
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(TieredStore::open(7, &two_tiers(dir.path(), 400 * K, 4096 * K), false).unwrap());
+    for id in 1..=4 {
+        write(&store, id, &data(100 * K as usize, id as u8)).unwrap();
+    }
+    for id in [2, 3, 4] {
+        store.on_read(id, 100 * K, false);
+    }
+    let t = Tiering {
+        store: store.clone(),
+        thresholds: Thresholds { high: 0.9, low: 0.6, promote_after: 2.0 },
+        bandwidth: 1 << 30,
+        interval: std::time::Duration::from_secs(1),
+    };
+    // 400 KiB of 400: down to 240 KiB, the least recently read first.
+    assert_eq!(t.round(), Round { demoted: 2, ..Default::default() });
+    assert_eq!(store.tier_of(1), Some(TierKind::Ssd));
+    assert_eq!(store.tier_of(2), Some(TierKind::Ssd));
+    assert_eq!(t.round(), Round::default(), "stable once under the watermark");
+    store.on_read(1, 100 * K, false);
+    assert_eq!(t.round(), Round::default(), "one read is not enough");
+    store.on_read(1, 100 * K, false);
+    assert_eq!(t.round(), Round { promoted: 1, ..Default::default() });
+    assert_eq!(store.tier_of(1), Some(TierKind::Mem));
+    assert_eq!(read_back(&store, 1), data(100 * K as usize, 1));
+}
