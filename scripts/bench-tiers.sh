@@ -40,7 +40,7 @@ sc=$(bench); tcp=$(bench --no-short-circuit)
 fio_read "$shm/mem" >/dev/null  # lay the file out, then measure
 f=$(fio_read "$shm/mem")
 echo "cv bench read short-circuit: $sc MiB/s  TCP: $tcp MiB/s  fio (same dir): $f MiB/s  ratio $(python3 -c "print(round($sc/$f,2))")"
-kill "$uppid"; wait "$uppid" 2>/dev/null || true
+kill "$uppid" 2>/dev/null || true; wait "$uppid" 2>/dev/null || true
 
 echo "== SSD tier ($work/ssd/data/ssd), ${mib} MiB"
 up ssd --home "$work/ssd" --no-mem --disk "$((mib + 512))MiB"
@@ -49,4 +49,4 @@ dir="$work/ssd/data/ssd"
 fio_read "$dir" >/dev/null
 f=$(fio_read "$dir"); fd=$(fio_read "$dir" --direct=1)
 echo "cv bench read short-circuit: $sc MiB/s  TCP: $tcp MiB/s  fio buffered: $f MiB/s  fio O_DIRECT: $fd MiB/s  ratio (buffered) $(python3 -c "print(round($sc/$f,2))")"
-kill "$uppid"; wait "$uppid" 2>/dev/null || true
+kill "$uppid" 2>/dev/null || true; wait "$uppid" 2>/dev/null || true

@@ -359,7 +359,7 @@ pub async fn run(cmd: BenchCmd, c: &ClientArgs) -> Result<()> {
     let (med, tcp_med) = (median(&mut ours), median(&mut tcp));
     let memcpy = tokio::task::spawn_blocking(move || memcpy_baseline(size)).await?;
     let local = fs.local_stats();
-    let path = if local.reads > 0 { "short-circuit" } else { "tcp" };
+    let path = if local.reads > 0 || local.writes > 0 { "short-circuit" } else { "tcp" };
     if a.json {
         let v = serde_json::json!({
             "bench": name, "size": size, "threads": threads, "rounds": rounds,

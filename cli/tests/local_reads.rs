@@ -156,3 +156,45 @@ async fn a_batch_of_small_files_fetches_descriptors_in_one_go() {
     let st = fs.local_stats();
     assert_eq!((st.reads, st.fallbacks, st.prefetched), (250, 0, 250), "{st:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn same_host_writes_go_straight_into_the_tier_file() {
+    let n = node_with(UpOptions { block_size: Some("1MiB".into()), mem: Some("64MiB".into()), ..Default::default() }).await;
+    let (fs, tcp) = (client(&n, true), client(&n, false));
+    fs.mkdir("/w", true).await.unwrap();
+    let files = [
+        ("/w/one", random_bytes(1, 4)),
+        ("/w/edge", random_bytes(1 << 20, 5)),
+        ("/w/multi", random_bytes((3 << 20) + 65_537, 6)),
+    ];
+    for (p, d) in &files {
+        fs.write_all(p, d, false).await.unwrap();
+    }
+    assert_eq!(fs.local_stats().writes, 1 + 1 + 4, "every block went straight into the tier file");
+    for (p, d) in &files {
+        check(&tcp, p, d).await;
+        check(&fs, p, d).await;
+    }
+    // Writes smaller than a chunk are staged and still land whole.
+    let pieces = random_bytes(300_000, 7);
+    let mut w = fs.create("/w/pieces", Default::default()).await.unwrap();
+    for p in pieces.chunks(1000) {
+        w.write(p).await.unwrap();
+    }
+    w.close().await.unwrap();
+    check(&tcp, "/w/pieces", &pieces).await;
+    tcp.write_all("/w/tcp", &pieces, false).await.unwrap();
+    assert_eq!(tcp.local_stats().writes, 0, "short-circuit off: written over TCP");
+
+    // A writer dropped mid-block leaves no file, no temp file and no reservation.
+    let mut w = fs.create("/w/dropped", Default::default()).await.unwrap();
+    w.write(&random_bytes(200_000, 8)).await.unwrap();
+    drop(w);
+    let tmp = n.mem_dir().join("tmp");
+    testbed::wait_for("the half-written block is gone", std::time::Duration::from_secs(20), || async {
+        let reserved: u64 = fs.report().await.unwrap().workers.iter().flat_map(|w| &w.tiers).map(|t| t.reserved).sum();
+        std::fs::read_dir(&tmp).unwrap().count() == 0 && reserved == 0 && fs.stat("/w/dropped").await.is_err()
+    })
+    .await
+    .unwrap();
+}

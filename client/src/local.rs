@@ -117,6 +117,40 @@ pub struct LocalStats {
     pub fallbacks: u64,
     /// Block descriptors fetched ahead in batches (`prepare_local`).
     pub prefetched: u64,
+    /// Blocks written straight into a local worker's tier file.
+    pub writes: u64,
+}
+
+/// A block being written straight into a same-host worker's tier file.
+pub(crate) struct LocalWrite {
+    worker: u64,
+    block: u64,
+    conn: LocalConn,
+    file: std::fs::File,
+    crcs: Vec<u32>,
+    len: u64,
+}
+
+impl LocalWrite {
+    /// Writes `data` at the end of the block. Every call but the last must
+    /// be a whole number of chunks (as over TCP), so crcs stay per chunk.
+    pub fn append(&mut self, data: &[u8]) -> Result<()> {
+        if !self.len.is_multiple_of(CHUNK) {
+            return Err(Error::internal("direct write after a partial chunk"));
+        }
+        self.file.write_all_at(data, self.len).map_err(|e| {
+            let kind = if e.raw_os_error() == Some(libc::ENOSPC) { ErrorKind::NoSpace } else { ErrorKind::Io };
+            Error::new(kind, format!("block {}: direct write into worker {}'s tier: {e}", self.block, self.worker))
+        })?;
+        self.crcs.extend(data.chunks(CHUNK as usize).map(crc32c));
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Drops the write; the worker removes the file and its reservation.
+    pub async fn abort(mut self) {
+        let _ = self.conn.write_abort(self.block).await;
+    }
 }
 
 #[derive(Default)]
@@ -127,6 +161,7 @@ pub(crate) struct LocalReads {
     reads: AtomicU64,
     fallbacks: AtomicU64,
     prefetched: AtomicU64,
+    writes: AtomicU64,
     cap: std::sync::OnceLock<usize>,
 }
 
@@ -136,6 +171,7 @@ impl LocalReads {
             reads: self.reads.load(Ordering::Relaxed),
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             prefetched: self.prefetched.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
         }
     }
 
@@ -251,6 +287,42 @@ impl LocalReads {
             let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur as usize } else { 1024 };
             (soft / 4).clamp(16, MAX_OPEN_BLOCKS)
         })
+    }
+
+    /// Starts a direct write of `block` into a worker on this host: the
+    /// block's file comes over the worker's socket and the writer fills it
+    /// itself (no TCP, no worker CPU per byte). `None` (write over TCP) when
+    /// the worker does not offer it.
+    pub async fn open_write(&self, loc: &BlockLocation, block: u64, len_hint: u64) -> Option<LocalWrite> {
+        if loc.local_socket.is_empty() || self.backing_off(loc.worker_id) {
+            return None;
+        }
+        let mut conn = match self.conn(loc).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(worker = loc.worker_id, error = %e, "short-circuit unavailable; writing over TCP");
+                self.refused.lock().insert(loc.worker_id, Instant::now() + BACKOFF);
+                return None;
+            }
+        };
+        match conn.write_open(block, len_hint).await {
+            Ok((file, _tier)) => Some(LocalWrite { worker: loc.worker_id, block, conn, file, crcs: Vec::new(), len: 0 }),
+            Err(e) => {
+                tracing::debug!(worker = loc.worker_id, block, error = %e, "direct write refused; writing over TCP");
+                if e.kind() != ErrorKind::NoSpace {
+                    self.refused.lock().insert(loc.worker_id, Instant::now() + BACKOFF);
+                }
+                None
+            }
+        }
+    }
+
+    /// Seals a direct write and keeps its connection for reuse.
+    pub async fn commit_write(&self, mut w: LocalWrite) -> Result<TierKind> {
+        let tier = w.conn.write_commit(w.block, w.len, &w.crcs).await?;
+        self.put_back(w.worker, w.conn);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(tier)
     }
 
     async fn conn(&self, loc: &BlockLocation) -> Result<LocalConn> {

@@ -10,12 +10,16 @@ use curvine_common::{Error, Result};
 use curvine_fabric::frame::CHUNK;
 
 use crate::fs::FileSystem;
+use crate::local::LocalWrite;
 use crate::pool::Pooled;
 
 struct OpenBlock {
     block: LocatedBlock,
     /// One connection per replica still being written: (worker id, conn).
     replicas: Vec<(u64, Pooled)>,
+    /// Or, for one replica on a worker on this host: a direct write into
+    /// its tier file (worker id, write).
+    local: Option<(u64, LocalWrite)>,
     /// Bytes sent to the workers so far (always CHUNK-aligned until commit).
     sent: u64,
 }
@@ -142,6 +146,11 @@ impl FileWriter {
 
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
         let b = self.cur.as_mut().ok_or_else(|| Error::internal("no open block"))?;
+        if let Some((_, w)) = &mut b.local {
+            w.append(bytes)?;
+            b.sent += bytes.len() as u64;
+            return Ok(());
+        }
         let (id, off) = (b.block.id, b.sent);
         let results = if b.replicas.len() == 1 {
             vec![b.replicas[0].1.write_data(id, off, bytes).await]
@@ -185,6 +194,15 @@ impl FileWriter {
         if block.locations.is_empty() {
             return Err(Error::unavailable(format!("{}: meta returned no worker for block {}", path, block.id)));
         }
+        if let [loc] = &block.locations[..] {
+            if inner.conf.short_circuit && loc.hostname == inner.hostname {
+                if let Some(w) = inner.local.open_write(loc, block.id, self.block_size).await {
+                    let worker = loc.worker_id;
+                    self.cur = Some(OpenBlock { block, replicas: Vec::new(), local: Some((worker, w)), sent: 0 });
+                    return Ok(());
+                }
+            }
+        }
         let mut replicas = Vec::with_capacity(block.locations.len());
         let mut results = Vec::with_capacity(block.locations.len());
         for loc in &block.locations {
@@ -200,7 +218,7 @@ impl FileWriter {
         if replicas.is_empty() {
             return Err(Error::unavailable(format!("{path}: no worker placed for block {} is reachable", block.id)));
         }
-        let mut b = OpenBlock { block, replicas, sent: 0 };
+        let mut b = OpenBlock { block, replicas, local: None, sent: 0 };
         b.survivors(results, "open")?;
         self.cur = Some(b);
         Ok(())
@@ -210,6 +228,11 @@ impl FileWriter {
         self.flush_staged().await?;
         if let Some(mut b) = self.cur.take() {
             let (id, len) = (b.block.id, b.sent);
+            if let Some((worker, w)) = b.local.take() {
+                self.fs.inner.local.commit_write(w).await?;
+                self.committed.push(CommittedBlock { id, len, worker_ids: vec![worker] });
+                return Ok(());
+            }
             let results = futures::future::join_all(b.replicas.iter_mut().map(|(_, c)| c.write_commit(id, len))).await;
             b.survivors(results, "commit")?;
             let worker_ids = b.replicas.iter().map(|(w, _)| *w).collect();
@@ -263,6 +286,9 @@ impl FileWriter {
         self.done = true;
         if let Some(mut b) = self.cur.take() {
             let id = b.block.id;
+            if let Some((_, w)) = b.local.take() {
+                w.abort().await;
+            }
             futures::future::join_all(b.replicas.iter_mut().map(|(_, c)| c.write_abort(id))).await;
         }
         abort_file(self.fs.clone(), self.status.id, self.status.path.clone()).await;

@@ -9,12 +9,22 @@
 //!   meta said about the worker, so a socket that is not the worker's is
 //!   refused (the client then reads over TCP).
 //! - request: op u8 (1 = open for read), block id u64; or op 2 (open
-//!   many), count u64 (≤ 200), then that many block ids u64.
+//!   many), count u64 (≤ 200), then that many block ids u64; or op 3 (open
+//!   for write), block id u64, length hint u64; op 4 (commit a write),
+//!   block id u64, length u64, crc count u32, crcs; op 5 (abort a write),
+//!   block id u64.
 //! - answer: status u8 (0 = ok, else an `ErrorKind` code); ok for op 1:
 //!   length u64, tier u8, crc count u32, crcs; for op 2: count u32, then per
-//!   block a presence byte and, when present, the op-1 fields. Descriptors
-//!   (one per present block, in order) ride on the first byte. Error:
-//!   message length u32, message.
+//!   block a presence byte and, when present, the op-1 fields; for op 3:
+//!   tier u8 with the new block file's descriptor (read-write); for op 4:
+//!   tier u8; for op 5: nothing. Descriptors (one per present block, in
+//!   order) ride on the first byte. Error: message length u32, message.
+//!
+//! Same-host writes: the client writes the block's bytes into the file it
+//! got from op 3 and commits with their crc32c (one per 64 KiB chunk, read
+//! back and checked by every reader); a connection that closes with a
+//! write still open aborts it (the worker removes the file and the
+//! reservation).
 //!
 //! To ensure correctness: blocks are sealed and never modified in place, and
 //! block ids are never reused, so a descriptor stays a faithful copy of its
@@ -30,7 +40,7 @@ use curvine_common::{Error, ErrorKind, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::service::{BlockService, ReadSource};
+use crate::service::{BlockService, BlockSink, ReadSource};
 
 const MAGIC: u32 = 0x4356_5343;
 const VERSION: u32 = 1;
@@ -38,6 +48,9 @@ const HELLO_LEN: usize = 24;
 const OP_OPEN: u8 = 1;
 /// Opens several blocks in one round trip (a batch of small files).
 const OP_OPEN_MANY: u8 = 2;
+const OP_WRITE_OPEN: u8 = 3;
+const OP_WRITE_COMMIT: u8 = 4;
+const OP_WRITE_ABORT: u8 = 5;
 /// Blocks per `OP_OPEN_MANY` (below the kernel's 253 descriptors per message).
 pub const MAX_BATCH: usize = 200;
 /// Largest crc list accepted (a 4 GiB block of 64 KiB chunks).
@@ -96,6 +109,8 @@ async fn serve_conn(mut stream: UnixStream, svc: Arc<dyn BlockService>, worker_i
     hello.extend_from_slice(&token.to_le_bytes());
     stream.write_all(&hello).await?;
     let permitted = allowed(&stream);
+    // Writes in progress on this connection; dropping one aborts it.
+    let mut sinks: std::collections::HashMap<u64, Box<dyn BlockSink>> = std::collections::HashMap::new();
     let mut req = [0u8; 9];
     loop {
         match stream.read_exact(&mut req).await {
@@ -137,11 +152,51 @@ async fn serve_conn(mut stream: UnixStream, svc: Arc<dyn BlockService>, worker_i
                 // The ids that follow cannot be skipped safely: close.
                 return Err(Error::protocol(format!("short-circuit: {arg} blocks in one request, at most {MAX_BATCH}")));
             }
+            (Ok(()), OP_WRITE_OPEN) => {
+                let mut hint = [0u8; 8];
+                stream.read_exact(&mut hint).await?;
+                write_open(&*svc, &mut sinks, arg, u64::from_le_bytes(hint))
+            }
+            (Ok(()), OP_WRITE_COMMIT) => {
+                let mut head = [0u8; 12];
+                stream.read_exact(&mut head).await?;
+                let len = u64::from_le_bytes(head[0..8].try_into().expect("8 bytes"));
+                let n = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+                if n > MAX_CRCS {
+                    return Err(Error::protocol(format!("short-circuit: {n} checksums in one commit")));
+                }
+                let mut raw = vec![0u8; n as usize * 4];
+                stream.read_exact(&mut raw).await?;
+                let crcs: Vec<u32> = raw.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+                match sinks.remove(&arg) {
+                    None => Err(Error::invalid(format!("block {arg}: no write open on this connection"))),
+                    // Renames (and fsync on disk tiers) off the async threads.
+                    Some(sink) => tokio::task::spawn_blocking(move || {
+                        let mut sink = sink;
+                        sink.adopt(len, &crcs)?;
+                        sink.commit(len)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(Error::internal(format!("commit task: {e}"))))
+                    .map(|tier| (vec![0u8, tier_code(tier)], Vec::new())),
+                }
+            }
+            (Ok(()), OP_WRITE_ABORT) => {
+                if let Some(s) = sinks.remove(&arg) {
+                    s.abort();
+                }
+                Ok((vec![0u8], Vec::new()))
+            }
             (Ok(()), op) => Err(Error::protocol(format!("short-circuit: unknown op {op}"))),
         };
         match res {
             Ok((out, srcs)) => {
-                let fds: Vec<RawFd> = srcs.iter().map(|s| s.file.as_raw_fd()).collect();
+                let mut fds: Vec<RawFd> = srcs.iter().map(|s| s.file.as_raw_fd()).collect();
+                if req[0] == OP_WRITE_OPEN {
+                    if let Some(f) = sinks.get(&arg).and_then(|s| s.direct()) {
+                        fds.push(f.as_raw_fd());
+                    }
+                }
                 send_with_fds(&mut stream, &out, &fds).await?;
             }
             Err(e) => {
@@ -154,6 +209,27 @@ async fn serve_conn(mut stream: UnixStream, svc: Arc<dyn BlockService>, worker_i
             }
         }
     }
+}
+
+/// Opens block `id` for a direct write: the answer head is ok + tier; the
+/// caller attaches the sink's file.
+fn write_open(
+    svc: &dyn BlockService,
+    sinks: &mut std::collections::HashMap<u64, Box<dyn BlockSink>>,
+    id: u64,
+    len_hint: u64,
+) -> Result<(Vec<u8>, Vec<ReadSource>)> {
+    if sinks.contains_key(&id) {
+        return Err(Error::new(ErrorKind::AlreadyExists, format!("block {id} is already being written")));
+    }
+    let sink = svc.open_write(id, len_hint)?;
+    if sink.direct().is_none() {
+        sink.abort();
+        return Err(Error::invalid("this worker takes no direct writes; write over TCP"));
+    }
+    let out = vec![0u8, tier_code(sink.tier())];
+    sinks.insert(id, sink);
+    Ok((out, Vec::new()))
 }
 
 /// length u64, tier u8, crc count u32, crcs.
@@ -362,6 +438,72 @@ impl LocalConn {
             out.push(Some(self.source(fd).await?));
         }
         Ok(out)
+    }
+
+    /// Starts block `block_id` for a direct write: the block file (write it
+    /// from offset 0) and the tier it is in. The write stays open until
+    /// `write_commit`, `write_abort` or the end of this connection.
+    pub async fn write_open(&mut self, block_id: u64, len_hint: u64) -> Result<(File, TierKind)> {
+        let res = async {
+            let mut req = [0u8; 17];
+            req[0] = OP_WRITE_OPEN;
+            req[1..9].copy_from_slice(&block_id.to_le_bytes());
+            req[9..17].copy_from_slice(&len_hint.to_le_bytes());
+            self.stream.write_all(&req).await?;
+            let fd = self.answer(1).await?.into_iter().next();
+            let mut tier = [0u8; 1];
+            self.stream.read_exact(&mut tier).await?;
+            let fd = fd.ok_or_else(|| Error::protocol("short-circuit: write answer without a descriptor"))?;
+            Ok((File::from(fd), tier_of(tier[0])?))
+        }
+        .await;
+        self.mark(&res);
+        res
+    }
+
+    /// Seals a direct write of `len` bytes with their crc32c, one per chunk.
+    pub async fn write_commit(&mut self, block_id: u64, len: u64, crcs: &[u32]) -> Result<TierKind> {
+        let res = async {
+            let mut req = Vec::with_capacity(21 + crcs.len() * 4);
+            req.push(OP_WRITE_COMMIT);
+            req.extend_from_slice(&block_id.to_le_bytes());
+            req.extend_from_slice(&len.to_le_bytes());
+            req.extend_from_slice(&(crcs.len() as u32).to_le_bytes());
+            for c in crcs {
+                req.extend_from_slice(&c.to_le_bytes());
+            }
+            self.stream.write_all(&req).await?;
+            self.answer(0).await?;
+            let mut tier = [0u8; 1];
+            self.stream.read_exact(&mut tier).await?;
+            tier_of(tier[0])
+        }
+        .await;
+        self.mark(&res);
+        res
+    }
+
+    /// Drops a direct write (the worker removes its file and reservation).
+    pub async fn write_abort(&mut self, block_id: u64) -> Result<()> {
+        let res = async {
+            let mut req = [0u8; 9];
+            req[0] = OP_WRITE_ABORT;
+            req[1..9].copy_from_slice(&block_id.to_le_bytes());
+            self.stream.write_all(&req).await?;
+            self.answer(0).await.map(|_| ())
+        }
+        .await;
+        self.mark(&res);
+        res
+    }
+
+    /// A failure other than an answered error leaves the stream unusable.
+    fn mark<T>(&mut self, res: &Result<T>) {
+        if let Err(e) = res {
+            if matches!(e.kind(), ErrorKind::Io | ErrorKind::Protocol | ErrorKind::Unavailable | ErrorKind::Timeout) {
+                self.broken = true;
+            }
+        }
     }
 
     /// Reads an answer's status byte with the descriptors riding on it; an

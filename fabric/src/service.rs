@@ -37,6 +37,18 @@ pub trait BlockSink: Send {
     fn partial(&self) -> Option<Arc<File>> {
         None
     }
+    /// A read-write handle on the block's file for a same-host client to
+    /// write the block into itself (positional writes from offset 0, then
+    /// `adopt` and `commit`); `None` when the sink cannot offer one.
+    fn direct(&self) -> Option<Arc<File>> {
+        None
+    }
+    /// Takes `len` bytes a same-host client wrote through `direct`, with the
+    /// crc32c of each `CHUNK` as the client computed them (reads check them
+    /// end to end). Nothing may have been appended before.
+    fn adopt(&mut self, _len: u64, _crcs: &[u32]) -> Result<()> {
+        Err(curvine_common::Error::invalid("this block sink takes no direct writes"))
+    }
 }
 
 pub trait BlockService: Send + Sync + 'static {

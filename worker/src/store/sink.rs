@@ -191,6 +191,38 @@ impl BlockSink for TierSink {
     fn partial(&self) -> Option<Arc<File>> {
         self.reader.clone()
     }
+
+    fn direct(&self) -> Option<Arc<File>> {
+        self.reader.clone()
+    }
+
+    fn adopt(&mut self, len: u64, crcs: &[u32]) -> Result<()> {
+        if self.written != 0 {
+            return Err(Error::invalid(format!("block {}: direct write after appends", self.block_id)));
+        }
+        if crcs.len() as u64 != crc_count(len) {
+            return Err(Error::invalid(format!("block {}: {} checksums for {len} bytes", self.block_id, crcs.len())));
+        }
+        let file = self.file.as_ref().ok_or_else(|| Error::internal("block sink used after commit"))?;
+        let on_disk = file.metadata().map_err(|e| self.io_error(e, "stat"))?.len();
+        if on_disk < len {
+            return Err(Error::invalid(format!(
+                "block {}: commit at {len} bytes but the file holds {on_disk}",
+                self.block_id
+            )));
+        }
+        if len > self.reserved {
+            self.inner.grow(self.tier, len - self.reserved).map_err(|e| e.context(format!("block {}", self.block_id)))?;
+            self.reserved = len;
+        }
+        if on_disk > len {
+            file.set_len(len).map_err(|e| self.io_error(e, "truncate"))?;
+        }
+        self.written = len;
+        self.crcs = crcs.to_vec();
+        self.inner.metrics.write_bytes.inc_by(len);
+        Ok(())
+    }
 }
 
 impl Drop for TierSink {
