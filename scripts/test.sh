@@ -11,5 +11,8 @@ cargo build --release --workspace --all-targets
 # Integration tests each start their own node on OS-chosen ports; a few at a
 # time keeps a 2-core machine responsive.
 cargo test --release --workspace --no-fail-fast -- --test-threads="${CV_TEST_THREADS:-3}"
+# The CUDA path (client feature `gpu`) compiles everywhere — the driver is
+# loaded at run time — and its test skips, saying so, without a GPU.
+cargo test --release -p curvine-cli --features gpu --test gpu
 ./scripts/test-python.sh  # the Python package against a real node (sets up its venv)
 echo "all tests passed in $(( $(date +%s) - start )) s"

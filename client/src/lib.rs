@@ -4,6 +4,8 @@
 //! a fabric transport.
 
 mod fs;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 mod local;
 mod meta;
 mod mounts;

@@ -3,11 +3,22 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use curvine_common::proto::{FileStatus, LocatedBlock};
+use curvine_common::proto::{BlockLocation as LocatedBlockLocation, FileStatus, LocatedBlock};
 use curvine_common::{Error, ErrorKind, Result};
 
 use crate::fs::FileSystem;
 use futures::StreamExt;
+
+/// 0 = same host, 1 = same rack, 2 = elsewhere.
+pub(crate) fn nearness(l: &LocatedBlockLocation, host: &str, rack: &str) -> u8 {
+    if l.hostname == host {
+        0
+    } else if !rack.is_empty() && l.rack == rack {
+        1
+    } else {
+        2
+    }
+}
 
 /// Blocks of one read fetched at the same time.
 const PARALLEL_BLOCKS: usize = 4;
@@ -201,8 +212,9 @@ impl FileReader {
         let mut last = None;
         let mut corrupt = None;
         let mut locs: Vec<_> = b.locations.iter().collect();
-        // Same host first, read from its block files where the worker allows it.
-        locs.sort_by_key(|l| l.hostname != inner.hostname);
+        // Nearest first: same host (read from its block files where the
+        // worker allows it), then same rack, then the rest in meta's order.
+        locs.sort_by_key(|l| nearness(l, &inner.hostname, &inner.conf.rack));
         for loc in locs {
             if inner.conf.short_circuit && loc.hostname == inner.hostname && !b.from_ufs {
                 if let Some(r) = inner.local.read(loc, b.id, offset, buf, inner.conf.verify_checksums).await {
@@ -260,5 +272,21 @@ impl FileReader {
         Err(last
             .map(|e| e.context(&self.status.path))
             .unwrap_or_else(|| Error::unavailable(format!("{}: block {} has no live worker", self.status.path, b.id))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_are_ranked_host_then_rack_then_any() {
+        let at = |host: &str, rack: &str| LocatedBlockLocation { hostname: host.into(), rack: rack.into(), ..Default::default() };
+        let mut locs = [at("b", "r2"), at("c", "r1"), at("a", "r9"), at("d", "")];
+        locs.sort_by_key(|l| nearness(l, "a", "r1"));
+        let order: Vec<&str> = locs.iter().map(|l| l.hostname.as_str()).collect();
+        assert_eq!(order, ["a", "c", "b", "d"]);
+        locs.sort_by_key(|l| nearness(l, "z", ""));
+        assert_eq!(locs.iter().filter(|l| nearness(l, "z", "") == 2).count(), 4, "no rack: only the host counts");
     }
 }

@@ -99,6 +99,9 @@ pub struct WorkerConf {
     /// Hand block files to clients on this host over a Unix socket
     /// (`<dir>/data.sock`) instead of streaming them over TCP.
     pub short_circuit: bool,
+    /// Rack (or zone) label: readers prefer a copy on their own host, then
+    /// one in their own rack, then any.
+    pub rack: String,
     pub tiers: Vec<TierConf>,
     /// How blocks are ranked for demotion and eviction: `lru` (least
     /// recently read first) or `lfu` (least frequently read, with counts
@@ -132,6 +135,7 @@ impl Default for WorkerConf {
             heartbeat_interval: Duration::from_secs(1),
             sync_on_commit: false,
             short_circuit: true,
+            rack: String::new(),
             tiers: Vec::new(),
             eviction: "lru".into(),
             lfu_half_life: Duration::from_secs(600),
@@ -175,6 +179,8 @@ pub struct ClientConf {
     /// Read blocks of a worker on this host straight from its block files
     /// (descriptors passed over its Unix socket); TCP otherwise.
     pub short_circuit: bool,
+    /// This client's rack label (see `worker.rack`); "" = none.
+    pub rack: String,
 }
 
 impl Default for ClientConf {
@@ -188,6 +194,7 @@ impl Default for ClientConf {
             timeout: Duration::from_secs(30),
             verify_checksums: true,
             short_circuit: true,
+            rack: String::new(),
         }
     }
 }

@@ -256,6 +256,7 @@ impl Workers {
             tier,
             local_socket: w.info.local_socket.clone(),
             local_token: w.info.local_token,
+            rack: w.info.rack.clone(),
         }
     }
 

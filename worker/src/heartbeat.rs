@@ -28,6 +28,7 @@ pub(crate) struct Heartbeat {
     /// Short-circuit socket and token ("" / 0: none).
     pub local_socket: String,
     pub local_token: u64,
+    pub rack: String,
 }
 
 /// Resolves when shutdown has been requested (or the sender is gone).
@@ -111,6 +112,7 @@ impl Heartbeat {
                 tiers: self.tiers(),
                 local_socket: self.local_socket.clone(),
                 local_token: self.local_token,
+                rack: self.rack.clone(),
                 ..Default::default()
             }),
             blocks: blocks.into_iter().map(reported).collect(),

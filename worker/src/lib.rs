@@ -75,6 +75,7 @@ pub async fn start(
         interval: wc.heartbeat_interval,
         local_socket,
         local_token,
+        rack: wc.rack.clone(),
     };
     let tiering = tiering::Tiering {
         store: store.clone(),

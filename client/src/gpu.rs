@@ -1,0 +1,96 @@
+//! Reads into CUDA device memory (`--features gpu`): file bytes land in
+//! page-locked host buffers and are copied to the device asynchronously,
+//! two buffers in turn, so reading the next piece overlaps the copy of the
+//! last. The CUDA driver is loaded at run time; `cuda_available` says
+//! whether this machine has one (and a device).
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaStream, CudaViewMut, PinnedHostSlice};
+use curvine_common::{Error, ErrorKind, Result};
+
+use crate::reader::FileReader;
+
+/// Bytes per staging buffer (two are used).
+pub const DEFAULT_PIECE: usize = 8 << 20;
+
+/// Whether the CUDA driver library loads and reports at least one device.
+pub fn cuda_available() -> bool {
+    // SAFETY: only probes for the driver library (no CUDA call is made
+    // unless it loads).
+    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    present && CudaContext::device_count().map(|n| n > 0).unwrap_or(false)
+}
+
+fn cuda(e: cudarc::driver::DriverError) -> Error {
+    Error::new(ErrorKind::Io, format!("CUDA: {e}"))
+}
+
+/// Two page-locked buffers bound to a stream; reuse one per reading thread.
+pub struct Staging {
+    stream: Arc<CudaStream>,
+    bufs: [PinnedHostSlice<u8>; 2],
+}
+
+impl Staging {
+    /// Allocates two pinned buffers of `piece` bytes on `stream`'s context.
+    pub fn new(stream: Arc<CudaStream>, piece: usize) -> Result<Staging> {
+        if piece == 0 {
+            return Err(Error::invalid("staging buffers need at least one byte"));
+        }
+        let ctx = stream.context().clone();
+        // SAFETY: the buffers are written (by reads) before any byte of
+        // them is copied to the device.
+        let alloc = || unsafe { ctx.alloc_pinned::<u8>(piece) }.map_err(cuda);
+        Ok(Staging { bufs: [alloc()?, alloc()?], stream })
+    }
+
+    /// A stream of device `ordinal`'s context with default-size buffers.
+    pub fn for_device(ordinal: usize) -> Result<Staging> {
+        if !cuda_available() {
+            return Err(Error::new(ErrorKind::Unavailable, "no CUDA driver or device on this machine"));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(cuda)?;
+        Staging::new(ctx.new_stream().map_err(cuda)?, DEFAULT_PIECE)
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}
+
+impl FileReader {
+    /// Fills `dst` (device memory) from file offset `offset`; returns the
+    /// bytes copied (fewer than `dst.len()` only at end of file). Returns
+    /// once the copies are complete on the device.
+    pub async fn read_to_device(&self, offset: u64, dst: &mut CudaViewMut<'_, u8>, staging: &mut Staging) -> Result<usize> {
+        let total = (dst.len() as u64).min(self.len().saturating_sub(offset)) as usize;
+        let piece = staging.bufs[0].len();
+        let stream = staging.stream.clone();
+        let mut done = 0usize;
+        let mut turn = 0usize;
+        while done < total {
+            let n = piece.min(total - done);
+            let buf = &mut staging.bufs[turn % 2];
+            // Waits for the copy that last used this buffer.
+            let host = buf.as_mut_slice().map_err(cuda)?;
+            let got = self.read_at(offset + done as u64, &mut host[..n]).await?;
+            if got != n {
+                return Err(Error::new(ErrorKind::Corrupt, format!("{}: short read at {}", self.status().path, offset + done as u64)));
+            }
+            let mut view = dst.slice_mut(done..done + n);
+            if n == piece {
+                // Asynchronous: the buffer's event marks when it is free.
+                stream.memcpy_htod(&*buf, &mut view).map_err(cuda)?;
+            } else {
+                // The last, partial piece (synchronous).
+                let host = buf.as_slice().map_err(cuda)?;
+                stream.memcpy_htod(&host[..n], &mut view).map_err(cuda)?;
+            }
+            done += n;
+            turn += 1;
+        }
+        stream.synchronize().map_err(cuda)?;
+        Ok(done)
+    }
+}
