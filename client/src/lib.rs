@@ -17,7 +17,7 @@ pub use curvine_common::proto::{FileKind, FileStatus, LocatedBlock, ReportRespon
 pub use curvine_common::{Error, ErrorKind, Result};
 pub use curvine_common::proto::{FreeResponse, JobInfo, MountInfo};
 pub use fs::{CreateOptions, FileSystem};
-pub use local::LocalStats;
+pub use local::{LocalStats, MappedRange};
 pub use mounts::MountOptions;
 pub use reader::FileReader;
 pub use writer::FileWriter;

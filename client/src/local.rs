@@ -47,9 +47,17 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     fn new(file: &std::fs::File, len: u64) -> Option<Mapping> {
-        use std::os::fd::AsRawFd;
         // Small blocks: pread is cheaper than mmap + page faults + munmap.
         if len < MAP_MIN {
+            return None;
+        }
+        Self::any(file, len)
+    }
+
+    /// Maps a block of any (non-zero) size.
+    fn any(file: &std::fs::File, len: u64) -> Option<Mapping> {
+        use std::os::fd::AsRawFd;
+        if len == 0 {
             return None;
         }
         // SAFETY: a fresh read-only mapping of `len` bytes of an open file.
@@ -82,13 +90,21 @@ struct LocalBlock {
     /// are never re-read from a device, so a chunk that passed once cannot
     /// change under the mapping. Disk-tier chunks are checked on every read.
     checked: Box<[AtomicU64]>,
+    /// A mapping made on first `view` of a block too small to be mapped
+    /// for reads (shared by every view of it).
+    lazy: std::sync::OnceLock<Option<Mapping>>,
 }
 
 impl LocalBlock {
     fn new(src: ReadSource) -> LocalBlock {
         let map = Mapping::new(&src.file, src.len);
         let words = if src.tier == TierKind::Mem { src.len.div_ceil(CHUNK).div_ceil(64) as usize } else { 0 };
-        LocalBlock { src, map, checked: (0..words).map(|_| AtomicU64::new(0)).collect() }
+        LocalBlock { src, map, checked: (0..words).map(|_| AtomicU64::new(0)).collect(), lazy: Default::default() }
+    }
+
+    /// The block's mapping, made now if reads did not map it.
+    fn mapping(&self) -> Option<&Mapping> {
+        self.map.as_ref().or_else(|| self.lazy.get_or_init(|| Mapping::any(&self.src.file, self.src.len)).as_ref())
     }
 
     fn is_checked(&self, idx: u64) -> bool {
@@ -150,6 +166,25 @@ impl LocalWrite {
     /// Drops the write; the worker removes the file and its reservation.
     pub async fn abort(mut self) {
         let _ = self.conn.write_abort(self.block).await;
+    }
+}
+
+/// Bytes of a MEM-tier block, in place: a window onto the block file this
+/// client mapped, every chunk of it checked against its crc. tmpfs pages
+/// are the file itself and sealed blocks never change, so the bytes stay
+/// right for as long as the window lives (it keeps the mapping alive).
+pub struct MappedRange {
+    block: Arc<LocalBlock>,
+    start: usize,
+    len: usize,
+}
+
+impl MappedRange {
+    pub fn bytes(&self) -> &[u8] {
+        match self.block.mapping() {
+            Some(m) => &m.bytes()[self.start..self.start + self.len],
+            None => &[],
+        }
     }
 }
 
@@ -287,6 +322,34 @@ impl LocalReads {
             let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur as usize } else { 1024 };
             (soft / 4).clamp(16, MAX_OPEN_BLOCKS)
         })
+    }
+
+    /// A checked, in-place window onto `[offset, offset+len)` of a local
+    /// MEM-tier block this client can map; `None` when it cannot (remote,
+    /// disk tier, small block, not there): read into a buffer instead.
+    pub async fn view(&self, loc: &BlockLocation, block: u64, offset: u64, len: u64) -> Option<Result<MappedRange>> {
+        if loc.local_socket.is_empty() || self.backing_off(loc.worker_id) {
+            return None;
+        }
+        let lb = self.source(loc, block).await.ok()?;
+        if lb.src.tier != TierKind::Mem || offset + len > lb.src.len {
+            return None;
+        }
+        let map = lb.mapping()?;
+        let (lo, hi) = (offset / CHUNK, (offset + len).div_ceil(CHUNK));
+        for idx in lo..hi {
+            if lb.is_checked(idx) {
+                continue;
+            }
+            let (a, b) = (idx * CHUNK, ((idx + 1) * CHUNK).min(lb.src.len));
+            if lb.src.crcs.get(idx as usize).copied() != Some(crc32c(&map.bytes()[a as usize..b as usize])) {
+                self.forget(block);
+                return Some(Err(Error::new(ErrorKind::Corrupt, format!("block {block}: checksum mismatch in chunk {idx} (local view)"))));
+            }
+            lb.mark_checked(idx);
+        }
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        Some(Ok(MappedRange { block: lb.clone(), start: offset as usize, len: len as usize }))
     }
 
     /// Starts a direct write of `block` into a worker on this host: the

@@ -135,6 +135,29 @@ impl FileReader {
         });
     }
 
+    /// The bytes `[offset, offset+len)` in place, without a copy, when they
+    /// lie in one block of a MEM-tier worker on this host that this client
+    /// can map (checked against their crcs); `None` otherwise (read into a
+    /// buffer then). The window keeps the mapping alive.
+    pub async fn view(&self, offset: u64, len: u64) -> Result<Option<crate::local::MappedRange>> {
+        let inner = &self.fs.inner;
+        if !inner.conf.short_circuit || offset + len > self.status.len || len == 0 {
+            return Ok(None);
+        }
+        let i = self.blocks.partition_point(|b| b.offset + b.len <= offset);
+        let Some(b) = self.blocks.get(i).filter(|b| offset + len <= b.offset + b.len && !b.from_ufs) else {
+            return Ok(None);
+        };
+        for loc in b.locations.iter().filter(|l| l.hostname == inner.hostname) {
+            match inner.local.view(loc, b.id, offset - b.offset, len).await {
+                Some(Ok(v)) => return Ok(Some(v)),
+                Some(Err(e)) => tracing::debug!(block = b.id, error = %e, "local view refused; reading instead"),
+                None => {}
+            }
+        }
+        Ok(None)
+    }
+
     /// Fills `piece` from block `b` at `in_block`; a short block is corrupt.
     async fn read_piece(&self, b: &LocatedBlock, in_block: u64, piece: &mut [u8]) -> Result<()> {
         let want = piece.len();

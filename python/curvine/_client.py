@@ -50,6 +50,13 @@ class Client(_curvine.Client):
     def read(self, path, offset=0, length=None) -> bytes:
         return super().read(norm(path), offset, length)
 
+    def read_view(self, path, offset=0, length=None) -> memoryview:
+        """Bytes ``[offset, offset+length)`` as a read-only memoryview, in
+        place (no copy) when they lie in one block cached in memory by a
+        worker on this host, else read into new memory. Suits
+        ``torch.frombuffer`` / ``numpy.frombuffer`` of large tensors."""
+        return super().read_view(norm(path), offset, length)
+
     def read_many(self, paths, parallel=16) -> list:
         return super().read_many([norm(p) for p in paths], parallel)
 

@@ -193,6 +193,35 @@ impl Client {
         Ok(bytes)
     }
 
+    /// Bytes `[offset, offset+length)` as a read-only `memoryview`: in place
+    /// (no copy) when they lie in one block of a MEM-tier worker on this
+    /// host; otherwise read into new memory. Use it for large tensors
+    /// (`torch.frombuffer`, `numpy.frombuffer`); the view keeps the mapping.
+    #[pyo3(signature = (path, offset=0, length=None))]
+    fn read_view<'py>(&self, py: Python<'py>, path: String, offset: i64, length: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
+        let offset = check_offset(offset)?;
+        let want = match length {
+            None => u64::MAX,
+            Some(l) => u64::try_from(l).map_err(|_| PyValueError::new_err(format!("length must be >= 0, got {l}")))?,
+        };
+        let c = self.conn(py)?;
+        let r = self.open_reader(py, &c, &path)?;
+        let n = span(r.len(), offset, want);
+        let view = py.detach(|| c.block_on(r.view(offset, n as u64))).py_err()?;
+        let obj = match view {
+            Some(range) => Bound::new(py, crate::view::MappedView { range })?.into_any(),
+            None => {
+                let (bytes, dst) = new_bytes(py, n)?;
+                let got = py.detach(|| c.block_on(r.read_at(offset, unsafe { dst.slice() }))).py_err()?;
+                if got != n {
+                    return Err(short_read(&path, got, n));
+                }
+                bytes.into_any()
+            }
+        };
+        Ok(pyo3::types::PyMemoryView::from(&obj)?.into_any())
+    }
+
     /// Fills `buffer` (any writable, C-contiguous buffer) from file offset
     /// `offset`; returns the bytes read (fewer than the buffer only at the
     /// end of the file).

@@ -8,6 +8,7 @@ mod errors;
 mod file;
 mod par;
 mod status;
+mod view;
 
 use pyo3::prelude::*;
 
@@ -18,6 +19,7 @@ fn _curvine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     curvine_common::telemetry::init_logging("warn");
     m.add_class::<client::Client>()?;
     m.add_class::<file::Reader>()?;
+    m.add_class::<view::MappedView>()?;
     m.add_class::<file::Writer>()?;
     m.add_class::<status::FileStatus>()?;
     m.add_function(wrap_pyfunction!(lock_memory, m)?)?;

@@ -350,3 +350,24 @@ def test_writer_inherited_across_fork_refuses_clearly(client, base):
     assert got[0] == errno.EINVAL and "after fork" in got[1]
     w.close()  # the parent's writer is untouched
     assert client.read(f"{base}/forked-writer") == b"parent"
+
+
+def test_read_view_is_in_place_and_read_only(client, base):
+    data = os.urandom((3 << 20) + 5)
+    p = f"{base}/view.bin"
+    client.write(p, data)
+    # Within one (1 MiB) block of the local MEM-tier worker: in place.
+    v1 = client.read_view(p, offset=1 << 20, length=1 << 20)
+    v2 = client.read_view(p, offset=1 << 20, length=4096)
+    assert isinstance(v1, memoryview) and v1.readonly
+    assert bytes(v1) == data[1 << 20:2 << 20] and bytes(v2) == data[1 << 20:(1 << 20) + 4096]
+    a1, a2 = np.frombuffer(v1, dtype=np.uint8), np.frombuffer(v2, dtype=np.uint8)
+    assert a1.ctypes.data == a2.ctypes.data, "two views of one block share its mapping: no copy"
+    assert not a1.flags.writeable
+    with pytest.raises((TypeError, BufferError, ValueError)):
+        memoryview(v1).cast("B")[0] = 1
+    # Across blocks, or to the end of the file: read into new memory.
+    whole = client.read_view(p)
+    assert bytes(whole) == data
+    assert np.frombuffer(client.read_view(p), dtype=np.uint8).ctypes.data != np.frombuffer(whole, dtype=np.uint8).ctypes.data
+    del v1, v2, a1, a2  # the mapping goes with the last reference
