@@ -41,6 +41,9 @@ pub enum FsCmd {
         /// Replace an existing file
         #[arg(short, long)]
         force: bool,
+        /// Workers holding each block (default: cluster.replication)
+        #[arg(long, default_value_t = 0)]
+        replication: u32,
     },
     /// Copy a Curvine file to the local disk ('-' = stdout)
     Get { path: String, local: PathBuf },
@@ -80,7 +83,7 @@ pub async fn run(cmd: FsCmd, c: &ClientArgs) -> Result<()> {
             }?;
             Ok(())
         }
-        FsCmd::Put { local, path, force } => put(&fs, &local, &path, force).await,
+        FsCmd::Put { local, path, force, replication } => put(&fs, &local, &path, force, replication).await,
         FsCmd::Get { path, local } => get(&fs, &path, &local).await,
         FsCmd::Cat { path } => get(&fs, &path, Path::new("-")).await,
         FsCmd::Rm { path, recursive } => {
@@ -268,7 +271,7 @@ fn progress(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-async fn put(fs: &FileSystem, local: &Path, path: &str, force: bool) -> Result<()> {
+async fn put(fs: &FileSystem, local: &Path, path: &str, force: bool, replication: u32) -> Result<()> {
     let mut file = std::fs::File::open(local).with_context(|| format!("{}", local.display()))?;
     let len = file.metadata()?.len();
     // `put f /dir` puts into the directory.
@@ -279,7 +282,7 @@ async fn put(fs: &FileSystem, local: &Path, path: &str, force: bool) -> Result<(
         }
         _ => path.to_string(),
     };
-    let mut w = fs.create(&dst, CreateOptions { overwrite: force, ..Default::default() }).await?;
+    let mut w = fs.create(&dst, CreateOptions { overwrite: force, replication, ..Default::default() }).await?;
     let pb = progress(len, "put");
     // A reader thread fills buffers from the local file while this task
     // sends the previous one.

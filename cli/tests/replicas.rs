@@ -64,4 +64,20 @@ async fn replicas_fail_over_and_are_restored_after_a_worker_dies() {
     .unwrap();
     assert!(tcp.read_all("/r").await.unwrap() == data, "the restored copies read back identical");
     assert!(fs.read_all("/r").await.unwrap() == data, "and through short-circuit reads");
+
+    // The CLI sets the factor per file too.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("p.bin");
+    std::fs::write(&local, &data[..MIB]).unwrap();
+    let meta = c.meta_addr();
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(bin())
+            .args(["fs", "put", "--meta", &meta, "--replication", "2", local.to_str().unwrap(), "/p.bin"])
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = tcp.open("/p.bin").await.unwrap();
+    assert_eq!(r.status().replication, 2);
+    assert!(copies_ok(&r, 2, &victim), "{:?}", r.blocks());
 }

@@ -251,6 +251,14 @@ impl FileSystem {
         Ok(FileReader::new(self.clone(), status, r.blocks))
     }
 
+    /// A reader from an open result kept with `FileReader::encode`.
+    pub fn reader_from(&self, raw: &[u8]) -> Result<FileReader> {
+        use prost::Message;
+        let r = proto::OpenResponse::decode(raw).map_err(|e| Error::invalid(format!("not a kept open result: {e}")))?;
+        let status = r.status.ok_or_else(|| Error::invalid("kept open result without a status"))?;
+        Ok(FileReader::new(self.clone(), status, r.blocks))
+    }
+
     /// Opens many files with one meta call per 1,024 paths (a training
     /// batch): one result per path, in order.
     pub async fn open_many(&self, paths: &[String]) -> Result<Vec<Result<FileReader>>> {

@@ -55,6 +55,16 @@ impl FileReader {
         &self.blocks
     }
 
+    /// This reader's open result (status and block locations), encoded:
+    /// `FileSystem::reader_from` makes the same reader later without asking
+    /// meta. Block ids are never reused, so a kept result can go stale
+    /// (reads then fail with `NotFound`) but never reads another file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        use prost::Message;
+        curvine_common::proto::OpenResponse { status: Some(self.status.clone()), blocks: self.blocks.clone() }
+            .encode_to_vec()
+    }
+
     /// Reads at the current position and advances it; 0 at end of file.
     pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
         let n = self.read_at(self.pos, buf).await?;

@@ -329,6 +329,80 @@ impl Client {
         PyList::new(py, out)
     }
 
+    /// Open results of `paths` (one meta call per 1,024 paths), encoded, for
+    /// `_read_many_opened`; the first path that fails raises.
+    fn _open_many_raw<'py>(&self, py: Python<'py>, paths: Vec<String>) -> PyResult<Bound<'py, PyList>> {
+        let c = self.conn(py)?;
+        let raws: Vec<Vec<u8>> = py
+            .detach(move || {
+                c.block_on(async {
+                    let opened = c.fs().open_many(&paths).await?;
+                    opened.into_iter().map(|r| r.map(|r| r.encode())).collect::<curvine_client::Result<Vec<_>>>()
+                })
+            })
+            .py_err()?;
+        PyList::new(py, raws.iter().map(|r| PyBytes::new(py, r)))
+    }
+
+    /// Like `read_many`, from kept open results (no meta call): `bytes` per
+    /// result, or `None` where the kept result is stale (a block moved or
+    /// is gone: read that file by path again).
+    #[pyo3(signature = (raws, parallel=DEFAULT_PARALLEL))]
+    fn _read_many_opened<'py>(&self, py: Python<'py>, raws: Vec<Vec<u8>>, parallel: usize) -> PyResult<Bound<'py, PyList>> {
+        let c = self.conn(py)?;
+        let n = raws.len();
+        let readers: Vec<Arc<curvine_client::FileReader>> = {
+            let c2 = c.clone();
+            py.detach(move || {
+                c2.block_on(async {
+                    let readers =
+                        raws.iter().map(|r| c2.fs().reader_from(r).map(Arc::new)).collect::<curvine_client::Result<Vec<_>>>()?;
+                    let refs: Vec<&curvine_client::FileReader> = readers.iter().map(|r| r.as_ref()).collect();
+                    c2.fs().prepare_local(&refs).await;
+                    Ok::<_, curvine_client::Error>(readers)
+                })
+            })
+            .py_err()?
+        };
+        let mut out = Vec::with_capacity(n);
+        let mut dsts = Vec::with_capacity(n);
+        for r in &readers {
+            let (b, dst) = new_bytes(py, r.len() as usize)?;
+            out.push(b);
+            dsts.push(dst);
+        }
+        let stale: Arc<parking_lot::Mutex<Vec<usize>>> = Default::default();
+        let (readers, dsts, st) = (Arc::new(readers), Arc::new(dsts), stale.clone());
+        py.detach(move || {
+            c.block_on(par::for_each(c.runtime().handle(), n, parallel, move |i| {
+                let (readers, dsts, st) = (readers.clone(), dsts.clone(), st.clone());
+                async move {
+                    let (r, dst) = (&readers[i], dsts[i]);
+                    match r.read_at(0, unsafe { dst.slice() }).await {
+                        Ok(got) if got == dst.len => Ok(()),
+                        Ok(_) => {
+                            st.lock().push(i);
+                            Ok(())
+                        }
+                        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unavailable | ErrorKind::Corrupt) => {
+                            st.lock().push(i);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            }))
+        })
+        .py_err()?;
+        let stale = stale.lock();
+        let items: Vec<Bound<'py, PyAny>> = out
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| if stale.contains(&i) { py.None().into_bound(py) } else { b.into_any() })
+            .collect();
+        PyList::new(py, items)
+    }
+
     /// Writes `data` (any buffer) as the whole file; returns its size.
     #[pyo3(signature = (path, data, overwrite=true, parents=true))]
     fn write(&self, py: Python<'_>, path: String, data: &Bound<'_, PyAny>, overwrite: bool, parents: bool) -> PyResult<u64> {

@@ -4,6 +4,7 @@ inherited client must reconnect)."""
 import collections
 import io
 import tarfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -53,6 +54,34 @@ def test_dataloader_4_workers_every_sample_once_per_epoch(client, small_files):
             seen.update(batch.tolist())
         assert len(seen) == N_FILES and set(seen) == set(range(N_FILES)), f"epoch {epoch}: gaps"
         assert max(seen.values()) == 1, f"epoch {epoch}: duplicates"
+
+
+def test_kept_opens_read_without_meta_and_survive_rewrites(client, base):
+    for i in range(8):
+        client.write(f"{base}/k/{i}.bin", bytes([i]) * (1000 + i))
+    ds = Dataset(f"{base}/k", client=client, open_ttl=1.0)
+    assert ds._opened is not None and len(ds._opened) == 8
+    assert ds.__getitems__(list(range(8))) == [bytes([i]) * (1000 + i) for i in range(8)]
+    # Rewritten and removed after the dataset was built: a rewritten file
+    # reads whole, as it was or as it is now, and as it is now once its kept
+    # result is older than open_ttl; a removed one then raises.
+    old3, new3 = bytes([3]) * 1003, b"new" * 5000
+    client.write(f"{base}/k/3.bin", new3)
+    client.rm(f"{base}/k/5.bin")
+    assert ds.__getitems__([3])[0] in (old3, new3)
+    deadline = time.monotonic() + 30
+    while ds.__getitems__([3])[0] != new3:
+        assert time.monotonic() < deadline, "the kept open result of a rewritten file never fell back"
+        time.sleep(0.1)
+    while True:
+        try:
+            assert ds.__getitems__([5])[0] == bytes([5]) * 1005
+        except FileNotFoundError:
+            break
+        assert time.monotonic() < deadline, "a removed file kept reading"
+        time.sleep(0.1)
+    off = Dataset(f"{base}/k", client=client, keep_opens=False)
+    assert off._opened is None and off.__getitems__([3]) == [new3]
 
 
 def test_dataloader_spawned_workers_reconnect(meta_env, small_files):
