@@ -286,7 +286,6 @@ impl Client {
     fn read_many<'py>(&self, py: Python<'py>, paths: Vec<String>, parallel: usize) -> PyResult<Bound<'py, PyList>> {
         let c = self.conn(py)?;
         let paths = Arc::new(paths);
-        let n = paths.len();
         // Open everything first, in one meta call per 1,024 paths: the
         // lengths size the `bytes` objects, which must be allocated with the
         // GIL held. The first path that failed raises.
@@ -303,29 +302,7 @@ impl Client {
             })
             .py_err()?
         };
-        let mut out = Vec::with_capacity(n);
-        let mut dsts = Vec::with_capacity(n);
-        for r in &readers {
-            let (b, dst) = new_bytes(py, r.len() as usize)?;
-            out.push(b);
-            dsts.push(dst);
-        }
-        let (readers, dsts) = (Arc::new(readers), Arc::new(dsts));
-        py.detach(move || {
-            c.block_on(par::for_each(c.runtime().handle(), n, parallel, move |i| {
-                let (readers, dsts) = (readers.clone(), dsts.clone());
-                async move {
-                    let (r, dst) = (&readers[i], dsts[i]);
-                    let got = r.read_at(0, unsafe { dst.slice() }).await?;
-                    if got != dst.len {
-                        let p = &r.status().path;
-                        return Err(Error::new(ErrorKind::Io, format!("{p}: read {got} of {} bytes", dst.len)));
-                    }
-                    Ok(())
-                }
-            }))
-        })
-        .py_err()?;
+        let (out, _) = read_whole(py, &c, readers, parallel, false)?;
         PyList::new(py, out)
     }
 
@@ -350,7 +327,6 @@ impl Client {
     #[pyo3(signature = (raws, parallel=DEFAULT_PARALLEL))]
     fn _read_many_opened<'py>(&self, py: Python<'py>, raws: Vec<Vec<u8>>, parallel: usize) -> PyResult<Bound<'py, PyList>> {
         let c = self.conn(py)?;
-        let n = raws.len();
         let readers: Vec<Arc<curvine_client::FileReader>> = {
             let c2 = c.clone();
             py.detach(move || {
@@ -364,37 +340,7 @@ impl Client {
             })
             .py_err()?
         };
-        let mut out = Vec::with_capacity(n);
-        let mut dsts = Vec::with_capacity(n);
-        for r in &readers {
-            let (b, dst) = new_bytes(py, r.len() as usize)?;
-            out.push(b);
-            dsts.push(dst);
-        }
-        let stale: Arc<parking_lot::Mutex<Vec<usize>>> = Default::default();
-        let (readers, dsts, st) = (Arc::new(readers), Arc::new(dsts), stale.clone());
-        py.detach(move || {
-            c.block_on(par::for_each(c.runtime().handle(), n, parallel, move |i| {
-                let (readers, dsts, st) = (readers.clone(), dsts.clone(), st.clone());
-                async move {
-                    let (r, dst) = (&readers[i], dsts[i]);
-                    match r.read_at(0, unsafe { dst.slice() }).await {
-                        Ok(got) if got == dst.len => Ok(()),
-                        Ok(_) => {
-                            st.lock().push(i);
-                            Ok(())
-                        }
-                        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unavailable | ErrorKind::Corrupt) => {
-                            st.lock().push(i);
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-            }))
-        })
-        .py_err()?;
-        let stale = stale.lock();
+        let (out, stale) = read_whole(py, &c, readers, parallel, true)?;
         let items: Vec<Bound<'py, PyAny>> = out
             .into_iter()
             .enumerate()
@@ -570,4 +516,54 @@ pub fn new_bytes(py: Python<'_>, len: usize) -> PyResult<(Bound<'_, PyBytes>, Ra
         let bytes = obj.cast_into_unchecked::<PyBytes>();
         Ok((bytes, RawMut { ptr, len }))
     }
+}
+
+/// Reads each reader's whole file into a new `bytes`, `parallel` at a time
+/// inside Rust (the `bytes` are allocated first, with the GIL held). With
+/// `tolerate_stale`, files whose read fails because a block is gone or
+/// moved (`NotFound`, `Unavailable`, `Corrupt`, short) are listed instead of
+/// raising; otherwise the first failure raises.
+fn read_whole<'py>(
+    py: Python<'py>,
+    c: &Arc<Conn>,
+    readers: Vec<Arc<curvine_client::FileReader>>,
+    parallel: usize,
+    tolerate_stale: bool,
+) -> PyResult<(Vec<Bound<'py, PyBytes>>, Vec<usize>)> {
+    let n = readers.len();
+    let mut out = Vec::with_capacity(n);
+    let mut dsts = Vec::with_capacity(n);
+    for r in &readers {
+        let (b, dst) = new_bytes(py, r.len() as usize)?;
+        out.push(b);
+        dsts.push(dst);
+    }
+    let stale: Arc<parking_lot::Mutex<Vec<usize>>> = Default::default();
+    let (readers, dsts, st, c) = (Arc::new(readers), Arc::new(dsts), stale.clone(), c.clone());
+    py.detach(move || {
+        c.block_on(par::for_each(c.runtime().handle(), n, parallel, move |i| {
+            let (readers, dsts, st) = (readers.clone(), dsts.clone(), st.clone());
+            async move {
+                let (r, dst) = (&readers[i], dsts[i]);
+                let res = match r.read_at(0, unsafe { dst.slice() }).await {
+                    Ok(got) if got == dst.len => return Ok(()),
+                    Ok(got) => Err(Error::new(ErrorKind::Io, format!("{}: read {got} of {} bytes", r.status().path, dst.len))),
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Err(e)
+                        if tolerate_stale
+                            && matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unavailable | ErrorKind::Corrupt | ErrorKind::Io) =>
+                    {
+                        st.lock().push(i);
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
+        }))
+    })
+    .py_err()?;
+    let stale = std::mem::take(&mut *stale.lock());
+    Ok((out, stale))
 }
