@@ -11,7 +11,7 @@ command -v fio >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=nonint
 cargo build --release -q -p curvine-cli
 mib=${1:-1024}
 work=$(mktemp -d -p "$HOME"); shm=$(mktemp -d -p /dev/shm cv-bench-XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$shm"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$shm"' EXIT
 
 # Starts `cv up` with the given flags; sets $meta and $uppid.
 up() {
