@@ -65,6 +65,17 @@ async fn replicas_fail_over_and_are_restored_after_a_worker_dies() {
     assert!(tcp.read_all("/r").await.unwrap() == data, "the restored copies read back identical");
     assert!(fs.read_all("/r").await.unwrap() == data, "and through short-circuit reads");
 
+    // The dead worker comes back (same id, its old blocks): copies beyond
+    // the factor are dropped from it, so every block has exactly two again.
+    tokio::task::block_in_place(|| c.workers[idx].restart()).unwrap();
+    c.wait_workers(3).await.unwrap();
+    testbed::wait_for("exactly two copies after the return", Duration::from_secs(30), || async {
+        tcp.open("/r").await.map(|r| copies_ok(&r, 2, "")).unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    assert!(tcp.read_all("/r").await.unwrap() == data);
+
     // The CLI sets the factor per file too.
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("p.bin");

@@ -305,8 +305,18 @@ impl MetaServiceImpl {
     async fn do_register(&self, r: RegisterWorkerRequest) -> Result<RegisterWorkerResponse> {
         let info = r.worker.ok_or_else(|| Error::invalid("register: worker info missing"))?;
         let blocks = self.reported(r.blocks)?;
-        tracing::info!(worker = info.id, addr = %info.addr, "worker registered");
+        let ids: Vec<u64> = blocks.iter().filter(|b| b.known).map(|b| b.id).collect();
+        let id = info.id;
+        tracing::info!(worker = id, addr = %info.addr, "worker registered");
         self.workers.register(info, blocks)?;
+        let reader = self.reader();
+        let want = |b: u64| {
+            reader.block_file(b).ok().flatten().and_then(|f| reader.inode(f).ok().flatten()).map(|f| f.replication).unwrap_or(1)
+        };
+        let trimmed = self.workers.trim_extra_copies(id, &ids, want);
+        if !trimmed.is_empty() {
+            tracing::info!(worker = id, blocks = trimmed.len(), "dropping copies beyond their files' replication");
+        }
         self.metrics.workers_alive.set(self.workers.alive_count() as i64);
         Ok(RegisterWorkerResponse { heartbeat_interval_ms: self.conf.worker.heartbeat_interval.as_millis() as u64 })
     }

@@ -178,6 +178,36 @@ impl Workers {
         (scheduled, lost)
     }
 
+    /// Of `blocks` reported by `worker`, those that now have more live
+    /// copies than `want(block)` (their file's replication): `worker`'s copy
+    /// is forgotten and queued for deletion there (a worker that was
+    /// declared dead and came back, after its blocks were copied elsewhere).
+    /// Returns the blocks trimmed.
+    pub fn trim_extra_copies(&self, worker: u64, blocks: &[u64], want: impl Fn(u64) -> u32) -> Vec<u64> {
+        let now = Instant::now();
+        let crowded: Vec<(u64, usize)> = {
+            let g = self.inner.lock();
+            blocks
+                .iter()
+                .filter_map(|b| {
+                    let locs = g.locations.get(b)?;
+                    let live = locs.keys().filter(|w| g.workers.get(w).is_some_and(|w| self.alive(w, now))).count();
+                    (live > 1 && locs.contains_key(&worker)).then_some((*b, live))
+                })
+                .collect()
+        };
+        // The namespace lookups happen without the lock.
+        let extra: Vec<u64> = crowded.into_iter().filter(|(b, live)| *live > want(*b).max(1) as usize).map(|(b, _)| b).collect();
+        let mut g = self.inner.lock();
+        for b in &extra {
+            if let Some(l) = g.locations.get_mut(b) {
+                l.remove(&worker);
+            }
+            g.pending_delete.entry(worker).or_default().push(*b);
+        }
+        extra
+    }
+
     /// Records that `workers` hold `block` (a client committed it there).
     pub fn add_locations(&self, block: u64, workers: &[u64]) {
         let mut g = self.inner.lock();
@@ -418,5 +448,15 @@ mod tests {
         assert_eq!((tasks[0].block_id, tasks[0].len, tasks[0].source.as_str()), (7, 10, "b:2"));
         assert_eq!(w.re_replicate(|_| (2, 10)), (vec![], vec![]), "handled once");
         assert!(w.heartbeat(1, vec![], None, vec![], &[]).is_none(), "the dead worker must register again");
+
+        // The copy lands on 3; then 1 comes back with its old blocks: 7 has
+        // three copies for a factor of 2, and the returning copy goes.
+        w.add_locations(7, &[3]);
+        w.register(worker(1, "a", 100, 0), vec![known(7), known(8)]).unwrap();
+        assert_eq!(w.trim_extra_copies(1, &[7, 8], |_| 2), vec![7]);
+        assert!(w.locations(7).iter().all(|l| l.worker_id != 1) && w.locations(7).len() == 2);
+        assert_eq!(w.locations(8).len(), 2, "8 has exactly its two copies");
+        let (del, _) = w.heartbeat(1, vec![], None, vec![], &[]).unwrap();
+        assert_eq!(del, vec![7]);
     }
 }
