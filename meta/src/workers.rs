@@ -34,6 +34,9 @@ struct Inner {
     pending_replicate: HashMap<u64, Vec<ReplicateTask>>,
     /// Dead workers whose copies were already forgotten and re-replicated.
     dead_handled: std::collections::HashSet<u64>,
+    /// Blocks with copies scheduled: block -> (when, replication, length).
+    /// Checked again after the worker timeout; rescheduled if still short.
+    replicating: HashMap<u64, (Instant, u32, u64)>,
 }
 
 /// Registered workers, block locations and pending deletions.
@@ -137,13 +140,20 @@ impl Workers {
             .filter(|w| !self.alive(w, now) && !g.dead_handled.contains(&w.info.id))
             .map(|w| w.info.id)
             .collect();
-        if dead.is_empty() {
+        // Copies scheduled a timeout ago are checked again: a copy that
+        // failed, or whose target died, is scheduled anew.
+        let mut affected: Vec<(u64, Option<(u32, u64)>)> = g
+            .replicating
+            .iter()
+            .filter(|(_, (at, _, _))| now.duration_since(*at) > self.timeout)
+            .map(|(b, (_, r, len))| (*b, Some((*r, *len))))
+            .collect();
+        if dead.is_empty() && affected.is_empty() {
             return (vec![], vec![]);
         }
-        let mut affected = Vec::new();
         for (block, locs) in g.locations.iter_mut() {
             if dead.iter().any(|d| locs.remove(d).is_some()) {
-                affected.push(*block);
+                affected.push((*block, None));
             }
         }
         g.locations.retain(|_, l| !l.is_empty());
@@ -154,14 +164,25 @@ impl Workers {
             tracing::warn!(worker = d, "worker dead: its cached copies are forgotten");
         }
         let (mut scheduled, mut lost) = (Vec::new(), Vec::new());
-        for block in affected {
-            let holders: Vec<u64> = g.locations.get(&block).map(|l| l.keys().copied().collect()).unwrap_or_default();
+        for (block, known) in affected {
+            // Live holders only: a scheduled target may have died since.
+            let holders: Vec<u64> = g
+                .locations
+                .get(&block)
+                .map(|l| l.keys().copied().filter(|h| g.workers.get(h).is_some_and(|w| self.alive(w, now))).collect())
+                .unwrap_or_default();
             let Some(source) = holders.first().and_then(|h| g.workers.get(h)).map(|w| w.info.addr.clone()) else {
+                g.replicating.remove(&block);
                 lost.push(block);
                 continue;
             };
-            let (replication, len) = want(block);
+            let (replication, len) = known.unwrap_or_else(|| want(block));
             let missing = (replication as usize).saturating_sub(holders.len());
+            if missing == 0 {
+                g.replicating.remove(&block);
+                continue;
+            }
+            g.replicating.insert(block, (now, replication, len));
             let targets: Vec<u64> = g
                 .workers
                 .values()
@@ -430,6 +451,7 @@ mod tests {
     fn a_dead_workers_blocks_are_copied_from_survivors() {
         let w = Workers::new(Duration::from_secs(1));
         let known = |id| Reported { id, tier: "MEM".into(), known: true };
+        let tiers = |id: u64| worker(id, "x", 100, 0).tiers;
         w.register(worker(1, "a", 100, 0), vec![known(7), known(8), known(9)]).unwrap();
         w.register(worker(2, "b", 100, 0), vec![known(7), known(8)]).unwrap();
         w.register(worker(3, "c", 100, 0), vec![]).unwrap();
@@ -448,6 +470,15 @@ mod tests {
         assert_eq!((tasks[0].block_id, tasks[0].len, tasks[0].source.as_str()), (7, 10, "b:2"));
         assert_eq!(w.re_replicate(|_| (2, 10)), (vec![], vec![]), "handled once");
         assert!(w.heartbeat(1, vec![], None, vec![], &[]).is_none(), "the dead worker must register again");
+
+        // The copy failed (never reported): a timeout later it is scheduled
+        // again; once it lands, nothing more is scheduled.
+        std::thread::sleep(Duration::from_millis(1200));
+        w.heartbeat(2, tiers(2), None, vec![], &[]).unwrap();
+        w.heartbeat(3, tiers(3), None, vec![], &[]).unwrap();
+        assert_eq!(w.re_replicate(|_| (2, 10)), (vec![7], vec![]), "rescheduled");
+        let (_, tasks) = w.heartbeat(3, tiers(3), None, vec![], &[]).unwrap();
+        assert_eq!(tasks.len(), 1);
 
         // The copy lands on 3; then 1 comes back with its old blocks: 7 has
         // three copies for a factor of 2, and the returning copy goes.
