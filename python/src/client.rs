@@ -85,6 +85,31 @@ fn span(len: u64, offset: u64, want: u64) -> usize {
     len.saturating_sub(offset).min(want) as usize
 }
 
+/// A `length` argument: `None` = to the end of the file.
+fn check_length(length: Option<i64>) -> PyResult<u64> {
+    match length {
+        None => Ok(u64::MAX),
+        Some(l) => u64::try_from(l).map_err(|_| PyValueError::new_err(format!("length must be >= 0, got {l}"))),
+    }
+}
+
+/// `n` bytes of `r` from `offset`, read straight into a new `bytes`.
+fn read_new<'py>(
+    py: Python<'py>,
+    c: &Arc<Conn>,
+    r: &curvine_client::FileReader,
+    path: &str,
+    offset: u64,
+    n: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let (bytes, dst) = new_bytes(py, n)?;
+    let got = py.detach(|| c.block_on(r.read_at(offset, unsafe { dst.slice() }))).py_err()?;
+    if got != n {
+        return Err(short_read(path, got, n));
+    }
+    Ok(bytes)
+}
+
 fn short_read(path: &str, got: usize, want: usize) -> PyErr {
     crate::errors::to_py(Error::new(
         ErrorKind::Io,
@@ -178,19 +203,11 @@ impl Client {
     #[pyo3(signature = (path, offset=0, length=None))]
     fn read<'py>(&self, py: Python<'py>, path: String, offset: i64, length: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
         let offset = check_offset(offset)?;
-        let want = match length {
-            None => u64::MAX,
-            Some(l) => u64::try_from(l).map_err(|_| PyValueError::new_err(format!("length must be >= 0, got {l}")))?,
-        };
+        let want = check_length(length)?;
         let c = self.conn(py)?;
         let r = self.open_reader(py, &c, &path)?;
         let n = span(r.len(), offset, want);
-        let (bytes, dst) = new_bytes(py, n)?;
-        let got = py.detach(|| c.block_on(r.read_at(offset, unsafe { dst.slice() }))).py_err()?;
-        if got != n {
-            return Err(short_read(&path, got, n));
-        }
-        Ok(bytes)
+        read_new(py, &c, &r, &path, offset, n)
     }
 
     /// Bytes `[offset, offset+length)` as a read-only `memoryview`: in place
@@ -200,24 +217,14 @@ impl Client {
     #[pyo3(signature = (path, offset=0, length=None))]
     fn read_view<'py>(&self, py: Python<'py>, path: String, offset: i64, length: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
         let offset = check_offset(offset)?;
-        let want = match length {
-            None => u64::MAX,
-            Some(l) => u64::try_from(l).map_err(|_| PyValueError::new_err(format!("length must be >= 0, got {l}")))?,
-        };
+        let want = check_length(length)?;
         let c = self.conn(py)?;
         let r = self.open_reader(py, &c, &path)?;
         let n = span(r.len(), offset, want);
         let view = py.detach(|| c.block_on(r.view(offset, n as u64))).py_err()?;
         let obj = match view {
             Some(range) => Bound::new(py, crate::view::MappedView { range })?.into_any(),
-            None => {
-                let (bytes, dst) = new_bytes(py, n)?;
-                let got = py.detach(|| c.block_on(r.read_at(offset, unsafe { dst.slice() }))).py_err()?;
-                if got != n {
-                    return Err(short_read(&path, got, n));
-                }
-                bytes.into_any()
-            }
+            None => read_new(py, &c, &r, &path, offset, n)?.into_any(),
         };
         Ok(pyo3::types::PyMemoryView::from(&obj)?.into_any())
     }

@@ -55,7 +55,9 @@ impl Tiering {
 
     /// Plans and carries out one round. Blocking IO.
     pub fn round(&self) -> Round {
-        let (tiers, blocks, now) = self.store.views();
+        let Some((tiers, blocks, now)) = self.store.views_if_needed(self.thresholds.high) else {
+            return Round::default();
+        };
         let plan = policy::plan(&tiers, &blocks, self.store.policy(), self.thresholds, now);
         let mut r = Round::default();
         let mut pace = Pace::new(self.bandwidth);
