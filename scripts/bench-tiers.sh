@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 command -v fio >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null; }
-cargo build --release -q -p curvine-cli
+cargo build --release -q -p curvine-cli --features "$CV_FEATURES"
 mib=${1:-1024}
 work=$(mktemp -d -p "$HOME"); shm=$(mktemp -d -p /dev/shm cv-bench-XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$shm"' EXIT

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 ./scripts/s3-server.sh install >/dev/null
-cargo build --release -q -p curvine-cli
+cargo build --release -q -p curvine-cli --features "$CV_FEATURES"
 small=${1:-2000}; large=${2:-8}; readers=${3:-4}
 work=$(mktemp -d); shm=$(mktemp -d -p /dev/shm cv-bench-XXXXXX 2>/dev/null || mktemp -d)
 # The memory tier goes in its own directory, removed with everything else.

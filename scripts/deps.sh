@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing Curvine needs on Debian, idempotently:
-# protoc (tonic codegen), libclang (RocksDB bindgen), fuse3 (later FUSE tests).
+# protoc (tonic codegen), libclang (RocksDB and rdma-sys bindgen), fuse3
+# (FUSE tests), libibverbs/librdmacm headers (the `rdma` feature).
 set -euo pipefail
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+dpkg -s libibverbs-dev >/dev/null 2>&1 || need+=(libibverbs-dev)
+dpkg -s librdmacm-dev >/dev/null 2>&1 || need+=(librdmacm-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-cargo build --release -q -p curvine-cli
+cargo build --release -q -p curvine-cli --features "$CV_FEATURES"
 n=${1:-100000}
 work=$(mktemp -d); shm=$(mktemp -d -p /dev/shm cv-bench-XXXXXX 2>/dev/null || mktemp -d)
 # The memory tier goes in its own directory, removed with everything else.

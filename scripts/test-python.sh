@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 . scripts/env.sh
-cargo build --release -p curvine-cli
+cargo build --release -p curvine-cli --features "$CV_FEATURES"
 ./scripts/py-env.sh
 VENV="${CURVINE_VENV:-$HOME/.cache/curvine/venv}"
 export CV_BIN

@@ -7,12 +7,15 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 start=$(date +%s)
 ./scripts/s3-server.sh install  # moto, the S3 server the UFS tests start (venv in ~/.cache/curvine)
-cargo build --release --workspace --all-targets
+cargo build --release --workspace --all-targets --features "$CV_FEATURES"
 # Integration tests each start their own node on OS-chosen ports; a few at a
 # time keeps a 2-core machine responsive.
-cargo test --release --workspace --no-fail-fast -- --test-threads="${CV_TEST_THREADS:-3}"
+cargo test --release --workspace --features "$CV_FEATURES" --no-fail-fast -- --test-threads="${CV_TEST_THREADS:-3}"
+# RDMA (fabric feature `rdma`, in CV_FEATURES) is built into everything
+# above; its conformance test runs where the host has a device
+# (testbed/rxe.sh) and says why it skips elsewhere.
 # The CUDA path (client feature `gpu`) compiles everywhere — the driver is
 # loaded at run time — and its test skips, saying so, without a GPU.
-cargo test --release -p curvine-cli --features gpu --test gpu
+cargo test --release -p curvine-cli --features "gpu,$CV_FEATURES" --test gpu
 ./scripts/test-python.sh  # the Python package against a real node (sets up its venv)
 echo "all tests passed in $(( $(date +%s) - start )) s"

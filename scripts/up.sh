@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 . scripts/env.sh
-cargo build --release -p curvine-cli
+cargo build --release -p curvine-cli --features "$CV_FEATURES"
 exec "$CV_BIN" up "$@"

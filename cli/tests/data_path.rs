@@ -239,3 +239,65 @@ async fn dropped_writer_leaves_no_file_and_no_reservation() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_small_reads_over_tcp_are_served_from_read_ahead() {
+    use curvine_client::FileSystem;
+    use curvine_common::config::ClientConf;
+    let n = node_with(UpOptions { block_size: Some("1MiB".into()), ..Default::default() }).await;
+    // 5 blocks and a bit: windows cross block boundaries and the file's end.
+    let data = random_bytes((5 << 20) + 12_345, 21);
+    let tcp = |read_ahead: u64| {
+        let conf = ClientConf {
+            meta: vec![n.meta_addr()],
+            short_circuit: false,
+            read_ahead: curvine_common::size::ByteSize(read_ahead),
+            ..Default::default()
+        };
+        FileSystem::new(conf).unwrap()
+    };
+    let fs = tcp(1 << 20);
+    fs.write_all("/seq", &data, false).await.unwrap();
+
+    // A reader taking 8 KiB at a time, as Python's buffered files do.
+    let mut r = fs.open("/seq").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let k = r.read(&mut buf).await.unwrap();
+        if k == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..k]);
+    }
+    assert!(got == data, "sequential read through read-ahead differs");
+    let served = fs.read_ahead_bytes();
+    // Everything after the first piece can come from windows fetched ahead.
+    assert!(served >= data.len() as u64 / 2, "only {served} of {} bytes came from read-ahead", data.len());
+
+    // A seek backwards and forwards again: still exact.
+    r.seek(100_000);
+    let mut b = vec![0u8; 4096];
+    assert_eq!(r.read(&mut b).await.unwrap(), 4096);
+    assert!(b == data[100_000..104_096]);
+    assert_eq!(r.read(&mut b).await.unwrap(), 4096);
+    assert!(b == data[104_096..108_192]);
+
+    // Random reads and a client with read-ahead off never use it.
+    let off = tcp(0);
+    let r = off.open("/seq").await.unwrap();
+    let mut got = vec![0u8; data.len()];
+    for (i, piece) in got.chunks_mut(8192).enumerate() {
+        assert_eq!(r.read_at(i as u64 * 8192, piece).await.unwrap(), piece.len());
+    }
+    assert!(got == data);
+    assert_eq!(off.read_ahead_bytes(), 0);
+    let rand = tcp(1 << 20);
+    let r = rand.open("/seq").await.unwrap();
+    for off in [3 << 20, 7, 1 << 20, 4 << 20] {
+        let mut b = vec![0u8; 1000];
+        r.read_at(off, &mut b).await.unwrap();
+        assert!(b == data[off as usize..off as usize + 1000]);
+    }
+    assert_eq!(rand.read_ahead_bytes(), 0, "random reads must not read ahead");
+}

@@ -7,6 +7,8 @@ use curvine_common::config::ClientConf;
 use curvine_common::path::normalize;
 use curvine_common::proto::{self, FileStatus};
 use curvine_common::{Error, ErrorKind, Result};
+use curvine_fabric::rdma::auto::AutoTransport;
+use curvine_fabric::rdma::RdmaOptions;
 use curvine_fabric::tcp::{TcpOptions, TcpTransport};
 use curvine_fabric::Transport;
 
@@ -24,6 +26,8 @@ pub(crate) struct Inner {
     pub conf: ClientConf,
     pub hostname: String,
     pub local: crate::local::LocalReads,
+    /// Bytes sequential readers got from read-ahead windows.
+    pub ahead_served: std::sync::atomic::AtomicU64,
 }
 
 /// A handle to one Curvine cluster. Cheap to clone; share it between tasks.
@@ -51,13 +55,19 @@ pub struct CreateOptions {
 impl FileSystem {
     /// Connects lazily: the first call reaches the meta service.
     pub fn new(conf: ClientConf) -> Result<FileSystem> {
-        let transport: Arc<dyn Transport> = Arc::new(TcpTransport::new(TcpOptions {
+        let tcp = TcpOptions {
             chunk_size: conf.chunk_size.0 as usize,
             depth: conf.pipeline_depth,
             io_timeout: conf.timeout,
             verify: conf.verify_checksums,
             ..Default::default()
-        }));
+        };
+        // RDMA to the workers that offer it when this host has a device and
+        // the build has the feature; TCP otherwise (and to the others).
+        let transport: Arc<dyn Transport> = match RdmaOptions::from_conf(&conf.rdma) {
+            Some(r) => Arc::new(AutoTransport::detect(tcp, &r)),
+            None => Arc::new(TcpTransport::new(tcp)),
+        };
         Self::with_transport(conf, transport)
     }
 
@@ -66,7 +76,7 @@ impl FileSystem {
         let meta_ufs = MetaClient::new(conf.meta.clone(), conf.retries, conf.timeout.max(UFS_CALL_TIMEOUT))?;
         let hostname = hostname();
         let local = Default::default();
-        Ok(FileSystem { inner: Arc::new(Inner { meta, meta_ufs, pool: ConnPool::new(transport), conf, hostname, local }) })
+        Ok(FileSystem { inner: Arc::new(Inner { meta, meta_ufs, pool: ConnPool::new(transport), conf, hostname, local, ahead_served: Default::default() }) })
     }
 
     /// A client for `meta` (`host:port`) with default settings.
@@ -95,6 +105,12 @@ impl FileSystem {
     /// How many reads went through the same-host short-circuit.
     pub fn local_stats(&self) -> crate::local::LocalStats {
         self.inner.local.stats()
+    }
+
+    /// Bytes this client's sequential readers were served from read-ahead
+    /// windows (fetched in the background before they asked).
+    pub fn read_ahead_bytes(&self) -> u64 {
+        self.inner.ahead_served.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     #[tracing::instrument(skip(self))]

@@ -3,6 +3,7 @@
 //! gRPC; block bytes move directly between this process and the workers over
 //! a fabric transport.
 
+mod ahead;
 mod fs;
 #[cfg(feature = "gpu")]
 pub mod gpu;

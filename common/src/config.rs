@@ -102,6 +102,8 @@ pub struct WorkerConf {
     /// Rack (or zone) label: readers prefer a copy on their own host, then
     /// one in their own rack, then any.
     pub rack: String,
+    /// RDMA for clients that ask (builds with the `rdma` feature only).
+    pub rdma: RdmaConf,
     pub tiers: Vec<TierConf>,
     /// How blocks are ranked for demotion and eviction: `lru` (least
     /// recently read first) or `lfu` (least frequently read, with counts
@@ -136,6 +138,7 @@ impl Default for WorkerConf {
             sync_on_commit: false,
             short_circuit: true,
             rack: String::new(),
+            rdma: RdmaConf::default(),
             tiers: Vec::new(),
             eviction: "lru".into(),
             lfu_half_life: Duration::from_secs(600),
@@ -181,6 +184,13 @@ pub struct ClientConf {
     pub short_circuit: bool,
     /// This client's rack label (see `worker.rack`); "" = none.
     pub rack: String,
+    /// Bytes a sequential reader of remote blocks has fetched ahead of it
+    /// in the background (for reads smaller than 256 KiB and than a quarter
+    /// of this); 0 = off.
+    pub read_ahead: ByteSize,
+    /// RDMA to workers that offer it (builds with the `rdma` feature only);
+    /// TCP to the others.
+    pub rdma: RdmaConf,
 }
 
 impl Default for ClientConf {
@@ -195,7 +205,30 @@ impl Default for ClientConf {
             verify_checksums: true,
             short_circuit: true,
             rack: String::new(),
+            read_ahead: ByteSize(8 << 20),
+            rdma: RdmaConf::default(),
         }
+    }
+}
+
+/// Which RDMA device a worker or client uses. Used only when the binary
+/// was built with the `rdma` feature and the host has a device; otherwise
+/// everything goes over TCP.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdmaConf {
+    pub enabled: bool,
+    /// Device name (`mlx5_0`, `rxe0`); "" = the first one.
+    pub device: String,
+    /// Port on the device (ports count from 1).
+    pub port: u8,
+    /// GID table index of the address to use (RoCE).
+    pub gid_index: u8,
+}
+
+impl Default for RdmaConf {
+    fn default() -> Self {
+        RdmaConf { enabled: true, device: String::new(), port: 1, gid_index: 0 }
     }
 }
 
@@ -217,6 +250,11 @@ impl Config {
     /// Checks values serde cannot; errors name the key.
     pub fn validate(&self, origin: &str) -> Result<()> {
         let bad = |key: &str, why: String| Err(Error::new(ErrorKind::Config, format!("{origin}: {key}: {why}")));
+        for (key, r) in [("worker.rdma", &self.worker.rdma), ("client.rdma", &self.client.rdma)] {
+            if r.port == 0 {
+                return bad(&format!("{key}.port"), "ports count from 1".into());
+            }
+        }
         let bs = self.cluster.block_size.0;
         if bs < 64 << 10 || bs > 4 << 30 || bs % (64 << 10) != 0 {
             return bad("cluster.block_size", format!("{bs} must be a multiple of 64KiB between 64KiB and 4GiB"));

@@ -38,6 +38,9 @@ pub enum Op {
     /// Check a block against its checksums; one that fails is dropped.
     /// Head: block id. Answer head: [1] intact, [0] failed and dropped.
     Verify = 9,
+    /// Set up an RDMA queue pair beside this connection. Head: the client's
+    /// `rdma::wire::Endpoint`; answer head: the worker's.
+    RdmaConnect = 10,
 }
 
 impl Op {
@@ -52,6 +55,7 @@ impl Op {
             7 => Op::Load,
             8 => Op::Persist,
             9 => Op::Verify,
+            10 => Op::RdmaConnect,
             _ => return None,
         })
     }

@@ -36,14 +36,14 @@ impl DirBlocks {
 struct DirSink {
     id: u64,
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     crcs: Vec<u32>,
     blocks: Arc<Mutex<HashMap<u64, (u64, Arc<[u32]>)>>>,
 }
 
 impl BlockSink for DirSink {
     fn append(&mut self, _offset: u64, data: &[u8], crcs: &[u32]) -> Result<()> {
-        self.file.write_all(data)?;
+        (&*self.file).write_all(data)?;
         self.crcs.extend_from_slice(crcs);
         Ok(())
     }
@@ -56,6 +56,16 @@ impl BlockSink for DirSink {
     }
     fn tier(&self) -> TierKind {
         TierKind::Mem
+    }
+    fn direct(&self) -> Option<Arc<File>> {
+        Some(self.file.clone())
+    }
+    fn adopt(&mut self, len: u64, crcs: &[u32]) -> Result<()> {
+        if crcs.len() as u64 != len.div_ceil(CHUNK) {
+            return Err(Error::invalid(format!("block {}: {} checksums for {len} bytes", self.id, crcs.len())));
+        }
+        self.crcs = crcs.to_vec();
+        Ok(())
     }
 }
 
@@ -76,7 +86,7 @@ impl BlockService for DirBlocks {
             return Err(Error::new(ErrorKind::AlreadyExists, format!("block {block_id} exists")));
         }
         let path = self.dir.join(block_id.to_string());
-        let file = File::create(&path)?;
+        let file = Arc::new(std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?);
         Ok(Box::new(DirSink { id: block_id, path, file, crcs: Vec::new(), blocks: self.blocks.clone() }))
     }
 }

@@ -50,6 +50,10 @@ impl TcpTransport {
         let chunk_size = (opts.chunk_size.clamp(CHUNK as usize, MAX_PAYLOAD as usize) / CHUNK as usize) * CHUNK as usize;
         TcpTransport { opts: TcpOptions { chunk_size, depth: opts.depth.max(1), ..opts } }
     }
+
+    pub fn options(&self) -> &TcpOptions {
+        &self.opts
+    }
 }
 
 #[async_trait::async_trait]
@@ -190,14 +194,27 @@ impl TcpConn {
     }
 
     async fn simple(&mut self, op: Op, head: Vec<u8>) -> Result<Vec<u8>> {
+        self.call(op, 0, &head).await
+    }
+
+    /// Sends one request without payload and returns its answer's head: the
+    /// control channel of transports that move payloads another way (RDMA).
+    /// A worker-reported error leaves the connection usable.
+    pub(crate) async fn call(&mut self, op: Op, flags: u16, head: &[u8]) -> Result<Vec<u8>> {
         let id = self.id();
-        self.push(op, id, &head, 0);
+        let h = Header { flags, ..Header::request(op, id, head.len(), 0) };
+        self.out.extend_from_slice(&h.encode());
+        self.out.extend_from_slice(head);
         self.flush().await?;
         match self.recv_header(op, id).await? {
             Ok(h) if h.payload_len == 0 => Ok(std::mem::take(&mut self.head)),
             Ok(_) => Err(self.fail(Error::protocol(format!("unexpected payload in {op:?} response")))),
             Err(e) => Err(e),
         }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod client;
 mod server;
+mod server_rdma;
 
 pub use client::{TcpConn, TcpOptions, TcpTransport};
-pub use server::serve;
+pub use server::{serve, serve_with, ServeOptions};

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use curvine_common::{Error, ErrorKind, Result};
@@ -13,8 +12,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::frame::{Header, Op, CHUNK, HEADER_LEN};
-use crate::msg::{self, ReadReq, ReadResp, WriteCommit, WriteData, WriteOpen};
+use crate::msg::{self, ReadReq, WriteCommit, WriteData, WriteOpen};
+use crate::range::RangePlan;
+use crate::rdma::server::{Hub, Link};
+use crate::rdma::wire::FLAG_RDMA;
+use crate::rdma::RdmaOptions;
 use crate::service::{BlockService, BlockSink, ReadSource};
+
+/// What a data server offers beside TCP.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Device and buffers for clients that ask for RDMA (used only when the
+    /// build has the `rdma` feature; the device is opened at the first
+    /// ask); `None` refuses RDMA.
+    pub rdma: Option<RdmaOptions>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions { rdma: Some(RdmaOptions::default()) }
+    }
+}
 
 /// Serves `svc` on `listener` until `shutdown` resolves. Connection errors
 /// close that connection only.
@@ -23,6 +41,16 @@ pub async fn serve(
     svc: Arc<dyn BlockService>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    serve_with(listener, svc, shutdown, ServeOptions::default()).await
+}
+
+pub async fn serve_with(
+    listener: TcpListener,
+    svc: Arc<dyn BlockService>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    opts: ServeOptions,
+) -> Result<()> {
+    let hub = Arc::new(Hub::new(opts.rdma));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -39,9 +67,9 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 set_sndbuf(&stream, SNDBUF);
-                let svc = svc.clone();
+                let (svc, hub) = (svc.clone(), hub.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = Conn::new(stream, svc).run().await {
+                    if let Err(e) = Conn::new(stream, svc, hub).run().await {
                         tracing::debug!(%peer, error = %e, "data connection closed");
                     }
                 });
@@ -72,22 +100,22 @@ fn set_sndbuf(stream: &TcpStream, bytes: i32) {
 const WRITE_QUEUE: usize = 2;
 
 /// One frame of block data on its way to the writer thread.
-struct Piece {
-    offset: u64,
-    data: Vec<u8>,
-    crcs: Vec<u32>,
+pub(super) struct Piece {
+    pub(super) offset: u64,
+    pub(super) data: Vec<u8>,
+    pub(super) crcs: Vec<u32>,
 }
 
 /// A block being written. The connection task only reads frames off the
 /// socket; a blocking writer thread verifies their checksums and appends
 /// them to the block file, so socket reads and file writes overlap.
-struct WriteSession {
-    tx: tokio::sync::mpsc::Sender<Piece>,
+pub(super) struct WriteSession {
+    pub(super) tx: tokio::sync::mpsc::Sender<Piece>,
     /// Buffers the writer has finished with, for reuse.
-    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    pub(super) spare: std::sync::mpsc::Receiver<Vec<u8>>,
     done: tokio::task::JoinHandle<(Box<dyn BlockSink>, Option<Error>)>,
-    next: u64,
-    ended: bool,
+    pub(super) next: u64,
+    pub(super) ended: bool,
 }
 
 impl WriteSession {
@@ -126,19 +154,22 @@ fn append_verified(block_id: u64, sink: &mut dyn BlockSink, p: &Piece) -> Result
     sink.append(p.offset, &p.data, &p.crcs)
 }
 
-struct Conn {
+pub(super) struct Conn {
     stream: TcpStream,
-    svc: Arc<dyn BlockService>,
-    head: Vec<u8>,
+    pub(super) svc: Arc<dyn BlockService>,
+    pub(super) head: Vec<u8>,
     out: Vec<u8>,
     /// Dropping a session (e.g. when the connection dies) ends its writer
     /// thread, which drops the sink: an uncommitted block is discarded.
-    writes: HashMap<u64, WriteSession>,
+    pub(super) writes: HashMap<u64, WriteSession>,
+    pub(super) hub: Arc<Hub>,
+    /// This connection's RDMA queue pair, once the client asked for one.
+    pub(super) link: Option<Link>,
 }
 
 impl Conn {
-    fn new(stream: TcpStream, svc: Arc<dyn BlockService>) -> Self {
-        Conn { stream, svc, head: Vec::new(), out: Vec::new(), writes: HashMap::new() }
+    fn new(stream: TcpStream, svc: Arc<dyn BlockService>, hub: Arc<Hub>) -> Self {
+        Conn { stream, svc, head: Vec::new(), out: Vec::new(), writes: HashMap::new(), hub, link: None }
     }
 
     async fn run(mut self) -> Result<()> {
@@ -161,9 +192,12 @@ impl Conn {
             self.head.resize(h.head_len as usize, 0);
             self.stream.read_exact(&mut self.head).await?;
             let res = match h.op {
+                Op::Read if h.flags & FLAG_RDMA != 0 => self.read_rdma(&h).await,
                 Op::Read => self.read(&h).await,
                 Op::WriteOpen => self.write_open(&h).await,
+                Op::WriteData if h.flags & FLAG_RDMA != 0 => self.write_data_rdma(&h).await,
                 Op::WriteData => self.write_data(&h).await,
+                Op::RdmaConnect => self.rdma_connect(&h).await,
                 Op::WriteCommit => self.write_commit(&h, false).await,
                 Op::WriteAbort => self.write_commit(&h, true).await,
                 Op::Ping => {
@@ -183,14 +217,14 @@ impl Conn {
         }
     }
 
-    async fn drain_payload(&mut self, h: &Header) -> Result<()> {
+    pub(super) async fn drain_payload(&mut self, h: &Header) -> Result<()> {
         if h.payload_len != 0 {
             return Err(Error::protocol(format!("{:?} request carries an unexpected payload", h.op)));
         }
         Ok(())
     }
 
-    async fn respond(&mut self, h: &Header, head: &[u8]) -> Result<()> {
+    pub(super) async fn respond(&mut self, h: &Header, head: &[u8]) -> Result<()> {
         self.out.clear();
         let rh = Header { status: 0, head_len: head.len() as u32, payload_len: 0, ..*h };
         self.out.extend_from_slice(&rh.encode());
@@ -199,7 +233,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn send_error(&mut self, op: Op, req_id: u64, e: &Error) -> Result<()> {
+    pub(super) async fn send_error(&mut self, op: Op, req_id: u64, e: &Error) -> Result<()> {
         let msg = e.message().as_bytes();
         let msg = &msg[..msg.len().min(4096)];
         let h = Header { op, status: e.kind().code(), flags: 0, req_id, head_len: 0, payload_len: msg.len() as u32 };
@@ -256,23 +290,10 @@ impl Conn {
     async fn read(&mut self, h: &Header) -> Result<()> {
         self.drain_payload(h).await?;
         let req = ReadReq::decode(&self.head)?;
-        let (src, loaded) = match self.svc.open_read(req.block_id) {
-            Ok(s) => (s, false),
-            Err(e) if e.kind() == ErrorKind::NotFound => match self.svc.clone().load_until(req.block_id, req.offset + req.len) {
-                // A miss the service can fill (e.g. from the UFS): wait
-                // until the requested range has arrived, not the block.
-                Some(load) => match load.await {
-                    Ok(s) => (s, true),
-                    Err(e) => return self.send_error(h.op, h.req_id, &e).await,
-                },
-                None => return self.send_error(h.op, h.req_id, &e).await,
-            },
+        let (src, loaded) = match open_source(self.svc.clone(), req).await {
+            Ok(s) => s,
             Err(e) => return self.send_error(h.op, h.req_id, &e).await,
         };
-        if req.offset > src.len {
-            let e = Error::invalid(format!("block {}: offset {} beyond its {} bytes", req.block_id, req.offset, src.len));
-            return self.send_error(h.op, h.req_id, &e).await;
-        }
         let end = (req.offset + req.len).min(src.len);
         match self.send_range(h, &req, &src, end).await {
             Ok(()) => {
@@ -289,34 +310,20 @@ impl Conn {
     /// verified here; whole chunks go by `sendfile` with their crcs for the
     /// receiver to verify.
     async fn send_range(&mut self, h: &Header, req: &ReadReq, src: &ReadSource, end: u64) -> Result<()> {
-        let off = req.offset;
-        let lo = off.div_ceil(CHUNK) * CHUNK;
-        let hi = if end == src.len { end } else { end / CHUNK * CHUNK };
-        let has_body = lo < hi;
-        let (head_edge, tail_edge, resp) = if has_body {
-            let (first, last) = ((lo / CHUNK) as usize, hi.div_ceil(CHUNK) as usize);
-            let crcs = src.crcs.get(first..last).map(<[u32]>::to_vec).ok_or_else(|| {
-                Error::new(ErrorKind::Corrupt, format!("block {}: checksum file too short", req.block_id))
-            })?;
-            let resp = ReadResp { body_start: (lo - off) as u32, body_end: (hi - off) as u32, crcs };
-            (verified_range(src, req.block_id, off, lo)?, verified_range(src, req.block_id, hi, end)?, resp)
-        } else {
-            let n = (end - off) as u32;
-            (verified_range(src, req.block_id, off, end)?, Vec::new(), ReadResp { body_start: n, body_end: n, crcs: vec![] })
-        };
-        let mut head = Vec::with_capacity(12 + resp.crcs.len() * 4);
-        resp.encode(&mut head);
-        let rh = Header { status: 0, head_len: head.len() as u32, payload_len: (end - off) as u32, ..*h };
+        let plan = RangePlan::new(src, req.block_id, req.offset, end)?;
+        let mut head = Vec::with_capacity(12 + plan.resp.crcs.len() * 4);
+        plan.resp.encode(&mut head);
+        let rh = Header { status: 0, head_len: head.len() as u32, payload_len: (end - req.offset) as u32, ..*h };
         self.out.clear();
         self.out.extend_from_slice(&rh.encode());
         self.out.extend_from_slice(&head);
-        self.out.extend_from_slice(&head_edge);
+        self.out.extend_from_slice(&plan.head_edge);
         self.stream.write_all(&self.out).await?;
-        if has_body {
-            sendfile_all(&self.stream, &src.file, lo, (hi - lo) as usize).await?;
+        if plan.lo < plan.hi {
+            sendfile_all(&self.stream, &src.file, plan.lo, (plan.hi - plan.lo) as usize).await?;
         }
-        if !tail_edge.is_empty() {
-            self.stream.write_all(&tail_edge).await?;
+        if !plan.tail_edge.is_empty() {
+            self.stream.write_all(&plan.tail_edge).await?;
         }
         Ok(())
     }
@@ -339,10 +346,8 @@ impl Conn {
         }
     }
 
-    /// Data frames get no response: a failure is remembered and reported by
-    /// the commit, so the client can stream without round trips.
-    async fn write_data(&mut self, h: &Header) -> Result<()> {
-        let req = WriteData::decode(&self.head, h.payload_len)?;
+    /// The open write a data frame continues, checked to be at its end.
+    pub(super) fn session_at(&mut self, req: &WriteData) -> Result<&mut WriteSession> {
         let Some(s) = self.writes.get_mut(&req.block_id) else {
             return Err(Error::protocol(format!("data for block {} without an open write", req.block_id)));
         };
@@ -352,11 +357,19 @@ impl Conn {
                 req.block_id, req.offset, s.next
             )));
         }
+        Ok(s)
+    }
+
+    /// Data frames get no response: a failure is remembered and reported by
+    /// the commit, so the client can stream without round trips.
+    async fn write_data(&mut self, h: &Header) -> Result<()> {
+        let req = WriteData::decode(&self.head, h.payload_len)?;
         // Bounded by MAX_PAYLOAD (checked in decode) and by WRITE_QUEUE
         // buffers per session.
-        let mut data = s.spare.try_recv().unwrap_or_default();
+        let mut data = self.session_at(&req)?.spare.try_recv().unwrap_or_default();
         data.resize(h.payload_len as usize, 0);
         self.stream.read_exact(&mut data).await?;
+        let s = self.writes.get_mut(&req.block_id).ok_or_else(|| Error::internal("write session vanished"))?;
         s.next += data.len() as u64;
         s.ended = data.len() as u64 % CHUNK != 0;
         let piece = Piece { offset: req.offset, data, crcs: req.crcs };
@@ -401,28 +414,23 @@ impl Conn {
     }
 }
 
-/// Reads `[lo, hi)` of a block into memory, verifying every chunk it touches.
-fn verified_range(src: &ReadSource, block_id: u64, lo: u64, hi: u64) -> Result<Vec<u8>> {
-    if lo >= hi {
-        return Ok(Vec::new());
+/// Opens the block a read asks for, loading it when the service can. An
+/// error here is for the client: the connection stays up.
+pub(super) async fn open_source(svc: Arc<dyn BlockService>, req: ReadReq) -> Result<(ReadSource, bool)> {
+    let (src, loaded) = match svc.open_read(req.block_id) {
+        Ok(s) => (s, false),
+        Err(e) if e.kind() == ErrorKind::NotFound => match svc.clone().load_until(req.block_id, req.offset + req.len) {
+            // A miss the service can fill (e.g. from the UFS): wait until
+            // the requested range has arrived, not the whole block.
+            Some(load) => (load.await?, true),
+            None => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    if req.offset > src.len {
+        return Err(Error::invalid(format!("block {}: offset {} beyond its {} bytes", req.block_id, req.offset, src.len)));
     }
-    let c_lo = lo / CHUNK * CHUNK;
-    let c_hi = (hi.div_ceil(CHUNK) * CHUNK).min(src.len);
-    let mut buf = vec![0u8; (c_hi - c_lo) as usize];
-    src.file.read_exact_at(&mut buf, c_lo).map_err(|e| Error::from(e).context(format!("block {block_id}")))?;
-    for (i, chunk) in buf.chunks(CHUNK as usize).enumerate() {
-        let idx = (c_lo / CHUNK) as usize + i;
-        let want = src.crcs.get(idx).copied();
-        if want != Some(crate::crc::crc32c(chunk)) {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!("block {block_id}: checksum mismatch in chunk {idx} on the worker"),
-            ));
-        }
-    }
-    buf.drain(..(lo - c_lo) as usize);
-    buf.truncate((hi - lo) as usize);
-    Ok(buf)
+    Ok((src, loaded))
 }
 
 /// Sends `count` bytes of `file` from `offset` with sendfile(2): the bytes go
