@@ -4,6 +4,7 @@
 mod bench;
 mod bench_ufs;
 mod fs_cmd;
+mod fuse_cmd;
 mod mount_cmd;
 mod server;
 mod warm_cmd;
@@ -105,6 +106,13 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Mount Curvine as a POSIX file system at MOUNTPOINT (FUSE) and serve until SIGTERM or umount
+    Fuse {
+        #[command(flatten)]
+        args: fuse_cmd::FuseArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Benchmarks against same-run machine baselines
     Bench {
         #[command(subcommand)]
@@ -118,7 +126,7 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    let server = matches!(cli.cmd, Cmd::Up(_) | Cmd::Meta(_) | Cmd::Worker(_));
+    let server = matches!(cli.cmd, Cmd::Up(_) | Cmd::Meta(_) | Cmd::Worker(_) | Cmd::Fuse { .. });
     curvine_common::telemetry::init_logging(if server { "info" } else { "warn" });
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -138,6 +146,7 @@ fn main() {
             Cmd::Fs { cmd, client } => fs_cmd::run(cmd, &client).await,
             Cmd::Report { client, json } => fs_cmd::report(&client, json).await,
             Cmd::Bench { cmd, client } => bench::run(cmd, &client).await,
+            Cmd::Fuse { args, client } => fuse_cmd::run(args, &client).await,
             Cmd::Mount { args, client } => mount_cmd::run(args, &client).await,
             Cmd::Umount { path, force, client } => mount_cmd::umount(&path, force, &client).await,
             Cmd::Warm { args, client } => warm_cmd::run(args, &client).await,

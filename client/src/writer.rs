@@ -85,6 +85,11 @@ impl FileWriter {
         }
     }
 
+    /// The new file as meta created it (incomplete, length 0).
+    pub fn status(&self) -> &FileStatus {
+        &self.status
+    }
+
     pub fn path(&self) -> &str {
         &self.status.path
     }

@@ -1,0 +1,57 @@
+//! `cv fuse MOUNTPOINT`: serves Curvine through the kernel's FUSE until
+//! SIGTERM/Ctrl-C or `umount`.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::ClientArgs;
+
+#[derive(Args, Debug, Clone)]
+pub struct FuseArgs {
+    /// Directory to mount on (must exist)
+    pub mountpoint: std::path::PathBuf,
+    /// Curvine directory to show at the mount point
+    #[arg(long, default_value = "/")]
+    pub subdir: String,
+    /// Let other users reach the mount (root, or user_allow_other in /etc/fuse.conf)
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Bypass the kernel page cache for file data
+    #[arg(long)]
+    pub direct_io: bool,
+    /// Let the kernel gather small writes in its page cache before sending them
+    #[arg(long)]
+    pub writeback_cache: bool,
+    /// Seconds the kernel may cache file attributes
+    #[arg(long, default_value_t = 1.0)]
+    pub attr_timeout: f64,
+    /// Seconds the kernel may cache name lookups
+    #[arg(long, default_value_t = 1.0)]
+    pub entry_timeout: f64,
+    /// Threads taking requests from the kernel
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+fn secs(what: &str, s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--{what} {s}: must be a number of seconds ≥ 0"))
+}
+
+pub async fn run(a: FuseArgs, c: &ClientArgs) -> anyhow::Result<()> {
+    let opts = curvine_fuse::FuseOptions {
+        mountpoint: a.mountpoint.clone(),
+        subdir: a.subdir.clone(),
+        allow_other: a.allow_other,
+        direct_io: a.direct_io,
+        writeback_cache: a.writeback_cache,
+        attr_timeout: secs("attr-timeout", a.attr_timeout)?,
+        entry_timeout: secs("entry-timeout", a.entry_timeout)?,
+        threads: a.threads,
+    };
+    let fs = c.fs()?;
+    let rt = tokio::runtime::Handle::current();
+    // The FUSE session blocks its thread until unmounted.
+    tokio::task::spawn_blocking(move || curvine_fuse::run(fs, rt, opts)).await??;
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! `cv fuse`: a real kernel mount served by a real `cv fuse` process,
+//! exercised with real programs (cp, tar, git, sqlite3, Python) and
+//! compared against a local directory. Skips, saying why, where there is no
+//! /dev/fuse or the test is not root.
+
+mod common;
+
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use testbed::Proc;
+
+fn fuse_missing() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("no /dev/fuse on this machine".into());
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("mounting needs root here (no fusermount setup for other users)".into());
+    }
+    None
+}
+
+macro_rules! need_fuse {
+    ($name:expr) => {
+        if let Some(why) = fuse_missing() {
+            eprintln!("SKIPPED {}: {why}", $name);
+            return;
+        }
+    };
+}
+
+/// A `cv fuse` process and its mount point; unmounted on drop.
+struct Mount {
+    proc: Option<Proc>,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Mount {
+    fn start(n: &Node, extra: &[&str]) -> Mount {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).unwrap();
+        let mut m = Mount { proc: None, dir, _tmp: tmp };
+        m.proc = Some(m.spawn(n, extra));
+        m
+    }
+
+    fn spawn(&self, n: &Node, extra: &[&str]) -> Proc {
+        let mut args = vec!["fuse".to_string(), self.dir.to_string_lossy().into_owned(), "--meta".into(), n.meta_addr()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Proc::spawn(bin(), &args, &self._tmp.path().join("fuse.log")).expect("cv fuse")
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel.trim_start_matches('/'))
+    }
+
+    fn mounted(&self) -> bool {
+        curvine_fuse_mounted(&self.dir)
+    }
+}
+
+fn curvine_fuse_mounted(dir: &Path) -> bool {
+    let want = dir.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.terminate();
+        }
+        if self.mounted() {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A local tree with nested directories and files of awkward sizes.
+fn make_tree(root: &Path) {
+    let sizes = [0usize, 1, 4095, 65_536, 1 << 20, (3 << 20) + 17];
+    for (d, dir) in ["", "a", "a/b", "c"].iter().enumerate() {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+        for (i, n) in sizes.iter().enumerate() {
+            std::fs::write(root.join(dir).join(format!("f{i}.bin")), random_bytes(*n, (d * 10 + i) as u64 + 1)).unwrap();
+        }
+    }
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let out = Command::new("diff").arg("-r").arg(a).arg(b).output().unwrap();
+    assert!(out.status.success(), "trees differ:\n{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trees_programs_and_the_sdk_see_the_same_bytes() {
+    need_fuse!("trees_programs_and_the_sdk_see_the_same_bytes");
+    let n = node_with(UpOptions { block_size: Some("1MiB".into()), ..Default::default() }).await;
+    let m = Mount::start(&n, &[]);
+    assert!(m.mounted());
+    let fs = n.fs().unwrap();
+    let work = tempfile::tempdir().unwrap();
+
+    // cp -r in and out; tar out and back in elsewhere.
+    let src = work.path().join("src");
+    make_tree(&src);
+    sh(work.path(), &format!("cp -r {} {}", src.display(), m.p("tree").display()));
+    assert_same_tree(&src, &m.p("tree"));
+    sh(work.path(), &format!("cp -r {} {}", m.p("tree").display(), work.path().join("back").display()));
+    assert_same_tree(&src, &work.path().join("back"));
+    sh(&m.dir, &format!("tar -cf {} tree", work.path().join("t.tar").display()));
+    std::fs::create_dir(m.p("untar")).unwrap();
+    sh(&m.p("untar"), &format!("tar -xf {}", work.path().join("t.tar").display()));
+    assert_same_tree(&src, &m.p("untar/tree"));
+
+    // Written through FUSE → read by the SDK; written by the SDK → read here.
+    let f = random_bytes((2 << 20) + 5, 99);
+    std::fs::write(m.p("via-fuse.bin"), &f).unwrap();
+    assert!(fs.read_all("/via-fuse.bin").await.unwrap() == f);
+    fs.write_all("/via-sdk.bin", &f, false).await.unwrap();
+    assert!(std::fs::read(m.p("via-sdk.bin")).unwrap() == f);
+
+    // Python: open/seek/read/write/truncate/append, then mmap.
+    let py = r#"
+import mmap, os, sys
+p = sys.argv[1]
+with open(p, "wb") as f:
+    f.write(b"0123456789" * 1000)
+with open(p, "r+b") as f:
+    f.seek(5); f.write(b"XYZ")
+    f.seek(9990); assert f.read(10) == b"0123456789"
+    f.truncate(20)
+with open(p, "ab") as f:
+    f.write(b"tail")
+data = open(p, "rb").read()
+assert data == b"01234XYZ890123456789tail", data
+with open(p, "rb") as f:
+    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    assert m[5:8] == b"XYZ" and m[-4:] == b"tail"
+    m.close()
+os.truncate(p, 3)
+assert open(p, "rb").read() == b"012"
+print("python ok")
+"#;
+    let out = Command::new("python3").arg("-c").arg(py).arg(m.p("py.bin")).output().unwrap();
+    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs.read_all("/py.bin").await.unwrap(), b"012", "the SDK sees the final version");
+
+    // sqlite3: create, insert, select (journal files, random writes, fsync).
+    let db = m.p("t.db");
+    let q = "create table t(k integer primary key, v text); \
+             insert into t(v) values ('a'),('b'),('c'); \
+             update t set v = 'bb' where k = 2; select group_concat(v) from t;";
+    let out = sh(&m.dir, &format!("sqlite3 {} \"{q}\"", db.display()));
+    assert_eq!(out.trim(), "a,bb,c");
+    let out = sh(&m.dir, &format!("sqlite3 {} 'select count(*) from t'", db.display()));
+    assert_eq!(out.trim(), "3");
+
+    // git init && commit inside the mount.
+    std::fs::create_dir(m.p("repo")).unwrap();
+    sh(
+        &m.p("repo"),
+        "git init -q . && git config user.email t@example.com && git config user.name t && \
+         echo hello > a.txt && mkdir d && echo x > d/b.txt && git add -A && git commit -q -m one && \
+         echo more >> a.txt && git commit -q -am two && git fsck --no-progress",
+    );
+    let log = sh(&m.p("repo"), "git log --oneline | wc -l");
+    assert_eq!(log.trim(), "2");
+
+    // Concurrent readers of one large file.
+    let big = random_bytes(24 << 20, 5);
+    fs.write_all("/big.bin", &big, false).await.unwrap();
+    let readers: Vec<_> = (0..4)
+        .map(|i| {
+            let p = m.p("big.bin");
+            std::thread::spawn(move || {
+                let f = std::fs::File::open(p).unwrap();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut all = Vec::new();
+                let mut off = (i * 3) << 20; // each starts elsewhere, wraps around
+                for _ in 0..24 {
+                    let at = off % (24 << 20);
+                    f.read_exact_at(&mut buf, at as u64).unwrap();
+                    all.push((at, buf.clone()));
+                    off += 1 << 20;
+                }
+                all
+            })
+        })
+        .collect();
+    for r in readers {
+        for (at, got) in r.join().unwrap() {
+            assert!(got[..] == big[at..at + (1 << 20)], "concurrent read at {at} differs");
+        }
+    }
+
+    // statfs shows the cluster's real capacity.
+    let df = sh(&m.dir, &format!("df -B1 --output=size {} | tail -1", m.dir.display()));
+    let report = fs.report().await.unwrap();
+    let size: u64 = df.trim().parse().unwrap();
+    assert_eq!(size / 4096, report.capacity / 4096, "df size {size} vs capacity {}", report.capacity);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_map_to_errno_and_unlinked_open_files_stay_readable() {
+    need_fuse!("errors_map_to_errno_and_unlinked_open_files_stay_readable");
+    let n = node().await;
+    let m = Mount::start(&n, &[]);
+    let code = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
+    assert_eq!(code(std::fs::read(m.p("nope")).map(|_| ())), Some(libc::ENOENT));
+    std::fs::create_dir(m.p("d")).unwrap();
+    assert_eq!(code(std::fs::create_dir(m.p("d"))), Some(libc::EEXIST));
+    std::fs::write(m.p("d/f"), b"x").unwrap();
+    assert_eq!(code(std::fs::remove_dir(m.p("d"))), Some(libc::ENOTEMPTY));
+    assert_eq!(code(std::fs::remove_file(m.p("d"))), Some(libc::EISDIR));
+    assert_eq!(code(std::fs::create_dir(m.p("d/f/g"))), Some(libc::ENOTDIR));
+    assert_eq!(code(std::fs::read_dir(m.p("d/f")).map(|_| ())), Some(libc::ENOTDIR));
+    // chmod reaches meta and comes back.
+    std::fs::set_permissions(m.p("d/f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(std::fs::metadata(m.p("d/f")).unwrap().permissions().mode() & 0o777, 0o600);
+    // rename over an existing file replaces it; RENAME_NOREPLACE refuses.
+    std::fs::write(m.p("d/g"), b"gg").unwrap();
+    std::fs::rename(m.p("d/f"), m.p("d/g")).unwrap();
+    assert_eq!(std::fs::read(m.p("d/g")).unwrap(), b"x");
+    std::fs::write(m.p("d/h"), b"h").unwrap();
+    let c = |p: PathBuf| std::ffi::CString::new(p.to_string_lossy().as_bytes()).unwrap();
+    let (from, to) = (c(m.p("d/h")), c(m.p("d/g")));
+    // SAFETY: renameat2(2) with two valid NUL-terminated paths.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    assert_eq!(rc, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST));
+    assert_eq!(std::fs::read(m.p("d/g")).unwrap(), b"x", "RENAME_NOREPLACE must not replace");
+
+    // An open file unlinked by its name stays readable until closed.
+    let data = random_bytes(3 << 20, 7);
+    std::fs::write(m.p("open.bin"), &data).unwrap();
+    let f = std::fs::File::open(m.p("open.bin")).unwrap();
+    std::fs::remove_file(m.p("open.bin")).unwrap();
+    assert!(!m.p("open.bin").exists());
+    let names: Vec<_> = std::fs::read_dir(&m.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!names.iter().any(|n| n.to_string_lossy().starts_with(curvine_fuse::HIDDEN_PREFIX)), "{names:?}");
+    let mut buf = vec![0u8; data.len()];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf == data, "unlinked open file must read back whole");
+    drop(f);
+    let fs = n.fs().unwrap();
+    testbed::wait_for("the unlinked file's hidden name to go", Duration::from_secs(10), || async {
+        !fs.list("/").await.unwrap().iter().any(|e| e.name.starts_with(curvine_fuse::HIDDEN_PREFIX))
+    })
+    .await
+    .unwrap();
+}
+
+/// Random creates, writes, renames and unlinks, run on the mount and on a
+/// local directory; both must end up identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_operations_match_a_local_directory() {
+    need_fuse!("random_operations_match_a_local_directory");
+    let n = node().await;
+    let m = Mount::start(&n, &[]);
+    let local = tempfile::tempdir().unwrap();
+    let roots = [m.dir.clone(), local.path().to_path_buf()];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = |k: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % k
+    };
+    let names = ["a", "b", "c", "d/a", "d/b", "e/f/a"];
+    let mut outcomes = Vec::new();
+    for step in 0..300 {
+        let op = rnd(5);
+        let (p, q) = (names[rnd(names.len() as u64) as usize], names[rnd(names.len() as u64) as usize]);
+        let data = random_bytes(rnd(200_000) as usize, step);
+        let mut results = Vec::new();
+        for r in &roots {
+            let res: std::io::Result<()> = match op {
+                0 => std::fs::create_dir_all(r.join(p).parent().unwrap()).and_then(|_| std::fs::write(r.join(p), &data)),
+                1 => std::fs::rename(r.join(p), r.join(q)),
+                2 => std::fs::remove_file(r.join(p)),
+                3 => std::fs::OpenOptions::new().append(true).open(r.join(p)).and_then(|mut f| {
+                    use std::io::Write;
+                    f.write_all(&data[..data.len().min(1000)])
+                }),
+                // rmdir of the file's directory (never the root itself).
+                _ if p.contains('/') => std::fs::remove_dir(r.join(p).parent().unwrap()),
+                _ => Ok(()),
+            };
+            results.push(res.map_err(|e| e.raw_os_error()));
+        }
+        assert_eq!(results[0], results[1], "step {step}: op {op} on {p} -> {q} differs (fuse vs local)");
+        outcomes.push(results[0].is_ok());
+    }
+    assert_same_tree(&roots[1], &roots[0]);
+    let ok = outcomes.iter().filter(|o| **o).count();
+    eprintln!("random operations: {ok} of {} succeeded on both, identical trees", outcomes.len());
+    assert!(ok > 50, "too few operations succeeded to mean anything: {ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmounts_with_files_open_and_clears_a_stale_mount() {
+    need_fuse!("unmounts_with_files_open_and_clears_a_stale_mount");
+    let n = node().await;
+    let mut m = Mount::start(&n, &[]);
+    std::fs::write(m.p("f"), b"abc").unwrap();
+
+    // SIGTERM with a file open: the daemon exits and the mount is gone.
+    let held = std::fs::File::open(m.p("f")).unwrap();
+    let mut p = m.proc.take().unwrap();
+    let code = p.terminate().expect("cv fuse must exit after SIGTERM even with files open");
+    assert_eq!(code, Some(0));
+    drop(held);
+    assert!(!m.mounted(), "mount still present after the daemon exited");
+
+    // kill -9 leaves a stale mount; the next `cv fuse` clears it.
+    m.proc = Some(m.spawn(&n, &[]));
+    assert_eq!(std::fs::read(m.p("f")).unwrap(), b"abc");
+    m.proc.as_mut().unwrap().kill9();
+    assert!(curvine_fuse::is_stale_mount(&m.dir), "kill -9 should leave the mount stale");
+    m.proc = Some(m.spawn(&n, &[]));
+    assert_eq!(std::fs::read(m.p("f")).unwrap(), b"abc");
+
+    // An external umount ends the daemon.
+    let st = Command::new("umount").arg(&m.dir).status().unwrap();
+    assert!(st.success());
+    let mut p = m.proc.take().unwrap();
+    assert_eq!(p.terminate().unwrap(), Some(0));
+
+    // Bad mount points are clear errors.
+    let out = cv(&n, &["fuse", "/nonexistent/mnt"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/mnt"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cv(&n, &["fuse", m.dir.to_str().unwrap(), "--subdir", "/no/such/dir"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--subdir"), "{}", String::from_utf8_lossy(&out.stderr));
+}

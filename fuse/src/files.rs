@@ -1,0 +1,211 @@
+//! The bytes of files open for writing. Curvine files are sealed once
+//! written, so POSIX writes are mapped onto whole-file versions:
+//!
+//! - a new (or truncated-to-empty) file written from offset 0 onwards
+//!   streams straight into a `FileWriter`: `cp`, `tar -x` and checkpoint
+//!   writers never touch local disk;
+//! - anything else (a write elsewhere, a truncate to a non-zero size, a
+//!   write to an existing file) stages the file in a local temporary file
+//!   (downloaded once), applies writes there, and uploads it as the file's
+//!   new version at `flush`/`fsync`/last close — what sqlite, git and
+//!   editors need.
+//!
+//! Readers of the same inode through this mount see the staged bytes
+//! (their own writes) at once; other clients see a version once it is
+//! uploaded (close-to-open consistency, as NFS gives).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use curvine_client::{CreateOptions, FileSystem, FileWriter, Result};
+
+/// Bytes per piece when downloading into or uploading from a staging file.
+const PIECE: usize = 4 << 20;
+
+pub enum Data {
+    /// No local changes: the file's bytes are what meta and the workers have.
+    Clean,
+    /// Being written sequentially; `FileWriter::len` is the size so far.
+    Stream(Box<FileWriter>),
+    /// Held in a local file; `dirty` until uploaded.
+    Staged { file: File, dirty: bool },
+}
+
+/// One inode with open handles (or a pending change).
+pub struct FileState {
+    pub data: Data,
+    /// The file's size as this mount sees it.
+    pub size: u64,
+    /// Open handles on the inode.
+    pub open: usize,
+    /// Bumped at every new version this mount wrote, so readers reopen.
+    pub version: u64,
+    /// Set when the file was unlinked while open: the hidden name it lives
+    /// under until its last handle closes.
+    pub unlinked_as: Option<String>,
+    pub mode: u32,
+}
+
+impl FileState {
+    pub fn new(size: u64, mode: u32) -> FileState {
+        FileState { data: Data::Clean, size, open: 0, version: 0, unlinked_as: None, mode }
+    }
+
+    pub fn is_clean(&self) -> bool {
+        matches!(self.data, Data::Clean)
+    }
+
+    /// Writes `buf` at `offset` of the file at `path`.
+    pub async fn write(&mut self, fs: &FileSystem, path: &str, offset: u64, buf: &[u8], staging: &std::path::Path) -> Result<()> {
+        if let Data::Stream(w) = &mut self.data {
+            if offset == w.len() {
+                w.write(buf).await?;
+                self.size = w.len();
+                return Ok(());
+            }
+        }
+        if matches!(self.data, Data::Clean) && offset == 0 && self.size == 0 {
+            let w = fs.create(path, CreateOptions { overwrite: true, mode: self.mode, ..Default::default() }).await?;
+            self.data = Data::Stream(Box::new(w));
+            self.version += 1;
+            return Box::pin(self.write(fs, path, offset, buf, staging)).await;
+        }
+        let file = self.stage(fs, path, staging).await?;
+        file.write_all_at(buf, offset)?;
+        self.size = self.size.max(offset + buf.len() as u64);
+        if let Data::Staged { dirty, .. } = &mut self.data {
+            *dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Sets the file's size.
+    pub async fn truncate(&mut self, fs: &FileSystem, path: &str, size: u64, staging: &std::path::Path) -> Result<()> {
+        if size == self.size && !matches!(self.data, Data::Stream(_)) {
+            return Ok(());
+        }
+        if size == 0 && !matches!(self.data, Data::Staged { .. }) {
+            // A fresh empty version; later writes from 0 stream into it.
+            if let Data::Stream(mut w) = std::mem::replace(&mut self.data, Data::Clean) {
+                w.abort().await;
+            }
+            fs.write_all(path, &[], true).await?;
+            self.size = 0;
+            self.version += 1;
+            return Ok(());
+        }
+        let file = self.stage(fs, path, staging).await?;
+        file.set_len(size)?;
+        self.size = size;
+        if let Data::Staged { dirty, .. } = &mut self.data {
+            *dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Reads from the local copy when there is one; `None` when the file
+    /// is clean (read it from Curvine). A file still streaming is sealed
+    /// first, so the reader sees every byte written.
+    pub async fn read_local(&mut self, offset: u64, buf: &mut [u8]) -> Result<Option<usize>> {
+        if let Data::Stream(_) = self.data {
+            self.commit(None).await?;
+        }
+        match &self.data {
+            Data::Staged { file, .. } => {
+                let end = (offset + buf.len() as u64).min(self.size);
+                if offset >= end {
+                    return Ok(Some(0));
+                }
+                let n = (end - offset) as usize;
+                file.read_exact_at(&mut buf[..n], offset)?;
+                Ok(Some(n))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Makes this mount's changes the file's current version in Curvine:
+    /// seals a stream, uploads a dirty staged copy (kept for reads).
+    pub async fn commit(&mut self, upload_to: Option<(&FileSystem, &str)>) -> Result<()> {
+        match std::mem::replace(&mut self.data, Data::Clean) {
+            Data::Clean => Ok(()),
+            Data::Stream(w) => {
+                let st = w.close().await?;
+                self.size = st.len;
+                Ok(())
+            }
+            Data::Staged { file, dirty } => {
+                let Some((fs, path)) = upload_to.filter(|_| dirty) else {
+                    self.data = Data::Staged { file, dirty };
+                    return Ok(());
+                };
+                match upload(fs, path, &file, self.size, self.mode).await {
+                    Ok(()) => {
+                        self.version += 1;
+                        self.data = Data::Staged { file, dirty: false };
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.data = Data::Staged { file, dirty: true };
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops a stream that was never sealed (the handle went away with an
+    /// error); a staged copy is simply forgotten.
+    pub async fn discard(&mut self) {
+        if let Data::Stream(mut w) = std::mem::replace(&mut self.data, Data::Clean) {
+            w.abort().await;
+        }
+    }
+
+    /// The local copy, downloading the file into it first if needed.
+    async fn stage(&mut self, fs: &FileSystem, path: &str, staging: &std::path::Path) -> Result<&File> {
+        if let Data::Stream(_) = self.data {
+            self.commit(None).await?;
+        }
+        if matches!(self.data, Data::Clean) {
+            let file = tempfile::tempfile_in(staging)?;
+            if self.size > 0 {
+                let r = fs.open(path).await?;
+                let mut buf = vec![0u8; PIECE];
+                let mut off = 0u64;
+                while off < r.len() {
+                    let n = r.read_at(off, &mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    file.write_all_at(&buf[..n], off)?;
+                    off += n as u64;
+                }
+                self.size = off;
+            }
+            self.data = Data::Staged { file, dirty: false };
+        }
+        match &self.data {
+            Data::Staged { file, .. } => Ok(file),
+            _ => unreachable!("staged just above"),
+        }
+    }
+}
+
+/// Writes `size` bytes of `file` as the new version of `path`.
+async fn upload(fs: &FileSystem, path: &str, file: &File, size: u64, mode: u32) -> Result<()> {
+    let mut w = fs.create(path, CreateOptions { overwrite: true, mode, ..Default::default() }).await?;
+    let mut buf = vec![0u8; PIECE];
+    let mut off = 0u64;
+    while off < size {
+        let n = PIECE.min((size - off) as usize);
+        if let Err(e) = file.read_exact_at(&mut buf[..n], off) {
+            w.abort().await;
+            return Err(e.into());
+        }
+        w.write(&buf[..n]).await?;
+        off += n as u64;
+    }
+    w.close().await?;
+    Ok(())
+}

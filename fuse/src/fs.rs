@@ -1,0 +1,742 @@
+//! The FUSE operations. fuser's threads only decode requests: every
+//! operation runs as a task on the daemon's tokio runtime and answers the
+//! kernel from there, so slow calls (a UFS load, an upload) never hold up
+//! other requests.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use curvine_client::{CreateOptions, Error, ErrorKind, FileKind, FileReader, FileStatus, FileSystem};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use parking_lot::Mutex;
+use tokio::runtime::Handle as Rt;
+
+use crate::files::FileState;
+use crate::inodes::{Inodes, ROOT};
+
+/// Names an open file lives under after it was unlinked (hidden from
+/// listings and lookups; removed at its last close).
+pub const HIDDEN_PREFIX: &str = ".cvfuse-unlinked-";
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+    pub direct_io: bool,
+    pub writeback_cache: bool,
+    /// Where files being rewritten are staged.
+    pub staging: PathBuf,
+}
+
+struct OpenFile {
+    ino: u64,
+    /// The reader, with the version of the file it was opened at.
+    reader: tokio::sync::Mutex<Option<(u64, Arc<FileReader>)>>,
+}
+
+pub struct CvFuse {
+    fs: FileSystem,
+    rt: Rt,
+    opts: Options,
+    inodes: Arc<Inodes>,
+    /// Inodes with open handles (or changes not yet uploaded).
+    files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<FileState>>>>,
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<FileStatus>>>>,
+    /// (mtime, len) of each inode at its last open: unchanged files keep
+    /// their page cache.
+    seen: Mutex<HashMap<u64, (i64, u64)>>,
+    next_fh: AtomicU64,
+    uid: u32,
+    gid: u32,
+}
+
+fn errno(e: &Error) -> Errno {
+    Errno::from_i32(e.kind().errno())
+}
+
+fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    let s = name.to_str().ok_or(Errno::EINVAL)?;
+    if s.starts_with(HIDDEN_PREFIX) {
+        return Err(Errno::ENOENT);
+    }
+    Ok(s)
+}
+
+fn time(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms as u64)
+    } else {
+        UNIX_EPOCH
+    }
+}
+
+fn to_ms(t: TimeOrNow) -> i64 {
+    let t = match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl CvFuse {
+    pub fn new(fs: FileSystem, rt: Rt, root: &str, opts: Options) -> CvFuse {
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        CvFuse {
+            fs,
+            rt,
+            opts,
+            inodes: Arc::new(Inodes::new(root)),
+            files: Mutex::default(),
+            handles: Mutex::default(),
+            dirs: Mutex::default(),
+            seen: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            uid,
+            gid,
+        }
+    }
+
+    fn attr(&self, ino: u64, st: &FileStatus, local_size: Option<u64>) -> FileAttr {
+        let dir = st.kind == FileKind::Dir as i32;
+        let size = local_size.unwrap_or(st.len);
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: time(st.mtime_ms),
+            mtime: time(st.mtime_ms),
+            ctime: time(st.ctime_ms.max(st.mtime_ms)),
+            crtime: time(st.ctime_ms),
+            kind: if dir { FileType::Directory } else { FileType::RegularFile },
+            perm: (st.mode & 0o7777) as u16,
+            nlink: if dir { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 1 << 20,
+            flags: 0,
+        }
+    }
+
+    fn state(&self, ino: u64) -> Option<Arc<tokio::sync::Mutex<FileState>>> {
+        self.files.lock().get(&ino).cloned()
+    }
+
+    /// Attributes of `ino` at `path`, with this mount's unsaved size.
+    async fn getattr_of(&self, ino: u64, path: &str) -> Result<FileAttr, Errno> {
+        let st = self.fs.stat(path).await.map_err(|e| errno(&e))?;
+        let local = match self.state(ino) {
+            Some(s) => Some(s.lock().await.size),
+            None => None,
+        };
+        Ok(self.attr(ino, &st, local))
+    }
+
+    fn spawn<F>(self: &Arc<Self>, f: impl FnOnce(Arc<Self>) -> F + Send + 'static)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let me = self.clone();
+        self.rt.spawn(async move { f(me).await });
+    }
+
+    /// Runs `f` as a task and answers `reply` with its outcome.
+    fn answer<F>(self: &Arc<Self>, reply: ReplyEmpty, f: impl FnOnce(Arc<Self>) -> F + Send + 'static)
+    where
+        F: std::future::Future<Output = Result<(), Errno>> + Send + 'static,
+    {
+        self.spawn(move |me| async move {
+            match f(me).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<String, Errno> {
+        self.inodes.path(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<(String, String), Errno> {
+        let name = name_str(name)?.to_string();
+        let path = self.inodes.child_path(parent.0, &name).ok_or(Errno::ESTALE)?;
+        Ok((name, path))
+    }
+
+    fn new_fh(&self, ino: u64) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, reader: tokio::sync::Mutex::new(None) }));
+        fh
+    }
+
+    /// Registers an open handle on `ino` (its state created if needed).
+    fn open_state(&self, ino: u64, size: u64, mode: u32) -> Arc<tokio::sync::Mutex<FileState>> {
+        self.files
+            .lock()
+            .entry(ino)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(FileState::new(size, mode))))
+            .clone()
+    }
+
+    async fn entry(&self, parent: u64, name: &str, path: &str) -> Result<FileAttr, Errno> {
+        let st = self.fs.stat(path).await.map_err(|e| errno(&e))?;
+        let ino = self.inodes.lookup(parent, name);
+        let local = match self.state(ino) {
+            Some(s) => Some(s.lock().await.size),
+            None => None,
+        };
+        Ok(self.attr(ino, &st, local))
+    }
+
+    async fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let h = self.handles.lock().get(&fh).cloned().ok_or(Errno::EBADF)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut version = 0;
+        if let Some(s) = self.state(h.ino) {
+            let mut s = s.lock().await;
+            if let Some(n) = s.read_local(offset, &mut buf).await.map_err(|e| errno(&e))? {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            version = s.version;
+        }
+        let mut slot = h.reader.lock().await;
+        let reader = match &*slot {
+            Some((v, r)) if *v == version => r.clone(),
+            _ => {
+                let path = self.inodes.path(h.ino).ok_or(Errno::ESTALE)?;
+                let r = Arc::new(self.fs.open(&path).await.map_err(|e| errno(&e))?);
+                *slot = Some((version, r.clone()));
+                r
+            }
+        };
+        drop(slot);
+        let n = reader.read_at(offset, &mut buf).await.map_err(|e| errno(&e))?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Makes this mount's changes to `ino` visible to every client.
+    async fn commit(&self, ino: u64) -> Result<(), Errno> {
+        let Some(s) = self.state(ino) else { return Ok(()) };
+        let mut s = s.lock().await;
+        let path = self.inodes.path(ino).ok_or(Errno::ESTALE)?;
+        s.commit(Some((&self.fs, &path))).await.map_err(|e| errno(&e))
+    }
+
+    async fn release_fh(&self, fh: u64) -> Result<(), Errno> {
+        let Some(h) = self.handles.lock().remove(&fh) else { return Ok(()) };
+        let Some(s) = self.state(h.ino) else { return Ok(()) };
+        let mut st = s.lock().await;
+        let path = self.inodes.path(h.ino);
+        let res = match &path {
+            Some(p) if st.unlinked_as.is_none() => st.commit(Some((&self.fs, p))).await.map_err(|e| errno(&e)),
+            _ => Ok(()),
+        };
+        st.open = st.open.saturating_sub(1);
+        if st.open == 0 {
+            if let Some(hidden) = st.unlinked_as.take() {
+                st.discard().await;
+                if let Err(e) = self.fs.delete(&hidden, false).await {
+                    tracing::warn!(path = %hidden, error = %e, "could not remove an unlinked file at its last close");
+                }
+            }
+            if res.is_ok() {
+                drop(st);
+                self.files.lock().remove(&h.ino);
+            }
+        }
+        res
+    }
+
+    async fn do_setattr(&self, ino: u64, a: SetAttr) -> Result<FileAttr, Errno> {
+        let path = self.inodes.path(ino).ok_or(Errno::ESTALE)?;
+        if a.uid.is_some_and(|u| u != self.uid) || a.gid.is_some_and(|g| g != self.gid) {
+            // Meta keeps no owners yet: every file belongs to the mounting user.
+            return Err(Errno::EPERM);
+        }
+        if let Some(size) = a.size {
+            let st = self.fs.stat(&path).await.map_err(|e| errno(&e))?;
+            if st.kind == FileKind::Dir as i32 {
+                return Err(Errno::EISDIR);
+            }
+            let s = self.open_state(ino, st.len, st.mode);
+            let mut s = s.lock().await;
+            s.truncate(&self.fs, &path, size, &self.opts.staging).await.map_err(|e| errno(&e))?;
+            if s.open == 0 {
+                // Nobody holds it open: the new size is published now.
+                s.commit(Some((&self.fs, &path))).await.map_err(|e| errno(&e))?;
+                drop(s);
+                self.files.lock().remove(&ino);
+            }
+        }
+        if a.mode.is_some() || a.mtime.is_some() {
+            if let Some(s) = self.state(ino) {
+                if let Some(m) = a.mode {
+                    s.lock().await.mode = m & 0o7777;
+                }
+            }
+            self.fs.set_attr(&path, a.mode.map(|m| m & 0o7777), a.mtime).await.map_err(|e| errno(&e))?;
+        }
+        self.getattr_of(ino, &path).await
+    }
+
+    async fn list(&self, path: &str) -> Result<Arc<Vec<FileStatus>>, Errno> {
+        let mut entries = self.fs.list(path).await.map_err(|e| errno(&e))?;
+        entries.retain(|e| !e.name.starts_with(HIDDEN_PREFIX));
+        Ok(Arc::new(entries))
+    }
+}
+
+struct SetAttr {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    mtime: Option<i64>,
+}
+
+/// Stable d_ino for plain readdir entries (no lookup is counted for them).
+fn dir_ino(path: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish() | (1 << 63)
+}
+
+/// `Arc<CvFuse>` is what fuser serves: handlers clone it into tasks.
+pub struct Mounted(pub Arc<CvFuse>);
+
+impl Filesystem for Mounted {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if self.0.opts.writeback_cache {
+            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (name, path) = match self.0.child(parent, name) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        self.0.spawn(move |me| async move {
+            match me.entry(parent.0, &name, &path).await {
+                Ok(a) => reply.entry_with_ttls(&me.opts.attr_ttl, &me.opts.entry_ttl, &a, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.0.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let path = match self.0.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        self.0.spawn(move |me| async move {
+            match me.getattr_of(ino.0, &path).await {
+                Ok(a) => reply.attr(&me.opts.attr_ttl, &a),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let a = SetAttr { mode, uid, gid, size, mtime: mtime.map(to_ms) };
+        self.0.spawn(move |me| async move {
+            match me.do_setattr(ino.0, a).await {
+                Ok(attr) => reply.attr(&me.opts.attr_ttl, &attr),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let (name, path) = match self.0.child(parent, name) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        self.0.spawn(move |me| async move {
+            let res = async {
+                me.fs.mkdir(&path, false).await.map_err(|e| errno(&e))?;
+                let mode = mode & !umask & 0o7777;
+                if mode != 0o755 {
+                    me.fs.set_attr(&path, Some(mode), None).await.map_err(|e| errno(&e))?;
+                }
+                me.entry(parent.0, &name, &path).await
+            };
+            match res.await {
+                Ok(a) => reply.entry_with_ttls(&me.opts.attr_ttl, &me.opts.entry_ttl, &a, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (name, path) = match self.0.child(parent, name) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        self.0.answer(reply, move |me| async move {
+            // The kernel refuses unlink of a directory (EISDIR) itself,
+            // from the type it looked up: no stat needed here.
+            let open = me.inodes.known(parent.0, &name).and_then(|ino| me.state(ino).map(|s| (ino, s)));
+            if let Some((ino, s)) = open {
+                let mut s = s.lock().await;
+                if s.open > 0 {
+                    // Still open here: keep the bytes under a hidden name
+                    // until the last close (POSIX unlink).
+                    let hidden_name = format!("{HIDDEN_PREFIX}{}-{ino}", std::process::id());
+                    let hidden = me.inodes.child_path(parent.0, &hidden_name).ok_or(Errno::ESTALE)?;
+                    s.commit(Some((&me.fs, &path))).await.map_err(|e| errno(&e))?;
+                    me.fs.rename(&path, &hidden).await.map_err(|e| errno(&e))?;
+                    me.inodes.rehome(ino, parent.0, &hidden_name);
+                    s.unlinked_as = Some(hidden);
+                    return Ok(());
+                }
+            }
+            me.fs.delete(&path, false).await.map_err(|e| errno(&e))?;
+            me.inodes.unlink(parent.0, &name);
+            Ok(())
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (name, path) = match self.0.child(parent, name) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        self.0.answer(reply, move |me| async move {
+            // The kernel refuses rmdir of a non-directory (ENOTDIR).
+            me.fs.delete(&path, false).await.map_err(|e| errno(&e))?;
+            me.inodes.unlink(parent.0, &name);
+            Ok(())
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let ((name, src), (newname, dst)) = match (self.0.child(parent, name), self.0.child(newparent, newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        self.0.answer(reply, move |me| async move {
+            if noreplace {
+                // Checked, then renamed: a concurrent create of the
+                // destination by another client can slip in between.
+                match me.fs.stat(&dst).await {
+                    Ok(_) => return Err(Errno::EEXIST),
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(errno(&e)),
+                }
+            }
+            // Unsaved bytes of the source go with it.
+            if let Some(ino) = me.inodes.known(parent.0, &name) {
+                me.commit(ino).await?;
+            }
+            me.fs.rename(&src, &dst).await.map_err(|e| errno(&e))?;
+            me.inodes.rename(parent.0, &name, newparent.0, &newname);
+            Ok(())
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let path = match self.0.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        self.0.spawn(move |me| async move {
+            let res = async {
+                let st = me.fs.stat(&path).await.map_err(|e| errno(&e))?;
+                if st.kind == FileKind::Dir as i32 {
+                    return Err(Errno::EISDIR);
+                }
+                let s = me.open_state(ino.0, st.len, st.mode);
+                let mut s = s.lock().await;
+                s.open += 1;
+                if flags.0 & libc::O_TRUNC != 0 && flags.acc_mode() != OpenAccMode::O_RDONLY {
+                    if let Err(e) = s.truncate(&me.fs, &path, 0, &me.opts.staging).await {
+                        s.open -= 1;
+                        return Err(errno(&e));
+                    }
+                }
+                let unchanged = s.is_clean() && me.seen.lock().insert(ino.0, (st.mtime_ms, st.len)) == Some((st.mtime_ms, st.len));
+                Ok(unchanged)
+            };
+            match res.await {
+                Ok(unchanged) => {
+                    let fh = me.new_fh(ino.0);
+                    let mut f = FopenFlags::empty();
+                    if me.opts.direct_io {
+                        f |= FopenFlags::FOPEN_DIRECT_IO;
+                    } else if unchanged {
+                        f |= FopenFlags::FOPEN_KEEP_CACHE;
+                    }
+                    reply.opened(FileHandle(fh), f)
+                }
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn create(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        let (name, path) = match self.0.child(parent, name) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        self.0.spawn(move |me| async move {
+            let mode = mode & !umask & 0o7777;
+            let res = async {
+                let opts = CreateOptions { overwrite: flags & libc::O_EXCL == 0, mode, ..Default::default() };
+                let w = me.fs.create(&path, opts).await.map_err(|e| errno(&e))?;
+                let st = w.status().clone();
+                let ino = me.inodes.lookup(parent.0, &name);
+                let s = me.open_state(ino, 0, mode);
+                let mut s = s.lock().await;
+                s.discard().await;
+                s.data = crate::files::Data::Stream(Box::new(w));
+                s.size = 0;
+                s.version += 1;
+                s.open += 1;
+                drop(s);
+                Ok((ino, me.attr(ino, &st, Some(0))))
+            };
+            match res.await {
+                Ok((ino, attr)) => {
+                    let fh = me.new_fh(ino);
+                    let f = if me.opts.direct_io { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() };
+                    reply.created(&me.opts.entry_ttl, &attr, Generation(0), FileHandle(fh), f)
+                }
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.0.spawn(move |me| async move {
+            match me.do_read(fh.0, offset, size).await {
+                Ok(b) => reply.data(&b),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.0.spawn(move |me| async move {
+            let res = async {
+                let s = me.state(ino.0).ok_or(Errno::EBADF)?;
+                let mut s = s.lock().await;
+                let path = me.inodes.path(ino.0).ok_or(Errno::ESTALE)?;
+                s.write(&me.fs, &path, offset, &data, &me.opts.staging).await.map_err(|e| errno(&e))
+            };
+            match res.await {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+        self.0.answer(reply, move |me| async move { me.commit(ino.0).await });
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.0.answer(reply, move |me| async move { me.commit(ino.0).await });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.0.answer(reply, move |me| async move { me.release_fh(fh.0).await });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let path = match self.0.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        self.0.spawn(move |me| async move {
+            match me.list(&path).await {
+                Ok(entries) => {
+                    let fh = me.next_fh.fetch_add(1, Ordering::Relaxed);
+                    me.dirs.lock().insert(fh, entries);
+                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                }
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(entries) = self.0.dirs.lock().get(&fh.0).cloned() else { return reply.error(Errno::EBADF) };
+        let dir = self.0.inodes.path(ino.0).unwrap_or_default();
+        let mut i = offset as usize;
+        loop {
+            let full = match i {
+                0 => reply.add(ino, 1, FileType::Directory, "."),
+                1 => reply.add(INodeNo(ROOT), 2, FileType::Directory, ".."),
+                _ => match entries.get(i - 2) {
+                    None => break,
+                    Some(e) => {
+                        let kind = if e.kind == FileKind::Dir as i32 { FileType::Directory } else { FileType::RegularFile };
+                        let known = self.0.inodes.known(ino.0, &e.name);
+                        let d_ino = known.unwrap_or_else(|| dir_ino(&format!("{dir}/{}", e.name)));
+                        reply.add(INodeNo(d_ino), i as u64 + 1, kind, &e.name)
+                    }
+                },
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        reply.ok()
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let Some(entries) = self.0.dirs.lock().get(&fh.0).cloned() else { return reply.error(Errno::EBADF) };
+        let me = &self.0;
+        let mut i = offset as usize;
+        // The same offsets as `readdir` ("." and ".." first), as the kernel
+        // may switch between the two within one listing. The kernel counts
+        // no lookup for "." and "..", and ignores their attributes.
+        let dot = FileAttr { ino, kind: FileType::Directory, perm: 0o755, nlink: 2, ..me.attr(ino.0, &FileStatus::default(), None) };
+        loop {
+            let full = match i {
+                0 => reply.add(ino, 1, ".", &me.opts.entry_ttl, &dot, Generation(0)),
+                1 => reply.add(INodeNo(ROOT), 2, "..", &me.opts.entry_ttl, &FileAttr { ino: INodeNo(ROOT), ..dot }, Generation(0)),
+                _ => match entries.get(i - 2) {
+                    None => break,
+                    Some(e) => {
+                        let child = me.inodes.lookup(ino.0, &e.name);
+                        let attr = me.attr(child, e, None);
+                        let full = reply.add(INodeNo(child), i as u64 + 1, &e.name, &me.opts.entry_ttl, &attr, Generation(0));
+                        if full {
+                            me.inodes.forget(child, 1);
+                        }
+                        full
+                    }
+                },
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        reply.ok()
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.0.dirs.lock().remove(&fh.0);
+        reply.ok()
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.0.spawn(move |me| async move {
+            match me.fs.report().await {
+                Ok(r) => {
+                    const BS: u64 = 4096;
+                    let blocks = r.capacity / BS;
+                    let free = r.capacity.saturating_sub(r.used) / BS;
+                    let files = r.files + r.dirs;
+                    reply.statfs(blocks, free, free, files + (1 << 32), 1 << 32, BS as u32, 255, BS as u32)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        // No extended attributes are kept: every name is absent.
+        reply.error(Errno::NO_XATTR)
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 { reply.size(0) } else { reply.data(&[]) }
+    }
+
+    fn setxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _v: &[u8], _flags: i32, _pos: u32, reply: ReplyEmpty) {
+        reply.error(Errno::ENOTSUP)
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::NO_XATTR)
+    }
+}
