@@ -351,3 +351,66 @@ async fn unmounts_with_files_open_and_clears_a_stale_mount() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--subdir"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_symlinks_and_extended_attributes() {
+    need_fuse!("owners_symlinks_and_extended_attributes");
+    use std::os::unix::fs::MetadataExt;
+    let n = node().await;
+    let m = Mount::start(&n, &["--allow-other"]);
+    let fs = n.fs().unwrap();
+
+    // Symlinks: ln -s, readlink, following them, and the SDK's view.
+    std::fs::write(m.p("target.txt"), b"pointed at").unwrap();
+    std::os::unix::fs::symlink("target.txt", m.p("link")).unwrap();
+    assert_eq!(std::fs::read_link(m.p("link")).unwrap(), Path::new("target.txt"));
+    assert_eq!(std::fs::read(m.p("link")).unwrap(), b"pointed at");
+    assert!(std::fs::symlink_metadata(m.p("link")).unwrap().file_type().is_symlink());
+    let st = fs.stat("/link").await.unwrap();
+    assert_eq!((st.kind, st.target.as_str()), (curvine_client::FileKind::Symlink as i32, "target.txt"));
+    assert!(fs.open("/link").await.is_err(), "the SDK does not read through a symlink");
+    std::fs::remove_file(m.p("link")).unwrap();
+    assert!(m.p("target.txt").exists());
+
+    // Owners: a file made by another user is theirs; chown by root sticks.
+    std::fs::create_dir(m.p("shared")).unwrap();
+    std::fs::set_permissions(m.p("shared"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    sh(&m.dir, &format!("setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'echo mine > {}'", m.p("shared/by-nobody").display()));
+    let md = std::fs::metadata(m.p("shared/by-nobody")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (65534, 65534));
+    assert_eq!(fs.stat("/shared/by-nobody").await.unwrap().uid, 65534);
+    // The owner may rewrite it; another user may not.
+    sh(&m.dir, &format!("setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'echo again >> {}'", m.p("shared/by-nobody").display()));
+    assert_eq!(std::fs::read(m.p("shared/by-nobody")).unwrap(), b"mine\nagain\n");
+    assert_eq!(std::fs::metadata(m.p("shared/by-nobody")).unwrap().uid(), 65534, "a rewrite keeps the owner");
+    let denied = Command::new("setpriv")
+        .args(["--reuid=1234", "--regid=1234", "--clear-groups", "sh", "-c"])
+        .arg(format!("echo x >> {}", m.p("shared/by-nobody").display()))
+        .status()
+        .unwrap();
+    assert!(!denied.success(), "another user must not write a 0644 file it does not own");
+    sh(&m.dir, &format!("chown 4321:4322 {}", m.p("target.txt").display()));
+    let md = std::fs::metadata(m.p("target.txt")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (4321, 4322));
+
+    // Extended attributes, through the Python os module.
+    let py = r#"
+import os, sys, errno
+p = sys.argv[1]
+os.setxattr(p, "user.a", b"1")
+os.setxattr(p, "user.b", b"two")
+assert sorted(os.listxattr(p)) == ["user.a", "user.b"], os.listxattr(p)
+assert os.getxattr(p, "user.b") == b"two"
+try:
+    os.setxattr(p, "user.a", b"x", os.XATTR_CREATE); raise SystemExit("XATTR_CREATE replaced")
+except OSError as e: assert e.errno == errno.EEXIST, e
+os.removexattr(p, "user.a")
+try:
+    os.getxattr(p, "user.a"); raise SystemExit("removed attribute still there")
+except OSError as e: assert e.errno == errno.ENODATA, e
+print("xattr ok")
+"#;
+    let out = Command::new("python3").arg("-c").arg(py).arg(m.p("target.txt")).output().unwrap();
+    assert!(out.status.success(), "python xattr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs.xattr_get("/target.txt", "user.b").await.unwrap(), b"two");
+}

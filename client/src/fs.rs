@@ -50,6 +50,8 @@ pub struct CreateOptions {
     pub block_size: u64,
     pub replication: u32,
     pub mode: u32,
+    /// (uid, gid) to own the new file; `None` = root.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl FileSystem {
@@ -115,12 +117,19 @@ impl FileSystem {
 
     #[tracing::instrument(skip(self))]
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<FileStatus> {
+        self.mkdir_with(path, parents, 0o755, None).await
+    }
+
+    /// `mkdir` with a mode and, optionally, the (uid, gid) that owns the
+    /// new directory (FUSE creates on behalf of the calling user).
+    pub async fn mkdir_with(&self, path: &str, parents: bool, mode: u32, owner: Option<(u32, u32)>) -> Result<FileStatus> {
         let path = normalize(path)?;
         let r = self
             .inner
             .meta
             .call(|mut c| {
-                let req = proto::MkdirRequest { path: path.clone(), parents, mode: 0o755 };
+                let (uid, gid) = (owner.map(|o| o.0), owner.map(|o| o.1));
+                let req = proto::MkdirRequest { path: path.clone(), parents, mode, uid, gid };
                 async move { c.mkdir(req).await }
             })
             .await?;
@@ -216,7 +225,7 @@ impl FileSystem {
             .inner
             .meta
             .call(|mut c| {
-                let req = proto::SetAttrRequest { path: path.clone(), mode, mtime_ms };
+                let req = proto::SetAttrRequest { path: path.clone(), mode, mtime_ms, ..Default::default() };
                 async move { c.set_attr(req).await }
             })
             .await?;
@@ -244,6 +253,8 @@ impl FileSystem {
                     mode: if opts.mode == 0 { 0o644 } else { opts.mode },
                     parents: opts.parents,
                     client_host: self.inner.hostname.clone(),
+                    uid: opts.owner.map(|o| o.0),
+                    gid: opts.owner.map(|o| o.1),
                 };
                 async move { c.create(req).await }
             })

@@ -11,6 +11,7 @@ mod local;
 mod meta;
 mod mounts;
 mod pool;
+pub mod posix;
 mod reader;
 mod writer;
 

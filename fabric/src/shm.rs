@@ -43,7 +43,7 @@ impl Transport for ShmTransport {
     }
     async fn connect(&self, addr: &str) -> Result<Box<dyn DataConn>> {
         let conn = LocalConn::connect(addr, self.worker_id, self.token).await?;
-        Ok(Box::new(ShmConn { conn, writes: HashMap::new(), verify: self.verify }))
+        Ok(Box::new(ShmConn { conn, writes: HashMap::new(), verify: self.verify, busy: false }))
     }
 }
 
@@ -57,12 +57,18 @@ pub struct ShmConn {
     conn: LocalConn,
     writes: HashMap<u64, OpenWrite>,
     verify: bool,
+    /// A request to the worker is under way (still set if its future was
+    /// dropped midway: the socket may hold an unread answer).
+    busy: bool,
 }
 
 #[async_trait::async_trait]
 impl DataConn for ShmConn {
     async fn read_into(&mut self, block_id: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let src = self.conn.open(block_id).await?;
+        self.busy = true;
+        let src = self.conn.open(block_id).await;
+        self.busy = false;
+        let src = src?;
         if offset > src.len {
             return Err(Error::invalid(format!("block {block_id}: offset {offset} beyond its {} bytes", src.len)));
         }
@@ -149,6 +155,6 @@ impl DataConn for ShmConn {
     }
 
     fn is_broken(&self) -> bool {
-        self.conn.is_broken()
+        self.conn.is_broken() || self.busy
     }
 }

@@ -158,6 +158,18 @@ pub async fn run_all(t: &dyn Transport, addr: &str, corrupt: &(dyn Fn(u64, u64) 
         c.ping().await.expect("connection usable after short read");
     }
 
+    // A request whose future is dropped midway (a timeout, a cancelled
+    // task) leaves the connection marked broken, never out of step with the
+    // server for the next caller.
+    let mut c = t.connect(addr).await.expect("connect");
+    let mut big = vec![0u8; 9 << 20];
+    tokio::select! {
+        biased;
+        _ = c.read_into(104, 0, &mut big) => panic!("a 9 MiB read finished within one poll"),
+        _ = tokio::task::yield_now() => {}
+    }
+    assert!(c.is_broken(), "{}: a connection with an abandoned request must not be reused", t.name());
+
     let mut c = t.connect(addr).await.expect("connect");
     let e = c.read_into(999_999, 0, &mut [0u8; 10]).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");

@@ -44,11 +44,13 @@ pub struct FileState {
     /// under until its last handle closes.
     pub unlinked_as: Option<String>,
     pub mode: u32,
+    /// Owner kept by every new version this mount writes.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl FileState {
     pub fn new(size: u64, mode: u32) -> FileState {
-        FileState { data: Data::Clean, size, open: 0, version: 0, unlinked_as: None, mode }
+        FileState { data: Data::Clean, size, open: 0, version: 0, unlinked_as: None, mode, owner: None }
     }
 
     pub fn is_clean(&self) -> bool {
@@ -65,7 +67,8 @@ impl FileState {
             }
         }
         if matches!(self.data, Data::Clean) && offset == 0 && self.size == 0 {
-            let w = fs.create(path, CreateOptions { overwrite: true, mode: self.mode, ..Default::default() }).await?;
+            let opts = CreateOptions { overwrite: true, mode: self.mode, owner: self.owner, ..Default::default() };
+            let w = fs.create(path, opts).await?;
             self.data = Data::Stream(Box::new(w));
             self.version += 1;
             return Box::pin(self.write(fs, path, offset, buf, staging)).await;
@@ -89,7 +92,8 @@ impl FileState {
             if let Data::Stream(mut w) = std::mem::replace(&mut self.data, Data::Clean) {
                 w.abort().await;
             }
-            fs.write_all(path, &[], true).await?;
+            let opts = CreateOptions { overwrite: true, mode: self.mode, owner: self.owner, ..Default::default() };
+            fs.create(path, opts).await?.close().await?;
             self.size = 0;
             self.version += 1;
             return Ok(());
@@ -139,7 +143,8 @@ impl FileState {
                     self.data = Data::Staged { file, dirty };
                     return Ok(());
                 };
-                match upload(fs, path, &file, self.size, self.mode).await {
+                let opts = CreateOptions { overwrite: true, mode: self.mode, owner: self.owner, ..Default::default() };
+                match upload(fs, path, &file, self.size, opts).await {
                     Ok(()) => {
                         self.version += 1;
                         self.data = Data::Staged { file, dirty: false };
@@ -193,8 +198,8 @@ impl FileState {
 }
 
 /// Writes `size` bytes of `file` as the new version of `path`.
-async fn upload(fs: &FileSystem, path: &str, file: &File, size: u64, mode: u32) -> Result<()> {
-    let mut w = fs.create(path, CreateOptions { overwrite: true, mode, ..Default::default() }).await?;
+async fn upload(fs: &FileSystem, path: &str, file: &File, size: u64, opts: CreateOptions) -> Result<()> {
+    let mut w = fs.create(path, opts).await?;
     let mut buf = vec![0u8; PIECE];
     let mut off = 0u64;
     while off < size {

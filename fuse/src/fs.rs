@@ -56,8 +56,6 @@ pub struct CvFuse {
     /// their page cache.
     seen: Mutex<HashMap<u64, (i64, u64)>>,
     next_fh: AtomicU64,
-    uid: u32,
-    gid: u32,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -90,8 +88,6 @@ fn to_ms(t: TimeOrNow) -> i64 {
 
 impl CvFuse {
     pub fn new(fs: FileSystem, rt: Rt, root: &str, opts: Options) -> CvFuse {
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         CvFuse {
             fs,
             rt,
@@ -102,13 +98,16 @@ impl CvFuse {
             dirs: Mutex::default(),
             seen: Mutex::default(),
             next_fh: AtomicU64::new(1),
-            uid,
-            gid,
         }
     }
 
     fn attr(&self, ino: u64, st: &FileStatus, local_size: Option<u64>) -> FileAttr {
         let dir = st.kind == FileKind::Dir as i32;
+        let kind = match st.kind {
+            k if k == FileKind::Dir as i32 => FileType::Directory,
+            k if k == FileKind::Symlink as i32 => FileType::Symlink,
+            _ => FileType::RegularFile,
+        };
         let size = local_size.unwrap_or(st.len);
         FileAttr {
             ino: INodeNo(ino),
@@ -118,11 +117,11 @@ impl CvFuse {
             mtime: time(st.mtime_ms),
             ctime: time(st.ctime_ms.max(st.mtime_ms)),
             crtime: time(st.ctime_ms),
-            kind: if dir { FileType::Directory } else { FileType::RegularFile },
+            kind,
             perm: (st.mode & 0o7777) as u16,
             nlink: if dir { 2 } else { 1 },
-            uid: self.uid,
-            gid: self.gid,
+            uid: st.uid,
+            gid: st.gid,
             rdev: 0,
             blksize: 1 << 20,
             flags: 0,
@@ -262,9 +261,12 @@ impl CvFuse {
 
     async fn do_setattr(&self, ino: u64, a: SetAttr) -> Result<FileAttr, Errno> {
         let path = self.inodes.path(ino).ok_or(Errno::ESTALE)?;
-        if a.uid.is_some_and(|u| u != self.uid) || a.gid.is_some_and(|g| g != self.gid) {
-            // Meta keeps no owners yet: every file belongs to the mounting user.
-            return Err(Errno::EPERM);
+        if a.uid.is_some() || a.gid.is_some() {
+            // The kernel has checked the caller may (default_permissions).
+            let st = self.fs.set_owner(&path, a.uid, a.gid).await.map_err(|e| errno(&e))?;
+            if let Some(s) = self.state(ino) {
+                s.lock().await.owner = Some((st.uid, st.gid));
+            }
         }
         if let Some(size) = a.size {
             let st = self.fs.stat(&path).await.map_err(|e| errno(&e))?;
@@ -273,6 +275,7 @@ impl CvFuse {
             }
             let s = self.open_state(ino, st.len, st.mode);
             let mut s = s.lock().await;
+            s.owner.get_or_insert((st.uid, st.gid));
             s.truncate(&self.fs, &path, size, &self.opts.staging).await.map_err(|e| errno(&e))?;
             if s.open == 0 {
                 // Nobody holds it open: the new size is published now.
@@ -387,19 +390,17 @@ impl Filesystem for Mounted {
         });
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let owner = (req.uid(), req.gid());
         let (name, path) = match self.0.child(parent, name) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
         self.0.spawn(move |me| async move {
             let res = async {
-                me.fs.mkdir(&path, false).await.map_err(|e| errno(&e))?;
-                let mode = mode & !umask & 0o7777;
-                if mode != 0o755 {
-                    me.fs.set_attr(&path, Some(mode), None).await.map_err(|e| errno(&e))?;
-                }
-                me.entry(parent.0, &name, &path).await
+                let st = me.fs.mkdir_with(&path, false, mode & !umask & 0o7777, Some(owner)).await.map_err(|e| errno(&e))?;
+                let ino = me.inodes.lookup(parent.0, &name);
+                Ok::<_, Errno>(me.attr(ino, &st, None))
             };
             match res.await {
                 Ok(a) => reply.entry_with_ttls(&me.opts.attr_ttl, &me.opts.entry_ttl, &a, Generation(0)),
@@ -502,6 +503,7 @@ impl Filesystem for Mounted {
                 let s = me.open_state(ino.0, st.len, st.mode);
                 let mut s = s.lock().await;
                 s.open += 1;
+                s.owner = Some((st.uid, st.gid));
                 if flags.0 & libc::O_TRUNC != 0 && flags.acc_mode() != OpenAccMode::O_RDONLY {
                     if let Err(e) = s.truncate(&me.fs, &path, 0, &me.opts.staging).await {
                         s.open -= 1;
@@ -527,7 +529,8 @@ impl Filesystem for Mounted {
         });
     }
 
-    fn create(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        let owner = (req.uid(), req.gid());
         let (name, path) = match self.0.child(parent, name) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
@@ -535,13 +538,15 @@ impl Filesystem for Mounted {
         self.0.spawn(move |me| async move {
             let mode = mode & !umask & 0o7777;
             let res = async {
-                let opts = CreateOptions { overwrite: flags & libc::O_EXCL == 0, mode, ..Default::default() };
+                let opts = CreateOptions { overwrite: flags & libc::O_EXCL == 0, mode, owner: Some(owner), ..Default::default() };
                 let w = me.fs.create(&path, opts).await.map_err(|e| errno(&e))?;
                 let st = w.status().clone();
                 let ino = me.inodes.lookup(parent.0, &name);
                 let s = me.open_state(ino, 0, mode);
                 let mut s = s.lock().await;
                 s.discard().await;
+                s.owner = Some(owner);
+                s.mode = mode;
                 s.data = crate::files::Data::Stream(Box::new(w));
                 s.size = 0;
                 s.version += 1;
@@ -723,20 +728,113 @@ impl Filesystem for Mounted {
         });
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        // No extended attributes are kept: every name is absent.
-        reply.error(Errno::NO_XATTR)
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let owner = (req.uid(), req.gid());
+        let (name, path) = match self.0.child(parent, link_name) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let Some(target) = target.to_str().map(str::to_string) else { return reply.error(Errno::EINVAL) };
+        self.0.spawn(move |me| async move {
+            match me.fs.symlink(&target, &path, Some(owner)).await {
+                Ok(st) => {
+                    let a = me.attr(me.inodes.lookup(parent.0, &name), &st, None);
+                    reply.entry_with_ttls(&me.opts.attr_ttl, &me.opts.entry_ttl, &a, Generation(0))
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 { reply.size(0) } else { reply.data(&[]) }
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let path = match self.0.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        self.0.spawn(move |me| async move {
+            match me.fs.stat(&path).await {
+                Ok(st) if st.kind == FileKind::Symlink as i32 => reply.data(st.target.as_bytes()),
+                Ok(_) => reply.error(Errno::EINVAL),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
-    fn setxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _v: &[u8], _flags: i32, _pos: u32, reply: ReplyEmpty) {
-        reply.error(Errno::ENOTSUP)
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (path, name) = match (self.0.path(ino), name.to_str()) {
+            (Ok(p), Some(n)) => (p, n.to_string()),
+            (Err(e), _) => return reply.error(e),
+            (_, None) => return reply.error(Errno::EINVAL),
+        };
+        self.0.spawn(move |me| async move {
+            match me.fs.xattr_get(&path, &name).await {
+                Ok(v) => xattr_reply(reply, size, &v),
+                Err(e) if e.kind() == ErrorKind::NotFound => reply.error(Errno::NO_XATTR),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::NO_XATTR)
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let path = match self.0.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        self.0.spawn(move |me| async move {
+            match me.fs.xattr_list(&path).await {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(n.as_bytes());
+                        buf.push(0);
+                    }
+                    xattr_reply(reply, size, &buf)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _pos: u32, reply: ReplyEmpty) {
+        let (path, name) = match (self.0.path(ino), name.to_str()) {
+            (Ok(p), Some(n)) => (p, n.to_string()),
+            (Err(e), _) => return reply.error(e),
+            (_, None) => return reply.error(Errno::EINVAL),
+        };
+        let value = value.to_vec();
+        self.0.answer(reply, move |me| async move {
+            me.fs.xattr_set(&path, &name, &value, flags as u32).await.map_err(|e| match e.kind() {
+                ErrorKind::NotFound => Errno::NO_XATTR,
+                ErrorKind::NoSpace => Errno::E2BIG,
+                ErrorKind::InvalidArgument => Errno::ERANGE,
+                _ => errno(&e),
+            })
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (path, name) = match (self.0.path(ino), name.to_str()) {
+            (Ok(p), Some(n)) => (p, n.to_string()),
+            (Err(e), _) => return reply.error(e),
+            (_, None) => return reply.error(Errno::EINVAL),
+        };
+        self.0.answer(reply, move |me| async move {
+            me.fs.xattr_remove(&path, &name).await.map_err(|e| match e.kind() {
+                ErrorKind::NotFound => Errno::NO_XATTR,
+                _ => errno(&e),
+            })
+        });
+    }
+}
+
+/// getxattr/listxattr answer: the size when asked for it (size 0), the
+/// bytes when they fit, ERANGE otherwise.
+fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32)
+    } else if data.len() <= size as usize {
+        reply.data(data)
+    } else {
+        reply.error(Errno::ERANGE)
     }
 }

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::metrics::Metrics;
 use crate::namespace::{MetaCommand, Outcome};
 use crate::raft::types::Raft;
-use crate::store::{BlockMeta, Inode, Persist, Reader, StateStore, KEY_DIRS, KEY_FILES};
+use crate::store::{BlockMeta, Inode, InodeKind, Persist, Reader, StateStore, KEY_DIRS, KEY_FILES};
 use crate::workers::{Reported, Workers};
 
 /// The meta service state shared by all handlers.
@@ -36,7 +36,11 @@ fn status_of(inode: &Inode, path: &str, children: u64) -> FileStatus {
         id: inode.id,
         path: path.to_string(),
         name: inode.name.clone(),
-        kind: if inode.is_dir() { FileKind::Dir as i32 } else { FileKind::File as i32 },
+        kind: match inode.kind {
+            InodeKind::Dir => FileKind::Dir as i32,
+            InodeKind::File => FileKind::File as i32,
+            InodeKind::Symlink => FileKind::Symlink as i32,
+        },
         len: inode.len,
         mode: inode.mode,
         mtime_ms: inode.mtime_ms,
@@ -54,6 +58,18 @@ fn status_of(inode: &Inode, path: &str, children: u64) -> FileStatus {
         },
         pinned: inode.pinned,
         mount_uri: String::new(),
+        uid: inode.uid,
+        gid: inode.gid,
+        target: inode.target.clone(),
+    }
+}
+
+/// `cmd`, made to record `uid`/`gid` as the owner of what it creates when
+/// the client named one.
+fn owned(cmd: MetaCommand, uid: Option<u32>, gid: Option<u32>) -> MetaCommand {
+    match (uid, gid) {
+        (Some(uid), Some(gid)) => MetaCommand::Owned { uid, gid, cmd: Box::new(cmd) },
+        _ => cmd,
     }
 }
 
@@ -107,7 +123,8 @@ impl MetaServiceImpl {
     async fn do_mkdir(&self, r: MkdirRequest) -> Result<MkdirResponse> {
         let path = normalize(&r.path)?;
         let mode = if r.mode == 0 { 0o755 } else { r.mode };
-        let out = self.write(MetaCommand::Mkdir { path: path.clone(), parents: r.parents, mode, now_ms: now_ms() }).await?;
+        let cmd = MetaCommand::Mkdir { path: path.clone(), parents: r.parents, mode, now_ms: now_ms() };
+        let out = self.write(owned(cmd, r.uid, r.gid)).await?;
         let inode = Self::outcome_inode(out)?;
         Ok(MkdirResponse { status: Some(self.dir_status(&inode, &path)?) })
     }
@@ -136,7 +153,7 @@ impl MetaServiceImpl {
             mode,
             now_ms: now_ms(),
         };
-        let inode = Self::outcome_inode(self.write(cmd).await?)?;
+        let inode = Self::outcome_inode(self.write(owned(cmd, r.uid, r.gid)).await?)?;
         Ok(CreateResponse { status: Some(status_of(&inode, &path, 0)) })
     }
 
@@ -215,6 +232,9 @@ impl MetaServiceImpl {
         if inode.is_dir() {
             return Err(Error::is_dir(&path));
         }
+        if inode.kind == InodeKind::Symlink {
+            return Err(Error::invalid(format!("{path}: is a symbolic link (to {}); open its target", inode.target)));
+        }
         let mut offset = 0;
         let mut blocks = Vec::with_capacity(inode.blocks.len());
         let in_ufs = inode.is_ufs_persisted();
@@ -292,8 +312,48 @@ impl MetaServiceImpl {
     #[tracing::instrument(skip(self))]
     async fn do_set_attr(&self, r: SetAttrRequest) -> Result<SetAttrResponse> {
         let path = normalize(&r.path)?;
-        let inode = Self::outcome_inode(self.write(MetaCommand::SetAttr { path: path.clone(), mode: r.mode, mtime_ms: r.mtime_ms }).await?)?;
+        let mut inode = None;
+        if r.uid.is_some() || r.gid.is_some() {
+            let cmd = MetaCommand::Chown { path: path.clone(), uid: r.uid, gid: r.gid, now_ms: now_ms() };
+            inode = Some(Self::outcome_inode(self.write(cmd).await?)?);
+        }
+        if r.mode.is_some() || r.mtime_ms.is_some() || inode.is_none() {
+            let cmd = MetaCommand::SetAttr { path: path.clone(), mode: r.mode, mtime_ms: r.mtime_ms };
+            inode = Some(Self::outcome_inode(self.write(cmd).await?)?);
+        }
+        let inode = inode.ok_or_else(|| Error::internal("set_attr changed nothing"))?;
         Ok(SetAttrResponse { status: Some(self.dir_status(&inode, &path)?) })
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn do_symlink(&self, r: SymlinkRequest) -> Result<SymlinkResponse> {
+        let path = normalize(&r.path)?;
+        let cmd = MetaCommand::Symlink { path: path.clone(), target: r.target, now_ms: now_ms() };
+        let inode = Self::outcome_inode(self.write(owned(cmd, r.uid, r.gid)).await?)?;
+        Ok(SymlinkResponse { status: Some(status_of(&inode, &path, 0)) })
+    }
+
+    #[tracing::instrument(skip(self, r), fields(path = %r.path, op = r.op, name = %r.name))]
+    async fn do_xattr(&self, r: XattrRequest) -> Result<XattrResponse> {
+        let path = normalize(&r.path)?;
+        let none = || Error::new(ErrorKind::NotFound, format!("{path}: no attribute {}", r.name));
+        match r.op {
+            0 => {
+                let inode = self.reader().resolve(&path)?;
+                let v = inode.xattrs.iter().find(|(n, _)| *n == r.name).ok_or_else(none)?;
+                Ok(XattrResponse { value: v.1.clone(), names: vec![] })
+            }
+            1 | 2 => {
+                let value = (r.op == 1).then_some(r.value);
+                self.write(MetaCommand::SetXattr { path, name: r.name, value, flags: r.flags }).await?;
+                Ok(XattrResponse::default())
+            }
+            3 => {
+                let inode = self.reader().resolve(&path)?;
+                Ok(XattrResponse { value: vec![], names: inode.xattrs.into_iter().map(|(n, _)| n).collect() })
+            }
+            op => Err(Error::invalid(format!("xattr: unknown op {op}"))),
+        }
     }
 
     fn reported(&self, blocks: Vec<ReportedBlock>) -> Result<Vec<Reported>> {
@@ -431,4 +491,6 @@ handlers! {
     free / do_free: FreeRequest => FreeResponse,
     pin / do_pin: PinRequest => PinResponse,
     report_corrupt / do_report_corrupt: ReportCorruptRequest => ReportCorruptResponse,
+    symlink / do_symlink: SymlinkRequest => SymlinkResponse,
+    xattr / do_xattr: XattrRequest => XattrResponse,
 }

@@ -28,7 +28,7 @@ async fn namespace_survives_restart_and_errors_have_kinds() {
     let dir = tempfile::tempdir().unwrap();
     let (node, mut c) = start(dir.path()).await;
 
-    c.mkdir(MkdirRequest { path: "/a/b/c".into(), parents: true, mode: 0 }).await.unwrap();
+    c.mkdir(MkdirRequest { path: "/a/b/c".into(), parents: true, mode: 0, ..Default::default() }).await.unwrap();
     let st = c.stat(StatRequest { path: "/a/b".into() }).await.unwrap().into_inner().status.unwrap();
     assert_eq!((st.path.as_str(), st.kind, st.children), ("/a/b", FileKind::Dir as i32, 1));
 
@@ -103,7 +103,7 @@ async fn namespace_survives_restart_and_errors_have_kinds() {
     let list = c.list(ListRequest { path: "/z/b".into(), ..Default::default() }).await.unwrap().into_inner().entries;
     let names: Vec<_> = list.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(names, vec!["/z/b/c", "/z/b/f"]);
-    c.set_attr(SetAttrRequest { path: "/z/b/f".into(), mode: Some(0o600), mtime_ms: Some(5) }).await.unwrap();
+    c.set_attr(SetAttrRequest { path: "/z/b/f".into(), mode: Some(0o600), mtime_ms: Some(5), ..Default::default() }).await.unwrap();
 
     let report = c.report(ReportRequest {}).await.unwrap().into_inner();
     assert_eq!((report.files, report.dirs), (1, 4));
@@ -183,7 +183,7 @@ async fn kill_9_child() {
     let node = MetaNode::start(conf, listener, &mut Default::default()).await.unwrap();
     let mut c = MetaServiceClient::connect(format!("http://{}", node.addr())).await.unwrap();
     for i in 0..20 {
-        c.mkdir(MkdirRequest { path: format!("/k/d{i}"), parents: true, mode: 0 }).await.unwrap();
+        c.mkdir(MkdirRequest { path: format!("/k/d{i}"), parents: true, mode: 0, ..Default::default() }).await.unwrap();
     }
     c.rename(RenameRequest { src: "/k".into(), dst: "/kk".into() }).await.unwrap();
     println!("CHILD-READY");

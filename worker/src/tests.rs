@@ -107,6 +107,12 @@ impl MetaService for FakeMeta {
     async fn sync(&self, _: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
         Err(Status::unimplemented("fake meta"))
     }
+    async fn symlink(&self, _: Request<SymlinkRequest>) -> Result<Response<SymlinkResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn xattr(&self, _: Request<XattrRequest>) -> Result<Response<XattrResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
     /// Blocks of this fake namespace are never in a UFS.
     async fn block_source(&self, r: Request<BlockSourceRequest>) -> Result<Response<BlockSourceResponse>, Status> {
         Err(Status::from(curvine_common::Error::not_found(&format!("block {}", r.into_inner().block_id))))

@@ -75,6 +75,10 @@ pub struct TcpConn {
     opts: TcpOptions,
     next_id: u64,
     broken: bool,
+    /// A request is under way; still set if its future was dropped midway
+    /// (the stream may then hold half a frame or an unread response, so
+    /// the connection must not go back to a pool).
+    busy: bool,
     out: Vec<u8>,
     head: Vec<u8>,
     lowat: i32,
@@ -87,7 +91,17 @@ impl TcpConn {
             .map_err(|_| Error::new(ErrorKind::Timeout, format!("worker {addr}: connect timed out")))?
             .map_err(|e| Error::from(e).context(format!("worker {addr}")))?;
         let _ = stream.set_nodelay(true);
-        Ok(TcpConn { stream, addr: addr.to_string(), opts, next_id: 1, broken: false, out: Vec::new(), head: Vec::new(), lowat: 1 })
+        Ok(TcpConn {
+            stream,
+            addr: addr.to_string(),
+            opts,
+            next_id: 1,
+            broken: false,
+            busy: false,
+            out: Vec::new(),
+            head: Vec::new(),
+            lowat: 1,
+        })
     }
 
     /// Sets SO_RCVLOWAT, so readiness fires once `bytes` are queued. Only
@@ -201,6 +215,13 @@ impl TcpConn {
     /// control channel of transports that move payloads another way (RDMA).
     /// A worker-reported error leaves the connection usable.
     pub(crate) async fn call(&mut self, op: Op, flags: u16, head: &[u8]) -> Result<Vec<u8>> {
+        self.busy = true;
+        let r = self.call_inner(op, flags, head).await;
+        self.busy = false;
+        r
+    }
+
+    async fn call_inner(&mut self, op: Op, flags: u16, head: &[u8]) -> Result<Vec<u8>> {
         let id = self.id();
         let h = Header { flags, ..Header::request(op, id, head.len(), 0) };
         self.out.extend_from_slice(&h.encode());
@@ -218,10 +239,8 @@ impl TcpConn {
     }
 }
 
-#[async_trait::async_trait]
-impl DataConn for TcpConn {
-    #[tracing::instrument(level = "trace", skip(self, buf), fields(len = buf.len()))]
-    async fn read_into(&mut self, block_id: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+impl TcpConn {
+    async fn read_into_inner(&mut self, block_id: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let chunk = self.opts.chunk_size;
         let mut pieces = buf.len().div_ceil(chunk);
         let first_id = self.next_id + 1;
@@ -299,14 +318,7 @@ impl DataConn for TcpConn {
         }
     }
 
-    async fn write_open(&mut self, block_id: u64, len_hint: u64) -> Result<TierKind> {
-        let mut head = Vec::new();
-        WriteOpen { block_id, len_hint }.encode(&mut head);
-        let r = self.simple(Op::WriteOpen, head).await?;
-        msg::decode_tier(&r).map_err(|e| self.fail(e))
-    }
-
-    async fn write_data(&mut self, block_id: u64, offset: u64, data: &[u8]) -> Result<()> {
+    async fn write_data_inner(&mut self, block_id: u64, offset: u64, data: &[u8]) -> Result<()> {
         // Frames of `chunk_size` keep the worker's socket reads, checksum
         // checks and file writes overlapping instead of one long stall.
         let frame = self.opts.chunk_size;
@@ -321,6 +333,31 @@ impl DataConn for TcpConn {
             self.stream.write_all(piece).await.map_err(|e| self.fail(e.into()))?;
         }
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl DataConn for TcpConn {
+    #[tracing::instrument(level = "trace", skip(self, buf), fields(len = buf.len()))]
+    async fn read_into(&mut self, block_id: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.busy = true;
+        let r = self.read_into_inner(block_id, offset, buf).await;
+        self.busy = false;
+        r
+    }
+
+    async fn write_open(&mut self, block_id: u64, len_hint: u64) -> Result<TierKind> {
+        let mut head = Vec::new();
+        WriteOpen { block_id, len_hint }.encode(&mut head);
+        let r = self.simple(Op::WriteOpen, head).await?;
+        msg::decode_tier(&r).map_err(|e| self.fail(e))
+    }
+
+    async fn write_data(&mut self, block_id: u64, offset: u64, data: &[u8]) -> Result<()> {
+        self.busy = true;
+        let r = self.write_data_inner(block_id, offset, data).await;
+        self.busy = false;
+        r
     }
 
     async fn write_commit(&mut self, block_id: u64, len: u64) -> Result<TierKind> {
@@ -361,6 +398,6 @@ impl DataConn for TcpConn {
     }
 
     fn is_broken(&self) -> bool {
-        self.broken
+        self.broken || self.busy
     }
 }

@@ -3,6 +3,7 @@
 //! or not at all. Commands carry every non-deterministic value (times) so
 //! all replicas compute the same result.
 
+mod attrs;
 mod ufs;
 
 use curvine_common::path;
@@ -51,6 +52,14 @@ pub enum MetaCommand {
     /// A rename already done in the UFS (write-through / write-back
     /// mounts); `entry` is the moved file's new UFS version.
     RenameUfs { src: String, dst: String, now_ms: i64, entry: Option<UfsEntry> },
+    // Appended (format 3): older log entries keep decoding.
+    /// Runs `cmd` and makes `uid`/`gid` the owner of what it created.
+    Owned { uid: u32, gid: u32, cmd: Box<MetaCommand> },
+    Chown { path: String, uid: Option<u32>, gid: Option<u32>, now_ms: i64 },
+    Symlink { path: String, target: String, now_ms: i64 },
+    /// Sets (`value` Some) or removes an extended attribute; `flags` are
+    /// setxattr(2)'s XATTR_CREATE / XATTR_REPLACE.
+    SetXattr { path: String, name: String, value: Option<Vec<u8>>, flags: u32 },
 }
 
 /// What a successful command produced.
@@ -159,6 +168,10 @@ impl Ns<'_> {
             mount_id: 0,
             listed_ms: 0,
             pinned: false,
+            uid: 0,
+            gid: 0,
+            target: String::new(),
+            xattrs: Vec::new(),
         })
     }
 
@@ -501,6 +514,10 @@ impl Ns<'_> {
 /// Applies one command to `txn`. On error the caller discards `txn`.
 pub fn apply(txn: &mut Txn, cmd: &MetaCommand) -> Result<Outcome> {
     let mut ns = Ns { txn };
+    apply_ns(&mut ns, cmd)
+}
+
+fn apply_ns(ns: &mut Ns<'_>, cmd: &MetaCommand) -> Result<Outcome> {
     match cmd {
         MetaCommand::Mkdir { path, parents, mode, now_ms } => ns.mkdir(path, *parents, *mode, *now_ms),
         MetaCommand::Create { path, overwrite, parents, block_size, replication, mode, now_ms } => {
@@ -538,6 +555,10 @@ pub fn apply(txn: &mut Txn, cmd: &MetaCommand) -> Result<Outcome> {
             ns.put_inode(&node)?;
             Ok(Outcome::Inode(node))
         }
+        MetaCommand::Owned { uid, gid, cmd } => apply_ns(ns, cmd).and_then(|out| ns.own(out, *uid, *gid)),
+        MetaCommand::Chown { path, uid, gid, now_ms } => ns.chown(path, *uid, *gid, *now_ms),
+        MetaCommand::Symlink { path, target, now_ms } => ns.symlink(path, target, *now_ms),
+        MetaCommand::SetXattr { path, name, value, flags } => ns.set_xattr(path, name, value.as_deref(), *flags),
     }
 }
 
@@ -697,6 +718,48 @@ mod tests {
             panic!()
         };
         assert_eq!((d.mode, d.mtime_ms), (0o700, 42));
+    }
+
+    #[test]
+    fn owners_symlinks_and_xattrs() {
+        use super::attrs::{XATTR_BYTES_MAX, XATTR_CREATE, XATTR_REPLACE};
+        let t = T::new();
+        let owned = |cmd| MetaCommand::Owned { uid: 7, gid: 8, cmd: Box::new(cmd) };
+        let Outcome::Freed { inode: Some(f), .. } = t.run(owned(create("/f", false))).unwrap() else { panic!() };
+        assert_eq!((f.uid, f.gid), (7, 8));
+        let Outcome::Inode(d) = t.run(owned(mkdir("/d", false))).unwrap() else { panic!() };
+        assert_eq!((d.uid, d.gid), (7, 8));
+        assert_eq!(t.kind(owned(mkdir("/d", false))), ErrorKind::AlreadyExists, "a failed command owns nothing");
+        let chown = |p: &str, uid, gid| MetaCommand::Chown { path: p.into(), uid, gid, now_ms: 9 };
+        let Outcome::Inode(d) = t.run(chown("/d", None, Some(3))).unwrap() else { panic!() };
+        assert_eq!((d.uid, d.gid, d.ctime_ms), (7, 3, 9));
+        assert_eq!(t.kind(chown("/nope", Some(1), None)), ErrorKind::NotFound);
+
+        let link = |p: &str, to: &str| MetaCommand::Symlink { path: p.into(), target: to.into(), now_ms: 4 };
+        let Outcome::Inode(l) = t.run(link("/d/l", "../f")).unwrap() else { panic!() };
+        assert_eq!((l.kind, l.target.as_str(), l.len), (InodeKind::Symlink, "../f", 4));
+        assert_eq!(t.kind(link("/d/l", "x")), ErrorKind::AlreadyExists);
+        assert_eq!(t.kind(link("/d/m", "")), ErrorKind::InvalidArgument);
+        assert_eq!(t.kind(link("/no/m", "x")), ErrorKind::NotFound);
+        t.run(rename("/d/l", "/l2")).unwrap();
+        t.run(MetaCommand::Delete { path: "/l2".into(), recursive: false, now_ms: 5 }).unwrap();
+
+        let set = |name: &str, v: Option<&[u8]>, flags| MetaCommand::SetXattr {
+            path: "/f".into(),
+            name: name.into(),
+            value: v.map(<[u8]>::to_vec),
+            flags,
+        };
+        t.run(set("user.b", Some(b"2"), 0)).unwrap();
+        let Outcome::Inode(f) = t.run(set("user.a", Some(b"1"), XATTR_CREATE)).unwrap() else { panic!() };
+        assert_eq!(f.xattrs, vec![("user.a".to_string(), b"1".to_vec()), ("user.b".to_string(), b"2".to_vec())]);
+        assert_eq!(t.kind(set("user.a", Some(b"x"), XATTR_CREATE)), ErrorKind::AlreadyExists);
+        assert_eq!(t.kind(set("user.c", Some(b"x"), XATTR_REPLACE)), ErrorKind::NotFound);
+        assert_eq!(t.kind(set("user.c", None, 0)), ErrorKind::NotFound);
+        assert_eq!(t.kind(set("", Some(b"x"), 0)), ErrorKind::InvalidArgument);
+        assert_eq!(t.kind(set("user.big", Some(&vec![0u8; XATTR_BYTES_MAX]), 0)), ErrorKind::NoSpace);
+        let Outcome::Inode(f) = t.run(set("user.a", None, 0)).unwrap() else { panic!() };
+        assert_eq!(f.xattrs.len(), 1);
     }
 
     fn mount_cmd(p: &str) -> MetaCommand {

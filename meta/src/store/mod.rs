@@ -27,6 +27,8 @@ pub const CF_JOBS: &str = "jobs";
 pub const CF_PERSIST: &str = "persist";
 const CFS: [&str; 7] = [CF_INODES, CF_DENTRIES, CF_BLOCKS, CF_SYS, CF_MOUNTS, CF_JOBS, CF_PERSIST];
 
+mod migrate;
+
 pub const ROOT_ID: u64 = 1;
 
 pub const KEY_NEXT_INODE: &[u8] = b"next_inode";
@@ -40,12 +42,15 @@ pub const KEY_NEXT_JOB: &[u8] = b"next_job";
 /// The encoding version of the values in this database (bincode is not
 /// self-describing: a newer binary must refuse an older layout, not misread it).
 pub const KEY_FORMAT: &[u8] = b"format";
-pub const FORMAT: u64 = 2;
+pub const FORMAT: u64 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InodeKind {
     File,
     Dir,
+    /// A symbolic link: `Inode::target` is where it points (never followed
+    /// by meta; the kernel or the caller resolves it).
+    Symlink,
 }
 
 /// One block of a file: its id and (once the file is complete) its length.
@@ -100,6 +105,14 @@ pub struct Inode {
     /// Directories under a mount: when the UFS listing was last merged in.
     pub listed_ms: i64,
     pub pinned: bool,
+    /// Owner (format 3): the creating user where the client says who it is
+    /// (FUSE), else 0 (root).
+    pub uid: u32,
+    pub gid: u32,
+    /// Symlinks: the target.
+    pub target: String,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
 impl Inode {
@@ -345,7 +358,11 @@ impl StateStore {
     fn init_root(&self) -> Result<()> {
         let db = self.db();
         if get(&db, CF_INODES, &id_key(ROOT_ID))?.is_some() {
-            let format = get(&db, CF_SYS, KEY_FORMAT)?.map(|v| decode_u64(&v)).transpose()?.unwrap_or(1);
+            let mut format = get(&db, CF_SYS, KEY_FORMAT)?.map(|v| decode_u64(&v)).transpose()?.unwrap_or(1);
+            if format == 2 {
+                migrate::format2_to_3(&db)?;
+                format = 3;
+            }
             if format != FORMAT {
                 return Err(Error::new(
                     ErrorKind::Config,
@@ -375,6 +392,10 @@ impl StateStore {
             mount_id: 0,
             listed_ms: 0,
             pinned: false,
+            uid: 0,
+            gid: 0,
+            target: String::new(),
+            xattrs: Vec::new(),
         };
         let mut txn = Txn::new(db.clone());
         txn.put(CF_SYS, KEY_FORMAT.to_vec(), FORMAT.to_be_bytes().to_vec());
@@ -388,7 +409,7 @@ impl StateStore {
     }
 }
 
-fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
     db.cf_handle(name).ok_or_else(|| Error::internal(format!("meta store: column family {name} missing")))
 }
 
