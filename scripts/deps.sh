@@ -10,6 +10,7 @@ command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 dpkg -s libibverbs-dev >/dev/null 2>&1 || need+=(libibverbs-dev)
 dpkg -s librdmacm-dev >/dev/null 2>&1 || need+=(librdmacm-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+dpkg -s libacl1-dev >/dev/null 2>&1 || need+=(libacl1-dev)  # pjdfstest (scripts/posix-suite.sh)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

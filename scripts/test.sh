@@ -17,5 +17,7 @@ cargo test --release --workspace --features "$CV_FEATURES" --no-fail-fast -- --t
 # The CUDA path (client feature `gpu`) compiles everywhere — the driver is
 # loaded at run time — and its test skips, saying so, without a GPU.
 cargo test --release -p curvine-cli --features "gpu,$CV_FEATURES" --test gpu
+# POSIX conformance of the FUSE mount (pjdfstest; fails below the recorded pass count).
+./scripts/posix-suite.sh
 ./scripts/test-python.sh  # the Python package against a real node (sets up its venv)
 echo "all tests passed in $(( $(date +%s) - start )) s"

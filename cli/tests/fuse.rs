@@ -162,15 +162,18 @@ print("python ok")
     assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(fs.read_all("/py.bin").await.unwrap(), b"012", "the SDK sees the final version");
 
-    // sqlite3: create, insert, select (journal files, random writes, fsync).
-    let db = m.p("t.db");
+    // sqlite3: create, insert, select (journal files created, rewritten,
+    // fsynced and unlinked while open, over and over: ten databases).
     let q = "create table t(k integer primary key, v text); \
              insert into t(v) values ('a'),('b'),('c'); \
              update t set v = 'bb' where k = 2; select group_concat(v) from t;";
-    let out = sh(&m.dir, &format!("sqlite3 {} \"{q}\"", db.display()));
-    assert_eq!(out.trim(), "a,bb,c");
-    let out = sh(&m.dir, &format!("sqlite3 {} 'select count(*) from t'", db.display()));
-    assert_eq!(out.trim(), "3");
+    for i in 0..10 {
+        let db = m.p(&format!("t{i}.db"));
+        let out = sh(&m.dir, &format!("sqlite3 {} \"{q}\"", db.display()));
+        assert_eq!(out.trim(), "a,bb,c");
+        let out = sh(&m.dir, &format!("sqlite3 {} 'select count(*) from t'", db.display()));
+        assert_eq!(out.trim(), "3");
+    }
 
     // git init && commit inside the mount.
     std::fs::create_dir(m.p("repo")).unwrap();

@@ -59,11 +59,19 @@ pub struct CvFuse {
 }
 
 fn errno(e: &Error) -> Errno {
-    Errno::from_i32(e.kind().errno())
+    let code = e.kind().errno();
+    if code == libc::EIO {
+        // The caller sees only "I/O error": say here what it was.
+        tracing::warn!(error = %e, "answering EIO");
+    }
+    Errno::from_i32(code)
 }
 
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
     let s = name.to_str().ok_or(Errno::EINVAL)?;
+    if s.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
     if s.starts_with(HIDDEN_PREFIX) {
         return Err(Errno::ENOENT);
     }
@@ -135,11 +143,19 @@ impl CvFuse {
     /// Attributes of `ino` at `path`, with this mount's unsaved size.
     async fn getattr_of(&self, ino: u64, path: &str) -> Result<FileAttr, Errno> {
         let st = self.fs.stat(path).await.map_err(|e| errno(&e))?;
-        let local = match self.state(ino) {
-            Some(s) => Some(s.lock().await.size),
-            None => None,
+        let (local, unlinked) = match self.state(ino) {
+            Some(s) => {
+                let s = s.lock().await;
+                (Some(s.size), s.unlinked_as.is_some())
+            }
+            None => (None, false),
         };
-        Ok(self.attr(ino, &st, local))
+        let mut a = self.attr(ino, &st, local);
+        if unlinked {
+            // Open, but no name leads to it any more.
+            a.nlink = 0;
+        }
+        Ok(a)
     }
 
     fn spawn<F>(self: &Arc<Self>, f: impl FnOnce(Arc<Self>) -> F + Send + 'static)

@@ -136,10 +136,14 @@ impl Inodes {
     /// that was unlinked lives on under a hidden name).
     pub fn rehome(&self, ino: u64, parent: u64, name: &str) {
         let mut t = self.t.lock();
-        if let Some(n) = t.nodes.get_mut(&ino) {
-            n.parent = parent;
-            n.name = name.to_string();
+        let Some(n) = t.nodes.get_mut(&ino) else { return };
+        let old = (n.parent, std::mem::replace(&mut n.name, name.to_string()));
+        n.parent = parent;
+        // The old name is free for a new file now.
+        if t.by_name.get(&old) == Some(&ino) {
+            t.by_name.remove(&old);
         }
+        t.by_name.insert((parent, name.to_string()), ino);
     }
 }
 
@@ -167,5 +171,10 @@ mod tests {
         t.forget(f, 1);
         assert!(t.path(f).is_none());
         assert_eq!(Inodes::new("/").child_path(ROOT, "x").unwrap(), "/x");
+        // An open file moved to a hidden name frees its old name at once.
+        let j = t.lookup(ROOT, "j");
+        t.rehome(j, ROOT, ".hidden-j");
+        assert_eq!(t.path(j).unwrap(), "/data/.hidden-j");
+        assert_ne!(t.lookup(ROOT, "j"), j, "a new file under the old name is a new inode");
     }
 }
