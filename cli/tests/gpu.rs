@@ -40,3 +40,29 @@ async fn read_to_device_lands_the_file_in_gpu_memory() {
     let back: Vec<u8> = stream.clone_dtoh(&win).unwrap();
     assert!(back[..] == data[1_000_003..1_000_003 + (5 << 20)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gpudirect_reads_disk_tier_blocks_into_gpu_memory() {
+    use curvine_client::gpu::GpuDirect;
+    let gds = match GpuDirect::open() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("SKIPPED gpudirect_reads_disk_tier_blocks_into_gpu_memory: {}", e.message());
+            return;
+        }
+    };
+    // A node whose MEM tier is too small for the file: its blocks land on SSD.
+    let n = node_with(UpOptions { block_size: Some("4MiB".into()), mem: Some("4MiB".into()), ..Default::default() }).await;
+    let conf = curvine_common::config::ClientConf { meta: vec![n.meta_addr()], verify_checksums: false, ..Default::default() };
+    let fs = curvine_client::FileSystem::new(conf).unwrap();
+    let data = random_bytes((13 << 20) + 777, 78);
+    fs.write_all("/gds", &data, false).await.unwrap();
+    let mut staging = Staging::for_device(0).unwrap();
+    let stream = staging.stream().clone();
+    let mut dev = stream.alloc_zeros::<u8>(data.len()).unwrap();
+    let r = fs.open("/gds").await.unwrap();
+    let got = r.read_to_device_direct(0, &mut dev.slice_mut(..), &mut staging, &gds).await.unwrap();
+    assert_eq!(got, data.len());
+    let back: Vec<u8> = stream.clone_dtoh(&dev).unwrap();
+    assert!(back == data, "device bytes differ from the file");
+}

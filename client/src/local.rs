@@ -419,6 +419,17 @@ impl LocalReads {
         }
     }
 
+    /// The block file of `block` on worker `loc` (this host), with its tier
+    /// and length: for readers that hand the file to another engine (cuFile).
+    #[cfg(feature = "gpu")]
+    pub async fn block_file(&self, loc: &BlockLocation, block: u64) -> Option<(Arc<std::fs::File>, TierKind, u64)> {
+        if loc.local_socket.is_empty() || self.backing_off(loc.worker_id) {
+            return None;
+        }
+        let b = self.source(loc, block).await.ok()?;
+        Some((b.src.file.clone(), b.src.tier, b.src.len))
+    }
+
     async fn source(&self, loc: &BlockLocation, block: u64) -> Result<Arc<LocalBlock>> {
         if let Some(s) = self.blocks.lock().map.get(&block) {
             return Ok(s.clone());

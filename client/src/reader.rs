@@ -60,6 +60,11 @@ impl FileReader {
         }
     }
 
+    #[cfg(feature = "gpu")]
+    pub(crate) fn fs(&self) -> &FileSystem {
+        &self.fs
+    }
+
     pub fn status(&self) -> &FileStatus {
         &self.status
     }
