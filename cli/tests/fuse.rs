@@ -61,13 +61,8 @@ impl Mount {
     }
 
     fn mounted(&self) -> bool {
-        curvine_fuse_mounted(&self.dir)
+        curvine_fuse::is_mounted(&self.dir)
     }
-}
-
-fn curvine_fuse_mounted(dir: &Path) -> bool {
-    let want = dir.to_string_lossy().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 impl Drop for Mount {

@@ -34,7 +34,7 @@ async fn rdma_passes_the_conformance_suite_where_a_device_exists() {
         return;
     }
     let (addr, svc, _d) = server(ServeOptions { rdma: Some(opts.clone()) }).await;
-    let t = curvine_fabric::rdma::client::open(&opts, TcpOptions::default()).unwrap();
+    let t = curvine_fabric::rdma::client::RdmaTransport::open(&opts, TcpOptions::default()).unwrap();
     assert_eq!(t.name(), "rdma");
     run_all(&t, &addr, &|id, at| svc.corrupt(id, at)).await;
 }

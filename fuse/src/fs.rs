@@ -143,19 +143,19 @@ impl CvFuse {
     /// Attributes of `ino` at `path`, with this mount's unsaved size.
     async fn getattr_of(&self, ino: u64, path: &str) -> Result<FileAttr, Errno> {
         let st = self.fs.stat(path).await.map_err(|e| errno(&e))?;
-        let (local, unlinked) = match self.state(ino) {
-            Some(s) => {
-                let s = s.lock().await;
-                (Some(s.size), s.unlinked_as.is_some())
-            }
-            None => (None, false),
-        };
-        let mut a = self.attr(ino, &st, local);
-        if unlinked {
-            // Open, but no name leads to it any more.
+        Ok(self.attr_now(ino, &st).await)
+    }
+
+    /// `st` as the kernel should see it: with this mount's unsaved size,
+    /// and no links left once an open file was unlinked.
+    async fn attr_now(&self, ino: u64, st: &FileStatus) -> FileAttr {
+        let Some(s) = self.state(ino) else { return self.attr(ino, st, None) };
+        let s = s.lock().await;
+        let mut a = self.attr(ino, st, Some(s.size));
+        if s.unlinked_as.is_some() {
             a.nlink = 0;
         }
-        Ok(a)
+        a
     }
 
     fn spawn<F>(self: &Arc<Self>, f: impl FnOnce(Arc<Self>) -> F + Send + 'static)
@@ -207,11 +207,7 @@ impl CvFuse {
     async fn entry(&self, parent: u64, name: &str, path: &str) -> Result<FileAttr, Errno> {
         let st = self.fs.stat(path).await.map_err(|e| errno(&e))?;
         let ino = self.inodes.lookup(parent, name);
-        let local = match self.state(ino) {
-            Some(s) => Some(s.lock().await.size),
-            None => None,
-        };
-        Ok(self.attr(ino, &st, local))
+        Ok(self.attr_now(ino, &st).await)
     }
 
     async fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {

@@ -48,9 +48,7 @@ pub fn is_stale_mount(path: &Path) -> bool {
 
 /// Whether something is mounted at `path` (per /proc/self/mountinfo).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(path).or_else(|_| Ok::<_, std::io::Error>(path.to_path_buf())) else {
-        return false;
-    };
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let want = canon.to_string_lossy().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())))

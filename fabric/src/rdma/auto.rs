@@ -42,7 +42,7 @@ impl AutoTransport {
 
     fn rdma(&self) -> Option<&Arc<dyn Transport>> {
         self.rdma
-            .get_or_init(|| match super::client::open(&self.opts, *self.tcp.options()) {
+            .get_or_init(|| match super::client::RdmaTransport::open(&self.opts, *self.tcp.options()) {
                 Ok(t) => {
                     tracing::info!("rdma transport available");
                     Some(Arc::new(t) as Arc<dyn Transport>)

@@ -2,11 +2,6 @@
 //! protocol) plus a queue pair; payloads land in or leave from slots of a
 //! registered pool shared by all of the client's connections.
 
-use curvine_common::Result;
-
-use super::RdmaOptions;
-use crate::tcp::TcpOptions;
-
 #[cfg(feature = "rdma")]
 mod imp {
     use std::sync::Arc;
@@ -204,8 +199,3 @@ mod imp {
 }
 
 pub use imp::RdmaTransport;
-
-/// Opens the RDMA transport, or says why this host or build cannot.
-pub fn open(opts: &RdmaOptions, tcp: TcpOptions) -> Result<RdmaTransport> {
-    RdmaTransport::open(opts, tcp)
-}
