@@ -4,12 +4,13 @@
 # fresh `cv up` node, prints the pass/fail/skip counts, and fails when
 # fewer than MIN_PASS tests pass (the count recorded in docs/benchmarks.md,
 # so a regression shows). Expected failures: hard links (meta has one name
-# per inode), device nodes, FIFOs and sockets (mknod is not supported).
+# per inode; link(2) is EPERM) and what tests with them, files over the
+# test node's 1 GiB of cache (ENOSPC), directory link counts.
 #   scripts/posix-suite.sh [MIN_PASS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-min=${1:-155}  # 164 passed when recorded; a few timing-sensitive tests vary
+min=${1:-290}  # 298 passed when recorded; a few timing-sensitive tests vary
 root="$HOME/.cache/curvine/pjdfstest"
 if [ ! -x "$root/bin/pjdfstest" ]; then
   dpkg -s libacl1-dev >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libacl1-dev >/dev/null
@@ -46,6 +47,7 @@ allow_remount = false
 entries = [["nobody", "nogroup"], ["daemon", "daemon"]]
 TOML
 (cd "$mnt/t" && timeout 900 "$root/bin/pjdfstest" -c "$work/pjd.toml" -p "$mnt/t" >"$work/result.txt" 2>&1) || true
+[ -n "${POSIX_RESULT:-}" ] && cp "$work/result.txt" "$POSIX_RESULT"
 count() { grep -cE "^[a-z_0-9]+::[a-z_0-9:]+ +$1" "$work/result.txt" || true; }
 pass=$(count "ok$"); fail=$(count "FAILED$"); skip=$(count "skipped")
 echo "pjdfstest on cv fuse: $pass passed, $fail failed, $skip skipped"

@@ -412,3 +412,72 @@ print("xattr ok")
     assert!(out.status.success(), "python xattr: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(fs.xattr_get("/target.txt", "user.b").await.unwrap(), b"two");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn special_files_and_change_times() {
+    need_fuse!("special_files_and_change_times");
+    let n = node().await;
+    // No kernel caching of attributes: each stat below asks meta.
+    let m = Mount::start(&n, &["--attr-timeout", "0", "--entry-timeout", "0"]);
+    let fs = n.fs().unwrap();
+    // FIFOs, sockets and device nodes are made and typed; a FIFO carries
+    // bytes between two processes (the kernel's pipe, named in Curvine).
+    let py = r#"
+import os, sys, stat, socket, threading, time
+d = sys.argv[1]
+os.mkfifo(f"{d}/fifo", 0o640)
+assert stat.S_ISFIFO(os.stat(f"{d}/fifo").st_mode)
+assert stat.S_IMODE(os.stat(f"{d}/fifo").st_mode) == 0o640
+def writer():
+    with open(f"{d}/fifo", "wb") as w: w.write(b"through the pipe")
+t = threading.Thread(target=writer); t.start()
+with open(f"{d}/fifo", "rb") as r: got = r.read()
+t.join()
+assert got == b"through the pipe", got
+s = socket.socket(socket.AF_UNIX); s.bind(f"{d}/sock"); s.close()
+assert stat.S_ISSOCK(os.stat(f"{d}/sock").st_mode)
+os.mknod(f"{d}/chr", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+st = os.stat(f"{d}/chr")
+assert stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 3), st
+os.mknod(f"{d}/reg", 0o644 | stat.S_IFREG)
+assert stat.S_ISREG(os.stat(f"{d}/reg").st_mode) and os.stat(f"{d}/reg").st_size == 0
+kinds = {e.name: (e.is_file(), e.is_dir(), e.is_symlink()) for e in os.scandir(d)}
+assert kinds["fifo"] == (False, False, False) and kinds["reg"] == (True, False, False), kinds
+try:
+    os.mkfifo(f"{d}/fifo"); raise SystemExit("mkfifo over an existing name")
+except FileExistsError: pass
+os.unlink(f"{d}/fifo"); os.unlink(f"{d}/sock"); os.unlink(f"{d}/chr")
+
+# ctime: chmod, chown and xattrs change it; a failed chmod does not;
+# a create, unlink or rename in a directory changes its mtime and ctime.
+f = f"{d}/reg"
+def ctime(p): return os.stat(p).st_ctime_ns
+c0 = ctime(f); time.sleep(0.01)
+os.chmod(f, 0o600); c1 = ctime(f); assert c1 > c0, (c0, c1); time.sleep(0.01)
+os.chown(f, 7, 7); c2 = ctime(f); assert c2 > c1, (c1, c2); time.sleep(0.01)
+os.setxattr(f, "user.k", b"v"); c3 = ctime(f); assert c3 > c2, (c2, c3); time.sleep(0.01)
+try: os.chmod(f"{d}/missing", 0o600)
+except FileNotFoundError: pass
+assert ctime(f) == c3
+dm, dc = os.stat(d).st_mtime_ns, ctime(d); time.sleep(0.01)
+open(f"{d}/new", "w").close()
+assert os.stat(d).st_mtime_ns > dm and ctime(d) > dc
+dm, dc = os.stat(d).st_mtime_ns, ctime(d); time.sleep(0.01)
+os.rename(f"{d}/new", f"{d}/renamed")
+assert os.stat(d).st_mtime_ns > dm and ctime(d) > dc
+dm = os.stat(d).st_mtime_ns; time.sleep(0.01)
+os.unlink(f"{d}/renamed")
+assert os.stat(d).st_mtime_ns > dm
+print("special ok")
+"#;
+    std::fs::create_dir(m.p("sp")).unwrap();
+    let out = Command::new("python3").arg("-c").arg(py).arg(m.p("sp")).output().unwrap();
+    assert!(out.status.success(), "python: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // The SDK sees the kinds, and refuses to read bytes from one.
+    fs.mknod("/sp/fifo2", curvine_client::FileKind::Fifo, 0o600, 0, None).await.unwrap();
+    assert_eq!(fs.stat("/sp/fifo2").await.unwrap().kind, curvine_client::FileKind::Fifo as i32);
+    let err = fs.open("/sp/fifo2").await.err().expect("opening a FIFO through the SDK must fail");
+    assert!(err.to_string().contains("Fifo"), "{err}");
+    let err = fs.mknod("/sp/nope", curvine_client::FileKind::File, 0o600, 0, None).await.unwrap_err();
+    assert!(err.to_string().contains("mknod"), "{err}");
+}

@@ -38,6 +38,23 @@ impl FileSystem {
         r.await?.status.ok_or_else(|| Error::internal("symlink: empty response"))
     }
 
+    /// Creates a FIFO, socket or device node (`kind`; `rdev` for devices).
+    pub async fn mknod(&self, path: &str, kind: proto::FileKind, mode: u32, rdev: u64, owner: Option<(u32, u32)>) -> Result<FileStatus> {
+        let path = normalize(path)?;
+        let r = self.meta().call(|mut c| {
+            let req = proto::MknodRequest {
+                path: path.clone(),
+                kind: kind as i32,
+                mode,
+                rdev,
+                uid: owner.map(|o| o.0),
+                gid: owner.map(|o| o.1),
+            };
+            async move { c.mknod(req).await }
+        });
+        r.await?.status.ok_or_else(|| Error::internal("mknod: empty response"))
+    }
+
     async fn xattr(&self, path: &str, op: u32, name: &str, value: &[u8], flags: u32) -> Result<proto::XattrResponse> {
         let path = normalize(path)?;
         self.meta()

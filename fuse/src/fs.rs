@@ -111,11 +111,7 @@ impl CvFuse {
 
     fn attr(&self, ino: u64, st: &FileStatus, local_size: Option<u64>) -> FileAttr {
         let dir = st.kind == FileKind::Dir as i32;
-        let kind = match st.kind {
-            k if k == FileKind::Dir as i32 => FileType::Directory,
-            k if k == FileKind::Symlink as i32 => FileType::Symlink,
-            _ => FileType::RegularFile,
-        };
+        let kind = file_type(st.kind);
         let size = local_size.unwrap_or(st.len);
         FileAttr {
             ino: INodeNo(ino),
@@ -130,7 +126,7 @@ impl CvFuse {
             nlink: if dir { 2 } else { 1 },
             uid: st.uid,
             gid: st.gid,
-            rdev: 0,
+            rdev: st.rdev as u32,
             blksize: 1 << 20,
             flags: 0,
         }
@@ -672,7 +668,7 @@ impl Filesystem for Mounted {
                 _ => match entries.get(i - 2) {
                     None => break,
                     Some(e) => {
-                        let kind = if e.kind == FileKind::Dir as i32 { FileType::Directory } else { FileType::RegularFile };
+                        let kind = file_type(e.kind);
                         let known = self.0.inodes.known(ino.0, &e.name);
                         let d_ino = known.unwrap_or_else(|| dir_ino(&format!("{dir}/{}", e.name)));
                         reply.add(INodeNo(d_ino), i as u64 + 1, kind, &e.name)
@@ -736,6 +732,44 @@ impl Filesystem for Mounted {
                     reply.statfs(blocks, free, free, files + (1 << 32), 1 << 32, BS as u32, 255, BS as u32)
                 }
                 Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let owner = (req.uid(), req.gid());
+        let (name, path) = match self.0.child(parent, name) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFIFO => Some(FileKind::Fifo),
+            libc::S_IFSOCK => Some(FileKind::Socket),
+            libc::S_IFCHR => Some(FileKind::CharDev),
+            libc::S_IFBLK => Some(FileKind::BlockDev),
+            libc::S_IFREG | 0 => None,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let perm = mode & !umask & 0o7777;
+        self.0.spawn(move |me| async move {
+            let res = async {
+                let st = match kind {
+                    Some(k) => me.fs.mknod(&path, k, perm, rdev as u64, Some(owner)).await,
+                    // mknod(S_IFREG): an empty regular file.
+                    None => {
+                        let opts = CreateOptions { overwrite: false, mode: perm, owner: Some(owner), ..Default::default() };
+                        match me.fs.create(&path, opts).await {
+                            Ok(w) => w.close().await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                }
+                .map_err(|e| errno(&e))?;
+                Ok::<_, Errno>(me.attr(me.inodes.lookup(parent.0, &name), &st, None))
+            };
+            match res.await {
+                Ok(a) => reply.entry_with_ttls(&me.opts.attr_ttl, &me.opts.entry_ttl, &a, Generation(0)),
+                Err(e) => reply.error(e),
             }
         });
     }
@@ -848,5 +882,18 @@ fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
         reply.data(data)
     } else {
         reply.error(Errno::ERANGE)
+    }
+}
+
+/// The kernel's file type of a meta `FileKind`.
+fn file_type(kind: i32) -> FileType {
+    match FileKind::try_from(kind) {
+        Ok(FileKind::Dir) => FileType::Directory,
+        Ok(FileKind::Symlink) => FileType::Symlink,
+        Ok(FileKind::Fifo) => FileType::NamedPipe,
+        Ok(FileKind::Socket) => FileType::Socket,
+        Ok(FileKind::CharDev) => FileType::CharDevice,
+        Ok(FileKind::BlockDev) => FileType::BlockDevice,
+        _ => FileType::RegularFile,
     }
 }

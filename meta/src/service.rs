@@ -40,6 +40,10 @@ fn status_of(inode: &Inode, path: &str, children: u64) -> FileStatus {
             InodeKind::Dir => FileKind::Dir as i32,
             InodeKind::File => FileKind::File as i32,
             InodeKind::Symlink => FileKind::Symlink as i32,
+            InodeKind::Fifo => FileKind::Fifo as i32,
+            InodeKind::Socket => FileKind::Socket as i32,
+            InodeKind::CharDev => FileKind::CharDev as i32,
+            InodeKind::BlockDev => FileKind::BlockDev as i32,
         },
         len: inode.len,
         mode: inode.mode,
@@ -61,6 +65,7 @@ fn status_of(inode: &Inode, path: &str, children: u64) -> FileStatus {
         uid: inode.uid,
         gid: inode.gid,
         target: inode.target.clone(),
+        rdev: inode.rdev,
     }
 }
 
@@ -235,6 +240,9 @@ impl MetaServiceImpl {
         if inode.kind == InodeKind::Symlink {
             return Err(Error::invalid(format!("{path}: is a symbolic link (to {}); open its target", inode.target)));
         }
+        if inode.kind.is_special() {
+            return Err(Error::invalid(format!("{path}: is a {:?}, which holds no bytes to read", inode.kind)));
+        }
         let mut offset = 0;
         let mut blocks = Vec::with_capacity(inode.blocks.len());
         let in_ufs = inode.is_ufs_persisted();
@@ -318,7 +326,8 @@ impl MetaServiceImpl {
             inode = Some(Self::outcome_inode(self.write(cmd).await?)?);
         }
         if r.mode.is_some() || r.mtime_ms.is_some() || inode.is_none() {
-            let cmd = MetaCommand::SetAttr { path: path.clone(), mode: r.mode, mtime_ms: r.mtime_ms };
+            let set = MetaCommand::SetAttr { path: path.clone(), mode: r.mode, mtime_ms: r.mtime_ms };
+            let cmd = MetaCommand::Timed { now_ms: now_ms(), cmd: Box::new(set) };
             inode = Some(Self::outcome_inode(self.write(cmd).await?)?);
         }
         let inode = inode.ok_or_else(|| Error::internal("set_attr changed nothing"))?;
@@ -333,6 +342,21 @@ impl MetaServiceImpl {
         Ok(SymlinkResponse { status: Some(status_of(&inode, &path, 0)) })
     }
 
+    #[tracing::instrument(skip(self))]
+    async fn do_mknod(&self, r: MknodRequest) -> Result<MknodResponse> {
+        let path = normalize(&r.path)?;
+        let kind = match FileKind::try_from(r.kind) {
+            Ok(FileKind::Fifo) => InodeKind::Fifo,
+            Ok(FileKind::Socket) => InodeKind::Socket,
+            Ok(FileKind::CharDev) => InodeKind::CharDev,
+            Ok(FileKind::BlockDev) => InodeKind::BlockDev,
+            _ => return Err(Error::invalid(format!("{path}: mknod makes FIFOs, sockets and devices (kind {})", r.kind))),
+        };
+        let cmd = MetaCommand::Mknod { path: path.clone(), kind, mode: r.mode, rdev: r.rdev, now_ms: now_ms() };
+        let inode = Self::outcome_inode(self.write(owned(cmd, r.uid, r.gid)).await?)?;
+        Ok(MknodResponse { status: Some(status_of(&inode, &path, 0)) })
+    }
+
     #[tracing::instrument(skip(self, r), fields(path = %r.path, op = r.op, name = %r.name))]
     async fn do_xattr(&self, r: XattrRequest) -> Result<XattrResponse> {
         let path = normalize(&r.path)?;
@@ -345,7 +369,8 @@ impl MetaServiceImpl {
             }
             1 | 2 => {
                 let value = (r.op == 1).then_some(r.value);
-                self.write(MetaCommand::SetXattr { path, name: r.name, value, flags: r.flags }).await?;
+                let set = MetaCommand::SetXattr { path, name: r.name, value, flags: r.flags };
+                self.write(MetaCommand::Timed { now_ms: now_ms(), cmd: Box::new(set) }).await?;
                 Ok(XattrResponse::default())
             }
             3 => {
@@ -493,4 +518,5 @@ handlers! {
     report_corrupt / do_report_corrupt: ReportCorruptRequest => ReportCorruptResponse,
     symlink / do_symlink: SymlinkRequest => SymlinkResponse,
     xattr / do_xattr: XattrRequest => XattrResponse,
+    mknod / do_mknod: MknodRequest => MknodResponse,
 }

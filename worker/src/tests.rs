@@ -113,6 +113,9 @@ impl MetaService for FakeMeta {
     async fn xattr(&self, _: Request<XattrRequest>) -> Result<Response<XattrResponse>, Status> {
         Err(Status::unimplemented("fake meta"))
     }
+    async fn mknod(&self, _: Request<MknodRequest>) -> Result<Response<MknodResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
     /// Blocks of this fake namespace are never in a UFS.
     async fn block_source(&self, r: Request<BlockSourceRequest>) -> Result<Response<BlockSourceResponse>, Status> {
         Err(Status::from(curvine_common::Error::not_found(&format!("block {}", r.into_inner().block_id))))

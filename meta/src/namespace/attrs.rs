@@ -60,6 +60,33 @@ impl Ns<'_> {
         Ok(Outcome::Inode(link))
     }
 
+    pub(super) fn mknod(&mut self, p: &str, kind: InodeKind, mode: u32, rdev: u64, now: i64) -> Result<Outcome> {
+        if !kind.is_special() {
+            return Err(Error::invalid(format!("{p}: mknod makes FIFOs, sockets and devices, not {kind:?}")));
+        }
+        let (mut parent, name) = self.parent_of(p, false, 0o755, now)?;
+        if self.child(parent.id, name)?.is_some() {
+            return Err(Error::exists(p));
+        }
+        let mut node = self.new_inode(name, kind, mode & 0o7777, now)?;
+        node.rdev = if matches!(kind, InodeKind::CharDev | InodeKind::BlockDev) { rdev } else { 0 };
+        node.complete = true;
+        self.link(&mut parent, &node, now)?;
+        Ok(Outcome::Inode(node))
+    }
+
+    /// Sets the ctime of the inode `out` changed.
+    pub(super) fn stamp_ctime(&mut self, out: Outcome, now: i64) -> Result<Outcome> {
+        Ok(match out {
+            Outcome::Inode(mut i) => {
+                i.ctime_ms = now;
+                self.put_inode(&i)?;
+                Outcome::Inode(i)
+            }
+            other => other,
+        })
+    }
+
     /// Sets (`value` Some) or removes (None) attribute `name` of `p`.
     pub(super) fn set_xattr(&mut self, p: &str, name: &str, value: Option<&[u8]>, flags: u32) -> Result<Outcome> {
         if name.is_empty() || name.len() > XATTR_NAME_MAX {

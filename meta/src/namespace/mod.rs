@@ -60,6 +60,12 @@ pub enum MetaCommand {
     /// Sets (`value` Some) or removes an extended attribute; `flags` are
     /// setxattr(2)'s XATTR_CREATE / XATTR_REPLACE.
     SetXattr { path: String, name: String, value: Option<Vec<u8>>, flags: u32 },
+    // Appended (format 4).
+    /// A FIFO, socket or device node (`kind` one of those, `rdev` the device).
+    Mknod { path: String, kind: InodeKind, mode: u32, rdev: u64, now_ms: i64 },
+    /// Runs `cmd` (one that carries no time of its own: `SetAttr`,
+    /// `SetXattr`) and stamps the inode it changed with ctime `now_ms`.
+    Timed { now_ms: i64, cmd: Box<MetaCommand> },
 }
 
 /// What a successful command produced.
@@ -172,6 +178,7 @@ impl Ns<'_> {
             gid: 0,
             target: String::new(),
             xattrs: Vec::new(),
+            rdev: 0,
         })
     }
 
@@ -244,6 +251,7 @@ impl Ns<'_> {
         self.txn.put(CF_DENTRIES, dentry_key(parent.id, &child.name), child.id.to_be_bytes().to_vec());
         self.put_inode(child)?;
         parent.mtime_ms = now;
+        parent.ctime_ms = now;
         self.put_inode(parent)?;
         self.add_counter(if child.is_dir() { KEY_DIRS } else { KEY_FILES }, 1)
     }
@@ -369,6 +377,7 @@ impl Ns<'_> {
         f.len = len;
         f.complete = true;
         f.mtime_ms = now;
+        f.ctime_ms = now;
         self.put_inode(&f)?;
         self.queue_persist(&f, p, now)?;
         Ok(Outcome::Freed { inodes: 0, blocks: freed, inode: Some(f) })
@@ -394,6 +403,7 @@ impl Ns<'_> {
     fn remove_tree(&mut self, parent: &mut Inode, node: &Inode, now: i64, freed: &mut Vec<u64>) -> Result<u64> {
         self.txn.delete(CF_DENTRIES, dentry_key(parent.id, &node.name));
         parent.mtime_ms = now;
+        parent.ctime_ms = now;
         self.put_inode(parent)?;
         let mut stack = vec![node.clone()];
         let mut n = 0u64;
@@ -476,6 +486,7 @@ impl Ns<'_> {
         let mut src_parent = if src_parent.id == dst_parent.id { dst_parent.clone() } else { src_parent };
         self.txn.delete(CF_DENTRIES, dentry_key(src_parent.id, sname));
         src_parent.mtime_ms = now;
+        src_parent.ctime_ms = now;
         self.put_inode(&src_parent)?;
         if src_parent.id == dst_parent.id {
             dst_parent = src_parent;
@@ -494,6 +505,7 @@ impl Ns<'_> {
             }
         }
         dst_parent.mtime_ms = now;
+        dst_parent.ctime_ms = now;
         self.put_inode(&dst_parent)?;
         Ok(Outcome::Freed { inodes: removed, blocks: freed, inode: Some(moved) })
     }
@@ -558,6 +570,8 @@ fn apply_ns(ns: &mut Ns<'_>, cmd: &MetaCommand) -> Result<Outcome> {
         MetaCommand::Owned { uid, gid, cmd } => apply_ns(ns, cmd).and_then(|out| ns.own(out, *uid, *gid)),
         MetaCommand::Chown { path, uid, gid, now_ms } => ns.chown(path, *uid, *gid, *now_ms),
         MetaCommand::Symlink { path, target, now_ms } => ns.symlink(path, target, *now_ms),
+        MetaCommand::Mknod { path, kind, mode, rdev, now_ms } => ns.mknod(path, *kind, *mode, *rdev, *now_ms),
+        MetaCommand::Timed { now_ms, cmd } => apply_ns(ns, cmd).and_then(|out| ns.stamp_ctime(out, *now_ms)),
         MetaCommand::SetXattr { path, name, value, flags } => ns.set_xattr(path, name, value.as_deref(), *flags),
     }
 }
@@ -629,6 +643,35 @@ mod tests {
         let len = lens.iter().sum();
         t.run(MetaCommand::Complete { file_id: f.id, path: p.into(), blocks, len, now_ms: 2 }).unwrap();
         ids
+    }
+
+    #[test]
+    fn special_files_and_ctime_stamps() {
+        let t = T::new();
+        t.run(mkdir("/d", false)).unwrap();
+        let nod = |p: &str, kind| MetaCommand::Mknod { path: p.into(), kind, mode: 0o10640, rdev: 0x103, now_ms: 5 };
+        let Outcome::Inode(f) = t.run(nod("/d/fifo", InodeKind::Fifo)).unwrap() else { panic!() };
+        assert_eq!((f.kind, f.mode, f.rdev, f.complete), (InodeKind::Fifo, 0o640, 0, true));
+        let Outcome::Inode(c) = t.run(nod("/d/chr", InodeKind::CharDev)).unwrap() else { panic!() };
+        assert_eq!(c.rdev, 0x103);
+        assert_eq!(t.kind(nod("/d/fifo", InodeKind::Socket)), ErrorKind::AlreadyExists);
+        assert_eq!(t.kind(nod("/d/file", InodeKind::File)), ErrorKind::InvalidArgument);
+        assert_eq!(t.kind(nod("/nope/x", InodeKind::Fifo)), ErrorKind::NotFound);
+        let d = t.reader().resolve("/d").unwrap();
+        assert_eq!((d.mtime_ms, d.ctime_ms), (5, 5), "a new entry stamps its directory");
+        assert_eq!(t.reader().sys_u64(KEY_FILES).unwrap(), 2);
+
+        // Timed stamps the ctime of what it changed, and nothing on failure.
+        let chmod = |p: &str| MetaCommand::SetAttr { path: p.into(), mode: Some(0o600), mtime_ms: None };
+        t.run(MetaCommand::Timed { now_ms: 9, cmd: Box::new(chmod("/d/fifo")) }).unwrap();
+        let f = t.reader().resolve("/d/fifo").unwrap();
+        assert_eq!((f.mode, f.ctime_ms, f.mtime_ms), (0o600, 9, 5));
+        let xattr = MetaCommand::SetXattr { path: "/d/fifo".into(), name: "user.a".into(), value: None, flags: 0 };
+        assert_eq!(t.kind(MetaCommand::Timed { now_ms: 11, cmd: Box::new(xattr) }), ErrorKind::NotFound);
+        assert_eq!(t.reader().resolve("/d/fifo").unwrap().ctime_ms, 9);
+        t.run(del("/d/fifo", false)).unwrap();
+        assert_eq!(t.reader().resolve("/d").unwrap().ctime_ms, 2);
+        assert_eq!(t.reader().sys_u64(KEY_FILES).unwrap(), 1);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
-use super::{cf, db_err, encode, BlockMeta, Inode, InodeKind, UfsMeta, CF_INODES, CF_SYS, KEY_FORMAT};
+use super::{cf, db_err, encode, BlockMeta, Inode, InodeKind, UfsMeta, CF_INODES, CF_SYS, FORMAT, KEY_FORMAT};
 use curvine_common::{Error, ErrorKind, Result};
 
 /// `Inode` as format 2 stored it (no owner, symlink target or xattrs).
@@ -28,45 +28,77 @@ struct InodeV2 {
     pinned: bool,
 }
 
-/// Rewrites every inode in format 3 (owned by root, no xattrs) and records
+/// `Inode` as format 3 stored it (no device number): format 2's fields,
+/// then the owner, symlink target and xattrs. bincode writes a nested
+/// struct as its fields in order, so this is byte-for-byte the flat layout.
+#[derive(Serialize, Deserialize)]
+struct InodeV3 {
+    v2: InodeV2,
+    uid: u32,
+    gid: u32,
+    target: String,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl From<InodeV2> for InodeV3 {
+    fn from(v2: InodeV2) -> InodeV3 {
+        InodeV3 { v2, uid: 0, gid: 0, target: String::new(), xattrs: Vec::new() }
+    }
+}
+
+impl From<InodeV3> for Inode {
+    fn from(v3: InodeV3) -> Inode {
+        let o = v3.v2;
+        Inode {
+            id: o.id,
+            name: o.name,
+            kind: o.kind,
+            mode: o.mode,
+            mtime_ms: o.mtime_ms,
+            ctime_ms: o.ctime_ms,
+            len: o.len,
+            block_size: o.block_size,
+            replication: o.replication,
+            complete: o.complete,
+            blocks: o.blocks,
+            ufs: o.ufs,
+            mount_id: o.mount_id,
+            listed_ms: o.listed_ms,
+            pinned: o.pinned,
+            uid: v3.uid,
+            gid: v3.gid,
+            target: v3.target,
+            xattrs: v3.xattrs,
+            rdev: 0,
+        }
+    }
+}
+
+fn decode_old<T: for<'a> Deserialize<'a>>(v: &[u8], format: u64) -> Result<T> {
+    bincode::deserialize(v).map_err(|e| Error::new(ErrorKind::Corrupt, format!("meta store: format {format} inode: {e}")))
+}
+
+/// Rewrites every inode of a format 2 or 3 store in the current format
+/// (format 2: owned by root, no xattrs; both: no device number) and records
 /// the new format, in one atomic, synced batch.
-pub fn format2_to_3(db: &DB) -> Result<()> {
+pub fn upgrade(db: &DB, format: u64) -> Result<()> {
     let inodes = cf(db, CF_INODES)?;
     let mut batch = WriteBatch::default();
     let mut n = 0u64;
     for item in db.iterator_cf(inodes, IteratorMode::Start) {
         let (k, v) = item.map_err(|e| db_err(db.path(), e))?;
-        let old: InodeV2 = bincode::deserialize(&v)
-            .map_err(|e| Error::new(ErrorKind::Corrupt, format!("meta store: format 2 inode: {e}")))?;
-        let new = Inode {
-            id: old.id,
-            name: old.name,
-            kind: old.kind,
-            mode: old.mode,
-            mtime_ms: old.mtime_ms,
-            ctime_ms: old.ctime_ms,
-            len: old.len,
-            block_size: old.block_size,
-            replication: old.replication,
-            complete: old.complete,
-            blocks: old.blocks,
-            ufs: old.ufs,
-            mount_id: old.mount_id,
-            listed_ms: old.listed_ms,
-            pinned: old.pinned,
-            uid: 0,
-            gid: 0,
-            target: String::new(),
-            xattrs: Vec::new(),
+        let v3: InodeV3 = match format {
+            2 => decode_old::<InodeV2>(&v, 2)?.into(),
+            _ => decode_old::<InodeV3>(&v, 3)?,
         };
-        batch.put_cf(inodes, k, encode(&new)?);
+        batch.put_cf(inodes, k, encode(&Inode::from(v3))?);
         n += 1;
     }
-    batch.put_cf(cf(db, CF_SYS)?, KEY_FORMAT, 3u64.to_be_bytes());
+    batch.put_cf(cf(db, CF_SYS)?, KEY_FORMAT, FORMAT.to_be_bytes());
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(true);
     db.write_opt(batch, &wo).map_err(|e| db_err(db.path(), e))?;
-    tracing::info!(inodes = n, path = %db.path().display(), "meta store upgraded from format 2 to 3");
+    tracing::info!(inodes = n, from = format, to = FORMAT, path = %db.path().display(), "meta store upgraded");
     Ok(())
 }
 
@@ -101,6 +133,33 @@ mod tests {
         assert_eq!((f.name.as_str(), f.len, f.blocks.len(), f.uid, f.xattrs.len()), ("f", 3, 1, 0, 0));
         let root: Inode = decode(&db.get_cf(cf(&db, CF_INODES).unwrap(), id_key(ROOT_ID)).unwrap().unwrap()).unwrap();
         assert_eq!(root.kind, InodeKind::Dir);
-        assert_eq!(db.get_cf(cf(&db, CF_SYS).unwrap(), KEY_FORMAT).unwrap().unwrap(), 3u64.to_be_bytes());
+        assert_eq!(db.get_cf(cf(&db, CF_SYS).unwrap(), KEY_FORMAT).unwrap().unwrap(), FORMAT.to_be_bytes());
+    }
+
+    #[test]
+    fn a_format_3_store_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = StateStore::open(dir.path()).unwrap();
+            let db = s.db();
+            let mut f: InodeV3 = v2(9, "f", InodeKind::File, vec![BlockMeta { id: 4, len: 3 }]).into();
+            f.uid = 7;
+            f.xattrs = vec![("user.a".into(), b"1".to_vec())];
+            // The nested layout is the flat one format 3 wrote: the current
+            // encoding minus the trailing 8-byte device number.
+            let v3_bytes = bincode::serialize(&f).unwrap();
+            let now = encode(&Inode::from(bincode::deserialize::<InodeV3>(&v3_bytes).unwrap())).unwrap();
+            assert_eq!(&now[..now.len() - 8], &v3_bytes[..]);
+            let root: InodeV3 = v2(ROOT_ID, "", InodeKind::Dir, vec![]).into();
+            let put = |id: u64, i: &InodeV3| db.put_cf(cf(&db, CF_INODES).unwrap(), id_key(id), bincode::serialize(i).unwrap()).unwrap();
+            put(ROOT_ID, &root);
+            put(9, &f);
+            db.put_cf(cf(&db, CF_SYS).unwrap(), KEY_FORMAT, 3u64.to_be_bytes()).unwrap();
+        }
+        let s = StateStore::open(dir.path()).unwrap();
+        let db = s.db();
+        let f: Inode = decode(&db.get_cf(cf(&db, CF_INODES).unwrap(), id_key(9)).unwrap().unwrap()).unwrap();
+        assert_eq!((f.name.as_str(), f.len, f.uid, f.xattrs.len(), f.rdev), ("f", 3, 7, 1, 0));
+        assert_eq!(db.get_cf(cf(&db, CF_SYS).unwrap(), KEY_FORMAT).unwrap().unwrap(), FORMAT.to_be_bytes());
     }
 }

@@ -42,7 +42,7 @@ pub const KEY_NEXT_JOB: &[u8] = b"next_job";
 /// The encoding version of the values in this database (bincode is not
 /// self-describing: a newer binary must refuse an older layout, not misread it).
 pub const KEY_FORMAT: &[u8] = b"format";
-pub const FORMAT: u64 = 3;
+pub const FORMAT: u64 = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InodeKind {
@@ -51,6 +51,20 @@ pub enum InodeKind {
     /// A symbolic link: `Inode::target` is where it points (never followed
     /// by meta; the kernel or the caller resolves it).
     Symlink,
+    // Appended (format 4): special files made by mknod(2) through FUSE.
+    // Meta only names them; the kernel gives them their behaviour.
+    Fifo,
+    Socket,
+    /// Devices: `Inode::rdev` is the device number.
+    CharDev,
+    BlockDev,
+}
+
+impl InodeKind {
+    /// FIFOs, sockets and devices: no bytes, no blocks.
+    pub fn is_special(self) -> bool {
+        matches!(self, InodeKind::Fifo | InodeKind::Socket | InodeKind::CharDev | InodeKind::BlockDev)
+    }
 }
 
 /// One block of a file: its id and (once the file is complete) its length.
@@ -113,6 +127,8 @@ pub struct Inode {
     pub target: String,
     /// Extended attributes, sorted by name.
     pub xattrs: Vec<(String, Vec<u8>)>,
+    /// Device nodes (format 4): the device number, as stat's st_rdev.
+    pub rdev: u64,
 }
 
 impl Inode {
@@ -359,9 +375,9 @@ impl StateStore {
         let db = self.db();
         if get(&db, CF_INODES, &id_key(ROOT_ID))?.is_some() {
             let mut format = get(&db, CF_SYS, KEY_FORMAT)?.map(|v| decode_u64(&v)).transpose()?.unwrap_or(1);
-            if format == 2 {
-                migrate::format2_to_3(&db)?;
-                format = 3;
+            if format == 2 || format == 3 {
+                migrate::upgrade(&db, format)?;
+                format = FORMAT;
             }
             if format != FORMAT {
                 return Err(Error::new(
@@ -396,6 +412,7 @@ impl StateStore {
             gid: 0,
             target: String::new(),
             xattrs: Vec::new(),
+            rdev: 0,
         };
         let mut txn = Txn::new(db.clone());
         txn.put(CF_SYS, KEY_FORMAT.to_vec(), FORMAT.to_be_bytes().to_vec());
