@@ -19,6 +19,8 @@ pub enum BenchCmd {
     Write(BenchArgs),
     /// UFS objects read directly vs through Curvine (cold, hot) and by `cv warm`
     Ufs(crate::bench_ufs::UfsBenchArgs),
+    /// Metadata ops/s (create, stat, list, rename, delete) with N client tasks
+    Meta(crate::bench_meta::MetaBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -319,6 +321,7 @@ pub async fn run(cmd: BenchCmd, c: &ClientArgs) -> Result<()> {
         BenchCmd::Read(a) => ("read", a.clone()),
         BenchCmd::Write(a) => ("write", a.clone()),
         BenchCmd::Ufs(a) => return crate::bench_ufs::run(a.clone(), c).await,
+        BenchCmd::Meta(a) => return crate::bench_meta::run(a.clone(), c).await,
     };
     let conf = curvine_common::config::Config {
         client: curvine_common::config::ClientConf {

@@ -2,9 +2,11 @@
 //! admin reports and benchmarks.
 
 mod bench;
+mod bench_meta;
 mod bench_ufs;
 mod fs_cmd;
 mod fuse_cmd;
+mod members_cmd;
 mod mount_cmd;
 mod server;
 mod warm_cmd;
@@ -39,8 +41,14 @@ impl ClientArgs {
 enum Cmd {
     /// Run an all-in-one node (meta + worker) with embedded defaults
     Up(server::UpArgs),
-    /// Run the metadata service
-    Meta(server::RoleArgs),
+    /// Run the metadata service (or, with a subcommand, manage its group)
+    #[command(args_conflicts_with_subcommands = true)]
+    Meta {
+        #[command(subcommand)]
+        cmd: Option<members_cmd::MetaCmd>,
+        #[command(flatten)]
+        args: server::RoleArgs,
+    },
     /// Run a worker
     Worker(server::RoleArgs),
     /// File commands: ls, mkdir, put, get, cat, rm, mv, stat, du, df
@@ -126,7 +134,7 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    let server = matches!(cli.cmd, Cmd::Up(_) | Cmd::Meta(_) | Cmd::Worker(_) | Cmd::Fuse { .. });
+    let server = matches!(cli.cmd, Cmd::Up(_) | Cmd::Meta { cmd: None, .. } | Cmd::Worker(_) | Cmd::Fuse { .. });
     curvine_common::telemetry::init_logging(if server { "info" } else { "warn" });
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -141,7 +149,8 @@ fn main() {
     let task = rt.spawn(async move {
         match cli.cmd {
             Cmd::Up(a) => server::up(a).await,
-            Cmd::Meta(a) => server::role(a, "meta").await,
+            Cmd::Meta { cmd: Some(cmd), .. } => members_cmd::run(cmd).await,
+            Cmd::Meta { cmd: None, args } => server::role(args, "meta").await,
             Cmd::Worker(a) => server::role(a, "worker").await,
             Cmd::Fs { cmd, client } => fs_cmd::run(cmd, &client).await,
             Cmd::Report { client, json } => fs_cmd::report(&client, json).await,

@@ -71,6 +71,17 @@ pub struct RoleArgs {
     /// Tiers (worker only): KIND:DIR:CAPACITY, e.g. MEM:/dev/shm/cv:4GiB
     #[arg(long = "tier", value_parser = parse_tier)]
     pub tiers: Vec<TierConf>,
+    /// Raft id of this meta member (meta only)
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Members of a new meta group, ID=HOST:PORT comma-separated, this one
+    /// among them; start every member with the same list (meta only)
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Start as a new member of a running group, to be added with
+    /// `cv meta members add ID HOST:PORT` (meta only)
+    #[arg(long)]
+    pub join: bool,
 }
 
 fn parse_tier(s: &str) -> Result<TierConf, String> {
@@ -250,6 +261,13 @@ fn role_config(a: &RoleArgs, role: &str) -> Result<Config> {
             if let Some(p) = a.port {
                 conf.meta.port = p;
             }
+            if let Some(id) = a.id {
+                conf.meta.id = id;
+            }
+            if !a.peers.is_empty() {
+                conf.meta.peers = a.peers.clone();
+            }
+            conf.meta.join |= a.join;
         }
         _ => {
             if let Some(d) = &a.dir {

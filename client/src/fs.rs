@@ -12,7 +12,7 @@ use curvine_fabric::rdma::RdmaOptions;
 use curvine_fabric::tcp::{TcpOptions, TcpTransport};
 use curvine_fabric::Transport;
 
-use crate::meta::MetaClient;
+use curvine_common::meta_client::MetaClient;
 use crate::pool::ConnPool;
 use crate::reader::FileReader;
 use crate::writer::FileWriter;
@@ -74,8 +74,9 @@ impl FileSystem {
     }
 
     pub fn with_transport(conf: ClientConf, transport: Arc<dyn Transport>) -> Result<FileSystem> {
-        let meta = MetaClient::new(conf.meta.clone(), conf.retries, conf.timeout)?;
-        let meta_ufs = MetaClient::new(conf.meta.clone(), conf.retries, conf.timeout.max(UFS_CALL_TIMEOUT))?;
+        let meta = MetaClient::with_options(conf.meta.clone(), conf.retries, conf.timeout, conf.failover, conf.follower_reads)?;
+        let meta_ufs =
+            MetaClient::with_options(conf.meta.clone(), conf.retries, conf.timeout.max(UFS_CALL_TIMEOUT), conf.failover, false)?;
         let hostname = hostname();
         let local = Default::default();
         Ok(FileSystem { inner: Arc::new(Inner { meta, meta_ufs, pool: ConnPool::new(transport), conf, hostname, local, ahead_served: Default::default() }) })
@@ -87,12 +88,12 @@ impl FileSystem {
     }
 
     /// The meta addresses this client talks to.
-    pub(crate) fn meta(&self) -> &crate::meta::MetaClient {
+    pub(crate) fn meta(&self) -> &curvine_common::meta_client::MetaClient {
         &self.inner.meta
     }
 
     /// The meta client for calls that may wait on a UFS.
-    pub(crate) fn meta_ufs(&self) -> &crate::meta::MetaClient {
+    pub(crate) fn meta_ufs(&self) -> &curvine_common::meta_client::MetaClient {
         &self.inner.meta_ufs
     }
 

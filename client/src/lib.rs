@@ -8,7 +8,7 @@ mod fs;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 mod local;
-mod meta;
+pub use curvine_common::meta_client::{MetaClient, MetaRpc};
 mod mounts;
 mod pool;
 pub mod posix;

@@ -58,6 +58,42 @@ pub struct MetaConf {
     pub worker_timeout: Duration,
     /// Raft log entries between snapshots.
     pub snapshot_logs: u64,
+    /// The members of a new group, `ID=HOST:PORT` each, this node among
+    /// them; every member is started with the same list and the group forms
+    /// on first start. Empty: a one-member group.
+    pub peers: Vec<String>,
+    /// Start as a new member waiting to be added to a running group
+    /// (`cv meta members add`), instead of forming one.
+    pub join: bool,
+    /// A write not committed within this long fails with "no quorum".
+    #[serde(with = "humantime_serde_compat")]
+    pub write_timeout: Duration,
+    /// Serve stat/list/open on a follower when the client asks for
+    /// follower reads (not linearizable: see docs/architecture.md).
+    pub follower_reads: bool,
+}
+
+impl MetaConf {
+    /// `peers` as (id, address), checked: ids unique, this node included.
+    pub fn peer_map(&self) -> Result<std::collections::BTreeMap<u64, String>> {
+        let mut m = std::collections::BTreeMap::new();
+        for p in &self.peers {
+            let bad = |why: &str| Error::new(ErrorKind::Config, format!("meta.peers: '{p}': {why} (expected ID=HOST:PORT)"));
+            let (id, addr) = p.split_once('=').ok_or_else(|| bad("no '='"))?;
+            let id: u64 = id.trim().parse().map_err(|_| bad("the id is not a number"))?;
+            let addr = addr.trim();
+            if id == 0 || !addr.contains(':') || addr.ends_with(':') {
+                return Err(bad("bad id or address"));
+            }
+            if m.insert(id, addr.to_string()).is_some() {
+                return Err(bad("id listed twice"));
+            }
+        }
+        if !m.is_empty() && !m.contains_key(&self.id) {
+            return Err(Error::new(ErrorKind::Config, format!("meta.peers does not list this node's id {}", self.id)));
+        }
+        Ok(m)
+    }
 }
 
 impl Default for MetaConf {
@@ -70,6 +106,10 @@ impl Default for MetaConf {
             log_sync: true,
             worker_timeout: Duration::from_secs(10),
             snapshot_logs: 100_000,
+            peers: Vec::new(),
+            join: false,
+            write_timeout: Duration::from_secs(10),
+            follower_reads: false,
         }
     }
 }
@@ -191,6 +231,13 @@ pub struct ClientConf {
     /// RDMA to workers that offer it (builds with the `rdma` feature only);
     /// TCP to the others.
     pub rdma: RdmaConf,
+    /// How long a meta call keeps retrying while the meta group has no
+    /// reachable leader (elections take one to two seconds).
+    #[serde(with = "humantime_serde_compat")]
+    pub failover: Duration,
+    /// Let any meta member answer stat/list/open (followers enabled with
+    /// `meta.follower_reads`): spreads reads, may be slightly stale.
+    pub follower_reads: bool,
 }
 
 impl Default for ClientConf {
@@ -207,6 +254,8 @@ impl Default for ClientConf {
             rack: String::new(),
             read_ahead: ByteSize(8 << 20),
             rdma: RdmaConf::default(),
+            failover: Duration::from_secs(20),
+            follower_reads: false,
         }
     }
 }
@@ -254,6 +303,13 @@ impl Config {
             if r.port == 0 {
                 return bad(&format!("{key}.port"), "ports count from 1".into());
             }
+        }
+        self.meta.peer_map().map_err(|e| Error::new(ErrorKind::Config, format!("{origin}: {}", e.message())))?;
+        if self.meta.join && !self.meta.peers.is_empty() {
+            return bad("meta.join", "a joining member takes no peers list (the group it joins has one)".into());
+        }
+        if self.meta.id == 0 {
+            return bad("meta.id", "ids count from 1".into());
         }
         let bs = self.cluster.block_size.0;
         if bs < 64 << 10 || bs > 4 << 30 || bs % (64 << 10) != 0 {

@@ -24,6 +24,9 @@ pub enum ErrorKind {
     Timeout = 14,
     Config = 15,
     Internal = 16,
+    /// The meta node asked is not the Raft leader; the message names the
+    /// leader when it is known (`Error::leader_hint`). Clients move there.
+    NotLeader = 17,
 }
 
 impl ErrorKind {
@@ -49,6 +52,7 @@ impl ErrorKind {
             13 => Io,
             14 => Timeout,
             15 => Config,
+            17 => NotLeader,
             _ => Internal,
         }
     }
@@ -73,6 +77,7 @@ impl ErrorKind {
             Timeout => "timed out",
             Config => "bad configuration",
             Internal => "internal error",
+            NotLeader => "not the meta leader",
         }
     }
 
@@ -87,7 +92,7 @@ impl ErrorKind {
             NotEmpty => libc::ENOTEMPTY,
             InvalidPath | InvalidArgument | Config => libc::EINVAL,
             NoSpace => libc::ENOSPC,
-            Unavailable => libc::EAGAIN,
+            Unavailable | NotLeader => libc::EAGAIN,
             PermissionDenied => libc::EACCES,
             Corrupt | Protocol | Io | Internal => libc::EIO,
             Timeout => libc::ETIMEDOUT,
@@ -96,7 +101,7 @@ impl ErrorKind {
 
     /// Whether the same request may succeed if retried later.
     pub fn is_temporary(self) -> bool {
-        matches!(self, ErrorKind::Unavailable | ErrorKind::Timeout)
+        matches!(self, ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::NotLeader)
     }
 }
 
@@ -176,7 +181,30 @@ impl Error {
     pub fn unavailable(msg: impl Into<String>) -> Self {
         Error::new(ErrorKind::Unavailable, msg)
     }
+
+    /// This meta node is not the leader; `leader` is the leader's address
+    /// when known.
+    pub fn not_leader(node: u64, leader: Option<&str>) -> Self {
+        match leader {
+            Some(l) => Error::new(ErrorKind::NotLeader, format!("meta node {node} is not the leader; {LEADER_IS}{l}")),
+            None => Error::new(
+                ErrorKind::NotLeader,
+                format!("meta node {node} is not the leader and knows no leader (an election is running, or too few members are up for a quorum)"),
+            ),
+        }
+    }
+
+    /// The leader's address a `NotLeader` error names.
+    pub fn leader_hint(&self) -> Option<&str> {
+        if self.kind != ErrorKind::NotLeader {
+            return None;
+        }
+        let at = self.message.find(LEADER_IS)? + LEADER_IS.len();
+        self.message[at..].split_whitespace().next()
+    }
 }
+
+const LEADER_IS: &str = "the leader is at ";
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -214,7 +242,7 @@ impl From<Error> for tonic::Status {
             ErrorKind::NotFound => Code::NotFound,
             ErrorKind::AlreadyExists => Code::AlreadyExists,
             ErrorKind::NoSpace => Code::ResourceExhausted,
-            ErrorKind::Unavailable => Code::Unavailable,
+            ErrorKind::Unavailable | ErrorKind::NotLeader => Code::Unavailable,
             ErrorKind::Timeout => Code::DeadlineExceeded,
             ErrorKind::PermissionDenied => Code::PermissionDenied,
             ErrorKind::Internal | ErrorKind::Io | ErrorKind::Corrupt => Code::Internal,
@@ -255,7 +283,7 @@ mod tests {
 
     #[test]
     fn kinds_survive_grpc_round_trip() {
-        for code in 1..=16u16 {
+        for code in 1..=17u16 {
             let kind = ErrorKind::from_code(code);
             assert_eq!(kind.code(), code);
             let e = Error::new(kind, format!("/x: {}", kind.phrase()));
@@ -270,5 +298,14 @@ mod tests {
         assert!(Error::unavailable("x").is_temporary());
         assert!(!Error::not_found("/a").is_temporary());
         assert!(!Error::unavailable("x").permanent().is_temporary());
+        assert!(Error::not_leader(2, None).is_temporary());
+    }
+
+    #[test]
+    fn a_leader_hint_survives_grpc() {
+        let e = Error::from(tonic::Status::from(Error::not_leader(2, Some("10.0.0.1:8995"))));
+        assert_eq!((e.kind(), e.leader_hint()), (ErrorKind::NotLeader, Some("10.0.0.1:8995")));
+        assert_eq!(Error::not_leader(2, None).leader_hint(), None);
+        assert_eq!(Error::unavailable("the leader is at x:1").leader_hint(), None);
     }
 }

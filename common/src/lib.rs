@@ -3,12 +3,19 @@
 
 pub mod config;
 pub mod error;
+pub mod meta_client;
 pub mod path;
 pub mod size;
 pub mod telemetry;
 pub mod tier;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// gRPC header naming a client call (`CLIENT-SEQ`, hex), the same on every
+/// retry: meta applies the writes of one call once.
+pub const REQUEST_ID_HEADER: &str = "x-cv-request-id";
+/// gRPC header asking a meta follower to answer a read itself (`follower`).
+pub const READ_HEADER: &str = "x-cv-read";
 
 /// Generated control-plane types and gRPC stubs (`proto/meta.proto`).
 pub mod proto {

@@ -6,10 +6,13 @@
 //! machine database), `snapshots/` (the newest checkpoint).
 
 pub mod jobs;
+pub mod leader;
+pub mod members;
 pub mod metrics;
 pub mod mounts;
 pub mod namespace;
 pub mod persist;
+pub mod propose;
 pub mod raft;
 pub mod service;
 pub mod store;
@@ -24,6 +27,7 @@ use curvine_common::config::Config;
 use curvine_common::proto::meta_service_server::MetaServiceServer;
 use curvine_common::proto::raft_service_server::RaftServiceServer;
 use curvine_common::{Error, ErrorKind, Result};
+use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -35,8 +39,11 @@ use crate::service::MetaServiceImpl;
 use crate::store::state_machine::StateMachine;
 use crate::store::StateStore;
 
-/// How long `start` waits for this node to become leader.
+/// How long `start` waits for this node to become leader (one-member
+/// group) or for any leader (several members; without one it serves
+/// anyway, answering "no leader" until a quorum is up).
 const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const GROUP_LEADER_WAIT: Duration = Duration::from_secs(10);
 
 /// A running meta node: Raft member plus gRPC server.
 pub struct MetaNode {
@@ -79,17 +86,33 @@ impl MetaNode {
 
         let addr = listener.local_addr()?;
         let advertise = format!("{}:{}", conf.meta.host, addr.port());
+        let peers = conf.meta.peer_map()?;
         let initialized = raft.is_initialized().await.map_err(|e| Error::internal(format!("raft: {e}")))?;
-        if !initialized {
-            tracing::info!(id, addr = %advertise, "initializing a one-member meta group");
-            let members = BTreeMap::from([(id, BasicNode { addr: advertise.clone() })]);
-            raft.initialize(members).await.map_err(|e| Error::internal(format!("raft initialize: {e}")))?;
+        if !initialized && !conf.meta.join {
+            let members: BTreeMap<u64, BasicNode> = if peers.is_empty() {
+                tracing::info!(id, addr = %advertise, "initializing a one-member meta group");
+                BTreeMap::from([(id, BasicNode { addr: advertise.clone() })])
+            } else {
+                // Every member does this with the same list: safe, and the
+                // group forms whichever members come up first.
+                tracing::info!(id, peers = ?peers, "initializing a meta group");
+                peers.iter().map(|(i, a)| (*i, BasicNode { addr: a.clone() })).collect()
+            };
+            match raft.initialize(members).await {
+                Ok(()) => {}
+                // Another member's entries got here first: the group exists.
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(Error::internal(format!("raft initialize: {e}"))),
+            }
         }
 
         let metrics = metrics::Metrics::new(registry);
         let conf = Arc::new(conf);
         let svc = MetaServiceImpl {
             raft: raft.clone(),
+            id,
+            proposer: propose::Proposer::start(raft.clone(), id, conf.meta.write_timeout),
+            barrier: Default::default(),
             mounts: Default::default(),
             jobs: Default::default(),
             persister: Default::default(),
@@ -120,16 +143,22 @@ impl MetaNode {
         );
 
         let node = MetaNode { addr, raft, store, log, shutdown_tx, server };
-        if let Err(e) = node.raft.wait(Some(LEADER_TIMEOUT)).current_leader(id, "meta start").await {
-            let _ = node.shutdown().await;
-            return Err(Error::unavailable(format!("meta node {id} did not become leader: {e}")));
+        let alone = node.raft.metrics().borrow().membership_config.membership().voter_ids().collect::<Vec<_>>() == vec![id];
+        if alone {
+            if let Err(e) = node.raft.wait(Some(LEADER_TIMEOUT)).current_leader(id, "meta start").await {
+                let _ = node.shutdown().await;
+                return Err(Error::unavailable(format!("meta node {id} did not become leader: {e}")));
+            }
+        } else if !conf.meta.join {
+            let waited = node.raft.wait(Some(GROUP_LEADER_WAIT)).metrics(|m| m.current_leader.is_some(), "a leader").await;
+            if waited.is_err() {
+                tracing::warn!(id, "no meta leader yet (too few members up for a quorum?); serving, answering \"no leader\" until one is elected");
+            }
         }
         if let Err(e) = svc.start_persister() {
             tracing::warn!(error = %e, "cannot start the UFS uploader");
         }
-        if let Err(e) = svc.resume_jobs() {
-            tracing::warn!(error = %e, "cannot resume load jobs");
-        }
+        tokio::spawn(on_leadership(Arc::downgrade(&svc), node.raft.clone(), id));
         tracing::info!(id, addr = %addr, dir = %dir.display(), "meta node serving");
         Ok(node)
     }
@@ -153,5 +182,31 @@ impl MetaNode {
         self.store.flush()?;
         self.log.flush()?;
         Ok(())
+    }
+}
+
+/// Work only the leader does, started each time this node becomes leader:
+/// it forgets what it knew of workers (they register again with it, with a
+/// full block report) and resumes interrupted load jobs.
+async fn on_leadership(svc: std::sync::Weak<MetaServiceImpl>, raft: crate::raft::types::Raft, id: u64) {
+    let mut metrics = raft.metrics();
+    let mut was_leader = false;
+    loop {
+        let leader = {
+            let m = metrics.borrow_and_update();
+            m.state == openraft::ServerState::Leader && m.current_leader == Some(id)
+        };
+        if leader && !was_leader {
+            let Some(svc) = svc.upgrade() else { return };
+            tracing::info!(id, "this meta node leads the group now");
+            svc.workers.reset();
+            if let Err(e) = svc.resume_jobs() {
+                tracing::warn!(error = %e, "cannot resume load jobs");
+            }
+        }
+        was_leader = leader;
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }

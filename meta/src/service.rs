@@ -1,6 +1,8 @@
 //! The gRPC `MetaService`: mutations are proposed through Raft (with times
-//! filled in here so every replica applies the same command); reads go to
-//! the state machine's database directly.
+//! filled in here so every replica applies the same command, grouped by
+//! `Proposer`, and deduplicated by the caller's request id); reads go to
+//! the state machine's database directly, after the leader check of
+//! `leader.rs`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,11 +12,12 @@ use curvine_common::path::{join, normalize};
 use curvine_common::proto::meta_service_server::MetaService;
 use curvine_common::proto::*;
 use curvine_common::{now_ms, Error, ErrorKind, Result};
-use openraft::error::{ClientWriteError, RaftError};
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
-use crate::namespace::{MetaCommand, Outcome};
+use crate::leader::{ReadBarrier, Role};
+use crate::namespace::{MetaCommand, Outcome, RequestId};
+use crate::propose::Proposer;
 use crate::raft::types::Raft;
 use crate::store::{BlockMeta, Inode, InodeKind, Persist, Reader, StateStore, KEY_DIRS, KEY_FILES};
 use crate::workers::{Reported, Workers};
@@ -22,6 +25,10 @@ use crate::workers::{Reported, Workers};
 /// The meta service state shared by all handlers.
 pub struct MetaServiceImpl {
     pub raft: Raft,
+    /// This member's Raft id.
+    pub id: u64,
+    pub proposer: Proposer,
+    pub barrier: ReadBarrier,
     pub mounts: crate::mounts::Mounts,
     pub jobs: crate::jobs::Jobs,
     pub persister: crate::persist::Persister,
@@ -86,16 +93,14 @@ impl MetaServiceImpl {
         Reader { db: self.store.db() }
     }
 
-    /// Proposes `cmd` and waits until it is applied here.
+    /// Proposes `cmd` and waits until it is applied here. Within a client
+    /// call that named itself, each write is applied once per request id.
     pub(crate) async fn write(&self, cmd: MetaCommand) -> Result<Outcome> {
-        let res = match self.raft.client_write(cmd).await {
-            Ok(resp) => resp.data.0,
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::unavailable(format!(
-                "this meta node is not the leader (leader: {})",
-                f.leader_node.map(|n| n.addr).unwrap_or_else(|| "unknown".into())
-            ))),
-            Err(e) => Err(Error::unavailable(format!("raft: {e}"))),
+        let cmd = match CALL.try_with(|c| c.next_id()).ok().flatten() {
+            Some(id) => MetaCommand::Once { id, now_ms: now_ms(), cmd: Box::new(cmd) },
+            None => cmd,
         };
+        let res = self.proposer.propose(cmd).await;
         if let Ok(Outcome::Freed { blocks, .. }) = &res {
             self.workers.free_blocks(blocks);
         }
@@ -223,6 +228,9 @@ impl MetaServiceImpl {
         for path in r.paths {
             results.push(match self.do_open(OpenRequest { path }).await {
                 Ok(o) => OpenResult { open: Some(o), error_kind: 0, error: String::new() },
+                // The whole call is retried (e.g. workers re-registering
+                // after a leader change), not reported per file.
+                Err(e) if e.is_temporary() => return Err(e),
                 Err(e) => OpenResult { open: None, error_kind: u32::from(e.kind().code()), error: e.message().to_string() },
             });
         }
@@ -249,6 +257,11 @@ impl MetaServiceImpl {
         for b in &inode.blocks {
             let mut lb =
                 LocatedBlock { id: b.id, offset, len: b.len, locations: self.workers.locations(b.id), from_ufs: false };
+            if lb.locations.is_empty() && !in_ufs {
+                if let Some(e) = self.workers.settling() {
+                    return Err(e.context(&path));
+                }
+            }
             if lb.locations.is_empty() && in_ufs {
                 let loader = self.workers.loader_for(b.id).ok_or_else(|| {
                     Error::unavailable(format!("{path}: not cached and no live worker to load it from the UFS"))
@@ -470,6 +483,66 @@ impl MetaServiceImpl {
     }
 }
 
+tokio::task_local! {
+    /// The client call a handler is serving.
+    static CALL: Call;
+}
+
+/// A client call: its request id (from `x-cv-request-id`) and how many
+/// writes it has made, so each write gets its own id, the same on a retry.
+struct Call {
+    id: Option<(u64, u64)>,
+    writes: std::sync::atomic::AtomicU32,
+}
+
+impl Call {
+    fn of<T>(req: &Request<T>) -> Call {
+        let id = req
+            .metadata()
+            .get(curvine_common::REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once('-'))
+            .and_then(|(c, s)| Some((u64::from_str_radix(c, 16).ok()?, u64::from_str_radix(s, 16).ok()?)));
+        Call { id, writes: Default::default() }
+    }
+
+    fn next_id(&self) -> Option<RequestId> {
+        let (client, seq) = self.id?;
+        Some(RequestId { client, seq, sub: self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) })
+    }
+}
+
+/// Reads a follower may answer itself when asked to (`meta.follower_reads`).
+const FOLLOWER_READS: [&str; 2] = ["stat", "list"];
+/// Reads the leader answers after a read-index round (linearizable).
+const READS: [&str; 7] = ["stat", "list", "open", "open_many", "list_mounts", "job_status", "xattr"];
+
+impl MetaServiceImpl {
+    /// Whether this node may answer `rpc` now: the leader may (reads after
+    /// a read-index round when others could lead); a follower answers
+    /// follower reads when asked and allowed, else names the leader.
+    async fn gate<T>(&self, rpc: &str, req: &Request<T>) -> Result<()> {
+        if matches!(rpc, "members" | "node_status") {
+            return Ok(()); // any member answers (changes check for themselves)
+        }
+        match crate::leader::role(&self.raft, self.id) {
+            Role::Leader { voters } => {
+                if voters > 1 && READS.contains(&rpc) {
+                    self.barrier.wait(&self.raft, self.id, self.conf.meta.write_timeout).await?;
+                }
+                Ok(())
+            }
+            Role::Other { leader } => {
+                let asked = req.metadata().get(curvine_common::READ_HEADER).is_some_and(|v| v == "follower");
+                if asked && self.conf.meta.follower_reads && FOLLOWER_READS.contains(&rpc) {
+                    return Ok(());
+                }
+                Err(Error::not_leader(self.id, leader.as_deref()))
+            }
+        }
+    }
+}
+
 macro_rules! handlers {
     ($($name:ident / $inner:ident : $req:ty => $resp:ty),* $(,)?) => {
         #[tonic::async_trait]
@@ -477,7 +550,11 @@ macro_rules! handlers {
             $(
                 async fn $name(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
                     let start = Instant::now();
-                    let res = self.$inner(req.into_inner()).await.map(Response::new).map_err(Status::from);
+                    let res = match self.gate(stringify!($name), &req).await {
+                        Ok(()) => CALL.scope(Call::of(&req), self.$inner(req.into_inner())).await,
+                        Err(e) => Err(e),
+                    };
+                    let res = res.map(Response::new).map_err(Status::from);
                     self.metrics.record(stringify!($name), start, &res);
                     res
                 }
@@ -519,4 +596,6 @@ handlers! {
     symlink / do_symlink: SymlinkRequest => SymlinkResponse,
     xattr / do_xattr: XattrRequest => XattrResponse,
     mknod / do_mknod: MknodRequest => MknodResponse,
+    members / do_members: MembersRequest => MembersResponse,
+    node_status / do_node_status: NodeStatusRequest => NodeStatusResponse,
 }

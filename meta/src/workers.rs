@@ -43,6 +43,9 @@ struct Inner {
 pub struct Workers {
     timeout: Duration,
     inner: Mutex<Inner>,
+    /// When this node (again) became leader and forgot its workers: until
+    /// `timeout` has passed, live workers may not have registered yet.
+    reset_at: Mutex<Option<Instant>>,
 }
 
 /// A block a worker reported holding.
@@ -55,7 +58,24 @@ pub struct Reported {
 
 impl Workers {
     pub fn new(timeout: Duration) -> Workers {
-        Workers { timeout, inner: Mutex::new(Inner::default()) }
+        Workers { timeout, inner: Mutex::new(Inner::default()), reset_at: Mutex::new(None) }
+    }
+
+    /// Forgets every worker: a node that (again) becomes leader knows
+    /// nothing current about them; their next heartbeat is told to register
+    /// with a full block report.
+    pub fn reset(&self) {
+        *self.inner.lock() = Inner::default();
+        *self.reset_at.lock() = Some(Instant::now());
+    }
+
+    /// After a leader change, an error for "no worker" while workers may
+    /// still be registering: temporary, so clients retry.
+    pub fn settling(&self) -> Option<Error> {
+        let at = (*self.reset_at.lock())?;
+        (at.elapsed() < self.timeout).then(|| {
+            Error::unavailable("the meta leader changed moments ago and workers are still registering with it; retry")
+        })
     }
 
     fn alive(&self, w: &Worker, now: Instant) -> bool {
@@ -329,6 +349,9 @@ impl Workers {
         let live: Vec<&Worker> =
             g.workers.values().filter(|w| self.alive(w, now) && !exclude.contains(&w.info.id)).collect();
         if live.is_empty() {
+            if let Some(e) = self.settling() {
+                return Err(e);
+            }
             return Err(Error::new(ErrorKind::NoSpace, "no space: no live workers"));
         }
         let mut fit: Vec<&Worker> = live.iter().copied().filter(|w| w.free() >= block_size).collect();

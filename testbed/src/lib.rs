@@ -3,6 +3,7 @@
 //! Used by the integration tests of every crate and by benchmarks.
 //! `s3` starts a real S3 server (moto or s3s-fs) for UFS tests.
 
+pub mod group;
 pub mod s3;
 
 use std::collections::HashMap;

@@ -100,7 +100,12 @@ impl Heartbeat {
             .map_err(|e| Error::new(ErrorKind::Config, format!("worker.meta: bad address '{addr}': {e}")))?
             .connect_timeout(RPC_TIMEOUT)
             .timeout(RPC_TIMEOUT);
-        let channel = endpoint.connect().await.map_err(|e| Error::unavailable(format!("cannot connect: {e}")))?;
+        // connect_timeout covers TCP only: bound the HTTP/2 handshake too
+        // (a meta member that is paused accepts but never answers).
+        let channel = match tokio::time::timeout(RPC_TIMEOUT, endpoint.connect()).await {
+            Ok(r) => r.map_err(|e| Error::unavailable(format!("cannot connect: {e}")))?,
+            Err(_) => return Err(Error::unavailable(format!("no answer within {RPC_TIMEOUT:?}"))),
+        };
         let mut client = MetaServiceClient::new(channel);
         let blocks = self.store.full_report();
         let n = blocks.len();

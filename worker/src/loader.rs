@@ -13,7 +13,7 @@ use std::fs::File;
 use std::sync::Arc;
 use std::time::Duration;
 
-use curvine_common::proto::meta_service_client::MetaServiceClient;
+use curvine_common::meta_client::MetaClient;
 use curvine_common::proto::{
     BlockSourceRequest, BlockSourceResponse, LocatedBlock, MountInfo, PersistDoneRequest, PersistSourceRequest,
     PersistSourceResponse, ResyncRequest,
@@ -27,7 +27,6 @@ use tokio::sync::watch;
 use curvine_ufs::Ufs;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::store::TieredStore;
 
@@ -79,15 +78,16 @@ impl Drop for Finish {
 
 pub struct Loader {
     store: Arc<TieredStore>,
-    meta: Vec<String>,
-    client: Mutex<Option<MetaServiceClient<Channel>>>,
+    /// Meta, following its leader.
+    meta: MetaClient,
     ufs: Mutex<HashMap<u64, (MountInfo, Ufs)>>,
     inflight: Mutex<HashMap<u64, (LoadFuture, Arc<LoadState>)>>,
 }
 
 impl Loader {
-    pub fn new(store: Arc<TieredStore>, meta: Vec<String>) -> Arc<Loader> {
-        Arc::new(Loader { store, meta, client: Mutex::new(None), ufs: Default::default(), inflight: Default::default() })
+    pub fn new(store: Arc<TieredStore>, meta: Vec<String>) -> Result<Arc<Loader>> {
+        let meta = MetaClient::with_options(meta, 3, RPC_TIMEOUT, std::time::Duration::from_secs(20), false)?;
+        Ok(Arc::new(Loader { store, meta, ufs: Default::default(), inflight: Default::default() }))
     }
 
     /// Resolves once `block` is cached here (or the load failed).
@@ -160,52 +160,12 @@ impl Loader {
         (fut, state)
     }
 
-    async fn meta(&self) -> Result<MetaServiceClient<Channel>> {
-        if let Some(c) = self.client.lock().clone() {
-            return Ok(c);
-        }
-        let mut last = Error::new(ErrorKind::Config, "worker.meta: no meta address configured");
-        for addr in &self.meta {
-            let url = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
-            let ep = match Endpoint::from_shared(url) {
-                Ok(e) => e.connect_timeout(RPC_TIMEOUT).timeout(RPC_TIMEOUT),
-                Err(e) => {
-                    last = Error::new(ErrorKind::Config, format!("worker.meta: bad address '{addr}': {e}"));
-                    continue;
-                }
-            };
-            match ep.connect().await {
-                Ok(ch) => {
-                    let c = MetaServiceClient::new(ch);
-                    *self.client.lock() = Some(c.clone());
-                    return Ok(c);
-                }
-                Err(e) => last = Error::unavailable(format!("meta {addr}: cannot connect: {e}")),
-            }
-        }
-        Err(last)
-    }
-
-    /// Meta's answer; a temporary failure drops the channel so the next
-    /// call reconnects (maybe to another meta).
-    fn answer<T>(&self, r: std::result::Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
-        r.map(|r| r.into_inner()).map_err(|s| {
-            let e = Error::from(s);
-            if e.is_temporary() {
-                *self.client.lock() = None;
-            }
-            e
-        })
-    }
-
     async fn source(&self, block: u64) -> Result<BlockSourceResponse> {
-        let mut c = self.meta().await?;
-        self.answer(c.block_source(BlockSourceRequest { block_id: block }).await)
+        self.meta.call(|mut c| async move { c.block_source(BlockSourceRequest { block_id: block }).await }).await
     }
 
     async fn persist_source(&self, file: u64) -> Result<PersistSourceResponse> {
-        let mut c = self.meta().await?;
-        self.answer(c.persist_source(PersistSourceRequest { file_id: file }).await)
+        self.meta.call(|mut c| async move { c.persist_source(PersistSourceRequest { file_id: file }).await }).await
     }
 
     /// Uploads file `file` to its UFS: blocks held here are read from the
@@ -230,10 +190,14 @@ impl Loader {
             return Err(Error::new(ErrorKind::Corrupt, format!("{}: blocks hold {sent} bytes, file is {}", src.path, src.len)));
         }
         let e = w.close().await?;
-        let mut c = self.meta().await?;
         let done =
             PersistDoneRequest { file_id: file, len: src.len, etag: e.etag, mtime_ms: e.mtime_ms, ufs_path: src.ufs_path.clone() };
-        c.persist_done(done).await.map_err(Error::from)?;
+        self.meta
+            .call(|mut c| {
+                let done = done.clone();
+                async move { c.persist_done(done).await }
+            })
+            .await?;
         self.store.metrics().ufs_uploads.inc();
         self.store.metrics().bytes_to_ufs.inc_by(src.len);
         tracing::debug!(file, path = %src.path, len = src.len, "uploaded to the UFS");
@@ -366,8 +330,12 @@ impl Loader {
         if !changed || src.path.is_empty() {
             return;
         }
-        let Ok(mut c) = self.meta().await else { return };
-        match c.resync(ResyncRequest { path: src.path.clone() }).await {
+        let path = src.path.clone();
+        let asked = self.meta.call(|mut c| {
+            let path = path.clone();
+            async move { c.resync(ResyncRequest { path }).await }
+        });
+        match asked.await {
             Ok(_) => tracing::info!(path = %src.path, "object changed in the UFS: asked meta to resync it"),
             Err(e) => tracing::warn!(path = %src.path, error = %e, "cannot ask meta to resync a changed object"),
         }

@@ -116,6 +116,12 @@ impl MetaService for FakeMeta {
     async fn mknod(&self, _: Request<MknodRequest>) -> Result<Response<MknodResponse>, Status> {
         Err(Status::unimplemented("fake meta"))
     }
+    async fn members(&self, _: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn node_status(&self, _: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
     /// Blocks of this fake namespace are never in a UFS.
     async fn block_source(&self, r: Request<BlockSourceRequest>) -> Result<Response<BlockSourceResponse>, Status> {
         Err(Status::from(curvine_common::Error::not_found(&format!("block {}", r.into_inner().block_id))))

@@ -4,6 +4,7 @@
 //! all replicas compute the same result.
 
 mod attrs;
+mod once;
 mod ufs;
 
 use curvine_common::path;
@@ -14,6 +15,7 @@ use crate::store::{
     decode, decode_u64, dentry_key, encode, id_key, BlockMeta, Inode, InodeKind, Job, Mount, Txn, CF_BLOCKS, CF_DENTRIES,
     CF_INODES, CF_MOUNTS, CF_SYS, KEY_DIRS, KEY_FILES, KEY_NEXT_BLOCK, KEY_NEXT_INODE, ROOT_ID,
 };
+pub use once::{RequestId, RETAIN_MS};
 pub use ufs::UfsEntry;
 
 /// A namespace mutation, proposed through Raft. Paths are normalized.
@@ -66,6 +68,24 @@ pub enum MetaCommand {
     /// Runs `cmd` (one that carries no time of its own: `SetAttr`,
     /// `SetXattr`) and stamps the inode it changed with ctime `now_ms`.
     Timed { now_ms: i64, cmd: Box<MetaCommand> },
+    /// Applies `cmd` once per request id: a retry of an applied command
+    /// gets the recorded result (`once.rs`).
+    Once { id: RequestId, now_ms: i64, cmd: Box<MetaCommand> },
+    /// Commands of concurrent calls proposed together (group commit); each
+    /// applies or fails on its own.
+    Batch(Vec<MetaCommand>),
+}
+
+impl MetaCommand {
+    /// Whether this command, or one it wraps, satisfies `f`.
+    pub fn any(&self, f: &dyn Fn(&MetaCommand) -> bool) -> bool {
+        f(self)
+            || match self {
+                MetaCommand::Owned { cmd, .. } | MetaCommand::Timed { cmd, .. } | MetaCommand::Once { cmd, .. } => cmd.any(f),
+                MetaCommand::Batch(cmds) => cmds.iter().any(|c| c.any(f)),
+                _ => false,
+            }
+    }
 }
 
 /// What a successful command produced.
@@ -81,6 +101,8 @@ pub enum Outcome {
     /// A mount added, with its id.
     Mount(Mount),
     Job(Job),
+    /// The results of a `Batch`, in order.
+    Batch(Vec<MetaResult>),
 }
 
 /// The state machine's answer to one log entry.
@@ -523,10 +545,22 @@ impl Ns<'_> {
     }
 }
 
-/// Applies one command to `txn`. On error the caller discards `txn`.
+/// Applies one command to `txn`. On error, `txn` holds none of the
+/// command's writes (earlier writes to it stay).
 pub fn apply(txn: &mut Txn, cmd: &MetaCommand) -> Result<Outcome> {
-    let mut ns = Ns { txn };
-    apply_ns(&mut ns, cmd)
+    match cmd {
+        MetaCommand::Batch(cmds) => Ok(once::apply_batch(txn, cmds)),
+        // Records its result even when the command fails.
+        MetaCommand::Once { id, now_ms, cmd } => once::apply_once(txn, id, *now_ms, cmd),
+        _ => {
+            let sp = txn.savepoint();
+            let res = apply_ns(&mut Ns { txn }, cmd);
+            if res.is_err() {
+                txn.rollback(sp);
+            }
+            res
+        }
+    }
 }
 
 fn apply_ns(ns: &mut Ns<'_>, cmd: &MetaCommand) -> Result<Outcome> {
@@ -573,6 +607,7 @@ fn apply_ns(ns: &mut Ns<'_>, cmd: &MetaCommand) -> Result<Outcome> {
         MetaCommand::Mknod { path, kind, mode, rdev, now_ms } => ns.mknod(path, *kind, *mode, *rdev, *now_ms),
         MetaCommand::Timed { now_ms, cmd } => apply_ns(ns, cmd).and_then(|out| ns.stamp_ctime(out, *now_ms)),
         MetaCommand::SetXattr { path, name, value, flags } => ns.set_xattr(path, name, value.as_deref(), *flags),
+        MetaCommand::Once { .. } | MetaCommand::Batch(_) => apply(ns.txn, cmd),
     }
 }
 

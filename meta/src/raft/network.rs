@@ -62,7 +62,12 @@ impl PeerClient {
             let endpoint = Channel::from_shared(format!("http://{}", self.addr))
                 .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?
                 .connect_timeout(option.hard_ttl());
-            let ch = endpoint.connect().await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            // connect_timeout covers TCP only; a paused peer accepts and
+            // never answers the HTTP/2 handshake.
+            let ch = match tokio::time::timeout(option.hard_ttl(), endpoint.connect()).await {
+                Ok(r) => r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?,
+                Err(_) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!("{}: handshake timed out", self.addr))))),
+            };
             self.client = Some(RaftServiceClient::new(ch));
         }
         let Some(client) = self.client.as_mut() else {
@@ -145,6 +150,12 @@ impl RaftService for RaftServer {
     async fn install_snapshot(&self, req: tonic::Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
         encode(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn admin(&self, req: tonic::Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        let op: crate::members::Admin = decode(req)?;
+        crate::members::admin(&self.raft, op).await.map_err(tonic::Status::from)?;
+        Ok(tonic::Response::new(RaftMessage { data: vec![] }))
     }
 }
 

@@ -25,7 +25,11 @@ pub const CF_JOBS: &str = "jobs";
 /// File id → `PersistItem`: files written under a write-through/write-back
 /// mount that the UFS does not have yet.
 pub const CF_PERSIST: &str = "persist";
-const CFS: [&str; 7] = [CF_INODES, CF_DENTRIES, CF_BLOCKS, CF_SYS, CF_MOUNTS, CF_JOBS, CF_PERSIST];
+/// Request id → the result of the command a client sent with it (and
+/// `t` ++ time ++ id → nothing, to expire them): a retried write is
+/// answered from here instead of being applied twice.
+pub const CF_REQUESTS: &str = "requests";
+const CFS: [&str; 8] = [CF_INODES, CF_DENTRIES, CF_BLOCKS, CF_SYS, CF_MOUNTS, CF_JOBS, CF_PERSIST, CF_REQUESTS];
 
 mod migrate;
 
@@ -391,14 +395,16 @@ impl StateStore {
             }
             return Ok(());
         }
-        let now = curvine_common::now_ms();
+        // Made by every member on its own, so nothing here may differ
+        // between them (no clock): the root's times are set by the first
+        // change in it.
         let root = Inode {
             id: ROOT_ID,
             name: String::new(),
             kind: InodeKind::Dir,
             mode: 0o755,
-            mtime_ms: now,
-            ctime_ms: now,
+            mtime_ms: 0,
+            ctime_ms: 0,
             len: 0,
             block_size: 0,
             replication: 0,
@@ -486,6 +492,36 @@ impl Reader {
         Ok(get(&self.db, CF_BLOCKS, &id_key(id))?.is_some())
     }
 
+    /// A hash of the replicated state (every column family; of `sys`, all
+    /// but this member's own bookkeeping: last applied entry, membership):
+    /// members that applied the same entries have the same digest.
+    pub fn digest(&self) -> Result<u64> {
+        use std::hash::Hasher;
+        let db = &self.db;
+        // SipHash with fixed keys: the same bytes hash the same in every
+        // process of this binary.
+        let mut h = std::hash::DefaultHasher::new();
+        for name in CFS {
+            h.write(name.as_bytes());
+            for item in db.iterator_cf(cf(db, name)?, IteratorMode::Start) {
+                let (k, v) = item.map_err(|e| db_err(db.path(), e))?;
+                if name == CF_SYS && (&*k == KEY_LAST_APPLIED || &*k == KEY_MEMBERSHIP) {
+                    continue;
+                }
+                h.write(&k);
+                h.write(&v);
+            }
+        }
+        Ok(h.finish())
+    }
+
+    /// The index of the last log entry applied (0 = none).
+    pub fn last_applied(&self) -> Result<u64> {
+        let v = get(&self.db, CF_SYS, KEY_LAST_APPLIED)?;
+        let id: Option<openraft::LogId<u64>> = v.map(|v| decode::<Option<openraft::LogId<u64>>>(&v)).transpose()?.flatten();
+        Ok(id.map(|l| l.index).unwrap_or(0))
+    }
+
     pub fn sys_u64(&self, key: &[u8]) -> Result<u64> {
         get(&self.db, CF_SYS, key)?.map(|v| decode_u64(&v)).transpose().map(|v| v.unwrap_or(0))
     }
@@ -571,11 +607,38 @@ type OverlayKey = (&'static str, Vec<u8>);
 pub struct Txn {
     db: Arc<DB>,
     overlay: BTreeMap<OverlayKey, Option<Vec<u8>>>,
+    /// What each write replaced in the overlay, newest last, so a failed
+    /// command's writes can be undone while those before it stay.
+    undo: Vec<(OverlayKey, Option<Option<Vec<u8>>>)>,
 }
+
+/// A point to roll a `Txn` back to.
+#[derive(Clone, Copy, Debug)]
+pub struct Savepoint(usize);
 
 impl Txn {
     pub fn new(db: Arc<DB>) -> Txn {
-        Txn { db, overlay: BTreeMap::new() }
+        Txn { db, overlay: BTreeMap::new(), undo: Vec::new() }
+    }
+
+    pub fn savepoint(&self) -> Savepoint {
+        Savepoint(self.undo.len())
+    }
+
+    /// Undoes every write made since `sp`.
+    pub fn rollback(&mut self, sp: Savepoint) {
+        while self.undo.len() > sp.0 {
+            let Some((k, prev)) = self.undo.pop() else { break };
+            match prev {
+                Some(v) => self.overlay.insert(k, v),
+                None => self.overlay.remove(&k),
+            };
+        }
+    }
+
+    fn record(&mut self, key: OverlayKey, value: Option<Vec<u8>>) {
+        let prev = self.overlay.insert(key.clone(), value);
+        self.undo.push((key, prev));
     }
 
     fn cf_static(name: &str) -> &'static str {
@@ -586,6 +649,7 @@ impl Txn {
             CF_MOUNTS => CF_MOUNTS,
             CF_JOBS => CF_JOBS,
             CF_PERSIST => CF_PERSIST,
+            CF_REQUESTS => CF_REQUESTS,
             _ => CF_SYS,
         }
     }
@@ -598,11 +662,11 @@ impl Txn {
     }
 
     pub fn put(&mut self, cf_name: &str, key: Vec<u8>, value: Vec<u8>) {
-        self.overlay.insert((Self::cf_static(cf_name), key), Some(value));
+        self.record((Self::cf_static(cf_name), key), Some(value));
     }
 
     pub fn delete(&mut self, cf_name: &str, key: Vec<u8>) {
-        self.overlay.insert((Self::cf_static(cf_name), key), None);
+        self.record((Self::cf_static(cf_name), key), None);
     }
 
     /// Entries under `prefix`, merging this command's own writes.

@@ -93,16 +93,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut txn = Txn::new(db.clone());
             let res = match &entry.payload {
                 EntryPayload::Blank => Ok(Outcome::None),
-                EntryPayload::Normal(cmd) => match namespace::apply(&mut txn, cmd) {
-                    Ok(o) => Ok(o),
-                    Err(e) => {
-                        if e.kind() == curvine_common::ErrorKind::Io || e.kind() == curvine_common::ErrorKind::Corrupt {
-                            tracing::error!(error = %e, "state machine apply failed");
-                        }
-                        txn = Txn::new(db.clone());
-                        Err(e)
+                // A failed command leaves no writes in `txn` (see `apply`).
+                EntryPayload::Normal(cmd) => namespace::apply(&mut txn, cmd).inspect_err(|e| {
+                    if e.kind() == curvine_common::ErrorKind::Io || e.kind() == curvine_common::ErrorKind::Corrupt {
+                        tracing::error!(error = %e, "state machine apply failed");
                     }
-                },
+                }),
                 EntryPayload::Membership(m) => {
                     let sm = Membership::new(Some(entry.log_id), m.clone());
                     txn.put(CF_SYS, KEY_MEMBERSHIP.to_vec(), encode(&sm).map_err(sm_err)?);
@@ -112,8 +108,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             txn.put(CF_SYS, KEY_LAST_APPLIED.to_vec(), encode(&Some(entry.log_id)).map_err(sm_err)?);
             let batch = txn.into_batch().map_err(sm_err)?;
             db.write_opt(batch, &wo).map_err(|e| StorageIOError::apply(entry.log_id, AnyError::new(&e)))?;
-            if let EntryPayload::Normal(MetaCommand::Mount { .. } | MetaCommand::Umount { .. }) = &entry.payload {
-                self.store.mounts_gen.fetch_add(1, std::sync::atomic::Ordering::Release);
+            if let EntryPayload::Normal(cmd) = &entry.payload {
+                if cmd.any(&|c| matches!(c, MetaCommand::Mount { .. } | MetaCommand::Umount { .. })) {
+                    self.store.mounts_gen.fetch_add(1, std::sync::atomic::Ordering::Release);
+                }
             }
             out.push(MetaResult(res));
         }
@@ -139,6 +137,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot::copy_dir(&dir, &self.store.dir().join(&sm_name)).map_err(snap_err)?;
         let _g = self.store.apply_lock.lock();
         self.store.swap(&sm_name).map_err(snap_err)?;
+        self.store.mounts_gen.fetch_add(1, std::sync::atomic::Ordering::Release);
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }

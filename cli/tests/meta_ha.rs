@@ -1,0 +1,344 @@
+//! The meta group under faults: three real `cv meta` processes on loopback,
+//! clients writing through every fault, and after each fault a check that
+//! every acknowledged operation is there exactly once, nothing unacknowledged
+//! is half there, and all members hold identical state (same digest).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use curvine_client::{CreateOptions, FileSystem};
+use testbed::group::Group;
+
+const FAILOVER: Duration = Duration::from_secs(30);
+const CONVERGE: Duration = Duration::from_secs(60);
+/// Small snapshot interval and write timeout, so snapshots, log purges and
+/// "no quorum" answers happen within the test.
+const META_TOML: &str = "snapshot_logs = 300\nwrite_timeout = \"3s\"";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Create,
+    Rename,
+    Delete,
+}
+
+/// One client's history: per file number, its operations and whether each
+/// was acknowledged.
+type History = BTreeMap<u64, Vec<(Kind, bool)>>;
+
+/// Creates files `/c{k}/f{n}`, renames every third to `r{n}`, deletes every
+/// fifth, until `stop`; after a failed operation a file is left alone.
+async fn client(fs: FileSystem, k: usize, first: u64, stop: Arc<AtomicBool>) -> (History, u64) {
+    let mut h = History::new();
+    let mut n = first;
+    let mut errors = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let f = format!("/c{k}/f{n}");
+        let r = format!("/c{k}/r{n}");
+        let ops = h.entry(n).or_default();
+        let res = match fs.create(&f, CreateOptions { overwrite: false, ..Default::default() }).await {
+            Ok(w) => w.close().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        ops.push((Kind::Create, res.is_ok()));
+        if res.is_err() {
+            errors += 1;
+            continue;
+        }
+        let mut name = f.clone();
+        if n % 3 == 0 {
+            let res = fs.rename(&f, &r).await;
+            ops.push((Kind::Rename, res.is_ok()));
+            if res.is_err() {
+                errors += 1;
+                continue;
+            }
+            name = r.clone();
+        }
+        if n % 5 == 0 {
+            let res = fs.delete(&name, false).await;
+            ops.push((Kind::Delete, res.is_ok()));
+            errors += u64::from(res.is_err());
+        }
+    }
+    (h, errors)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum At {
+    Absent,
+    F,
+    R,
+}
+
+/// Where file `n` may be after `ops`: acknowledged operations happened
+/// once; an unacknowledged one happened wholly or not at all.
+fn allowed(ops: &[(Kind, bool)]) -> BTreeSet<At> {
+    let mut now = BTreeSet::from([At::Absent]);
+    for (kind, acked) in ops {
+        let next: BTreeSet<At> = now
+            .iter()
+            .map(|s| match (kind, s) {
+                (Kind::Create, At::Absent) => At::F,
+                (Kind::Rename, At::F) => At::R,
+                (Kind::Delete, _) => At::Absent,
+                (_, s) => *s,
+            })
+            .collect();
+        now = if *acked { next } else { now.union(&next).copied().collect() };
+    }
+    now
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    acked: u64,
+    unacked: u64,
+    files: u64,
+}
+
+/// Checks every client's files against its history through `fs`.
+async fn verify(fs: &FileSystem, histories: &[History]) -> Tally {
+    let mut t = Tally::default();
+    for (k, h) in histories.iter().enumerate() {
+        let listed: BTreeSet<String> = fs.list(&format!("/c{k}")).await.expect("list").into_iter().map(|s| s.name).collect();
+        for (n, ops) in h {
+            let (f, r) = (listed.contains(&format!("f{n}")), listed.contains(&format!("r{n}")));
+            assert!(!(f && r), "client {k} file {n} exists under both names (applied twice?): {ops:?}");
+            let at = if f { At::F } else if r { At::R } else { At::Absent };
+            let ok = allowed(ops);
+            assert!(ok.contains(&at), "client {k} file {n}: found {at:?}, allowed {ok:?} after {ops:?}");
+            t.acked += ops.iter().filter(|o| o.1).count() as u64;
+            t.unacked += ops.iter().filter(|o| !o.1).count() as u64;
+            t.files += u64::from(at != At::Absent);
+        }
+        for name in &listed {
+            let n: Option<u64> = name.get(1..).and_then(|s| s.parse().ok());
+            assert!(n.is_some_and(|n| h.contains_key(&n)), "client {k}: unexpected entry {name}");
+        }
+    }
+    t
+}
+
+/// Runs `clients` writers while `fault` runs, then stops them after `tail`.
+async fn storm<F, Fut>(g: &mut Group, clients: usize, round: u64, tail: Duration, fault: F) -> Vec<(History, u64)>
+where
+    F: FnOnce(&mut Group) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let fs = g.fs(FAILOVER).unwrap();
+    let tasks: Vec<_> = (0..clients)
+        .map(|k| tokio::spawn(client(fs.clone(), k, round * 1_000_000, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await; // let the storm get going
+    fault(g).await;
+    tokio::time::sleep(tail).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn merge(all: &mut [History], round: Vec<(History, u64)>) -> u64 {
+    let mut errors = 0;
+    for (k, (h, e)) in round.into_iter().enumerate() {
+        all[k].extend(h);
+        errors += e;
+    }
+    errors
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_operations_survive_every_fault() {
+    let mut g = Group::start(common::bin(), 3, META_TOML).await.expect("meta group");
+    let fs = g.fs(FAILOVER).unwrap();
+    const CLIENTS: usize = 4;
+    for k in 0..CLIENTS {
+        fs.mkdir(&format!("/c{k}"), true).await.unwrap();
+    }
+    let mut all: Vec<History> = vec![History::new(); CLIENTS];
+    let all_members = [0, 1, 2];
+    let report = |name: &str, t: &Tally, errors: u64, conv: (u64, u64), started: Instant| {
+        println!(
+            "fault {name}: {} acknowledged ops, {} failed ({} this round), {} files present, members converged at \
+             applied {} digest {:016x}, {:.1} s",
+            t.acked,
+            t.unacked,
+            errors,
+            t.files,
+            conv.0,
+            conv.1,
+            started.elapsed().as_secs_f64()
+        );
+    };
+
+    // 1. kill -9 the leader during the storm; it comes back as a follower.
+    let started = Instant::now();
+    let old = g.leader(FAILOVER).await.unwrap();
+    let round = storm(&mut g, CLIENTS, 1, Duration::from_secs(2), |g| {
+        g.kill9(old);
+        async {}
+    })
+    .await;
+    let errors = merge(&mut all, round);
+    let new = g.leader(FAILOVER).await.unwrap();
+    assert_ne!(new, old, "a killed member cannot lead");
+    let t = verify(&fs, &all).await;
+    g.restart(old).unwrap();
+    let conv = g.converged(&all_members, CONVERGE).await.unwrap_or_else(|e| panic!("{e}\n{}", g.logs(20)));
+    report("kill -9 leader", &t, errors, conv, started);
+
+    // 2. kill -9 a follower; it is behind by more than the log kept after a
+    // snapshot when it returns, so it catches up from a snapshot.
+    let started = Instant::now();
+    let leader = g.leader(FAILOVER).await.unwrap();
+    let follower = (leader + 1) % 3;
+    let round = storm(&mut g, CLIENTS, 2, Duration::from_secs(3), |g| {
+        g.kill9(follower);
+        async {}
+    })
+    .await;
+    let errors = merge(&mut all, round);
+    let t = verify(&fs, &all).await;
+    g.restart(follower).unwrap();
+    let conv = g.converged(&all_members, CONVERGE).await.unwrap_or_else(|e| panic!("{e}\n{}", g.logs(20)));
+    let st = g.status(follower).await.unwrap();
+    println!("restarted follower {}: snapshot at {}, log kept from {}", follower + 1, st.snapshot_index, st.log_first_index);
+    assert!(st.snapshot_index > 0, "with snapshot_logs = 300 the group must have built snapshots: {st:?}");
+    report("kill -9 follower", &t, errors, conv, started);
+
+    // 3. Two of three down: a clear "no quorum" answer, then recovery.
+    let started = Instant::now();
+    let leader = g.leader(FAILOVER).await.unwrap();
+    let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
+    g.kill9(a);
+    g.kill9(b);
+    let impatient = g.fs(Duration::from_secs(1)).unwrap();
+    let err = match impatient.create("/c0/no-quorum", CreateOptions::default()).await {
+        Ok(w) => w.close().await.err(),
+        Err(e) => Some(e),
+    }
+    .expect("a write without a quorum must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("quorum") || msg.contains("knows no leader"), "not a clear no-quorum error: {msg}");
+    println!("two of three down: write answered \"{msg}\"");
+    let err = impatient.stat("/c0").await.expect_err("a linearizable read without a quorum must fail");
+    println!("two of three down: stat answered \"{err}\"");
+    g.restart(a).unwrap();
+    let fs_after = g.fs(FAILOVER).unwrap();
+    fs_after.create("/c0/after-quorum", CreateOptions::default()).await.unwrap().close().await.unwrap();
+    fs_after.delete("/c0/after-quorum", false).await.unwrap();
+    // The write that timed out may still have been applied; it is not
+    // part of any client's history.
+    let _ = fs_after.delete("/c0/no-quorum", false).await;
+    g.restart(b).unwrap();
+    let t = verify(&fs, &all).await;
+    let conv = g.converged(&all_members, CONVERGE).await.unwrap_or_else(|e| panic!("{e}\n{}", g.logs(20)));
+    report("two of three down, then back", &t, 0, conv, started);
+
+    // 4. Every member killed and restarted at once.
+    let started = Instant::now();
+    for i in 0..3 {
+        g.kill9(i);
+    }
+    g.restart_all(&all_members).unwrap();
+    g.leader(FAILOVER).await.unwrap();
+    let t = verify(&fs, &all).await;
+    let conv = g.converged(&all_members, CONVERGE).await.unwrap_or_else(|e| panic!("{e}\n{}", g.logs(20)));
+    report("all restarted at once", &t, 0, conv, started);
+
+    // 5. The leader stops answering (SIGSTOP) during the storm: the others
+    // elect a new one and go on; it comes back as a follower and catches up.
+    let started = Instant::now();
+    let old = g.leader(FAILOVER).await.unwrap();
+    let round = storm(&mut g, CLIENTS, 5, Duration::from_secs(4), |g| {
+        g.pause(old, true);
+        async {}
+    })
+    .await;
+    let errors = merge(&mut all, round);
+    let new = g.leader(FAILOVER).await.unwrap();
+    assert_ne!(new, old, "a stopped member cannot lead");
+    let t = verify(&fs, &all).await;
+    g.pause(old, false);
+    let conv = g.converged(&all_members, CONVERGE).await.unwrap_or_else(|e| panic!("{e}\n{}", g.logs(20)));
+    report("leader paused (SIGSTOP), then resumed", &t, errors, conv, started);
+}
+
+/// Whether meta (the leader) knows exactly one live worker.
+async fn live(fs: FileSystem) -> bool {
+    fs.report().await.map(|r| r.workers.iter().filter(|w| w.alive).count() == 1).unwrap_or(false)
+}
+
+/// Runs `cv ARGS` and returns stdout, failing the test on a non-zero exit.
+fn cv(args: &[&str]) -> String {
+    let out = std::process::Command::new(common::bin()).args(args).env_remove("CURVINE_META").output().unwrap();
+    assert!(out.status.success(), "cv {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_follow_the_leader_and_members_change() {
+    let mut g = Group::start(common::bin(), 3, "").await.expect("meta group");
+    // A worker told every member's address.
+    let wdir = g.dir().join("w");
+    let wargs: Vec<String> = [
+        "worker", "--dir", &wdir.display().to_string(), "--port", "0", "--web-port", "0", "--meta", &g.meta_list(),
+        "--tier", &format!("MEM:{}:256MiB", wdir.join("mem").display()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _worker = tokio::task::block_in_place(|| testbed::Proc::spawn(common::bin(), &wargs, &g.dir().join("w.log"))).unwrap();
+    let fs = g.fs(FAILOVER).unwrap();
+    testbed::wait_for("the worker to register", Duration::from_secs(30), || live(fs.clone())).await.unwrap();
+    let data = common::random_bytes(3 << 20, 7);
+    fs.write_all("/weights.bin", &data, false).await.unwrap();
+
+    // The leader dies: the worker registers with the new one and reports
+    // its blocks, so the file reads back whole.
+    let old = g.leader(FAILOVER).await.unwrap();
+    g.kill9(old);
+    let new = g.leader(FAILOVER).await.unwrap();
+    testbed::wait_for("the worker to register with the new leader", Duration::from_secs(30), || live(fs.clone())).await.unwrap();
+    assert_eq!(fs.read_all("/weights.bin").await.unwrap(), data, "read after failover");
+    println!("leader {} killed; member {} leads; the worker re-registered and the file reads back", old + 1, new + 1);
+    g.restart(old).unwrap();
+    g.converged(&[0, 1, 2], CONVERGE).await.unwrap();
+
+    // Leadership moves where it is asked to.
+    let target = (g.leader(FAILOVER).await.unwrap() + 1) % 3;
+    let out = cv(&["meta", "members", "transfer", &(target + 1).to_string(), "--meta", &g.meta_list()]);
+    assert_eq!(g.leader(FAILOVER).await.unwrap(), target, "after transfer:\n{out}");
+    println!("leadership transferred to member {}:\n{out}", target + 1);
+    fs.write_all("/after-transfer", b"x", false).await.unwrap();
+
+    // A fourth member joins: it gets the state (by snapshot or log), and votes.
+    let j = g.spawn_joiner().unwrap();
+    let out = cv(&["meta", "members", "add", &(j + 1).to_string(), &g.addrs[j], "--meta", &g.meta_list()]);
+    assert!(out.lines().any(|l| l.contains(&g.addrs[j]) && l.contains("voter")), "after add:\n{out}");
+    g.converged(&[0, 1, 2, 3], CONVERGE).await.unwrap();
+    assert_eq!(g.status(j).await.unwrap().files, 2);
+
+    // A member leaves; the group of three goes on.
+    let gone = (g.leader(FAILOVER).await.unwrap() + 1) % 4;
+    let out = cv(&["meta", "members", "remove", &(gone + 1).to_string(), "--meta", &g.meta_list()]);
+    assert!(!out.contains(&g.addrs[gone]), "after remove:\n{out}");
+    g.kill9(gone);
+    fs.write_all("/after-remove", b"y", false).await.unwrap();
+    let rest: Vec<usize> = (0..4).filter(|i| *i != gone).collect();
+    let (applied, digest) = g.converged(&rest, CONVERGE).await.unwrap();
+    println!("member {} joined, member {} left: members {:?} agree at {applied} ({digest:016x})\n{out}", j + 1, gone + 1, rest);
+    // Bad requests get clear errors.
+    let out = std::process::Command::new(common::bin()).args(["meta", "members", "remove", "99", "--meta", &g.meta_list()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("99 is not a voter"), "{}", String::from_utf8_lossy(&out.stderr));
+}

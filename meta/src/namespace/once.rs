@@ -1,0 +1,97 @@
+//! Exactly-once writes and group commit in the state machine.
+//!
+//! A client names each call with a request id that stays the same across
+//! its retries; the service wraps the commands of that call in `Once`. The
+//! first `Once` with an id applies its command and records the result under
+//! the id, in the same batch; any later one (a retry after a lost answer, a
+//! leader change, a timeout) gets the recorded result and changes nothing.
+//! Records are kept `RETAIN_MS` (by the commands' own clocks, so every
+//! member expires the same ones).
+//!
+//! `Batch` carries the commands of many concurrent calls in one Raft entry
+//! (one log write, one fsync, one replication round); each applies or fails
+//! on its own, and all of them with the entry's `last_applied` atomically.
+
+use curvine_common::Result;
+use serde::{Deserialize, Serialize};
+
+use super::{apply, MetaCommand, MetaResult, Outcome};
+use crate::store::{decode, encode, Txn, CF_REQUESTS};
+
+/// How long a request id is remembered. Clients retry for seconds; ten
+/// minutes also covers a retry across a leader change and a long pause.
+pub const RETAIN_MS: i64 = 10 * 60 * 1000;
+/// Expired records removed per `Once` (bounded work per command; a storm of
+/// writes removes old records faster than it adds new ones).
+const GC_PER_COMMAND: usize = 4;
+
+/// One write of one client call: `client` is random per client process,
+/// `seq` counts its calls, `sub` numbers the writes one call makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestId {
+    pub client: u64,
+    pub seq: u64,
+    pub sub: u32,
+}
+
+impl RequestId {
+    fn key(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(21);
+        k.push(b'r');
+        k.extend_from_slice(&self.client.to_be_bytes());
+        k.extend_from_slice(&self.seq.to_be_bytes());
+        k.extend_from_slice(&self.sub.to_be_bytes());
+        k
+    }
+
+    fn time_key(&self, now_ms: i64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(29);
+        k.push(b't');
+        k.extend_from_slice(&(now_ms.max(0) as u64).to_be_bytes());
+        k.extend_from_slice(&self.key()[1..]);
+        k
+    }
+}
+
+pub(super) fn apply_once(txn: &mut Txn, id: &RequestId, now_ms: i64, cmd: &MetaCommand) -> Result<Outcome> {
+    if let Some(v) = txn.get(CF_REQUESTS, &id.key())? {
+        let (_, prev): (i64, MetaResult) = decode(&v)?;
+        return prev.0;
+    }
+    let res = apply(txn, cmd);
+    let rec = MetaResult(res.clone());
+    txn.put(CF_REQUESTS, id.key(), encode(&(now_ms, rec))?);
+    txn.put(CF_REQUESTS, id.time_key(now_ms), Vec::new());
+    expire(txn, now_ms)?;
+    res
+}
+
+/// Removes a few records older than `RETAIN_MS`. Reads the committed
+/// database (this entry's own records are never that old).
+fn expire(txn: &mut Txn, now_ms: i64) -> Result<()> {
+    let cutoff = (now_ms - RETAIN_MS).max(0) as u64;
+    let db = txn.db().clone();
+    let cf = crate::store::cf(&db, CF_REQUESTS)?;
+    let mut old = Vec::new();
+    for item in db.iterator_cf(cf, rocksdb::IteratorMode::From(b"t", rocksdb::Direction::Forward)) {
+        let (k, _) = item.map_err(|e| crate::store::db_err(db.path(), e))?;
+        if k.len() != 29 || k[0] != b't' || u64::from_be_bytes(k[1..9].try_into().unwrap_or_default()) >= cutoff {
+            break;
+        }
+        old.push(k.to_vec());
+        if old.len() == GC_PER_COMMAND {
+            break;
+        }
+    }
+    for k in old {
+        let mut r = vec![b'r'];
+        r.extend_from_slice(&k[9..]);
+        txn.delete(CF_REQUESTS, r);
+        txn.delete(CF_REQUESTS, k);
+    }
+    Ok(())
+}
+
+pub(super) fn apply_batch(txn: &mut Txn, cmds: &[MetaCommand]) -> Outcome {
+    Outcome::Batch(cmds.iter().map(|c| MetaResult(apply(txn, c))).collect())
+}

@@ -1,0 +1,111 @@
+//! Group commit: concurrent writes share Raft entries.
+//!
+//! Calls hand their command to one loop. While a batch is being committed
+//! the next one gathers whatever arrived meanwhile, so under load many
+//! commands travel in one `Batch` entry — one log write, one fsync, one
+//! replication round — and alone a command goes by itself with no added
+//! wait. A batch not committed within `timeout` fails with a "no quorum"
+//! error (the entry may still commit later; a client's retry carries the
+//! same request id and is applied once).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use curvine_common::{Error, Result};
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::namespace::{MetaCommand, Outcome};
+use crate::raft::types::Raft;
+
+/// Most commands in one entry.
+const MAX_BATCH: usize = 512;
+/// Batches being committed at once (one gathering while one commits, and
+/// one more to overlap the log write with applying the previous batch).
+const IN_FLIGHT: usize = 2;
+
+type Reply = oneshot::Sender<Result<Outcome>>;
+
+/// The handle writes go through. Cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::UnboundedSender<(MetaCommand, Reply)>,
+}
+
+impl Proposer {
+    /// Starts the loop for `raft` (node `id`, for error messages).
+    pub fn start(raft: Raft, id: u64, timeout: Duration) -> Proposer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(raft, id, timeout, rx));
+        Proposer { tx }
+    }
+
+    /// Proposes `cmd` and waits until it is applied on this node.
+    pub async fn propose(&self, cmd: MetaCommand) -> Result<Outcome> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((cmd, tx)).map_err(|_| Error::unavailable("meta node is shutting down"))?;
+        rx.await.map_err(|_| Error::unavailable("meta node is shutting down"))?
+    }
+}
+
+async fn run(raft: Raft, id: u64, timeout: Duration, mut rx: mpsc::UnboundedReceiver<(MetaCommand, Reply)>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        // Everything that queued while waiting for a slot goes together.
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit(&raft, id, timeout, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn commit(raft: &Raft, id: u64, timeout: Duration, mut batch: Vec<(MetaCommand, Reply)>) {
+    if batch.len() == 1 {
+        let (cmd, reply) = batch.pop().expect("one command");
+        let _ = reply.send(write(raft, id, timeout, cmd).await);
+        return;
+    }
+    let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    let n = cmds.len();
+    match write(raft, id, timeout, MetaCommand::Batch(cmds)).await {
+        Ok(Outcome::Batch(results)) if results.len() == n => {
+            for (r, reply) in results.into_iter().zip(replies) {
+                let _ = reply.send(r.0);
+            }
+        }
+        Ok(other) => {
+            let e = Error::internal(format!("a batch of {n} commands was answered with {other:?}"));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+async fn write(raft: &Raft, id: u64, timeout: Duration, cmd: MetaCommand) -> Result<Outcome> {
+    match tokio::time::timeout(timeout, raft.client_write(cmd)).await {
+        Ok(Ok(resp)) => resp.data.0,
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Err(Error::not_leader(id, f.leader_node.as_ref().map(|n| n.addr.as_str())))
+        }
+        Ok(Err(e)) => Err(Error::unavailable(format!("meta node {id}: raft: {e}"))),
+        Err(_) => Err(Error::unavailable(format!(
+            "no quorum: meta node {id} could not commit a write within {timeout:?} (too few meta members reachable?); \
+             it may still be applied, and a retry of the same call is applied once"
+        ))),
+    }
+}
