@@ -147,6 +147,11 @@ where
     out
 }
 
+/// How many snapshots member `i` has installed (from its log).
+fn installed(g: &Group, i: usize) -> usize {
+    std::fs::read_to_string(g.dir().join(format!("m{}.log", i + 1))).unwrap_or_default().matches("installed snapshot").count()
+}
+
 fn merge(all: &mut [History], round: Vec<(History, u64)>) -> u64 {
     let mut errors = 0;
     for (k, (h, e)) in round.into_iter().enumerate() {
@@ -208,11 +213,16 @@ async fn acknowledged_operations_survive_every_fault() {
     .await;
     let errors = merge(&mut all, round);
     let t = verify(&fs, &all).await;
+    let installs_before = installed(&g, follower);
     g.restart(follower).unwrap();
     let conv = g.converged(&all_members, CONVERGE).await.unwrap_or_else(|e| panic!("{e}\n{}", g.logs(20)));
     let st = g.status(follower).await.unwrap();
     println!("restarted follower {}: snapshot at {}, log kept from {}", follower + 1, st.snapshot_index, st.log_first_index);
     assert!(st.snapshot_index > 0, "with snapshot_logs = 300 the group must have built snapshots: {st:?}");
+    // It was further behind than the log kept after a snapshot: the leader
+    // sent it the snapshot.
+    let installs = installed(&g, follower);
+    assert!(installs > installs_before, "the restarted follower was not sent a snapshot:\n{}", g.logs(30));
     report("kill -9 follower", &t, errors, conv, started);
 
     // 3. Two of three down: a clear "no quorum" answer, then recovery.

@@ -76,6 +76,10 @@ impl MetaNode {
             election_timeout_min: 1000,
             election_timeout_max: 2000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(conf.meta.snapshot_logs.max(1)),
+            // Entries kept behind a snapshot for lagging members (openraft's
+            // default, 1,000, or fewer with a small snapshot interval):
+            // a member further behind is sent the snapshot.
+            max_in_snapshot_log_to_keep: conf.meta.snapshot_logs.clamp(1, 1000),
             ..Default::default()
         }
         .validate()

@@ -182,8 +182,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_state(KEY_PURGED, &Some(log_id))?;
         let cf = self.cf(CF_LOG)?;
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf, 0u64.to_be_bytes(), (log_id.index + 1).to_be_bytes());
-        self.db.write(batch).map_err(write_err)
+        let end = (log_id.index + 1).to_be_bytes();
+        batch.delete_range_cf(cf, 0u64.to_be_bytes(), end);
+        self.db.write(batch).map_err(write_err)?;
+        // Give the space back now: a range delete only hides the entries
+        // until a compaction reaches their files, which under a steady
+        // create storm may be never (purges run once per snapshot).
+        self.db.compact_range_cf(cf, None::<&[u8]>, Some(&end[..]));
+        Ok(())
     }
 }
 

@@ -1,7 +1,5 @@
 //! The openraft type configuration of the meta group.
 
-use std::io::Cursor;
-
 use crate::namespace::{MetaCommand, MetaResult};
 
 openraft::declare_raft_types!(
@@ -12,7 +10,8 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        // A file: snapshots stream to and from disk, never whole in memory.
+        SnapshotData = tokio::fs::File,
 );
 
 pub type NodeId = u64;

@@ -1,7 +1,6 @@
 //! `RaftStateMachine` on the RocksDB state store: applies each entry in one
 //! `WriteBatch` with `last_applied`, builds and installs checkpoint snapshots.
 
-use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -44,9 +43,12 @@ impl StateMachine {
         Ok((applied, membership.unwrap_or_default()))
     }
 
-    fn snapshot_from(dir: &std::path::Path, meta: Meta) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let data = snapshot::pack(dir).map_err(snap_err)?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    /// The snapshot in `dir`, its data the archive file (packed on first use).
+    async fn snapshot_from(dir: &std::path::Path, meta: Meta) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let d = dir.to_path_buf();
+        let pack = tokio::task::spawn_blocking(move || snapshot::archive(&d)).await.map_err(snap_err)?.map_err(snap_err)?;
+        let f = tokio::fs::File::open(&pack).await.map_err(snap_err)?;
+        Ok(Snapshot { meta, snapshot: Box::new(f) })
     }
 }
 
@@ -69,7 +71,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         snapshot::write_meta(&dir, &meta).map_err(snap_err)?;
         snapshot::remove_others(&self.snapshot_dir, &dir);
         tracing::info!(snapshot = %meta.snapshot_id, "built snapshot");
-        Self::snapshot_from(&dir, meta)
+        // openraft 0.9 keeps only the meta of a snapshot it had built (its
+        // sm worker drops the data), so the archive is not packed here but
+        // when a member needs it (`get_current_snapshot`): a group that
+        // never sends one never spends the disk on it. The data handed back
+        // is the snapshot's meta file, opened read-only.
+        let f = tokio::fs::File::open(dir.join(snapshot::META_FILE)).await.map_err(snap_err)?;
+        Ok(Snapshot { meta, snapshot: Box::new(f) })
     }
 }
 
@@ -122,15 +130,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        // Received chunks go to a file; an interrupted transfer leaves an
+        // `incoming-*` file that the next snapshot clears away.
+        std::fs::create_dir_all(&self.snapshot_dir).map_err(snap_err)?;
+        let p = self.snapshot_dir.join(format!("incoming-{}", curvine_common::now_ms()));
+        let f = tokio::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).await.map_err(snap_err)?;
+        // Unlinked at once: the open handle keeps the bytes until install.
+        let _ = std::fs::remove_file(&p);
+        Ok(Box::new(f))
     }
 
-    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
         let name = snapshot::dir_name(&meta.snapshot_id);
         let dir = self.snapshot_dir.join(&name);
         let _ = std::fs::remove_dir_all(&dir);
-        snapshot::unpack(snapshot.get_ref(), &dir).map_err(snap_err)?;
+        let _ = std::fs::remove_file(dir.with_extension("pack"));
+        let mut f = snapshot.into_std().await;
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Seek;
+            f.seek(std::io::SeekFrom::Start(0))?;
+            snapshot::unpack(f, &d).map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .await
+        .map_err(snap_err)?
+        .map_err(snap_err)?;
         snapshot::write_meta(&dir, meta).map_err(snap_err)?;
         snapshot::remove_others(&self.snapshot_dir, &dir);
         let sm_name = format!("sm-{name}-{}", curvine_common::now_ms());
@@ -144,7 +169,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         match snapshot::newest(&self.snapshot_dir).map_err(snap_err)? {
-            Some((dir, meta)) => Ok(Some(Self::snapshot_from(&dir, meta)?)),
+            Some((dir, meta)) => Ok(Some(Self::snapshot_from(&dir, meta).await?)),
             None => Ok(None),
         }
     }
