@@ -297,7 +297,7 @@ fn cv(args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_follow_the_leader_and_members_change() {
-    let mut g = Group::start(common::bin(), 3, "").await.expect("meta group");
+    let mut g = Group::start(common::bin(), 3, "follower_reads = true").await.expect("meta group");
     // A worker told every member's address.
     let wdir = g.dir().join("w");
     let wargs: Vec<String> = [
@@ -347,6 +347,30 @@ async fn workers_follow_the_leader_and_members_change() {
     let rest: Vec<usize> = (0..4).filter(|i| *i != gone).collect();
     let (applied, digest) = g.converged(&rest, CONVERGE).await.unwrap();
     println!("member {} joined, member {} left: members {:?} agree at {applied} ({digest:016x})\n{out}", j + 1, gone + 1, rest);
+    // Follower reads: with the leader stopped, a client that allows them
+    // still gets stat answers from a follower at once; one that does not is
+    // sent to the (stopped) leader and fails.
+    let leader = g.leader(FAILOVER).await.unwrap();
+    let f = *rest.iter().find(|i| **i != leader).unwrap();
+    g.pause(leader, true);
+    let conf = |follower_reads| curvine_common::config::ClientConf {
+        meta: vec![g.addrs[f].clone()],
+        follower_reads,
+        retries: 0,
+        failover: Duration::from_millis(200),
+        timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let st = FileSystem::new(conf(true)).unwrap().stat("/after-remove").await;
+    let took = started.elapsed();
+    let plain = FileSystem::new(conf(false)).unwrap().stat("/after-remove").await;
+    g.pause(leader, false);
+    assert_eq!(st.expect("a follower read with the leader stopped").len, 1);
+    assert!(took < Duration::from_secs(1), "a follower read waited {took:?}");
+    assert!(plain.is_err(), "a linearizable read was answered while the leader was stopped: {plain:?}");
+    println!("leader stopped: follower read answered in {took:?}; linearizable read: {}", plain.unwrap_err());
+
     // Bad requests get clear errors.
     let out = std::process::Command::new(common::bin()).args(["meta", "members", "remove", "99", "--meta", &g.meta_list()]).output().unwrap();
     assert!(!out.status.success());
