@@ -80,10 +80,16 @@ pub async fn run(cmd: MetaCmd) -> Result<()> {
         MetaCmd::Status { at, json } => {
             // This member itself, not the leader: no failover.
             let addr = at.meta.first().cloned().unwrap_or_default();
-            let mut c = MetaServiceClient::connect(format!("http://{addr}"))
+            // Bounded: a hung member accepts the connection and never answers.
+            let ask = async {
+                let mut c = MetaServiceClient::connect(format!("http://{addr}"))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot reach meta member {addr}: {e}"))?;
+                Ok::<_, anyhow::Error>(c.node_status(NodeStatusRequest {}).await.map_err(curvine_common::Error::from)?.into_inner())
+            };
+            let s = tokio::time::timeout(std::time::Duration::from_secs(5), ask)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot reach meta member {addr}: {e}"))?;
-            let s = c.node_status(NodeStatusRequest {}).await.map_err(curvine_common::Error::from)?.into_inner();
+                .map_err(|_| anyhow::anyhow!("meta member {addr} did not answer within 5s"))??;
             if json {
                 println!(
                     "{}",

@@ -55,18 +55,8 @@ impl Group {
             g.members.push(None);
         }
         // All at once: each waits (up to 10 s) for a leader before it says ready.
-        let spawned: Vec<Result<Proc>> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..n)
-                .map(|i| {
-                    let (bin, args, log) = (&g.bin, &g.args[i], g.log(i));
-                    s.spawn(move || Proc::spawn(bin, args, &log))
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("spawn thread panicked")))).collect()
-        });
-        for (i, p) in spawned.into_iter().enumerate() {
-            g.members[i] = Some(p?);
-        }
+        let all: Vec<usize> = (0..n).collect();
+        g.restart_all(&all)?;
         g.leader(READY_TIMEOUT).await?;
         Ok(g)
     }
