@@ -38,3 +38,10 @@ def main(path):
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # Leave without interpreter finalization. torch's gloo run-loop thread can
+    # still be freeing the barrier's work (which holds Python tensors) when
+    # the interpreter finalizes; it then exits inside a destructor and the
+    # process aborts ("terminate called without an active exception", about
+    # one run in twenty on a loaded machine). Every check has passed by here.
+    sys.stdout.flush()
+    os._exit(0)
