@@ -340,6 +340,16 @@ impl FileSystem {
         inner.local.prefetch(&blocks).await;
     }
 
+    /// Takes over the block descriptors (and their mappings) that `parent`
+    /// holds for short-circuit reads. Only for a process forked from the one
+    /// that made `parent`: fork copies the descriptors and mappings, so a
+    /// DataLoader worker starts with every block its parent prepared instead
+    /// of asking the worker for each again. Nothing else of `parent` is used
+    /// (its connections belong to the parent process).
+    pub fn adopt_local_blocks(&self, parent: &FileSystem) {
+        self.inner.local.adopt(&parent.inner.local);
+    }
+
     /// Writes `data` as the whole content of `path`.
     pub async fn write_all(&self, path: &str, data: &[u8], overwrite: bool) -> Result<FileStatus> {
         let mut w = self.create(path, CreateOptions { overwrite, ..Default::default() }).await?;

@@ -22,8 +22,11 @@ use curvine_fabric::local::LocalConn;
 use curvine_fabric::ReadSource;
 use parking_lot::Mutex;
 
-/// Open block descriptors kept per client at most (each is one fd).
-const MAX_OPEN_BLOCKS: usize = 1024;
+/// Open block descriptors kept per client at most (each is one fd; fewer
+/// when the open-file limit is low). A DataLoader worker cycling through a
+/// few thousand small files keeps them all, instead of asking the worker for
+/// three in four of them again every epoch.
+const MAX_OPEN_BLOCKS: usize = 8192;
 /// Idle socket connections kept per worker.
 const MAX_IDLE: usize = 8;
 /// Blocks smaller than this are read with `pread`, larger ones mapped.
@@ -85,7 +88,7 @@ impl Drop for Mapping {
 struct LocalBlock {
     src: ReadSource,
     map: Option<Mapping>,
-    /// Chunks already checked through this mapping, one bit each. Only
+    /// Chunks already checked (through the mapping or `pread`), one bit each. Only
     /// used for MEM-tier blocks: their pages are the tmpfs file itself and
     /// are never re-read from a device, so a chunk that passed once cannot
     /// change under the mapping. Disk-tier chunks are checked on every read.
@@ -133,6 +136,11 @@ pub struct LocalStats {
     pub fallbacks: u64,
     /// Block descriptors fetched ahead in batches (`prepare_local`).
     pub prefetched: u64,
+    /// Block descriptors fetched one at a time, at a first read.
+    pub opened: u64,
+    /// Block descriptors taken over from the process this one was forked
+    /// from (`FileSystem::adopt_local_blocks`).
+    pub adopted: u64,
     /// Blocks written straight into a local worker's tier file.
     pub writes: u64,
 }
@@ -196,6 +204,8 @@ pub(crate) struct LocalReads {
     reads: AtomicU64,
     fallbacks: AtomicU64,
     prefetched: AtomicU64,
+    opened: AtomicU64,
+    adopted: AtomicU64,
     writes: AtomicU64,
     cap: std::sync::OnceLock<usize>,
 }
@@ -206,6 +216,8 @@ impl LocalReads {
             reads: self.reads.load(Ordering::Relaxed),
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             prefetched: self.prefetched.load(Ordering::Relaxed),
+            opened: self.opened.load(Ordering::Relaxed),
+            adopted: self.adopted.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
         }
     }
@@ -230,7 +242,7 @@ impl LocalReads {
         };
         let res = match &src.map {
             Some(m) => copy_verified(&src, m.bytes(), block, offset, buf, verify),
-            None => read_verified(&src.src, block, offset, buf, verify),
+            None => read_verified(&src, block, offset, buf, verify),
         };
         match res {
             Ok(n) => {
@@ -406,6 +418,24 @@ impl LocalReads {
         }
     }
 
+    /// Copies `other`'s table of open blocks (see
+    /// `FileSystem::adopt_local_blocks`), newest last, up to this client's
+    /// capacity. Skipped when the table was locked when the process forked:
+    /// its lock would never be released here.
+    pub(crate) fn adopt(&self, other: &LocalReads) {
+        let Some(theirs) = other.blocks.try_lock() else { return };
+        let skip = theirs.order.len().saturating_sub(self.capacity());
+        let mut g = self.blocks.lock();
+        for id in theirs.order.iter().skip(skip) {
+            if let Some(lb) = theirs.map.get(id) {
+                if g.map.insert(*id, lb.clone()).is_none() {
+                    g.order.push_back(*id);
+                    self.adopted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     fn remember(&self, block: u64, lb: Arc<LocalBlock>) {
         let cap = self.capacity();
         let mut g = self.blocks.lock();
@@ -438,6 +468,7 @@ impl LocalReads {
         let res = conn.open(block).await;
         self.put_back(loc.worker_id, conn);
         let src = Arc::new(LocalBlock::new(res?));
+        self.opened.fetch_add(1, Ordering::Relaxed);
         self.remember(block, src.clone());
         Ok(src)
     }
@@ -493,7 +524,8 @@ fn copy_verified(lb: &LocalBlock, map: &[u8], block: u64, offset: u64, buf: &mut
 }
 
 /// `copy_verified` with `pread` where the block could not be mapped.
-fn read_verified(src: &ReadSource, block: u64, offset: u64, buf: &mut [u8], verify: bool) -> Result<usize> {
+fn read_verified(lb: &LocalBlock, block: u64, offset: u64, buf: &mut [u8], verify: bool) -> Result<usize> {
+    let src = &lb.src;
     if offset > src.len {
         return Err(Error::invalid(format!("block {block}: offset {offset} beyond its {} bytes", src.len)));
     }
@@ -508,8 +540,13 @@ fn read_verified(src: &ReadSource, block: u64, offset: u64, buf: &mut [u8], veri
     // read whole into a scratch buffer so their crc can be checked.
     let lo = offset.div_ceil(CHUNK) * CHUNK;
     let hi = if end == src.len { end } else { end / CHUNK * CHUNK };
+    // MEM-tier chunks are checked once per descriptor, as through a
+    // mapping: `pread` copies from the same tmpfs pages every time.
     let check = |idx: u64, data: &[u8]| -> Result<()> {
-        if src.crcs.get(idx as usize) == Some(&crc32c(data)) {
+        if lb.is_checked(idx) {
+            Ok(())
+        } else if src.crcs.get(idx as usize) == Some(&crc32c(data)) {
+            lb.mark_checked(idx);
             Ok(())
         } else {
             Err(Error::new(ErrorKind::Corrupt, format!("block {block}: checksum mismatch in chunk {idx} (local read)")))

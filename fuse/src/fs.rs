@@ -37,6 +37,22 @@ pub struct Options {
     pub staging: PathBuf,
 }
 
+/// What a read answers with: bytes read into a buffer, or a checked window
+/// onto a block mapped from a worker on this host.
+enum ReadOut {
+    Owned(Vec<u8>),
+    Mapped(curvine_client::MappedRange),
+}
+
+impl ReadOut {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            ReadOut::Owned(b) => b,
+            ReadOut::Mapped(m) => m.bytes(),
+        }
+    }
+}
+
 struct OpenFile {
     ino: u64,
     /// The reader, with the version of the file it was opened at.
@@ -206,15 +222,15 @@ impl CvFuse {
         Ok(self.attr_now(ino, &st).await)
     }
 
-    async fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    async fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadOut, Errno> {
         let h = self.handles.lock().get(&fh).cloned().ok_or(Errno::EBADF)?;
-        let mut buf = vec![0u8; size as usize];
         let mut version = 0;
         if let Some(s) = self.state(h.ino) {
             let mut s = s.lock().await;
+            let mut buf = vec![0u8; size as usize];
             if let Some(n) = s.read_local(offset, &mut buf).await.map_err(|e| errno(&e))? {
                 buf.truncate(n);
-                return Ok(buf);
+                return Ok(ReadOut::Owned(buf));
             }
             version = s.version;
         }
@@ -229,9 +245,21 @@ impl CvFuse {
             }
         };
         drop(slot);
+        // Bytes in a MEM block of a worker on this host go to the kernel
+        // straight from the block's mapping: no buffer to fill (and zero)
+        // and no copy in the daemon.
+        let len = reader.len().saturating_sub(offset).min(u64::from(size));
+        if len > 0 {
+            match reader.view(offset, len).await {
+                Ok(Some(v)) => return Ok(ReadOut::Mapped(v)),
+                Ok(None) => {}
+                Err(e) => return Err(errno(&e)),
+            }
+        }
+        let mut buf = vec![0u8; len as usize];
         let n = reader.read_at(offset, &mut buf).await.map_err(|e| errno(&e))?;
         buf.truncate(n);
-        Ok(buf)
+        Ok(ReadOut::Owned(buf))
     }
 
     /// Makes this mount's changes to `ino` visible to every client.
@@ -586,7 +614,7 @@ impl Filesystem for Mounted {
     ) {
         self.0.spawn(move |me| async move {
             match me.do_read(fh.0, offset, size).await {
-                Ok(b) => reply.data(&b),
+                Ok(b) => reply.data(b.bytes()),
                 Err(e) => reply.error(e),
             }
         });

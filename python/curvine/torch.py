@@ -86,6 +86,9 @@ class Dataset(tud.Dataset):
         self.open_ttl = open_ttl
         self._opened = self.client._open_many_raw(self.paths) if keep_opens else None
         self._opened_at = [time.time()] * len(self.paths) if keep_opens else None
+        if keep_opens:
+            # DataLoader workers forked later inherit these descriptors.
+            self.client._prepare_local(self._opened)
 
     def __len__(self):
         return len(self.paths)

@@ -45,6 +45,10 @@ impl Client {
             tracing::debug!("client inherited across fork: reconnecting");
         }
         let c = Conn::new(&self.conf, self.threads).py_err()?;
+        if let Some(parent) = cur.as_ref() {
+            // Block descriptors the parent prepared stay valid here.
+            c.fs().adopt_local_blocks(parent.fs());
+        }
         // The inherited `Conn`, if any, leaks itself on drop (see conn.rs).
         *cur = Some(c.clone());
         Ok(c)
@@ -326,6 +330,34 @@ impl Client {
             })
             .py_err()?;
         PyList::new(py, raws.iter().map(|r| PyBytes::new(py, r)))
+    }
+
+    /// This process's short-circuit counters (for tests and benchmarks):
+    /// reads served from local block files, fallbacks to TCP, and block
+    /// descriptors prefetched in batches, opened one at a time, or adopted
+    /// from the parent process at a fork.
+    fn _local_stats(&self, py: Python<'_>) -> PyResult<std::collections::HashMap<&'static str, u64>> {
+        let s = self.conn(py)?.fs().local_stats();
+        Ok([("reads", s.reads), ("fallbacks", s.fallbacks), ("prefetched", s.prefetched), ("opened", s.opened), ("adopted", s.adopted), ("writes", s.writes)]
+            .into_iter()
+            .collect())
+    }
+
+    /// Fetches the descriptors of kept open results' blocks held by a worker
+    /// on this host (one round trip per 200 blocks), so reads from them, in
+    /// this process and in processes forked from it later (DataLoader
+    /// workers), start without a round trip. Best effort.
+    fn _prepare_local(&self, py: Python<'_>, raws: Vec<Vec<u8>>) -> PyResult<()> {
+        let c = self.conn(py)?;
+        py.detach(move || {
+            c.block_on(async {
+                let readers = raws.iter().map(|r| c.fs().reader_from(r)).collect::<curvine_client::Result<Vec<_>>>()?;
+                let refs: Vec<&curvine_client::FileReader> = readers.iter().collect();
+                c.fs().prepare_local(&refs).await;
+                Ok::<_, curvine_client::Error>(())
+            })
+        })
+        .py_err()
     }
 
     /// Like `read_many`, from kept open results (no meta call): `bytes` per

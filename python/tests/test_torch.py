@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+
+import curvine
 from torch.utils.data import DataLoader, get_worker_info
 
 from curvine.torch import Dataset, ShardDataset
@@ -82,6 +84,40 @@ def test_kept_opens_read_without_meta_and_survive_rewrites(client, base):
         time.sleep(0.1)
     off = Dataset(f"{base}/k", client=client, keep_opens=False)
     assert off._opened is None and off.__getitems__([3]) == [new3]
+
+
+class WithLocalStats(Dataset):
+    """Each sample comes with the worker process's short-circuit counters
+    taken right after its batch was read."""
+
+    def __getitems__(self, indices):
+        datas = super().__getitems__(indices)
+        stats = self.client._local_stats()
+        return [(d, stats) for d in datas]
+
+
+def test_forked_workers_inherit_prepared_block_descriptors(node, client, base):
+    # 100 files: fewer than a client keeps even under a 1,024 open-file
+    # limit (256). A fresh client, so its counters are this test's alone.
+    n = 100
+    for i in range(n):
+        client.write(f"{base}/fd/{i:03d}.bin", i.to_bytes(4, "little") * 1000)
+    own = curvine.connect(node.meta)
+    ds = WithLocalStats(f"{base}/fd", client=own)
+    parent = own._local_stats()
+    assert parent["prefetched"] == n, parent  # the dataset prepared them all
+    dl = DataLoader(ds, batch_size=10, shuffle=True, num_workers=2, collate_fn=lambda b: b)
+    got = set()
+    for batch in dl:
+        for data, stats in batch:
+            i = decode_id(data)
+            assert data == i.to_bytes(4, "little") * 1000
+            got.add(i)
+            # Forked with the parent's descriptors: no block was asked for
+            # again, every read was local.
+            assert stats["adopted"] == n and stats["prefetched"] == 0 and stats["opened"] == 0, stats
+            assert stats["reads"] >= 1 and stats["fallbacks"] == 0, stats
+    assert got == set(range(n))
 
 
 def test_dataloader_spawned_workers_reconnect(meta_env, small_files):
