@@ -32,6 +32,11 @@ pub struct FuseArgs {
     /// Threads taking requests from the kernel
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Let the kernel read files held whole in a MEM block of a worker on
+    /// this host straight from the block (Linux 6.9+); while a file is open
+    /// that way, opening it for writing on this mount fails with ETXTBSY
+    #[arg(long)]
+    pub passthrough: bool,
 }
 
 fn secs(what: &str, s: f64) -> anyhow::Result<Duration> {
@@ -48,6 +53,7 @@ pub async fn run(a: FuseArgs, c: &ClientArgs) -> anyhow::Result<()> {
         attr_timeout: secs("attr-timeout", a.attr_timeout)?,
         entry_timeout: secs("entry-timeout", a.entry_timeout)?,
         threads: a.threads,
+        passthrough: a.passthrough,
     };
     let fs = c.fs()?;
     let rt = tokio::runtime::Handle::current();

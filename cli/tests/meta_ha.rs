@@ -152,6 +152,19 @@ fn installed(g: &Group, i: usize) -> usize {
     std::fs::read_to_string(g.dir().join(format!("m{}.log", i + 1))).unwrap_or_default().matches("installed snapshot").count()
 }
 
+/// Creates `path` through `fs` with too few members up: the write must
+/// fail with a clear "no quorum" error, which is returned.
+async fn refused_without_quorum(fs: &FileSystem, path: &str) -> String {
+    let err = match fs.create(path, CreateOptions::default()).await {
+        Ok(w) => w.close().await.err(),
+        Err(e) => Some(e),
+    }
+    .expect("a write without a quorum must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("quorum") || msg.contains("knows no leader"), "not a clear no-quorum error: {msg}");
+    msg
+}
+
 fn merge(all: &mut [History], round: Vec<(History, u64)>) -> u64 {
     let mut errors = 0;
     for (k, (h, e)) in round.into_iter().enumerate() {
@@ -161,29 +174,37 @@ fn merge(all: &mut [History], round: Vec<(History, u64)>) -> u64 {
     errors
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_operations_survive_every_fault() {
-    let mut g = Group::start(common::bin(), 3, META_TOML).await.expect("meta group");
+/// Prints the counts of a fault round (the test output records them).
+fn report(name: &str, t: &Tally, errors: u64, conv: (u64, u64), started: Instant) {
+    println!(
+        "fault {name}: {} acknowledged ops, {} failed ({} this round), {} files present, members converged at \
+         applied {} digest {:016x}, {:.1} s",
+        t.acked,
+        t.unacked,
+        errors,
+        t.files,
+        conv.0,
+        conv.1,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A group of `n` members, a client, and each storm client's directory and
+/// (empty) history.
+async fn storm_group(n: usize, clients: usize) -> (Group, FileSystem, Vec<History>) {
+    let g = Group::start(common::bin(), n, META_TOML).await.unwrap_or_else(|e| panic!("a meta group of {n}: {e:#}"));
     let fs = g.fs(FAILOVER).unwrap();
-    const CLIENTS: usize = 4;
-    for k in 0..CLIENTS {
+    for k in 0..clients {
         fs.mkdir(&format!("/c{k}"), true).await.unwrap();
     }
-    let mut all: Vec<History> = vec![History::new(); CLIENTS];
+    (g, fs, vec![History::new(); clients])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_operations_survive_every_fault() {
+    const CLIENTS: usize = 4;
+    let (mut g, fs, mut all) = storm_group(3, CLIENTS).await;
     let all_members = [0, 1, 2];
-    let report = |name: &str, t: &Tally, errors: u64, conv: (u64, u64), started: Instant| {
-        println!(
-            "fault {name}: {} acknowledged ops, {} failed ({} this round), {} files present, members converged at \
-             applied {} digest {:016x}, {:.1} s",
-            t.acked,
-            t.unacked,
-            errors,
-            t.files,
-            conv.0,
-            conv.1,
-            started.elapsed().as_secs_f64()
-        );
-    };
 
     // 1. kill -9 the leader during the storm; it comes back as a follower.
     let started = Instant::now();
@@ -232,13 +253,7 @@ async fn acknowledged_operations_survive_every_fault() {
     g.kill9(a);
     g.kill9(b);
     let impatient = g.fs(Duration::from_secs(1)).unwrap();
-    let err = match impatient.create("/c0/no-quorum", CreateOptions::default()).await {
-        Ok(w) => w.close().await.err(),
-        Err(e) => Some(e),
-    }
-    .expect("a write without a quorum must fail");
-    let msg = err.to_string();
-    assert!(msg.contains("quorum") || msg.contains("knows no leader"), "not a clear no-quorum error: {msg}");
+    let msg = refused_without_quorum(&impatient, "/c0/no-quorum").await;
     println!("two of three down: write answered \"{msg}\"");
     let err = impatient.stat("/c0").await.expect_err("a linearizable read without a quorum must fail");
     println!("two of three down: stat answered \"{err}\"");
@@ -375,4 +390,47 @@ async fn workers_follow_the_leader_and_members_change() {
     let out = std::process::Command::new(common::bin()).args(["meta", "members", "remove", "99", "--meta", &g.meta_list()]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("99 is not a voter"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Five members lose two (the leader and a follower) during a storm and keep
+/// committing (three of five are a quorum); a third loss stops writes with a
+/// "no quorum" error; all five then converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_survive_two_losses() {
+    const CLIENTS: usize = 3;
+    let (mut g, fs, mut all) = storm_group(5, CLIENTS).await;
+    let members: Vec<usize> = (0..5).collect();
+    let started = Instant::now();
+    let leader = g.leader(FAILOVER).await.unwrap();
+    let follower = (leader + 1) % 5;
+    let round = storm(&mut g, CLIENTS, 1, Duration::from_secs(3), |g| {
+        g.kill9(leader);
+        g.kill9(follower);
+        async {}
+    })
+    .await;
+    let errors = merge(&mut all, round);
+    let new = g.leader(FAILOVER).await.unwrap();
+    assert!(new != leader && new != follower, "a killed member cannot lead");
+    // Writes go on with two of five down.
+    let t = verify(&fs, &all).await;
+    fs.create("/c0/three-of-five", CreateOptions::default()).await.unwrap().close().await.unwrap();
+    fs.delete("/c0/three-of-five", false).await.unwrap();
+    // A third loss leaves two of five: no quorum.
+    let third = (0..5).find(|i| ![leader, follower, new].contains(i)).unwrap();
+    g.kill9(third);
+    // Patient enough to reach the leader, which answers once its write
+    // timeout (3 s) passes without a quorum.
+    let impatient = g.fs(Duration::from_secs(8)).unwrap();
+    let msg = refused_without_quorum(&impatient, "/c0/two-of-five").await;
+    for i in [leader, follower, third] {
+        g.restart(i).unwrap();
+    }
+    let _ = g.fs(FAILOVER).unwrap().delete("/c0/two-of-five", false).await;
+    let t2 = verify(&fs, &all).await;
+    assert_eq!((t2.acked, t2.files), (t.acked, t.files), "the namespace changed while the clients were stopped");
+    let conv = g.converged(&members, CONVERGE).await.unwrap_or_else(|e| panic!("{e}\n{}", g.logs(20)));
+    println!("five members: a third loss answered \"{msg}\"");
+    report("five members, two killed mid-storm", &t, errors, conv, started);
+    assert!(t.acked > 0, "the clients got nothing acknowledged");
 }

@@ -450,8 +450,8 @@ impl LocalReads {
     }
 
     /// The block file of `block` on worker `loc` (this host), with its tier
-    /// and length: for readers that hand the file to another engine (cuFile).
-    #[cfg(feature = "gpu")]
+    /// and length: for readers that hand the file to another engine (cuFile,
+    /// the kernel's FUSE passthrough).
     pub async fn block_file(&self, loc: &BlockLocation, block: u64) -> Option<(Arc<std::fs::File>, TierKind, u64)> {
         if loc.local_socket.is_empty() || self.backing_off(loc.worker_id) {
             return None;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use curvine_common::proto::{BlockLocation as LocatedBlockLocation, FileStatus, LocatedBlock};
+use curvine_common::tier::TierKind;
 use curvine_common::{Error, ErrorKind, Result};
 
 use crate::ahead::{Ahead, Window};
@@ -264,6 +265,31 @@ impl FileReader {
                 Some(Ok(v)) => return Ok(Some(v)),
                 Some(Err(e)) => tracing::debug!(block = b.id, error = %e, "local view refused; reading instead"),
                 None => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The block file holding this whole file, for a reader that hands the
+    /// file to the kernel (FUSE passthrough): only when the file is one
+    /// block in the MEM tier of a worker on this host, and only after every
+    /// chunk of it passed its crc (as `view` checks them). `None` otherwise.
+    pub async fn whole_local_file(&self) -> Result<Option<Arc<std::fs::File>>> {
+        let [b] = &self.blocks[..] else { return Ok(None) };
+        if self.status.len == 0 || b.offset != 0 || b.len != self.status.len || b.from_ufs {
+            return Ok(None);
+        }
+        // Checks all chunks (once per client) and proves the block is a MEM
+        // one this client can map.
+        if self.view(0, b.len).await?.is_none() {
+            return Ok(None);
+        }
+        let inner = &self.fs.inner;
+        for loc in b.locations.iter().filter(|l| l.hostname == inner.hostname) {
+            if let Some((file, TierKind::Mem, len)) = inner.local.block_file(loc, b.id).await {
+                if len == b.len {
+                    return Ok(Some(file));
+                }
             }
         }
         Ok(None)

@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use tokio::runtime::Handle as Rt;
 
 use crate::files::FileState;
+use crate::passthrough::Passthrough;
 use crate::inodes::{Inodes, ROOT};
 
 /// Names an open file lives under after it was unlinked (hidden from
@@ -35,6 +36,9 @@ pub struct Options {
     pub writeback_cache: bool,
     /// Where files being rewritten are staged.
     pub staging: PathBuf,
+    /// Hand read-only opens of same-host MEM blocks to the kernel
+    /// (`passthrough.rs`).
+    pub passthrough: bool,
 }
 
 /// What a read answers with: bytes read into a buffer, or a checked window
@@ -55,6 +59,8 @@ impl ReadOut {
 
 struct OpenFile {
     ino: u64,
+    /// Opened in passthrough mode: the kernel reads its backing file.
+    passthrough: bool,
     /// The reader, with the version of the file it was opened at.
     reader: tokio::sync::Mutex<Option<(u64, Arc<FileReader>)>>,
 }
@@ -72,6 +78,7 @@ pub struct CvFuse {
     /// their page cache.
     seen: Mutex<HashMap<u64, (i64, u64)>>,
     next_fh: AtomicU64,
+    pt: Passthrough,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -122,6 +129,7 @@ impl CvFuse {
             dirs: Mutex::default(),
             seen: Mutex::default(),
             next_fh: AtomicU64::new(1),
+            pt: Passthrough::default(),
         }
     }
 
@@ -203,8 +211,45 @@ impl CvFuse {
 
     fn new_fh(&self, ino: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, reader: tokio::sync::Mutex::new(None) }));
+        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: false, reader: tokio::sync::Mutex::new(None) }));
         fh
+    }
+
+    /// Whether `ino` is open through this mount other than in passthrough
+    /// mode, or has changes of this mount's (then it cannot be handed over).
+    fn busy_for_passthrough(&self, ino: u64) -> bool {
+        let open = self.handles.lock().values().any(|h| h.ino == ino && !h.passthrough);
+        open || self.state(ino).is_some()
+    }
+
+    /// Opens `ino` for reading in passthrough mode when it can be: its
+    /// handle and backing, or `None` for a normal open.
+    async fn open_passthrough(&self, ino: u64, path: &str, reply: &ReplyOpen) -> Result<Option<(u64, Arc<fuser::BackingId>)>, Errno> {
+        let backing = match self.pt.share(ino) {
+            Some(b) => b,
+            None => {
+                if self.busy_for_passthrough(ino) {
+                    return Ok(None);
+                }
+                let reader = self.fs.open(path).await.map_err(|e| errno(&e))?;
+                let Some(file) = reader.whole_local_file().await.map_err(|e| errno(&e))? else { return Ok(None) };
+                let made = self.pt.register(ino, || self.busy_for_passthrough(ino), || reply.open_backing(&*file));
+                match made {
+                    Ok(Some(b)) => b,
+                    Ok(None) => return Ok(None),
+                    Err(e) => {
+                        // Not allowed here (no CAP_SYS_ADMIN in the initial
+                        // namespace) or not supported after all: stop trying.
+                        tracing::warn!(error = %e, "FUSE passthrough refused by the kernel; reads go through the daemon");
+                        self.pt.set_enabled(false);
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: true, reader: tokio::sync::Mutex::new(None) }));
+        Ok(Some((fh, backing)))
     }
 
     /// Registers an open handle on `ino` (its state created if needed).
@@ -272,6 +317,10 @@ impl CvFuse {
 
     async fn release_fh(&self, fh: u64) -> Result<(), Errno> {
         let Some(h) = self.handles.lock().remove(&fh) else { return Ok(()) };
+        if h.passthrough {
+            self.pt.release(h.ino);
+            return Ok(());
+        }
         let Some(s) = self.state(h.ino) else { return Ok(()) };
         let mut st = s.lock().await;
         let path = self.inodes.path(h.ino);
@@ -365,6 +414,19 @@ impl Filesystem for Mounted {
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         if self.0.opts.writeback_cache {
             let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
+        if self.0.opts.passthrough {
+            // The kernel does not combine passthrough with the writeback cache.
+            let ok = !self.0.opts.writeback_cache
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !ok {
+                tracing::warn!(
+                    "FUSE passthrough unavailable (needs Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH, and no --writeback-cache); \
+                     reads go through the daemon"
+                );
+            }
+            self.0.pt.set_enabled(ok);
         }
         Ok(())
     }
@@ -531,6 +593,19 @@ impl Filesystem for Mounted {
             Err(e) => return reply.error(e),
         };
         self.0.spawn(move |me| async move {
+            let read_only = flags.acc_mode() == OpenAccMode::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
+            if read_only && me.pt.enabled() && !me.opts.direct_io {
+                match me.open_passthrough(ino.0, &path, &reply).await {
+                    Ok(Some((fh, backing))) => return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
+                    Ok(None) => {}
+                    Err(e) => return reply.error(e),
+                }
+            }
+            // The kernel refuses any other kind of open of an inode in
+            // passthrough mode (EIO); say why instead.
+            if me.pt.has_backing(ino.0) {
+                return reply.error(Errno::ETXTBSY);
+            }
             let res = async {
                 let st = me.fs.stat(&path).await.map_err(|e| errno(&e))?;
                 if st.kind == FileKind::Dir as i32 {
@@ -550,6 +625,13 @@ impl Filesystem for Mounted {
                 Ok(unchanged)
             };
             match res.await {
+                Ok(_) if me.pt.has_backing(ino.0) => {
+                    // A passthrough open got in while this one was on its
+                    // way: undo this one's registration.
+                    let fh = me.new_fh(ino.0);
+                    let _ = me.release_fh(fh).await;
+                    reply.error(Errno::ETXTBSY)
+                }
                 Ok(unchanged) => {
                     let fh = me.new_fh(ino.0);
                     let mut f = FopenFlags::empty();

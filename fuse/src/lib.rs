@@ -5,6 +5,7 @@
 mod files;
 mod fs;
 mod inodes;
+mod passthrough;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +31,9 @@ pub struct FuseOptions {
     /// Threads reading requests from the kernel (operations themselves run
     /// on the async runtime).
     pub threads: usize,
+    /// Read-only opens of files held whole in a same-host MEM block are
+    /// served by the kernel from the block file (`passthrough.rs`).
+    pub passthrough: bool,
 }
 
 /// Whether `path` is a mount point whose FUSE daemon is gone: statfs
@@ -92,6 +96,7 @@ pub fn run(fs: FileSystem, rt: tokio::runtime::Handle, opts: FuseOptions) -> Res
         direct_io: opts.direct_io,
         writeback_cache: opts.writeback_cache,
         staging: staging.path().to_path_buf(),
+        passthrough: opts.passthrough,
     };
     let inner = Arc::new(fs::CvFuse::new(fs, rt.clone(), &root, fopts));
     let mut cfg = Config::default();
