@@ -20,6 +20,7 @@ use fuser::{
 use parking_lot::Mutex;
 use tokio::runtime::Handle as Rt;
 
+use crate::dirattrs::DirAttrs;
 use crate::files::FileState;
 use crate::passthrough::Passthrough;
 use crate::inodes::{Inodes, ROOT};
@@ -79,6 +80,7 @@ pub struct CvFuse {
     seen: Mutex<HashMap<u64, (i64, u64)>>,
     next_fh: AtomicU64,
     pt: Passthrough,
+    dir_attrs: DirAttrs,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -119,6 +121,7 @@ fn to_ms(t: TimeOrNow) -> i64 {
 
 impl CvFuse {
     pub fn new(fs: FileSystem, rt: Rt, root: &str, opts: Options) -> CvFuse {
+        let dir_attrs = DirAttrs::new(opts.attr_ttl);
         CvFuse {
             fs,
             rt,
@@ -130,6 +133,7 @@ impl CvFuse {
             seen: Mutex::default(),
             next_fh: AtomicU64::new(1),
             pt: Passthrough::default(),
+            dir_attrs,
         }
     }
 
@@ -453,9 +457,17 @@ impl Filesystem for Mounted {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
+        if let Some(a) = self.0.dir_attrs.get(ino.0) {
+            return reply.attr(&self.0.opts.attr_ttl, &a);
+        }
         self.0.spawn(move |me| async move {
             match me.getattr_of(ino.0, &path).await {
-                Ok(a) => reply.attr(&me.opts.attr_ttl, &a),
+                Ok(a) => {
+                    if a.kind == FileType::Directory {
+                        me.dir_attrs.put(a);
+                    }
+                    reply.attr(&me.opts.attr_ttl, &a)
+                }
                 Err(e) => reply.error(e),
             }
         });
@@ -480,6 +492,7 @@ impl Filesystem for Mounted {
         reply: ReplyAttr,
     ) {
         let a = SetAttr { mode, uid, gid, size, mtime: mtime.map(to_ms) };
+        self.0.dir_attrs.forget(ino.0);
         self.0.spawn(move |me| async move {
             match me.do_setattr(ino.0, a).await {
                 Ok(attr) => reply.attr(&me.opts.attr_ttl, &attr),
@@ -497,6 +510,7 @@ impl Filesystem for Mounted {
         self.0.spawn(move |me| async move {
             let res = async {
                 let st = me.fs.mkdir_with(&path, false, mode & !umask & 0o7777, Some(owner)).await.map_err(|e| errno(&e))?;
+                me.dir_attrs.created_in(parent.0, time(st.mtime_ms));
                 let ino = me.inodes.lookup(parent.0, &name);
                 Ok::<_, Errno>(me.attr(ino, &st, None))
             };
@@ -512,6 +526,7 @@ impl Filesystem for Mounted {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
+        self.0.dir_attrs.forget(parent.0);
         self.0.answer(reply, move |me| async move {
             // The kernel refuses unlink of a directory (EISDIR) itself,
             // from the type it looked up: no stat needed here.
@@ -526,12 +541,14 @@ impl Filesystem for Mounted {
                     s.commit(Some((&me.fs, &path))).await.map_err(|e| errno(&e))?;
                     me.fs.rename(&path, &hidden).await.map_err(|e| errno(&e))?;
                     me.inodes.rehome(ino, parent.0, &hidden_name);
+                    me.dir_attrs.forget(parent.0); // a getattr may have raced the change
                     s.unlinked_as = Some(hidden);
                     return Ok(());
                 }
             }
             me.fs.delete(&path, false).await.map_err(|e| errno(&e))?;
             me.inodes.unlink(parent.0, &name);
+            me.dir_attrs.forget(parent.0); // a getattr may have raced the change
             Ok(())
         });
     }
@@ -541,10 +558,12 @@ impl Filesystem for Mounted {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
+        self.0.dir_attrs.forget(parent.0);
         self.0.answer(reply, move |me| async move {
             // The kernel refuses rmdir of a non-directory (ENOTDIR).
             me.fs.delete(&path, false).await.map_err(|e| errno(&e))?;
             me.inodes.unlink(parent.0, &name);
+            me.dir_attrs.forget(parent.0); // a getattr may have raced the change
             Ok(())
         });
     }
@@ -567,6 +586,9 @@ impl Filesystem for Mounted {
             return reply.error(Errno::EINVAL);
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        for d in [Some(parent.0), Some(newparent.0), self.0.inodes.known(parent.0, &name)].into_iter().flatten() {
+            self.0.dir_attrs.forget(d);
+        }
         self.0.answer(reply, move |me| async move {
             if noreplace {
                 // Checked, then renamed: a concurrent create of the
@@ -583,6 +605,9 @@ impl Filesystem for Mounted {
             }
             me.fs.rename(&src, &dst).await.map_err(|e| errno(&e))?;
             me.inodes.rename(parent.0, &name, newparent.0, &newname);
+            // A getattr may have raced the change.
+            me.dir_attrs.forget(parent.0);
+            me.dir_attrs.forget(newparent.0);
             Ok(())
         });
     }
@@ -659,6 +684,7 @@ impl Filesystem for Mounted {
                 let opts = CreateOptions { overwrite: flags & libc::O_EXCL == 0, mode, owner: Some(owner), ..Default::default() };
                 let w = me.fs.create(&path, opts).await.map_err(|e| errno(&e))?;
                 let st = w.status().clone();
+                me.dir_attrs.created_in(parent.0, time(st.mtime_ms));
                 let ino = me.inodes.lookup(parent.0, &name);
                 let s = me.open_state(ino, 0, mode);
                 let mut s = s.lock().await;
@@ -861,6 +887,7 @@ impl Filesystem for Mounted {
             _ => return reply.error(Errno::EINVAL),
         };
         let perm = mode & !umask & 0o7777;
+        self.0.dir_attrs.forget(parent.0);
         self.0.spawn(move |me| async move {
             let res = async {
                 let st = match kind {
@@ -891,6 +918,7 @@ impl Filesystem for Mounted {
             Err(e) => return reply.error(e),
         };
         let Some(target) = target.to_str().map(str::to_string) else { return reply.error(Errno::EINVAL) };
+        self.0.dir_attrs.forget(parent.0);
         self.0.spawn(move |me| async move {
             match me.fs.symlink(&target, &path, Some(owner)).await {
                 Ok(st) => {
@@ -958,6 +986,7 @@ impl Filesystem for Mounted {
             (_, None) => return reply.error(Errno::EINVAL),
         };
         let value = value.to_vec();
+        self.0.dir_attrs.forget(ino.0);
         self.0.answer(reply, move |me| async move {
             me.fs.xattr_set(&path, &name, &value, flags as u32).await.map_err(|e| match e.kind() {
                 ErrorKind::NotFound => Errno::NO_XATTR,
@@ -974,6 +1003,7 @@ impl Filesystem for Mounted {
             (Err(e), _) => return reply.error(e),
             (_, None) => return reply.error(Errno::EINVAL),
         };
+        self.0.dir_attrs.forget(ino.0);
         self.0.answer(reply, move |me| async move {
             me.fs.xattr_remove(&path, &name).await.map_err(|e| match e.kind() {
                 ErrorKind::NotFound => Errno::NO_XATTR,

@@ -2,6 +2,7 @@
 //! programs that open files by path. See `fs.rs` for the operations and
 //! `files.rs` for how writes map onto Curvine's sealed files.
 
+mod dirattrs;
 mod files;
 mod fs;
 mod inodes;

@@ -1,0 +1,115 @@
+//! Attributes of directories, kept for the attribute timeout.
+//!
+//! The kernel drops a directory's cached attributes whenever an entry is
+//! created in it and, with `default_permissions`, asks for them again at the
+//! next path walk through it: without this table every create in a
+//! directory costs one more meta call. A create made through this mount
+//! changes only the directory's mtime and ctime, which meta stamps with the
+//! new entry's own time, so the kept copy takes that time. Any other change
+//! through this mount drops the copy; changes from other clients show after
+//! the timeout, as with the kernel's own attribute cache.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use fuser::FileAttr;
+use parking_lot::Mutex;
+
+/// Expired entries are swept once the table holds this many.
+const SWEEP_AT: usize = 10_000;
+
+pub struct DirAttrs {
+    ttl: Duration,
+    map: Mutex<HashMap<u64, (FileAttr, Instant)>>,
+}
+
+impl DirAttrs {
+    pub fn new(ttl: Duration) -> DirAttrs {
+        DirAttrs { ttl, map: Mutex::default() }
+    }
+
+    /// The kept attributes of directory `ino`, if still fresh.
+    pub fn get(&self, ino: u64) -> Option<FileAttr> {
+        let g = self.map.lock();
+        g.get(&ino).filter(|(_, until)| Instant::now() < *until).map(|(a, _)| *a)
+    }
+
+    /// Keeps `attr` (of a directory, just read from meta).
+    pub fn put(&self, attr: FileAttr) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut g = self.map.lock();
+        if g.len() >= SWEEP_AT {
+            g.retain(|_, (_, until)| now < *until);
+        }
+        g.insert(attr.ino.0, (attr, now + self.ttl));
+    }
+
+    /// An entry made in `dir` at `at` (the entry's own time, which meta
+    /// gave the directory too).
+    pub fn created_in(&self, dir: u64, at: SystemTime) {
+        if let Some((a, _)) = self.map.lock().get_mut(&dir) {
+            a.mtime = a.mtime.max(at);
+            a.ctime = a.ctime.max(at);
+        }
+    }
+
+    /// `ino` changed some other way: ask meta next time.
+    pub fn forget(&self, ino: u64) {
+        self.map.lock().remove(&ino);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fuser::{FileType, INodeNo};
+
+    fn dir(ino: u64, t: SystemTime) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(ino),
+            size: 0,
+            blocks: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: FileType::Directory,
+            perm: 0o755,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn creates_move_the_times_and_other_changes_drop_the_copy() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let d = DirAttrs::new(Duration::from_secs(60));
+        d.put(dir(7, t0));
+        let t1 = t0 + Duration::from_millis(5);
+        d.created_in(7, t1);
+        let a = d.get(7).unwrap();
+        assert_eq!((a.mtime, a.ctime, a.perm), (t1, t1, 0o755));
+        // An older time (a create that raced a later one) never goes back.
+        d.created_in(7, t0);
+        assert_eq!(d.get(7).unwrap().mtime, t1);
+        d.created_in(8, t1); // not kept: nothing to update
+        assert!(d.get(8).is_none());
+        d.forget(7);
+        assert!(d.get(7).is_none());
+        // A zero timeout keeps nothing; an expired copy is not returned.
+        let off = DirAttrs::new(Duration::ZERO);
+        off.put(dir(1, t0));
+        assert!(off.get(1).is_none());
+        let short = DirAttrs::new(Duration::from_millis(1));
+        short.put(dir(2, t0));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(short.get(2).is_none());
+    }
+}
