@@ -8,6 +8,7 @@
 //! error (the entry may still commit later; a client's retry carries the
 //! same request id and is applied once).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,28 +31,53 @@ type Reply = oneshot::Sender<Result<Outcome>>;
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::UnboundedSender<(MetaCommand, Reply)>,
+    direct: Arc<Direct>,
+}
+
+/// What a call needs to commit its command itself, skipping the loop's two
+/// task hand-offs when nothing else is waiting (a lone writer's latency).
+struct Direct {
+    raft: Raft,
+    id: u64,
+    timeout: Duration,
+    slots: Arc<Semaphore>,
+    /// Commands handed to the loop and not yet taken into a batch.
+    queued: AtomicUsize,
 }
 
 impl Proposer {
     /// Starts the loop for `raft` (node `id`, for error messages).
     pub fn start(raft: Raft, id: u64, timeout: Duration) -> Proposer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, id, timeout, rx));
-        Proposer { tx }
+        let direct = Arc::new(Direct { raft, id, timeout, slots: Arc::new(Semaphore::new(IN_FLIGHT)), queued: AtomicUsize::new(0) });
+        tokio::spawn(run(direct.clone(), rx));
+        Proposer { tx, direct }
     }
 
     /// Proposes `cmd` and waits until it is applied on this node.
     pub async fn propose(&self, cmd: MetaCommand) -> Result<Outcome> {
+        let d = &self.direct;
+        // Nothing queued and a slot free: no batch to join, so commit here.
+        if d.queued.load(Ordering::Acquire) == 0 {
+            if let Ok(permit) = d.slots.try_acquire() {
+                let res = write(&d.raft, d.id, d.timeout, cmd).await;
+                drop(permit);
+                return res;
+            }
+        }
         let (tx, rx) = oneshot::channel();
-        self.tx.send((cmd, tx)).map_err(|_| Error::unavailable("meta node is shutting down"))?;
+        d.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send((cmd, tx)).is_err() {
+            d.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::unavailable("meta node is shutting down"));
+        }
         rx.await.map_err(|_| Error::unavailable("meta node is shutting down"))?
     }
 }
 
-async fn run(raft: Raft, id: u64, timeout: Duration, mut rx: mpsc::UnboundedReceiver<(MetaCommand, Reply)>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+async fn run(d: Arc<Direct>, mut rx: mpsc::UnboundedReceiver<(MetaCommand, Reply)>) {
     while let Some(first) = rx.recv().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = d.slots.clone().acquire_owned().await else { return };
         // Everything that queued while waiting for a slot goes together.
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -60,7 +86,8 @@ async fn run(raft: Raft, id: u64, timeout: Duration, mut rx: mpsc::UnboundedRece
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        d.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        let (raft, id, timeout) = (d.raft.clone(), d.id, d.timeout);
         tokio::spawn(async move {
             commit(&raft, id, timeout, batch).await;
             drop(permit);
