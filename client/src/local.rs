@@ -418,7 +418,7 @@ impl LocalReads {
         }
     }
 
-    /// Copies `other`'s table of open blocks (see
+    /// Takes `other`'s table of open blocks (see
     /// `FileSystem::adopt_local_blocks`), newest last, up to this client's
     /// capacity. Skipped when the table was locked when the process forked:
     /// its lock would never be released here.
@@ -428,7 +428,13 @@ impl LocalReads {
         let mut g = self.blocks.lock();
         for id in theirs.order.iter().skip(skip) {
             if let Some(lb) = theirs.map.get(id) {
-                if g.map.insert(*id, lb.clone()).is_none() {
+                // A fresh block around the inherited descriptor: the
+                // parent's lazy mapping may have been mid-initialization at
+                // the fork (it would never finish here), and its checked
+                // bits are the parent's. Large blocks are mapped again
+                // (cheap: no page is touched).
+                let src = ReadSource { file: lb.src.file.clone(), len: lb.src.len, crcs: lb.src.crcs.clone(), tier: lb.src.tier };
+                if g.map.insert(*id, Arc::new(LocalBlock::new(src))).is_none() {
                     g.order.push_back(*id);
                     self.adopted.fetch_add(1, Ordering::Relaxed);
                 }

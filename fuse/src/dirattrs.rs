@@ -7,9 +7,12 @@
 //! changes only the directory's mtime and ctime, which meta stamps with the
 //! new entry's own time, so the kept copy takes that time. Any other change
 //! through this mount drops the copy; changes from other clients show after
-//! the timeout, as with the kernel's own attribute cache.
+//! the timeout, as with the kernel's own attribute cache. A read from meta
+//! is kept only if no change went through this mount while it was on its
+//! way (a generation counter), so a stale read cannot land after a change.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::FileAttr;
@@ -21,11 +24,13 @@ const SWEEP_AT: usize = 10_000;
 pub struct DirAttrs {
     ttl: Duration,
     map: Mutex<HashMap<u64, (FileAttr, Instant)>>,
+    /// Bumped by every change; see `generation`.
+    gen: AtomicU64,
 }
 
 impl DirAttrs {
     pub fn new(ttl: Duration) -> DirAttrs {
-        DirAttrs { ttl, map: Mutex::default() }
+        DirAttrs { ttl, map: Mutex::default(), gen: AtomicU64::new(0) }
     }
 
     /// The kept attributes of directory `ino`, if still fresh.
@@ -34,13 +39,22 @@ impl DirAttrs {
         g.get(&ino).filter(|(_, until)| Instant::now() < *until).map(|(a, _)| *a)
     }
 
-    /// Keeps `attr` (of a directory, just read from meta).
-    pub fn put(&self, attr: FileAttr) {
+    /// Taken before reading attributes from meta, handed to `put`.
+    pub fn generation(&self) -> u64 {
+        self.gen.load(Ordering::Acquire)
+    }
+
+    /// Keeps `attr` (of a directory, read from meta after `generation`
+    /// returned `gen`), unless something changed since.
+    pub fn put(&self, attr: FileAttr, gen: u64) {
         if self.ttl.is_zero() {
             return;
         }
         let now = Instant::now();
         let mut g = self.map.lock();
+        if self.gen.load(Ordering::Acquire) != gen {
+            return;
+        }
         if g.len() >= SWEEP_AT {
             g.retain(|_, (_, until)| now < *until);
         }
@@ -50,7 +64,9 @@ impl DirAttrs {
     /// An entry made in `dir` at `at` (the entry's own time, which meta
     /// gave the directory too).
     pub fn created_in(&self, dir: u64, at: SystemTime) {
-        if let Some((a, _)) = self.map.lock().get_mut(&dir) {
+        let mut g = self.map.lock();
+        self.gen.fetch_add(1, Ordering::AcqRel);
+        if let Some((a, _)) = g.get_mut(&dir) {
             a.mtime = a.mtime.max(at);
             a.ctime = a.ctime.max(at);
         }
@@ -58,7 +74,9 @@ impl DirAttrs {
 
     /// `ino` changed some other way: ask meta next time.
     pub fn forget(&self, ino: u64) {
-        self.map.lock().remove(&ino);
+        let mut g = self.map.lock();
+        self.gen.fetch_add(1, Ordering::AcqRel);
+        g.remove(&ino);
     }
 }
 
@@ -91,7 +109,7 @@ mod tests {
     fn creates_move_the_times_and_other_changes_drop_the_copy() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let d = DirAttrs::new(Duration::from_secs(60));
-        d.put(dir(7, t0));
+        d.put(dir(7, t0), d.generation());
         let t1 = t0 + Duration::from_millis(5);
         d.created_in(7, t1);
         let a = d.get(7).unwrap();
@@ -105,11 +123,16 @@ mod tests {
         assert!(d.get(7).is_none());
         // A zero timeout keeps nothing; an expired copy is not returned.
         let off = DirAttrs::new(Duration::ZERO);
-        off.put(dir(1, t0));
+        off.put(dir(1, t0), off.generation());
         assert!(off.get(1).is_none());
         let short = DirAttrs::new(Duration::from_millis(1));
-        short.put(dir(2, t0));
+        short.put(dir(2, t0), short.generation());
         std::thread::sleep(Duration::from_millis(5));
         assert!(short.get(2).is_none());
+        // A read that started before a change is not kept.
+        let gen = d.generation();
+        d.forget(9);
+        d.put(dir(7, t0), gen);
+        assert!(d.get(7).is_none(), "a stale read was kept");
     }
 }

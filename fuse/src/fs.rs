@@ -232,7 +232,7 @@ impl CvFuse {
         let backing = match self.pt.share(ino) {
             Some(b) => b,
             None => {
-                if self.busy_for_passthrough(ino) {
+                if !self.pt.enabled() || self.busy_for_passthrough(ino) {
                     return Ok(None);
                 }
                 let reader = self.fs.open(path).await.map_err(|e| errno(&e))?;
@@ -257,9 +257,13 @@ impl CvFuse {
                 }
             }
         };
+        Ok(Some((self.new_passthrough_fh(ino), backing)))
+    }
+
+    fn new_passthrough_fh(&self, ino: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: true, reader: tokio::sync::Mutex::new(None) }));
-        Ok(Some((fh, backing)))
+        fh
     }
 
     /// Registers an open handle on `ino` (its state created if needed).
@@ -356,6 +360,10 @@ impl CvFuse {
 
     async fn do_setattr(&self, ino: u64, a: SetAttr) -> Result<FileAttr, Errno> {
         let path = self.inodes.path(ino).ok_or(Errno::ESTALE)?;
+        if a.size.is_some() && self.pt.has_backing(ino) {
+            // Readers of the backing would go on seeing the old bytes.
+            return Err(Errno::ETXTBSY);
+        }
         if a.uid.is_some() || a.gid.is_some() {
             // The kernel has checked the caller may (default_permissions).
             let st = self.fs.set_owner(&path, a.uid, a.gid).await.map_err(|e| errno(&e))?;
@@ -467,10 +475,11 @@ impl Filesystem for Mounted {
             return reply.attr(&self.0.opts.attr_ttl, &a);
         }
         self.0.spawn(move |me| async move {
+            let gen = me.dir_attrs.generation();
             match me.getattr_of(ino.0, &path).await {
                 Ok(a) => {
                     if a.kind == FileType::Directory {
-                        me.dir_attrs.put(a);
+                        me.dir_attrs.put(a, gen);
                     }
                     reply.attr(&me.opts.attr_ttl, &a)
                 }
@@ -500,7 +509,9 @@ impl Filesystem for Mounted {
         let a = SetAttr { mode, uid, gid, size, mtime: mtime.map(to_ms) };
         self.0.dir_attrs.forget(ino.0);
         self.0.spawn(move |me| async move {
-            match me.do_setattr(ino.0, a).await {
+            let res = me.do_setattr(ino.0, a).await;
+            me.dir_attrs.forget(ino.0); // a getattr may have raced the change
+            match res {
                 Ok(attr) => reply.attr(&me.opts.attr_ttl, &attr),
                 Err(e) => reply.error(e),
             }
@@ -568,6 +579,9 @@ impl Filesystem for Mounted {
         self.0.answer(reply, move |me| async move {
             // The kernel refuses rmdir of a non-directory (ENOTDIR).
             me.fs.delete(&path, false).await.map_err(|e| errno(&e))?;
+            if let Some(gone) = me.inodes.known(parent.0, &name) {
+                me.dir_attrs.forget(gone);
+            }
             me.inodes.unlink(parent.0, &name);
             me.dir_attrs.forget(parent.0); // a getattr may have raced the change
             Ok(())
@@ -592,7 +606,8 @@ impl Filesystem for Mounted {
             return reply.error(Errno::EINVAL);
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        for d in [Some(parent.0), Some(newparent.0), self.0.inodes.known(parent.0, &name)].into_iter().flatten() {
+        let (moved, replaced) = (self.0.inodes.known(parent.0, &name), self.0.inodes.known(newparent.0, &newname));
+        for d in [Some(parent.0), Some(newparent.0), moved, replaced].into_iter().flatten() {
             self.0.dir_attrs.forget(d);
         }
         self.0.answer(reply, move |me| async move {
@@ -612,8 +627,9 @@ impl Filesystem for Mounted {
             me.fs.rename(&src, &dst).await.map_err(|e| errno(&e))?;
             me.inodes.rename(parent.0, &name, newparent.0, &newname);
             // A getattr may have raced the change.
-            me.dir_attrs.forget(parent.0);
-            me.dir_attrs.forget(newparent.0);
+            for d in [Some(parent.0), Some(newparent.0), moved, replaced].into_iter().flatten() {
+                me.dir_attrs.forget(d);
+            }
             Ok(())
         });
     }
@@ -625,17 +641,14 @@ impl Filesystem for Mounted {
         };
         self.0.spawn(move |me| async move {
             let read_only = flags.acc_mode() == OpenAccMode::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
-            if read_only && me.pt.enabled() && !me.opts.direct_io {
+            // Also when passthrough was switched off: existing backings must
+            // be shared.
+            if read_only && !me.opts.direct_io {
                 match me.open_passthrough(ino.0, &path, &reply).await {
                     Ok(Some((fh, backing))) => return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
                     Ok(None) => {}
                     Err(e) => return reply.error(e),
                 }
-            }
-            // The kernel refuses any other kind of open of an inode in
-            // passthrough mode (EIO); say why instead.
-            if me.pt.has_backing(ino.0) {
-                return reply.error(Errno::ETXTBSY);
             }
             let res = async {
                 let st = me.fs.stat(&path).await.map_err(|e| errno(&e))?;
@@ -644,6 +657,18 @@ impl Filesystem for Mounted {
                 }
                 let s = me.open_state(ino.0, st.len, st.mode);
                 let mut s = s.lock().await;
+                // The kernel refuses any other kind of open of an inode in
+                // passthrough mode (EIO). Checked once this open's state
+                // exists (no backing can be made after that, see
+                // `Passthrough::register`) and before anything changes.
+                if me.pt.has_backing(ino.0) {
+                    let idle = s.open == 0 && s.is_clean();
+                    drop(s);
+                    if idle {
+                        me.files.lock().remove(&ino.0);
+                    }
+                    return Err(Errno::ETXTBSY);
+                }
                 s.open += 1;
                 s.owner = Some((st.uid, st.gid));
                 if flags.0 & libc::O_TRUNC != 0 && flags.acc_mode() != OpenAccMode::O_RDONLY {
@@ -656,13 +681,15 @@ impl Filesystem for Mounted {
                 Ok(unchanged)
             };
             match res.await {
-                Ok(_) if me.pt.has_backing(ino.0) => {
-                    // A passthrough open got in while this one was on its
-                    // way: undo this one's registration.
-                    let fh = me.new_fh(ino.0);
-                    let _ = me.release_fh(fh).await;
-                    reply.error(Errno::ETXTBSY)
-                }
+                // A reader that lost the race to a passthrough open shares
+                // its backing instead.
+                Err(Errno::ETXTBSY) if read_only => match me.pt.share(ino.0) {
+                    Some(b) => {
+                        let fh = me.new_passthrough_fh(ino.0);
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
+                    }
+                    None => reply.error(Errno::EAGAIN),
+                },
                 Ok(unchanged) => {
                     let fh = me.new_fh(ino.0);
                     let mut f = FopenFlags::empty();
@@ -908,6 +935,7 @@ impl Filesystem for Mounted {
                     }
                 }
                 .map_err(|e| errno(&e))?;
+                me.dir_attrs.forget(parent.0); // a getattr may have raced the change
                 Ok::<_, Errno>(me.attr(me.inodes.lookup(parent.0, &name), &st, None))
             };
             match res.await {
@@ -926,7 +954,9 @@ impl Filesystem for Mounted {
         let Some(target) = target.to_str().map(str::to_string) else { return reply.error(Errno::EINVAL) };
         self.0.dir_attrs.forget(parent.0);
         self.0.spawn(move |me| async move {
-            match me.fs.symlink(&target, &path, Some(owner)).await {
+            let res = me.fs.symlink(&target, &path, Some(owner)).await;
+            me.dir_attrs.forget(parent.0); // a getattr may have raced the change
+            match res {
                 Ok(st) => {
                     let a = me.attr(me.inodes.lookup(parent.0, &name), &st, None);
                     reply.entry_with_ttls(&me.opts.attr_ttl, &me.opts.entry_ttl, &a, Generation(0))
@@ -994,7 +1024,9 @@ impl Filesystem for Mounted {
         let value = value.to_vec();
         self.0.dir_attrs.forget(ino.0);
         self.0.answer(reply, move |me| async move {
-            me.fs.xattr_set(&path, &name, &value, flags as u32).await.map_err(|e| match e.kind() {
+            let res = me.fs.xattr_set(&path, &name, &value, flags as u32).await;
+            me.dir_attrs.forget(ino.0); // a getattr may have raced the change
+            res.map_err(|e| match e.kind() {
                 ErrorKind::NotFound => Errno::NO_XATTR,
                 ErrorKind::NoSpace => Errno::E2BIG,
                 ErrorKind::InvalidArgument => Errno::ERANGE,
@@ -1011,7 +1043,9 @@ impl Filesystem for Mounted {
         };
         self.0.dir_attrs.forget(ino.0);
         self.0.answer(reply, move |me| async move {
-            me.fs.xattr_remove(&path, &name).await.map_err(|e| match e.kind() {
+            let res = me.fs.xattr_remove(&path, &name).await;
+            me.dir_attrs.forget(ino.0); // a getattr may have raced the change
+            res.map_err(|e| match e.kind() {
                 ErrorKind::NotFound => Errno::NO_XATTR,
                 _ => errno(&e),
             })

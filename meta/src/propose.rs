@@ -60,6 +60,11 @@ impl Proposer {
         // Nothing queued and a slot free: no batch to join, so commit here.
         if d.queued.load(Ordering::Acquire) == 0 {
             if let Ok(permit) = d.slots.try_acquire() {
+                // A caller that gives up (client deadline) frees the slot
+                // while its entry may still be on its way through Raft: the
+                // slots bound how commands are batched, not how many
+                // entries openraft holds (those of abandoned calls finish
+                // or fail with the write timeout like any other).
                 let res = write(&d.raft, d.id, d.timeout, cmd).await;
                 drop(permit);
                 return res;
