@@ -79,6 +79,21 @@ fn resolve_meta(meta: Option<String>) -> PyResult<Vec<String>> {
     Ok(addrs)
 }
 
+/// Readers from kept open results, with their same-host blocks'
+/// descriptors fetched in batches (`prepare_local`); the GIL is released.
+fn prepared_readers(py: Python<'_>, c: &Arc<Conn>, raws: Vec<Vec<u8>>) -> PyResult<Vec<Arc<FileReader>>> {
+    let c = c.clone();
+    py.detach(move || {
+        c.block_on(async {
+            let readers = raws.iter().map(|r| c.fs().reader_from(r).map(Arc::new)).collect::<curvine_client::Result<Vec<_>>>()?;
+            let refs: Vec<&FileReader> = readers.iter().map(|r| r.as_ref()).collect();
+            c.fs().prepare_local(&refs).await;
+            Ok::<_, curvine_client::Error>(readers)
+        })
+    })
+    .py_err()
+}
+
 fn check_offset(offset: i64) -> PyResult<u64> {
     u64::try_from(offset).map_err(|_| PyValueError::new_err(format!("offset must be >= 0, got {offset}")))
 }
@@ -349,15 +364,7 @@ impl Client {
     /// workers), start without a round trip. Best effort.
     fn _prepare_local(&self, py: Python<'_>, raws: Vec<Vec<u8>>) -> PyResult<()> {
         let c = self.conn(py)?;
-        py.detach(move || {
-            c.block_on(async {
-                let readers = raws.iter().map(|r| c.fs().reader_from(r)).collect::<curvine_client::Result<Vec<_>>>()?;
-                let refs: Vec<&curvine_client::FileReader> = readers.iter().collect();
-                c.fs().prepare_local(&refs).await;
-                Ok::<_, curvine_client::Error>(())
-            })
-        })
-        .py_err()
+        prepared_readers(py, &c, raws).map(drop)
     }
 
     /// Like `read_many`, from kept open results (no meta call): `bytes` per
@@ -366,19 +373,7 @@ impl Client {
     #[pyo3(signature = (raws, parallel=DEFAULT_PARALLEL))]
     fn _read_many_opened<'py>(&self, py: Python<'py>, raws: Vec<Vec<u8>>, parallel: usize) -> PyResult<Bound<'py, PyList>> {
         let c = self.conn(py)?;
-        let readers: Vec<Arc<curvine_client::FileReader>> = {
-            let c2 = c.clone();
-            py.detach(move || {
-                c2.block_on(async {
-                    let readers =
-                        raws.iter().map(|r| c2.fs().reader_from(r).map(Arc::new)).collect::<curvine_client::Result<Vec<_>>>()?;
-                    let refs: Vec<&curvine_client::FileReader> = readers.iter().map(|r| r.as_ref()).collect();
-                    c2.fs().prepare_local(&refs).await;
-                    Ok::<_, curvine_client::Error>(readers)
-                })
-            })
-            .py_err()?
-        };
+        let readers = prepared_readers(py, &c, raws)?;
         let (out, stale) = read_whole(py, &c, readers, parallel, true)?;
         let items: Vec<Bound<'py, PyAny>> = out
             .into_iter()
