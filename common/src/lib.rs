@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod frame_rpc;
 pub mod meta_client;
 pub mod path;
 pub mod size;

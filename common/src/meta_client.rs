@@ -14,6 +14,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::frame_rpc::{Connected, FrameChannel};
 use crate::proto::meta_service_client::MetaServiceClient;
 use crate::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
@@ -51,12 +52,56 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const KEEPALIVE: Duration = Duration::from_secs(1);
 
 /// A meta RPC stub as handed to `MetaClient::call`'s closure.
-pub type MetaRpc = MetaServiceClient<InterceptedService<Channel, CallHeaders>>;
+pub type MetaRpc = MetaServiceClient<InterceptedService<MetaChannel, CallHeaders>>;
+
+/// How calls reach a meta node: frames (`frame_rpc`, the default) or
+/// gRPC over HTTP/2 (a node that does not speak frames, or
+/// `CURVINE_META_TRANSPORT=grpc`).
+#[derive(Clone)]
+pub enum MetaChannel {
+    Frames(FrameChannel),
+    Grpc(Channel),
+}
+
+impl MetaChannel {
+    fn is_broken(&self) -> bool {
+        matches!(self, MetaChannel::Frames(f) if f.is_broken())
+    }
+}
+
+/// The connection in use: its address, its stub and its channel.
+#[derive(Clone)]
+struct Current {
+    addr: String,
+    rpc: MetaRpc,
+    channel: MetaChannel,
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for MetaChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::codegen::StdError;
+    type Future = futures::future::BoxFuture<'static, std::result::Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        match self {
+            MetaChannel::Frames(f) => f.poll_ready(cx).map_err(Into::into),
+            MetaChannel::Grpc(c) => c.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        use futures::FutureExt;
+        match self {
+            MetaChannel::Frames(f) => f.call(req).map(|r| r.map(|r| r.map(tonic::body::Body::new)).map_err(Into::into)).boxed(),
+            MetaChannel::Grpc(c) => c.call(req).map(|r| r.map_err(Into::into)).boxed(),
+        }
+    }
+}
 
 pub struct MetaClient {
     addrs: Vec<String>,
     /// The channel in use and the address it goes to.
-    current: Mutex<Option<(String, MetaRpc)>>,
+    current: Mutex<Option<Current>>,
     /// Where to connect next: a leader some node named, else `addrs[next]`.
     hint: Mutex<Option<String>>,
     next: AtomicUsize,
@@ -64,6 +109,8 @@ pub struct MetaClient {
     timeout: Duration,
     failover: Duration,
     follower_reads: bool,
+    /// Only gRPC, never frames (`CURVINE_META_TRANSPORT=grpc`).
+    grpc_only: bool,
     /// Random per client and process (re-drawn after fork), and a counter.
     client_id: Mutex<(u32, u64)>,
     seq: AtomicU64,
@@ -89,8 +136,23 @@ impl MetaClient {
             timeout,
             failover,
             follower_reads,
+            grpc_only: std::env::var("CURVINE_META_TRANSPORT").is_ok_and(|v| v == "grpc"),
             client_id: Mutex::new((0, 0)),
             seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Uses gRPC only (or frames where the node speaks them).
+    pub fn grpc_only(mut self, yes: bool) -> MetaClient {
+        self.grpc_only = yes;
+        self
+    }
+
+    /// The transport of the connection in use: "frames" or "grpc".
+    pub fn transport(&self) -> Option<&'static str> {
+        self.current.lock().as_ref().map(|c| match c.channel {
+            MetaChannel::Frames(_) => "frames",
+            MetaChannel::Grpc(_) => "grpc",
         })
     }
 
@@ -116,7 +178,20 @@ impl MetaClient {
         g.1
     }
 
-    async fn connect(&self, addr: &str) -> Result<MetaRpc> {
+    async fn connect(&self, addr: &str) -> Result<Current> {
+        let headers = CallHeaders { follower_reads: self.follower_reads };
+        let wrap = |channel: MetaChannel| Current {
+            addr: addr.to_string(),
+            rpc: MetaServiceClient::with_interceptor(channel.clone(), headers.clone()).max_decoding_message_size(256 << 20),
+            channel,
+        };
+        if !self.grpc_only {
+            match FrameChannel::connect(addr, CONNECT_TIMEOUT, self.timeout).await {
+                Ok(Connected::Frames(f)) => return Ok(wrap(MetaChannel::Frames(f))),
+                Ok(Connected::NotSupported) => tracing::debug!(addr, "meta node does not speak frames; using gRPC"),
+                Err(e) => return Err(Error::unavailable(format!("{addr}: {e}"))),
+            }
+        }
         let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
         let ep = Endpoint::from_shared(url)
             .map_err(|e| Error::new(ErrorKind::Config, format!("bad meta address '{addr}': {e}")))?
@@ -134,13 +209,18 @@ impl MetaClient {
             Ok(r) => r.map_err(|e| Error::unavailable(format!("{addr}: {e}")))?,
             Err(_) => return Err(Error::unavailable(format!("{addr}: no answer within {CONNECT_TIMEOUT:?}"))),
         };
-        let headers = CallHeaders { follower_reads: self.follower_reads };
-        Ok(MetaServiceClient::with_interceptor(ch, headers).max_decoding_message_size(256 << 20))
+        Ok(wrap(MetaChannel::Grpc(ch)))
     }
 
     async fn channel(&self) -> Result<(String, MetaRpc)> {
-        if let Some(c) = self.current.lock().clone() {
-            return Ok(c);
+        {
+            let mut cur = self.current.lock();
+            match &*cur {
+                // A broken frame connection fails every call: connect again.
+                Some(c) if c.channel.is_broken() => *cur = None,
+                Some(c) => return Ok((c.addr.clone(), c.rpc.clone())),
+                None => {}
+            }
         }
         // The leader a node named first, then every configured address
         // once, starting after the last one used.
@@ -151,8 +231,9 @@ impl MetaClient {
         for addr in order {
             match self.connect(&addr).await {
                 Ok(c) => {
-                    *self.current.lock() = Some((addr.clone(), c.clone()));
-                    return Ok((addr, c));
+                    let rpc = c.rpc.clone();
+                    *self.current.lock() = Some(c);
+                    return Ok((addr, rpc));
                 }
                 Err(e) => last = Some(e.to_string()),
             }
@@ -168,7 +249,7 @@ impl MetaClient {
     /// else to the configured address after it.
     fn drop_channel(&self, addr: &str, leader: Option<&str>) {
         let mut cur = self.current.lock();
-        if matches!(&*cur, Some((a, _)) if a == addr) {
+        if matches!(&*cur, Some(c) if c.addr == addr) {
             *cur = None;
             match leader {
                 Some(l) => *self.hint.lock() = Some(l.to_string()),

@@ -7,6 +7,7 @@
 
 pub mod jobs;
 pub mod leader;
+mod listen;
 pub mod members;
 pub mod metrics;
 pub mod mounts;
@@ -29,7 +30,7 @@ use curvine_common::proto::raft_service_server::RaftServiceServer;
 use curvine_common::{Error, ErrorKind, Result};
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::raft::log_store::LogStore;
@@ -51,8 +52,10 @@ pub struct MetaNode {
     raft: Raft,
     store: Arc<StateStore>,
     log: LogStore,
-    shutdown_tx: oneshot::Sender<()>,
+    shutdown_tx: watch::Sender<bool>,
     server: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    /// Accepts connections; serves the frame ones (`listen.rs`).
+    acceptor: JoinHandle<()>,
 }
 
 impl MetaNode {
@@ -127,26 +130,18 @@ impl MetaNode {
         };
         let svc = Arc::new(svc);
         svc.jobs.set_service(&svc);
-        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        // Small RPCs must not wait on Nagle's algorithm behind a delayed ACK
-        // (40 ms stalls seen with concurrent calls on one channel).
-        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-            s.inspect(|s| {
-                if let Err(e) = s.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-            })
-        });
+        let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+        let (incoming, acceptor) = listen::split(listener, MetaServiceServer::from_arc(svc.clone()), shutdown_tx.subscribe());
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(MetaServiceServer::from_arc(svc.clone()))
                 .add_service(RaftServiceServer::new(RaftServer { raft: raft.clone() }))
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = shutdown_rx.await;
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = shutdown_rx.changed().await;
                 }),
         );
 
-        let node = MetaNode { addr, raft, store, log, shutdown_tx, server };
+        let node = MetaNode { addr, raft, store, log, shutdown_tx, server, acceptor };
         let alone = node.raft.metrics().borrow().membership_config.membership().voter_ids().collect::<Vec<_>>() == vec![id];
         if alone {
             if let Err(e) = node.raft.wait(Some(LEADER_TIMEOUT)).current_leader(id, "meta start").await {
@@ -174,7 +169,10 @@ impl MetaNode {
 
     /// Stops the gRPC server and Raft, and flushes the databases.
     pub async fn shutdown(self) -> Result<()> {
-        let _ = self.shutdown_tx.send(());
+        let _ = self.shutdown_tx.send(true);
+        if let Err(e) = self.acceptor.await {
+            tracing::warn!(error = %e, "meta acceptor task");
+        }
         match self.server.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "meta grpc server"),
