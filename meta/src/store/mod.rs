@@ -440,10 +440,35 @@ pub fn get(db: &DB, cf_name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
     db.get_cf(cf(db, cf_name)?, key).map_err(|e| db_err(db.path(), e))
 }
 
+/// Read options that stop an iterator at the end of `prefix`'s keys.
+/// Without the bound, finding that end means stepping over every deleted
+/// key after it until the next live one: after a storm of deletes in other
+/// directories, `stat /` (which counts the root's children) took 1.7 ms.
+fn within(prefix: &[u8]) -> rocksdb::ReadOptions {
+    let mut ro = rocksdb::ReadOptions::default();
+    if let Some(end) = prefix_end(prefix) {
+        ro.set_iterate_upper_bound(end);
+    }
+    ro
+}
+
+/// The first key after every key starting with `prefix` (none if the
+/// prefix is all 0xff bytes or empty).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// Key/value pairs of `cf_name` whose key starts with `prefix`, in key order.
 pub fn scan_prefix(db: &DB, cf_name: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::new();
-    for item in db.iterator_cf(cf(db, cf_name)?, IteratorMode::From(prefix, Direction::Forward)) {
+    for item in db.iterator_cf_opt(cf(db, cf_name)?, within(prefix), IteratorMode::From(prefix, Direction::Forward)) {
         let (k, v) = item.map_err(|e| db_err(db.path(), e))?;
         if !k.starts_with(prefix) {
             break;
@@ -478,7 +503,7 @@ impl Reader {
         let db = &self.db;
         let prefix = parent.to_be_bytes();
         let mut n = 0;
-        for item in db.iterator_cf(cf(db, CF_DENTRIES)?, IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in db.iterator_cf_opt(cf(db, CF_DENTRIES)?, within(&prefix), IteratorMode::From(&prefix, Direction::Forward)) {
             let (k, _) = item.map_err(|e| db_err(db.path(), e))?;
             if !k.starts_with(&prefix) {
                 break;
@@ -540,7 +565,7 @@ impl Reader {
         let prefix = parent.to_be_bytes();
         let from = dentry_key(parent, start_after);
         let mut out = Vec::new();
-        for item in db.iterator_cf(cf(db, CF_DENTRIES)?, IteratorMode::From(&from, Direction::Forward)) {
+        for item in db.iterator_cf_opt(cf(db, CF_DENTRIES)?, within(&prefix), IteratorMode::From(&from, Direction::Forward)) {
             let (k, v) = item.map_err(|e| db_err(db.path(), e))?;
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
@@ -697,5 +722,17 @@ impl Txn {
 
     pub fn db(&self) -> &Arc<DB> {
         &self.db
+    }
+}
+
+#[cfg(test)]
+mod within_tests {
+    #[test]
+    fn prefix_bounds_end_after_the_prefix() {
+        use super::prefix_end;
+        assert_eq!(prefix_end(&[0, 0, 0, 1]), Some(vec![0, 0, 0, 2]));
+        assert_eq!(prefix_end(&[0, 1, 0xff, 0xff]), Some(vec![0, 2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(&[]), None);
     }
 }
