@@ -482,6 +482,72 @@ print("special ok")
     assert!(err.to_string().contains("mknod"), "{err}");
 }
 
+/// Hard links: every name shows one file (one inode: equal `st_ino`, link
+/// counts, a chmod through one name seen at once through the others with
+/// the kernel's attribute cache on), unlinking a name keeps the bytes for
+/// the others, links made through the SDK show in the mount, and the file
+/// goes with its last name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_links_share_one_file_under_every_name() {
+    need_fuse!("hard_links_share_one_file_under_every_name");
+    let n = node().await;
+    let m = Mount::start(&n, &[]);
+    let fs = n.fs().unwrap();
+    let py = r#"
+import os, sys
+d = sys.argv[1]
+a, b, c = f"{d}/a", f"{d}/sub/b", f"{d}/c"
+os.mkdir(f"{d}/sub")
+with open(a, "wb") as f: f.write(b"shared bytes")
+assert os.stat(a).st_nlink == 1
+os.link(a, b)
+sa, sb = os.stat(a), os.stat(b)
+assert sa.st_nlink == sb.st_nlink == 2, (sa.st_nlink, sb.st_nlink)
+assert sa.st_ino == sb.st_ino, (sa.st_ino, sb.st_ino)
+os.link(b, c)
+assert os.stat(a).st_nlink == 3 and os.stat(c).st_ino == sa.st_ino
+os.chmod(b, 0o600)
+assert os.stat(a).st_mode & 0o777 == 0o600 and os.stat(c).st_mode & 0o777 == 0o600
+with open(c, "rb") as f: assert f.read() == b"shared bytes"
+try:
+    os.link(f"{d}/sub", f"{d}/sub2"); raise SystemExit("linked a directory")
+except PermissionError: pass
+try:
+    os.link(a, c); raise SystemExit("linked over an existing name")
+except FileExistsError: pass
+os.unlink(a)
+assert not os.path.exists(a)
+assert os.stat(b).st_nlink == 2 and os.stat(c).st_nlink == 2, (os.stat(b).st_nlink, os.stat(c).st_nlink)
+os.rename(c, f"{d}/c2")
+assert os.stat(f"{d}/c2").st_ino == os.stat(b).st_ino
+os.rename(b, f"{d}/c2")  # two names of one file: nothing happens
+assert os.path.exists(b) and os.stat(b).st_nlink == 2
+os.unlink(b)
+assert os.stat(f"{d}/c2").st_nlink == 1
+with open(f"{d}/c2", "rb") as f: assert f.read() == b"shared bytes"
+print("links ok")
+"#;
+    std::fs::create_dir(m.p("hl")).unwrap();
+    let out = Command::new("python3").arg("-c").arg(py).arg(m.p("hl")).output().unwrap();
+    assert!(out.status.success(), "python: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // The SDK sees what the mount did, and the mount what the SDK does.
+    let st = fs.stat("/hl/c2").await.unwrap();
+    assert_eq!((st.nlink, st.len), (1, 12));
+    let linked = fs.link("/hl/c2", "/hl/d").await.unwrap();
+    assert_eq!((linked.id, linked.nlink, linked.name.as_str()), (st.id, 2, "d"));
+    let (c2, d) = (std::fs::metadata(m.p("hl/c2")).unwrap(), std::fs::metadata(m.p("hl/d")).unwrap());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((d.nlink(), d.ino()), (2, c2.ino()));
+    assert_eq!(std::fs::read(m.p("hl/d")).unwrap(), b"shared bytes");
+    let err = fs.link("/hl", "/hl2").await.unwrap_err();
+    assert_eq!(err.kind(), curvine_common::ErrorKind::NotPermitted, "{err}");
+    // The file goes with its last name.
+    std::fs::remove_file(m.p("hl/c2")).unwrap();
+    std::fs::remove_file(m.p("hl/d")).unwrap();
+    assert_eq!(fs.stat("/hl/d").await.unwrap_err().kind(), curvine_common::ErrorKind::NotFound);
+    assert_eq!(fs.list("/hl").await.unwrap().len(), 1, "only sub is left");
+}
+
 /// `--passthrough`: a file held whole in one MEM block reads through the
 /// kernel from the block file (bytes checked; a write open meanwhile gets
 /// ETXTBSY, which only a passthrough inode answers); a multi-block file

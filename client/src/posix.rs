@@ -38,6 +38,17 @@ impl FileSystem {
         r.await?.status.ok_or_else(|| Error::internal("symlink: empty response"))
     }
 
+    /// `link(2)`: makes `dst` another name of the file at `src` (files only;
+    /// not under UFS mounts). Returns the file's status under `dst`.
+    pub async fn link(&self, src: &str, dst: &str) -> Result<FileStatus> {
+        let (src, dst) = (normalize(src)?, normalize(dst)?);
+        let r = self.meta().call(|mut c| {
+            let req = proto::LinkRequest { src: src.clone(), dst: dst.clone() };
+            async move { c.link(req).await }
+        });
+        r.await?.status.ok_or_else(|| Error::internal("link: empty response"))
+    }
+
     /// Creates a FIFO, socket or device node (`kind`; `rdev` for devices).
     pub async fn mknod(&self, path: &str, kind: proto::FileKind, mode: u32, rdev: u64, owner: Option<(u32, u32)>) -> Result<FileStatus> {
         let path = normalize(path)?;

@@ -27,6 +27,9 @@ pub enum ErrorKind {
     /// The meta node asked is not the Raft leader; the message names the
     /// leader when it is known (`Error::leader_hint`). Clients move there.
     NotLeader = 17,
+    /// The operation is never allowed on this kind of entry (EPERM), e.g. a
+    /// hard link to a directory.
+    NotPermitted = 18,
 }
 
 impl ErrorKind {
@@ -53,6 +56,7 @@ impl ErrorKind {
             14 => Timeout,
             15 => Config,
             17 => NotLeader,
+            18 => NotPermitted,
             _ => Internal,
         }
     }
@@ -78,6 +82,7 @@ impl ErrorKind {
             Config => "bad configuration",
             Internal => "internal error",
             NotLeader => "not the meta leader",
+            NotPermitted => "operation not permitted",
         }
     }
 
@@ -94,6 +99,7 @@ impl ErrorKind {
             NoSpace => libc::ENOSPC,
             Unavailable | NotLeader => libc::EAGAIN,
             PermissionDenied => libc::EACCES,
+            NotPermitted => libc::EPERM,
             Corrupt | Protocol | Io | Internal => libc::EIO,
             Timeout => libc::ETIMEDOUT,
         }
@@ -283,7 +289,7 @@ mod tests {
 
     #[test]
     fn kinds_survive_grpc_round_trip() {
-        for code in 1..=17u16 {
+        for code in 1..=18u16 {
             let kind = ErrorKind::from_code(code);
             assert_eq!(kind.code(), code);
             let e = Error::new(kind, format!("/x: {}", kind.phrase()));

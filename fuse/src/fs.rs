@@ -151,7 +151,7 @@ impl CvFuse {
             crtime: time(st.ctime_ms),
             kind,
             perm: (st.mode & 0o7777) as u16,
-            nlink: if dir { 2 } else { 1 },
+            nlink: if dir { 2 } else { st.nlink.max(1) },
             uid: st.uid,
             gid: st.gid,
             rdev: st.rdev as u32,
@@ -275,9 +275,19 @@ impl CvFuse {
             .clone()
     }
 
+    /// The node for `parent/name` (status `st`), counting a lookup: a file
+    /// with hard links shares one node among its names.
+    fn node(&self, parent: u64, name: &str, st: &FileStatus) -> u64 {
+        if st.nlink > 1 && st.kind != FileKind::Dir as i32 {
+            self.inodes.lookup_linked(parent, name, st.id)
+        } else {
+            self.inodes.lookup(parent, name)
+        }
+    }
+
     async fn entry(&self, parent: u64, name: &str, path: &str) -> Result<FileAttr, Errno> {
         let st = self.fs.stat(path).await.map_err(|e| errno(&e))?;
-        let ino = self.inodes.lookup(parent, name);
+        let ino = self.node(parent, name, &st);
         Ok(self.attr_now(ino, &st).await)
     }
 
@@ -326,7 +336,19 @@ impl CvFuse {
         let Some(s) = self.state(ino) else { return Ok(()) };
         let mut s = s.lock().await;
         let path = self.inodes.path(ino).ok_or(Errno::ESTALE)?;
-        s.commit(Some((&self.fs, &path))).await.map_err(|e| errno(&e))
+        self.save(ino, &mut s, &path).await
+    }
+
+    /// Publishes `s`'s unsaved bytes at `path`. A rewrite makes a new meta
+    /// file under that one name, so a hard-linked node stops standing for
+    /// its other names (they keep the old bytes, as separate files).
+    async fn save(&self, ino: u64, s: &mut FileState, path: &str) -> Result<(), Errno> {
+        let before = s.version;
+        let res = s.commit(Some((&self.fs, path))).await.map_err(|e| errno(&e));
+        if s.version != before {
+            self.inodes.unshare(ino);
+        }
+        res
     }
 
     async fn release_fh(&self, fh: u64) -> Result<(), Errno> {
@@ -339,7 +361,7 @@ impl CvFuse {
         let mut st = s.lock().await;
         let path = self.inodes.path(h.ino);
         let res = match &path {
-            Some(p) if st.unlinked_as.is_none() => st.commit(Some((&self.fs, p))).await.map_err(|e| errno(&e)),
+            Some(p) if st.unlinked_as.is_none() => self.save(h.ino, &mut st, p).await,
             _ => Ok(()),
         };
         st.open = st.open.saturating_sub(1);
@@ -382,7 +404,7 @@ impl CvFuse {
             s.truncate(&self.fs, &path, size, &self.opts.staging).await.map_err(|e| errno(&e))?;
             if s.open == 0 {
                 // Nobody holds it open: the new size is published now.
-                s.commit(Some((&self.fs, &path))).await.map_err(|e| errno(&e))?;
+                self.save(ino, &mut s, &path).await?;
                 drop(s);
                 self.files.lock().remove(&ino);
             }
@@ -550,12 +572,14 @@ impl Filesystem for Mounted {
             let open = me.inodes.known(parent.0, &name).and_then(|ino| me.state(ino).map(|s| (ino, s)));
             if let Some((ino, s)) = open {
                 let mut s = s.lock().await;
-                if s.open > 0 {
+                // A file with other names lives on under them.
+                let only_name = s.open > 0 && me.fs.stat(&path).await.map_or(true, |st| st.nlink <= 1);
+                if only_name {
                     // Still open here: keep the bytes under a hidden name
                     // until the last close (POSIX unlink).
                     let hidden_name = format!("{HIDDEN_PREFIX}{}-{ino}", std::process::id());
                     let hidden = me.inodes.child_path(parent.0, &hidden_name).ok_or(Errno::ESTALE)?;
-                    s.commit(Some((&me.fs, &path))).await.map_err(|e| errno(&e))?;
+                    me.save(ino, &mut s, &path).await?;
                     me.fs.rename(&path, &hidden).await.map_err(|e| errno(&e))?;
                     me.inodes.rehome(ino, parent.0, &hidden_name);
                     me.dir_attrs.forget(parent.0); // a getattr may have raced the change
@@ -867,7 +891,7 @@ impl Filesystem for Mounted {
                 _ => match entries.get(i - 2) {
                     None => break,
                     Some(e) => {
-                        let child = me.inodes.lookup(ino.0, &e.name);
+                        let child = me.node(ino.0, &e.name, e);
                         let attr = me.attr(child, e, None);
                         let full = reply.add(INodeNo(child), i as u64 + 1, &e.name, &me.opts.entry_ttl, &attr, Generation(0));
                         if full {
@@ -962,6 +986,34 @@ impl Filesystem for Mounted {
                     reply.entry_with_ttls(&me.opts.attr_ttl, &me.opts.entry_ttl, &a, Generation(0))
                 }
                 Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let src = match self.0.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let (name, dst) = match self.0.child(newparent, newname) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        self.0.dir_attrs.forget(newparent.0);
+        self.0.spawn(move |me| async move {
+            let res = async {
+                // Unsaved bytes first: the new name must show them.
+                me.commit(ino.0).await?;
+                let st = me.fs.link(&src, &dst).await.map_err(|e| errno(&e))?;
+                // The same node under both names: one inode for the kernel.
+                let node = me.inodes.link(ino.0, newparent.0, &name, st.id).ok_or(Errno::ESTALE)?;
+                Ok::<_, Errno>(me.attr_now(node, &st).await)
+            };
+            let res = res.await;
+            me.dir_attrs.forget(newparent.0); // a getattr may have raced the change
+            match res {
+                Ok(a) => reply.entry_with_ttls(&me.opts.attr_ttl, &me.opts.entry_ttl, &a, Generation(0)),
+                Err(e) => reply.error(e),
             }
         });
     }

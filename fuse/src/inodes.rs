@@ -3,6 +3,12 @@
 //! one number per name for as long as it remembers it): a node is its
 //! parent and its name, so a rename moves a whole subtree by changing one
 //! node. A node lives until the kernel forgets every lookup of it.
+//!
+//! A file with hard links is one node under all of its names (the kernel
+//! sees one inode, so its attributes and page cache are shared and
+//! `st_ino` is equal): the node keeps one name for its path and the others
+//! as aliases, and is found by the file's meta id when another of its
+//! names is looked up.
 
 use std::collections::HashMap;
 
@@ -14,12 +20,38 @@ struct Node {
     parent: u64,
     name: String,
     lookups: u64,
+    /// Other names of a hard-linked file.
+    aliases: Vec<(u64, String)>,
+    /// The meta id of a hard-linked file.
+    file: Option<u64>,
+}
+
+impl Node {
+    fn new(parent: u64, name: &str) -> Node {
+        Node { parent, name: name.to_string(), lookups: 1, aliases: Vec::new(), file: None }
+    }
+
+    /// Drops the name `(parent, name)`: an alias takes over as the node's
+    /// name, or, with none left, the node keeps a name no path leads to
+    /// (its number stays valid for open files).
+    fn drop_name(&mut self, parent: u64, name: &str, ino: u64, why: &str) {
+        if self.parent == parent && self.name == name {
+            match self.aliases.pop() {
+                Some((p, n)) => (self.parent, self.name) = (p, n),
+                None => self.name = format!("\0{why}-{ino}"),
+            }
+        } else {
+            self.aliases.retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
 }
 
 #[derive(Default)]
 struct Table {
     nodes: HashMap<u64, Node>,
     by_name: HashMap<(u64, String), u64>,
+    /// Hard-linked files' nodes by meta id.
+    by_file: HashMap<u64, u64>,
     next: u64,
 }
 
@@ -73,9 +105,70 @@ impl Inodes {
         }
         let ino = t.next;
         t.next += 1;
-        t.nodes.insert(ino, Node { parent, name: name.to_string(), lookups: 1 });
+        t.nodes.insert(ino, Node::new(parent, name));
         t.by_name.insert((parent, name.to_string()), ino);
         ino
+    }
+
+    /// `lookup` of a name of a file with hard links (meta id `file`): the
+    /// node of its other names if the kernel holds one.
+    pub fn lookup_linked(&self, parent: u64, name: &str, file: u64) -> u64 {
+        let mut t = self.t.lock();
+        let key = (parent, name.to_string());
+        let ino = match (t.by_name.get(&key).copied(), t.by_file.get(&file).copied()) {
+            (Some(ino), _) => ino,
+            (None, Some(ino)) if t.nodes.contains_key(&ino) => {
+                t.nodes.get_mut(&ino).expect("checked").aliases.push(key.clone());
+                t.by_name.insert(key, ino);
+                ino
+            }
+            (None, _) => {
+                let ino = t.next;
+                t.next += 1;
+                t.nodes.insert(ino, Node { lookups: 0, ..Node::new(parent, name) });
+                t.by_name.insert(key, ino);
+                ino
+            }
+        };
+        let n = t.nodes.get_mut(&ino).expect("present");
+        n.lookups += 1;
+        if n.file.is_none() {
+            n.file = Some(file);
+        }
+        t.by_file.entry(file).or_insert(ino);
+        ino
+    }
+
+    /// `link(2)` made `new_parent/new_name` a name of `ino` (meta id
+    /// `file`); the kernel counts the answer as a lookup.
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &str, file: u64) -> Option<u64> {
+        let mut t = self.t.lock();
+        let n = t.nodes.get_mut(&ino)?;
+        n.lookups += 1;
+        n.file = Some(file);
+        n.aliases.push((new_parent, new_name.to_string()));
+        t.by_name.insert((new_parent, new_name.to_string()), ino);
+        t.by_file.insert(file, ino);
+        Some(ino)
+    }
+
+    /// A linked file's node stands for one file no more (a rewrite gave
+    /// the name `ino` is reached by a new meta file): its other names are
+    /// looked up afresh.
+    pub fn unshare(&self, ino: u64) {
+        let mut t = self.t.lock();
+        let Some(n) = t.nodes.get_mut(&ino) else { return };
+        let aliases = std::mem::take(&mut n.aliases);
+        if let Some(f) = n.file.take() {
+            if t.by_file.get(&f) == Some(&ino) {
+                t.by_file.remove(&f);
+            }
+        }
+        for a in aliases {
+            if t.by_name.get(&a) == Some(&ino) {
+                t.by_name.remove(&a);
+            }
+        }
     }
 
     /// The number already given to `name` in `parent`, if any.
@@ -95,8 +188,15 @@ impl Inodes {
         };
         if gone {
             if let Some(node) = t.nodes.remove(&ino) {
-                if t.by_name.get(&(node.parent, node.name.clone())) == Some(&ino) {
-                    t.by_name.remove(&(node.parent, node.name));
+                for key in std::iter::once((node.parent, node.name)).chain(node.aliases) {
+                    if t.by_name.get(&key) == Some(&ino) {
+                        t.by_name.remove(&key);
+                    }
+                }
+                if let Some(f) = node.file {
+                    if t.by_file.get(&f) == Some(&ino) {
+                        t.by_file.remove(&f);
+                    }
                 }
             }
         }
@@ -110,13 +210,17 @@ impl Inodes {
         let replaced = t.by_name.remove(&(new_parent, new_name.to_string()));
         if let Some(r) = replaced {
             if let Some(n) = t.nodes.get_mut(&r) {
-                n.name = format!("\0replaced-{r}");
+                n.drop_name(new_parent, new_name, r, "replaced");
             }
         }
         if let Some(ino) = t.by_name.remove(&(parent, name.to_string())) {
             if let Some(n) = t.nodes.get_mut(&ino) {
-                n.parent = new_parent;
-                n.name = new_name.to_string();
+                if n.parent == parent && n.name == name {
+                    n.parent = new_parent;
+                    n.name = new_name.to_string();
+                } else if let Some(a) = n.aliases.iter_mut().find(|(p, x)| *p == parent && x == name) {
+                    *a = (new_parent, new_name.to_string());
+                }
             }
             t.by_name.insert((new_parent, new_name.to_string()), ino);
         }
@@ -127,7 +231,7 @@ impl Inodes {
         let mut t = self.t.lock();
         if let Some(ino) = t.by_name.remove(&(parent, name.to_string())) {
             if let Some(n) = t.nodes.get_mut(&ino) {
-                n.name = format!("\0unlinked-{ino}");
+                n.drop_name(parent, name, ino, "unlinked");
             }
         }
     }
@@ -176,5 +280,41 @@ mod tests {
         t.rehome(j, ROOT, ".hidden-j");
         assert_eq!(t.path(j).unwrap(), "/data/.hidden-j");
         assert_ne!(t.lookup(ROOT, "j"), j, "a new file under the old name is a new inode");
+    }
+
+    #[test]
+    fn hard_links_are_one_node_under_every_name() {
+        let t = Inodes::new("/");
+        let d = t.lookup(ROOT, "d");
+        let a = t.lookup(ROOT, "a");
+        // link(2) of /a as /d/b, then a lookup of a third name found by meta id.
+        assert_eq!(t.link(a, d, "b", 42), Some(a));
+        assert_eq!(t.lookup_linked(ROOT, "c", 42), a);
+        assert_eq!(t.known(d, "b"), Some(a));
+        assert_eq!(t.path(a).unwrap(), "/a");
+        // Unlinking the name the path uses: another name takes over.
+        t.unlink(ROOT, "a");
+        assert_eq!(t.known(ROOT, "a"), None);
+        assert!(["/d/b", "/c"].contains(&t.path(a).unwrap().as_str()));
+        // Renaming an alias moves that name only.
+        t.rename(d, "b", ROOT, "b2");
+        assert_eq!(t.known(ROOT, "b2"), Some(a));
+        assert_eq!(t.known(d, "b"), None);
+        // Renaming another file over one name leaves the node its other name.
+        let x = t.lookup(ROOT, "x");
+        t.rename(ROOT, "x", ROOT, "b2");
+        assert_eq!(t.known(ROOT, "b2"), Some(x));
+        assert_eq!(t.path(a).unwrap(), "/c");
+        // A rewrite unshares: other names get their own nodes again.
+        t.link(a, ROOT, "e", 42);
+        t.unshare(a);
+        assert_eq!(t.known(ROOT, "e"), None);
+        assert_ne!(t.lookup_linked(ROOT, "e", 42), a);
+        // Forgetting the node frees all of its names and its file id.
+        let g = t.lookup(ROOT, "g");
+        t.link(g, ROOT, "h", 7);
+        t.forget(g, 2);
+        assert_eq!((t.known(ROOT, "g"), t.known(ROOT, "h")), (None, None));
+        assert_ne!(t.lookup_linked(ROOT, "h", 7), g);
     }
 }

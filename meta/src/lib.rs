@@ -45,6 +45,8 @@ use crate::store::StateStore;
 /// anyway, answering "no leader" until a quorum is up).
 const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const GROUP_LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How long `shutdown` waits for the last users of the state store.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// A running meta node: Raft member plus gRPC server.
 pub struct MetaNode {
@@ -183,6 +185,16 @@ impl MetaNode {
         }
         self.store.flush()?;
         self.log.flush()?;
+        // Work still holding the state store (an upload scan between two
+        // awaits, a snapshot being built) ends within moments; a restart in
+        // this process must find the database closed, not locked.
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
+        while Arc::strong_count(&self.store) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&self.store) > 1 {
+            tracing::warn!("meta state store still in use {RELEASE_WAIT:?} after shutdown");
+        }
         Ok(())
     }
 }

@@ -42,7 +42,11 @@ fn status_of(inode: &Inode, path: &str, children: u64) -> FileStatus {
     FileStatus {
         id: inode.id,
         path: path.to_string(),
-        name: inode.name.clone(),
+        // The name this status was reached by (a hard-linked file has several).
+        name: match path.rsplit_once('/') {
+            Some((_, n)) if !n.is_empty() => n.to_string(),
+            _ => inode.name.clone(),
+        },
         kind: match inode.kind {
             InodeKind::Dir => FileKind::Dir as i32,
             InodeKind::File => FileKind::File as i32,
@@ -73,6 +77,7 @@ fn status_of(inode: &Inode, path: &str, children: u64) -> FileStatus {
         gid: inode.gid,
         target: inode.target.clone(),
         rdev: inode.rdev,
+        nlink: inode.nlink,
     }
 }
 
@@ -356,6 +361,14 @@ impl MetaServiceImpl {
     }
 
     #[tracing::instrument(skip(self))]
+    async fn do_link(&self, r: LinkRequest) -> Result<LinkResponse> {
+        let (src, dst) = (normalize(&r.src)?, normalize(&r.dst)?);
+        let cmd = MetaCommand::Link { src, dst: dst.clone(), now_ms: now_ms() };
+        let inode = Self::outcome_inode(self.write(cmd).await?)?;
+        Ok(LinkResponse { status: Some(status_of(&inode, &dst, 0)) })
+    }
+
+    #[tracing::instrument(skip(self))]
     async fn do_mknod(&self, r: MknodRequest) -> Result<MknodResponse> {
         let path = normalize(&r.path)?;
         let kind = match FileKind::try_from(r.kind) {
@@ -594,6 +607,7 @@ handlers! {
     pin / do_pin: PinRequest => PinResponse,
     report_corrupt / do_report_corrupt: ReportCorruptRequest => ReportCorruptResponse,
     symlink / do_symlink: SymlinkRequest => SymlinkResponse,
+    link / do_link: LinkRequest => LinkResponse,
     xattr / do_xattr: XattrRequest => XattrResponse,
     mknod / do_mknod: MknodRequest => MknodResponse,
     members / do_members: MembersRequest => MembersResponse,

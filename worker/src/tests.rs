@@ -110,6 +110,9 @@ impl MetaService for FakeMeta {
     async fn symlink(&self, _: Request<SymlinkRequest>) -> Result<Response<SymlinkResponse>, Status> {
         Err(Status::unimplemented("fake meta"))
     }
+    async fn link(&self, _: Request<LinkRequest>) -> Result<Response<LinkResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
     async fn xattr(&self, _: Request<XattrRequest>) -> Result<Response<XattrResponse>, Status> {
         Err(Status::unimplemented("fake meta"))
     }

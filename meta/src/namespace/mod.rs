@@ -74,6 +74,9 @@ pub enum MetaCommand {
     /// Commands of concurrent calls proposed together (group commit); each
     /// applies or fails on its own.
     Batch(Vec<MetaCommand>),
+    /// `link(2)`: `dst` becomes another name of the file at `src`. Added
+    /// last: variants are numbered in the log.
+    Link { src: String, dst: String, now_ms: i64 },
 }
 
 impl MetaCommand {
@@ -201,6 +204,7 @@ impl Ns<'_> {
             target: String::new(),
             xattrs: Vec::new(),
             rdev: 0,
+            nlink: 1,
         })
     }
 
@@ -335,7 +339,7 @@ impl Ns<'_> {
             if !overwrite {
                 return Err(Error::exists(p));
             }
-            removed = self.remove_tree(&mut parent, &old, now, &mut freed)?;
+            removed = self.remove_tree(&mut parent, name, &old, now, &mut freed)?;
         }
         let mut file = self.new_inode(name, InodeKind::File, mode, now)?;
         file.block_size = bs;
@@ -417,24 +421,35 @@ impl Ns<'_> {
             return Err(Error::not_found(p));
         }
         let mut freed = Vec::new();
-        let n = self.remove_tree(&mut parent, &f, f.mtime_ms, &mut freed)?;
+        let n = self.remove_tree(&mut parent, name, &f, f.mtime_ms, &mut freed)?;
         Ok(Outcome::Freed { inodes: n, blocks: freed, inode: None })
     }
 
-    /// Unlinks `node` from `parent` and removes it with everything below it.
-    fn remove_tree(&mut self, parent: &mut Inode, node: &Inode, now: i64, freed: &mut Vec<u64>) -> Result<u64> {
-        self.txn.delete(CF_DENTRIES, dentry_key(parent.id, &node.name));
+    /// Unlinks `name` (leading to `node`) from `parent` and removes the node
+    /// with everything below it. A file with other names (hard links) only
+    /// loses this one: its link count drops and its ctime moves.
+    fn remove_tree(&mut self, parent: &mut Inode, name: &str, node: &Inode, now: i64, freed: &mut Vec<u64>) -> Result<u64> {
+        self.txn.delete(CF_DENTRIES, dentry_key(parent.id, name));
         parent.mtime_ms = now;
         parent.ctime_ms = now;
         self.put_inode(parent)?;
-        let mut stack = vec![node.clone()];
+        let mut stack = vec![node.id];
         let mut n = 0u64;
-        while let Some(i) = stack.pop() {
+        while let Some(id) = stack.pop() {
+            // Read each inode when its turn comes: an earlier name of a
+            // hard-linked file in the same tree changed its link count.
+            let mut i = self.must_inode(id, &node.name)?;
+            if !i.is_dir() && i.nlink > 1 {
+                i.nlink -= 1;
+                i.ctime_ms = now;
+                self.put_inode(&i)?;
+                continue;
+            }
             n += 1;
             if i.is_dir() {
                 for (k, id) in self.children(i.id)? {
                     self.txn.delete(CF_DENTRIES, k);
-                    stack.push(self.must_inode(id, &i.name)?);
+                    stack.push(id);
                 }
                 self.add_counter(KEY_DIRS, -1)?;
             } else {
@@ -463,7 +478,7 @@ impl Ns<'_> {
         }
         self.check_removable(p, &node, "delete")?;
         let mut freed = Vec::new();
-        let n = self.remove_tree(&mut parent, &node, now, &mut freed)?;
+        let n = self.remove_tree(&mut parent, name, &node, now, &mut freed)?;
         Ok(Outcome::Freed { inodes: n, blocks: freed, inode: None })
     }
 
@@ -495,6 +510,10 @@ impl Ns<'_> {
         let mut removed = 0;
         let mut dst_parent = dst_parent;
         if let Some(id) = self.child(dst_parent.id, dname)? {
+            if id == node.id {
+                // Two names of one file: rename(2) succeeds and changes nothing.
+                return Ok(Outcome::Freed { inodes: 0, blocks: vec![], inode: Some(node) });
+            }
             let old = self.must_inode(id, dst)?;
             match (node.is_dir(), old.is_dir()) {
                 (true, false) => return Err(Error::not_dir(dst)),
@@ -502,7 +521,7 @@ impl Ns<'_> {
                 (true, true) if !self.children(old.id)?.is_empty() => return Err(Error::path(ErrorKind::NotEmpty, dst)),
                 _ => {}
             }
-            removed = self.remove_tree(&mut dst_parent, &old, now, &mut freed)?;
+            removed = self.remove_tree(&mut dst_parent, dname, &old, now, &mut freed)?;
         }
         // Re-read the source parent: it may be the destination parent just updated.
         let mut src_parent = if src_parent.id == dst_parent.id { dst_parent.clone() } else { src_parent };
@@ -530,6 +549,36 @@ impl Ns<'_> {
         dst_parent.ctime_ms = now;
         self.put_inode(&dst_parent)?;
         Ok(Outcome::Freed { inodes: removed, blocks: freed, inode: Some(moved) })
+    }
+
+    /// `link(2)`: `dst` becomes another name of the file at `src`. Not for
+    /// directories (EPERM, as POSIX allows) nor inside UFS mounts (objects
+    /// have one key each).
+    fn hard_link(&mut self, src: &str, dst: &str, now: i64) -> Result<Outcome> {
+        let mut node = self.resolve(src)?;
+        if node.is_dir() {
+            return Err(Error::new(ErrorKind::NotPermitted, format!("{src}: cannot hard-link a directory")));
+        }
+        for p in [src, dst] {
+            if let Some(m) = self.mount_of(p)? {
+                return Err(Error::new(
+                    ErrorKind::NotPermitted,
+                    format!("{src} -> {dst}: hard links are not supported under the mount of {} at {}", m.uri, m.path),
+                ));
+            }
+        }
+        let (mut parent, name) = self.parent_of(dst, false, 0, now)?;
+        if self.child(parent.id, name)?.is_some() {
+            return Err(Error::exists(dst));
+        }
+        node.nlink = node.nlink.checked_add(1).ok_or_else(|| Error::invalid(format!("{src}: too many links")))?;
+        node.ctime_ms = now;
+        self.txn.put(CF_DENTRIES, dentry_key(parent.id, name), node.id.to_be_bytes().to_vec());
+        self.put_inode(&node)?;
+        parent.mtime_ms = now;
+        parent.ctime_ms = now;
+        self.put_inode(&parent)?;
+        Ok(Outcome::Inode(node))
     }
 
     fn set_attr(&mut self, p: &str, mode: Option<u32>, mtime: Option<i64>) -> Result<Outcome> {
@@ -574,6 +623,7 @@ fn apply_ns(ns: &mut Ns<'_>, cmd: &MetaCommand) -> Result<Outcome> {
         MetaCommand::Abort { file_id, path } => ns.abort(*file_id, path),
         MetaCommand::Delete { path, recursive, now_ms } => ns.delete(path, *recursive, *now_ms),
         MetaCommand::Rename { src, dst, now_ms } => ns.rename(src, dst, *now_ms),
+        MetaCommand::Link { src, dst, now_ms } => ns.hard_link(src, dst, *now_ms),
         MetaCommand::RenameUfs { src, dst, now_ms, entry } => {
             let out = ns.rename(src, dst, *now_ms)?;
             match (&out, entry) {
@@ -737,6 +787,56 @@ mod tests {
         assert_eq!(blocks, ids);
         assert!(!t.reader().block_exists(ids[0]).unwrap());
         assert_eq!(t.reader().sys_u64(KEY_FILES).unwrap(), 1);
+    }
+
+    #[test]
+    fn hard_links_share_the_file_until_its_last_name_goes() {
+        let t = T::new();
+        let link = |s: &str, d: &str, now| MetaCommand::Link { src: s.into(), dst: d.into(), now_ms: now };
+        t.run(mkdir("/d/e", true)).unwrap();
+        let ids = write_file(&t, "/d/f", &[5]);
+        let Outcome::Inode(f) = t.run(link("/d/f", "/d/e/g", 7)).unwrap() else { panic!() };
+        assert_eq!((f.nlink, f.ctime_ms), (2, 7));
+        t.run(link("/d/e/g", "/h", 8)).unwrap();
+        let r = t.reader();
+        let (a, b, c) = (r.resolve("/d/f").unwrap(), r.resolve("/d/e/g").unwrap(), r.resolve("/h").unwrap());
+        assert_eq!((a.id, a.nlink), (b.id, 3));
+        assert_eq!(a, c);
+        assert_eq!(r.resolve("/d/e").unwrap().mtime_ms, 7, "the new name's directory changed");
+        assert_eq!(t.reader().sys_u64(KEY_FILES).unwrap(), 1, "one file, three names");
+
+        // What link refuses.
+        assert_eq!(t.kind(link("/d", "/d2", 9)), ErrorKind::NotPermitted);
+        assert_eq!(t.kind(link("/d/f", "/h", 9)), ErrorKind::AlreadyExists);
+        assert_eq!(t.kind(link("/nope", "/x", 9)), ErrorKind::NotFound);
+        assert_eq!(t.kind(link("/d/f", "/nope/x", 9)), ErrorKind::NotFound);
+        assert_eq!(t.kind(link("/d/f", "/d/f/x", 9)), ErrorKind::NotADirectory);
+        t.run(mount_cmd("/m")).unwrap();
+        assert_eq!(t.kind(link("/d/f", "/m/x", 9)), ErrorKind::NotPermitted, "UFS objects have one key each");
+
+        // rename between two names of one file changes nothing.
+        t.run(rename("/d/f", "/h")).unwrap();
+        assert!(t.reader().resolve("/d/f").is_ok());
+        assert_eq!(t.reader().resolve("/h").unwrap().nlink, 3);
+
+        // Unlinking a name (and renaming over one) keeps the blocks.
+        let Outcome::Freed { inodes, blocks, .. } = t.run(del("/d/f", false)).unwrap() else { panic!() };
+        assert_eq!((inodes, blocks.len()), (0, 0));
+        let g = t.reader().resolve("/d/e/g").unwrap();
+        assert_eq!((g.nlink, g.ctime_ms), (2, 2));
+        write_file(&t, "/other", &[1]);
+        let Outcome::Freed { blocks, .. } = t.run(rename("/other", "/h")).unwrap() else { panic!() };
+        assert!(blocks.is_empty());
+        assert_eq!(t.reader().resolve("/d/e/g").unwrap().nlink, 1);
+        assert!(t.reader().block_exists(ids[0]).unwrap());
+
+        // A tree holding both names of a file frees it once, with its blocks.
+        t.run(link("/d/e/g", "/d/g2", 10)).unwrap();
+        let Outcome::Freed { inodes, blocks, .. } = t.run(del("/d", true)).unwrap() else { panic!() };
+        assert_eq!((inodes, blocks), (3, ids.clone()));
+        assert!(!t.reader().block_exists(ids[0]).unwrap());
+        assert_eq!(t.reader().sys_u64(KEY_FILES).unwrap(), 1, "only the file renamed onto /h is left");
+        assert_eq!(t.names("/"), vec!["h", "m"]);
     }
 
     #[test]

@@ -105,7 +105,7 @@ impl Ns<'_> {
         let (parent_path, _) = path::split(p).ok_or_else(|| Error::invalid("/: not a mount point"))?;
         let mut parent = self.resolve(parent_path)?;
         let mut freed = Vec::new();
-        let n = self.remove_tree(&mut parent, &dir, now, &mut freed)?;
+        let n = self.remove_tree(&mut parent, &dir.name, &dir, now, &mut freed)?;
         self.txn.delete(CF_MOUNTS, id_key(m.id).to_vec());
         Ok(Outcome::Freed { inodes: n, blocks: freed, inode: None })
     }
@@ -233,7 +233,7 @@ impl Ns<'_> {
             if self.count_local(&old)? > 0 {
                 return Ok(());
             }
-            self.remove_tree(parent, &old, stamp, freed)?;
+            self.remove_tree(parent, &old.name, &old, stamp, freed)?;
         }
         let kind = if e.is_dir { InodeKind::Dir } else { InodeKind::File };
         let mut node = self.new_inode(&e.name, kind, if e.is_dir { 0o755 } else { 0o644 }, stamp)?;
@@ -291,7 +291,7 @@ impl Ns<'_> {
             let c = self.must_inode(id, dir)?;
             let stale = matches!(&c.ufs, Some(u) if u.persist == Persist::Persisted && u.synced_ms < gen);
             if stale && self.count_local(&c)? == 0 {
-                removed += self.remove_tree(&mut d, &c, gen, &mut freed)?;
+                removed += self.remove_tree(&mut d, &c.name, &c, gen, &mut freed)?;
             }
         }
         d.listed_ms = gen;
@@ -313,7 +313,7 @@ impl Ns<'_> {
         let (parent_path, _) = path::split(p).ok_or_else(|| Error::invalid("/: cannot remove the root"))?;
         let mut parent = self.resolve(parent_path)?;
         let mut freed = Vec::new();
-        let n = self.remove_tree(&mut parent, &node, now, &mut freed)?;
+        let n = self.remove_tree(&mut parent, &node.name, &node, now, &mut freed)?;
         Ok(Outcome::Freed { inodes: n, blocks: freed, inode: None })
     }
 

@@ -5,7 +5,7 @@
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
-use super::{cf, db_err, encode, BlockMeta, Inode, InodeKind, UfsMeta, CF_INODES, CF_SYS, FORMAT, KEY_FORMAT};
+use super::{cf, db_err, encode, BlockMeta, Inode, InodeKind, UfsMeta, CF_INODES, CF_REQUESTS, CF_SYS, FORMAT, KEY_FORMAT};
 use curvine_common::{Error, ErrorKind, Result};
 
 /// `Inode` as format 2 stored it (no owner, symlink target or xattrs).
@@ -46,8 +46,23 @@ impl From<InodeV2> for InodeV3 {
     }
 }
 
-impl From<InodeV3> for Inode {
-    fn from(v3: InodeV3) -> Inode {
+/// `Inode` as format 4 stored it (no link count): format 3's fields, then
+/// the device number.
+#[derive(Serialize, Deserialize)]
+struct InodeV4 {
+    v3: InodeV3,
+    rdev: u64,
+}
+
+impl From<InodeV3> for InodeV4 {
+    fn from(v3: InodeV3) -> InodeV4 {
+        InodeV4 { v3, rdev: 0 }
+    }
+}
+
+impl From<InodeV4> for Inode {
+    fn from(v4: InodeV4) -> Inode {
+        let (v3, rdev) = (v4.v3, v4.rdev);
         let o = v3.v2;
         Inode {
             id: o.id,
@@ -69,7 +84,8 @@ impl From<InodeV3> for Inode {
             gid: v3.gid,
             target: v3.target,
             xattrs: v3.xattrs,
-            rdev: 0,
+            rdev,
+            nlink: 1,
         }
     }
 }
@@ -78,22 +94,27 @@ fn decode_old<T: for<'a> Deserialize<'a>>(v: &[u8], format: u64) -> Result<T> {
     bincode::deserialize(v).map_err(|e| Error::new(ErrorKind::Corrupt, format!("meta store: format {format} inode: {e}")))
 }
 
-/// Rewrites every inode of a format 2 or 3 store in the current format
-/// (format 2: owned by root, no xattrs; both: no device number) and records
-/// the new format, in one atomic, synced batch.
+/// Rewrites every inode of a format 2, 3 or 4 store in the current format
+/// (format 2: owned by root, no xattrs; 2 and 3: no device number; all:
+/// one link) and records the new format, in one atomic, synced batch.
 pub fn upgrade(db: &DB, format: u64) -> Result<()> {
     let inodes = cf(db, CF_INODES)?;
     let mut batch = WriteBatch::default();
     let mut n = 0u64;
     for item in db.iterator_cf(inodes, IteratorMode::Start) {
         let (k, v) = item.map_err(|e| db_err(db.path(), e))?;
-        let v3: InodeV3 = match format {
-            2 => decode_old::<InodeV2>(&v, 2)?.into(),
-            _ => decode_old::<InodeV3>(&v, 3)?,
+        let v4: InodeV4 = match format {
+            2 => InodeV3::from(decode_old::<InodeV2>(&v, 2)?).into(),
+            3 => decode_old::<InodeV3>(&v, 3)?.into(),
+            _ => decode_old::<InodeV4>(&v, 4)?,
         };
-        batch.put_cf(inodes, k, encode(&Inode::from(v3))?);
+        batch.put_cf(inodes, k, encode(&Inode::from(v4))?);
         n += 1;
     }
+    // Exactly-once records hold whole answers, inodes included, in the old
+    // layout: they cannot be read any more. Dropped; a client retrying
+    // across this restart may get "exists" for its own create.
+    batch.delete_range_cf(cf(db, CF_REQUESTS)?, &[0u8][..], &[0xffu8; 32][..]);
     batch.put_cf(cf(db, CF_SYS)?, KEY_FORMAT, FORMAT.to_be_bytes());
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(true);
@@ -146,10 +167,10 @@ mod tests {
             f.uid = 7;
             f.xattrs = vec![("user.a".into(), b"1".to_vec())];
             // The nested layout is the flat one format 3 wrote: the current
-            // encoding minus the trailing 8-byte device number.
+            // encoding minus the trailing device number and link count.
             let v3_bytes = bincode::serialize(&f).unwrap();
-            let now = encode(&Inode::from(bincode::deserialize::<InodeV3>(&v3_bytes).unwrap())).unwrap();
-            assert_eq!(&now[..now.len() - 8], &v3_bytes[..]);
+            let now = encode(&Inode::from(InodeV4::from(bincode::deserialize::<InodeV3>(&v3_bytes).unwrap()))).unwrap();
+            assert_eq!(&now[..now.len() - 12], &v3_bytes[..]);
             let root: InodeV3 = v2(ROOT_ID, "", InodeKind::Dir, vec![]).into();
             let put = |id: u64, i: &InodeV3| db.put_cf(cf(&db, CF_INODES).unwrap(), id_key(id), bincode::serialize(i).unwrap()).unwrap();
             put(ROOT_ID, &root);
@@ -159,7 +180,33 @@ mod tests {
         let s = StateStore::open(dir.path()).unwrap();
         let db = s.db();
         let f: Inode = decode(&db.get_cf(cf(&db, CF_INODES).unwrap(), id_key(9)).unwrap().unwrap()).unwrap();
-        assert_eq!((f.name.as_str(), f.len, f.uid, f.xattrs.len(), f.rdev), ("f", 3, 7, 1, 0));
+        assert_eq!((f.name.as_str(), f.len, f.uid, f.xattrs.len(), f.rdev, f.nlink), ("f", 3, 7, 1, 0, 1));
+        assert_eq!(db.get_cf(cf(&db, CF_SYS).unwrap(), KEY_FORMAT).unwrap().unwrap(), FORMAT.to_be_bytes());
+    }
+
+    #[test]
+    fn a_format_4_store_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = StateStore::open(dir.path()).unwrap();
+            let db = s.db();
+            let mut f = InodeV4::from(InodeV3::from(v2(9, "dev", InodeKind::CharDev, vec![])));
+            f.rdev = 0x103;
+            f.v3.gid = 5;
+            // Format 4 wrote the current encoding minus the trailing link count.
+            let v4_bytes = bincode::serialize(&f).unwrap();
+            let now = encode(&Inode::from(bincode::deserialize::<InodeV4>(&v4_bytes).unwrap())).unwrap();
+            assert_eq!(&now[..now.len() - 4], &v4_bytes[..]);
+            let root = InodeV4::from(InodeV3::from(v2(ROOT_ID, "", InodeKind::Dir, vec![])));
+            let put = |id: u64, i: &InodeV4| db.put_cf(cf(&db, CF_INODES).unwrap(), id_key(id), bincode::serialize(i).unwrap()).unwrap();
+            put(ROOT_ID, &root);
+            put(9, &f);
+            db.put_cf(cf(&db, CF_SYS).unwrap(), KEY_FORMAT, 4u64.to_be_bytes()).unwrap();
+        }
+        let s = StateStore::open(dir.path()).unwrap();
+        let db = s.db();
+        let f: Inode = decode(&db.get_cf(cf(&db, CF_INODES).unwrap(), id_key(9)).unwrap().unwrap()).unwrap();
+        assert_eq!((f.name.as_str(), f.kind, f.gid, f.rdev, f.nlink), ("dev", InodeKind::CharDev, 5, 0x103, 1));
         assert_eq!(db.get_cf(cf(&db, CF_SYS).unwrap(), KEY_FORMAT).unwrap().unwrap(), FORMAT.to_be_bytes());
     }
 }

@@ -46,7 +46,7 @@ pub const KEY_NEXT_JOB: &[u8] = b"next_job";
 /// The encoding version of the values in this database (bincode is not
 /// self-describing: a newer binary must refuse an older layout, not misread it).
 pub const KEY_FORMAT: &[u8] = b"format";
-pub const FORMAT: u64 = 4;
+pub const FORMAT: u64 = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InodeKind {
@@ -133,6 +133,9 @@ pub struct Inode {
     pub xattrs: Vec<(String, Vec<u8>)>,
     /// Device nodes (format 4): the device number, as stat's st_rdev.
     pub rdev: u64,
+    /// Names leading to this inode (format 5): 1, or more for a file with
+    /// hard links. Directories keep 1 (their link count is computed).
+    pub nlink: u32,
 }
 
 impl Inode {
@@ -379,7 +382,7 @@ impl StateStore {
         let db = self.db();
         if get(&db, CF_INODES, &id_key(ROOT_ID))?.is_some() {
             let mut format = get(&db, CF_SYS, KEY_FORMAT)?.map(|v| decode_u64(&v)).transpose()?.unwrap_or(1);
-            if format == 2 || format == 3 {
+            if (2..FORMAT).contains(&format) {
                 migrate::upgrade(&db, format)?;
                 format = FORMAT;
             }
@@ -419,6 +422,7 @@ impl StateStore {
             target: String::new(),
             xattrs: Vec::new(),
             rdev: 0,
+            nlink: 1,
         };
         let mut txn = Txn::new(db.clone());
         txn.put(CF_SYS, KEY_FORMAT.to_vec(), FORMAT.to_be_bytes().to_vec());
