@@ -486,7 +486,7 @@ print("special ok")
 /// counts, a chmod through one name seen at once through the others with
 /// the kernel's attribute cache on), unlinking a name keeps the bytes for
 /// the others, links made through the SDK show in the mount, and the file
-/// goes with its last name.
+/// goes with its last name. Directories count their subdirectories.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hard_links_share_one_file_under_every_name() {
     need_fuse!("hard_links_share_one_file_under_every_name");
@@ -497,7 +497,9 @@ async fn hard_links_share_one_file_under_every_name() {
 import os, sys
 d = sys.argv[1]
 a, b, c = f"{d}/a", f"{d}/sub/b", f"{d}/c"
+n0 = os.stat(d).st_nlink
 os.mkdir(f"{d}/sub")
+assert os.stat(d).st_nlink == n0 + 1 == 3, (n0, os.stat(d).st_nlink)  # a directory counts its subdirectories
 with open(a, "wb") as f: f.write(b"shared bytes")
 assert os.stat(a).st_nlink == 1
 os.link(a, b)
@@ -546,6 +548,12 @@ print("links ok")
     std::fs::remove_file(m.p("hl/d")).unwrap();
     assert_eq!(fs.stat("/hl/d").await.unwrap_err().kind(), curvine_common::ErrorKind::NotFound);
     assert_eq!(fs.list("/hl").await.unwrap().len(), 1, "only sub is left");
+    // Directory link counts: 2 + subdirectories, through the mount and the SDK.
+    std::fs::create_dir(m.p("hl/sub/deeper")).unwrap();
+    assert_eq!(std::fs::metadata(m.p("hl/sub")).unwrap().nlink(), 3);
+    std::fs::rename(m.p("hl/sub/deeper"), m.p("hl/moved")).unwrap();
+    assert_eq!((std::fs::metadata(m.p("hl")).unwrap().nlink(), std::fs::metadata(m.p("hl/sub")).unwrap().nlink()), (4, 2));
+    assert_eq!(fs.stat("/hl").await.unwrap().nlink, 4);
 }
 
 /// `--passthrough`: a file held whole in one MEM block reads through the

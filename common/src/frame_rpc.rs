@@ -250,7 +250,20 @@ impl Inner {
 
     async fn send(&self, frame: &[u8]) -> std::io::Result<()> {
         let mut w = self.writer.lock().await;
-        w.write_all(frame).await
+        // A caller dropped mid-write (its deadline, a cancelled task) would
+        // leave half a frame on the stream: the connection is given up then.
+        struct Sending<'a>(&'a Inner, bool);
+        impl Drop for Sending<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.fail("a call was dropped while its request was being sent".into());
+                }
+            }
+        }
+        let mut guard = Sending(self, false);
+        let res = w.write_all(frame).await;
+        guard.1 = true;
+        res
     }
 
     async fn call(self: Arc<Self>, req: http::Request<tonic::body::Body>) -> std::result::Result<http::Response<Reply1>, tonic::Status> {
@@ -358,9 +371,11 @@ async fn keepalive(me: Weak<Inner>) {
         if let Ok(mut w) = inner.writer.try_lock() {
             let sent = tokio::time::timeout(KEEPALIVE, w.write_all(&ping)).await;
             drop(w);
-            if let Ok(Err(e)) = sent {
-                inner.fail(format!("send failed: {e}"));
-                return;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return inner.fail(format!("send failed: {e}")),
+                // Possibly half a ping on the stream: unusable.
+                Err(_) => return inner.fail(format!("could not send for {KEEPALIVE:?}")),
             }
         };
     }
@@ -628,5 +643,29 @@ mod tests {
         let t = Instant::now();
         assert_eq!(tower_service::Service::call(&mut c, req).await.unwrap_err().code(), tonic::Code::Unavailable);
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_mid_send_breaks_the_connection() {
+        // Greets, then reads nothing: a large request cannot be sent whole.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut hello = [0u8; 5];
+            s.read_exact(&mut hello).await.unwrap();
+            s.write_all(&hello).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let Connected::Frames(mut c) = FrameChannel::connect(&addr, Duration::from_secs(5), Duration::from_secs(120)).await.unwrap()
+        else {
+            panic!("the fake server greets with frames")
+        };
+        let body = tonic::body::Body::new(Full::new(Bytes::from(vec![0u8; 64 << 20])));
+        let req = http::Request::builder().uri("/x/Big").body(body).unwrap();
+        let call = tower_service::Service::call(&mut c, req);
+        assert!(tokio::time::timeout(Duration::from_millis(500), call).await.is_err(), "nobody reads: the send cannot finish");
+        // Half a frame went out: the connection must not carry another call.
+        assert!(c.is_broken());
     }
 }

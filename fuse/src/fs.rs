@@ -151,7 +151,8 @@ impl CvFuse {
             crtime: time(st.ctime_ms),
             kind,
             perm: (st.mode & 0o7777) as u16,
-            nlink: if dir { 2 } else { st.nlink.max(1) },
+            // Directories: 2 + subdirectories (2 from metas that do not count).
+            nlink: if dir { st.nlink.max(2) } else { st.nlink.max(1) },
             uid: st.uid,
             gid: st.gid,
             rdev: st.rdev as u32,
@@ -546,10 +547,12 @@ impl Filesystem for Mounted {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
+        self.0.dir_attrs.forget(parent.0);
         self.0.spawn(move |me| async move {
             let res = async {
                 let st = me.fs.mkdir_with(&path, false, mode & !umask & 0o7777, Some(owner)).await.map_err(|e| errno(&e))?;
-                me.dir_attrs.created_in(parent.0, time(st.mtime_ms));
+                // The parent gained a link too: read it afresh.
+                me.dir_attrs.forget(parent.0);
                 let ino = me.inodes.lookup(parent.0, &name);
                 Ok::<_, Errno>(me.attr(ino, &st, None))
             };

@@ -204,7 +204,9 @@ impl Ns<'_> {
             target: String::new(),
             xattrs: Vec::new(),
             rdev: 0,
-            nlink: 1,
+            // A directory: its name and its "."; each subdirectory's ".."
+            // adds one (`link`).
+            nlink: if kind == InodeKind::Dir { 2 } else { 1 },
         })
     }
 
@@ -276,6 +278,9 @@ impl Ns<'_> {
     fn link(&mut self, parent: &mut Inode, child: &Inode, now: i64) -> Result<()> {
         self.txn.put(CF_DENTRIES, dentry_key(parent.id, &child.name), child.id.to_be_bytes().to_vec());
         self.put_inode(child)?;
+        if child.is_dir() {
+            parent.nlink += 1; // the child's ".."
+        }
         parent.mtime_ms = now;
         parent.ctime_ms = now;
         self.put_inode(parent)?;
@@ -430,6 +435,9 @@ impl Ns<'_> {
     /// loses this one: its link count drops and its ctime moves.
     fn remove_tree(&mut self, parent: &mut Inode, name: &str, node: &Inode, now: i64, freed: &mut Vec<u64>) -> Result<u64> {
         self.txn.delete(CF_DENTRIES, dentry_key(parent.id, name));
+        if node.is_dir() {
+            parent.nlink = parent.nlink.saturating_sub(1).max(2);
+        }
         parent.mtime_ms = now;
         parent.ctime_ms = now;
         self.put_inode(parent)?;
@@ -526,6 +534,9 @@ impl Ns<'_> {
         // Re-read the source parent: it may be the destination parent just updated.
         let mut src_parent = if src_parent.id == dst_parent.id { dst_parent.clone() } else { src_parent };
         self.txn.delete(CF_DENTRIES, dentry_key(src_parent.id, sname));
+        if node.is_dir() {
+            src_parent.nlink = src_parent.nlink.saturating_sub(1).max(2); // its ".." moves
+        }
         src_parent.mtime_ms = now;
         src_parent.ctime_ms = now;
         self.put_inode(&src_parent)?;
@@ -544,6 +555,9 @@ impl Ns<'_> {
                 let rel = m.rel(dst).unwrap_or_default().to_string();
                 self.rebase_ufs(&mut moved, &rel, dst)?;
             }
+        }
+        if moved.is_dir() {
+            dst_parent.nlink += 1;
         }
         dst_parent.mtime_ms = now;
         dst_parent.ctime_ms = now;
@@ -837,6 +851,29 @@ mod tests {
         assert!(!t.reader().block_exists(ids[0]).unwrap());
         assert_eq!(t.reader().sys_u64(KEY_FILES).unwrap(), 1, "only the file renamed onto /h is left");
         assert_eq!(t.names("/"), vec!["h", "m"]);
+    }
+
+    #[test]
+    fn directory_link_counts_follow_their_subdirectories() {
+        let t = T::new();
+        let links = |p: &str| t.reader().resolve(p).unwrap().nlink;
+        assert_eq!(links("/"), 2);
+        t.run(mkdir("/a/b/c", true)).unwrap();
+        t.run(mkdir("/a/d", false)).unwrap();
+        write_file(&t, "/a/f", &[1]);
+        assert_eq!((links("/"), links("/a"), links("/a/b"), links("/a/b/c")), (3, 4, 3, 2));
+        // A directory moving between parents moves its "..".
+        t.run(rename("/a/d", "/a/b/d")).unwrap();
+        assert_eq!((links("/a"), links("/a/b")), (3, 4));
+        t.run(rename("/a/b/d", "/a/b/e")).unwrap();
+        assert_eq!(links("/a/b"), 4);
+        // Over an empty directory: one replaced, one arrived.
+        t.run(mkdir("/x", false)).unwrap();
+        t.run(rename("/a/b/e", "/x")).unwrap();
+        assert_eq!((links("/"), links("/a/b")), (4, 3));
+        t.run(del("/x", false)).unwrap();
+        t.run(del("/a/b", true)).unwrap();
+        assert_eq!((links("/"), links("/a")), (3, 2), "files do not count");
     }
 
     #[test]

@@ -5,7 +5,12 @@
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
-use super::{cf, db_err, encode, BlockMeta, Inode, InodeKind, UfsMeta, CF_INODES, CF_REQUESTS, CF_SYS, FORMAT, KEY_FORMAT};
+use std::collections::HashMap;
+
+use super::{
+    cf, db_err, decode_u64, encode, BlockMeta, Inode, InodeKind, UfsMeta, CF_DENTRIES, CF_INODES, CF_REQUESTS, CF_SYS, FORMAT,
+    KEY_FORMAT,
+};
 use curvine_common::{Error, ErrorKind, Result};
 
 /// `Inode` as format 2 stored it (no owner, symlink target or xattrs).
@@ -96,19 +101,44 @@ fn decode_old<T: for<'a> Deserialize<'a>>(v: &[u8], format: u64) -> Result<T> {
 
 /// Rewrites every inode of a format 2, 3 or 4 store in the current format
 /// (format 2: owned by root, no xattrs; 2 and 3: no device number; all:
-/// one link) and records the new format, in one atomic, synced batch.
+/// files one link, directories 2 + their subdirectories) and records the
+/// new format, in one atomic, synced batch.
 pub fn upgrade(db: &DB, format: u64) -> Result<()> {
     let inodes = cf(db, CF_INODES)?;
+    let read = |v: &[u8]| -> Result<Inode> {
+        let v4: InodeV4 = match format {
+            2 => InodeV3::from(decode_old::<InodeV2>(v, 2)?).into(),
+            3 => decode_old::<InodeV3>(v, 3)?.into(),
+            _ => decode_old::<InodeV4>(v, 4)?,
+        };
+        Ok(Inode::from(v4))
+    };
+    // Directories' link counts: 2, plus one per subdirectory (its "..").
+    let mut dirs: HashMap<u64, u32> = HashMap::new();
+    for item in db.iterator_cf(inodes, IteratorMode::Start) {
+        let (_, v) = item.map_err(|e| db_err(db.path(), e))?;
+        let i = read(&v)?;
+        if i.is_dir() {
+            dirs.insert(i.id, 2);
+        }
+    }
+    for item in db.iterator_cf(cf(db, CF_DENTRIES)?, IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| db_err(db.path(), e))?;
+        let (Some(parent), Ok(child)) = (k.get(..8), decode_u64(&v)) else { continue };
+        if dirs.contains_key(&child) {
+            let parent = u64::from_be_bytes(parent.try_into().expect("8 bytes"));
+            *dirs.entry(parent).or_insert(2) += 1;
+        }
+    }
     let mut batch = WriteBatch::default();
     let mut n = 0u64;
     for item in db.iterator_cf(inodes, IteratorMode::Start) {
         let (k, v) = item.map_err(|e| db_err(db.path(), e))?;
-        let v4: InodeV4 = match format {
-            2 => InodeV3::from(decode_old::<InodeV2>(&v, 2)?).into(),
-            3 => decode_old::<InodeV3>(&v, 3)?.into(),
-            _ => decode_old::<InodeV4>(&v, 4)?,
-        };
-        batch.put_cf(inodes, k, encode(&Inode::from(v4))?);
+        let mut i = read(&v)?;
+        if let Some(links) = dirs.get(&i.id) {
+            i.nlink = *links;
+        }
+        batch.put_cf(inodes, k, encode(&i)?);
         n += 1;
     }
     // Exactly-once records hold whole answers, inodes included, in the old
@@ -201,12 +231,24 @@ mod tests {
             let put = |id: u64, i: &InodeV4| db.put_cf(cf(&db, CF_INODES).unwrap(), id_key(id), bincode::serialize(i).unwrap()).unwrap();
             put(ROOT_ID, &root);
             put(9, &f);
+            // /a and /a/b, directories: the root gets 3 links, /a 3, /a/b 2.
+            put(10, &InodeV4::from(InodeV3::from(v2(10, "a", InodeKind::Dir, vec![]))));
+            put(11, &InodeV4::from(InodeV3::from(v2(11, "b", InodeKind::Dir, vec![]))));
+            let dent = |parent: u64, name: &str, child: u64| {
+                let k = crate::store::dentry_key(parent, name);
+                db.put_cf(cf(&db, CF_DENTRIES).unwrap(), k, child.to_be_bytes()).unwrap();
+            };
+            dent(ROOT_ID, "dev", 9);
+            dent(ROOT_ID, "a", 10);
+            dent(10, "b", 11);
             db.put_cf(cf(&db, CF_SYS).unwrap(), KEY_FORMAT, 4u64.to_be_bytes()).unwrap();
         }
         let s = StateStore::open(dir.path()).unwrap();
         let db = s.db();
         let f: Inode = decode(&db.get_cf(cf(&db, CF_INODES).unwrap(), id_key(9)).unwrap().unwrap()).unwrap();
         assert_eq!((f.name.as_str(), f.kind, f.gid, f.rdev, f.nlink), ("dev", InodeKind::CharDev, 5, 0x103, 1));
+        let links = |id| decode::<Inode>(&db.get_cf(cf(&db, CF_INODES).unwrap(), id_key(id)).unwrap().unwrap()).unwrap().nlink;
+        assert_eq!((links(ROOT_ID), links(10), links(11)), (3, 3, 2));
         assert_eq!(db.get_cf(cf(&db, CF_SYS).unwrap(), KEY_FORMAT).unwrap().unwrap(), FORMAT.to_be_bytes());
     }
 }

@@ -133,8 +133,8 @@ pub struct Inode {
     pub xattrs: Vec<(String, Vec<u8>)>,
     /// Device nodes (format 4): the device number, as stat's st_rdev.
     pub rdev: u64,
-    /// Names leading to this inode (format 5): 1, or more for a file with
-    /// hard links. Directories keep 1 (their link count is computed).
+    /// Links (format 5), as stat's st_nlink: a file's names (more than one
+    /// with hard links); a directory's 2 + its subdirectories.
     pub nlink: u32,
 }
 
@@ -422,7 +422,7 @@ impl StateStore {
             target: String::new(),
             xattrs: Vec::new(),
             rdev: 0,
-            nlink: 1,
+            nlink: 2,
         };
         let mut txn = Txn::new(db.clone());
         txn.put(CF_SYS, KEY_FORMAT.to_vec(), FORMAT.to_be_bytes().to_vec());
