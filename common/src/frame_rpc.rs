@@ -614,9 +614,13 @@ mod tests {
         assert!(matches!(c, Connected::NotSupported));
     }
 
-    #[tokio::test]
-    async fn a_silent_server_fails_calls_within_seconds() {
-        // Greets, then never answers (a hung or stopped meta process).
+    /// A server that greets with frames and then hands its socket to
+    /// `then`; the client connected to it.
+    async fn greeting_server<F, Fut>(then: F) -> FrameChannel
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         tokio::spawn(async move {
@@ -624,13 +628,22 @@ mod tests {
             let mut hello = [0u8; 5];
             s.read_exact(&mut hello).await.unwrap();
             s.write_all(&hello).await.unwrap();
+            then(s).await;
+        });
+        match FrameChannel::connect(&addr, Duration::from_secs(5), Duration::from_secs(120)).await.unwrap() {
+            Connected::Frames(c) => c,
+            Connected::NotSupported => panic!("the fake server greets with frames"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_fails_calls_within_seconds() {
+        // Reads, never answers (a hung or stopped meta process).
+        let mut c = greeting_server(|mut s| async move {
             let mut sink = vec![0u8; 1 << 16];
             while s.read(&mut sink).await.is_ok_and(|n| n > 0) {}
-        });
-        let Connected::Frames(mut c) = FrameChannel::connect(&addr, Duration::from_secs(5), Duration::from_secs(120)).await.unwrap()
-        else {
-            panic!("the fake server greets with frames")
-        };
+        })
+        .await;
         let t = Instant::now();
         let req = http::Request::builder().uri("/curvine.meta.MetaService/Stat").body(tonic::body::Body::empty()).unwrap();
         let e = tower_service::Service::call(&mut c, req).await.unwrap_err();
@@ -647,20 +660,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_dropped_mid_send_breaks_the_connection() {
-        // Greets, then reads nothing: a large request cannot be sent whole.
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut hello = [0u8; 5];
-            s.read_exact(&mut hello).await.unwrap();
-            s.write_all(&hello).await.unwrap();
+        // Reads nothing: a large request cannot be sent whole.
+        let mut c = greeting_server(|s| async move {
+            let _held_open = s;
             tokio::time::sleep(Duration::from_secs(30)).await;
-        });
-        let Connected::Frames(mut c) = FrameChannel::connect(&addr, Duration::from_secs(5), Duration::from_secs(120)).await.unwrap()
-        else {
-            panic!("the fake server greets with frames")
-        };
+        })
+        .await;
         let body = tonic::body::Body::new(Full::new(Bytes::from(vec![0u8; 64 << 20])));
         let req = http::Request::builder().uri("/x/Big").body(body).unwrap();
         let call = tower_service::Service::call(&mut c, req);
