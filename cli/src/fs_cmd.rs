@@ -57,6 +57,8 @@ pub enum FsCmd {
     },
     /// Rename (atomic, files and directories)
     Mv { src: String, dst: String },
+    /// Hard link: DST becomes another name of the file SRC (files only)
+    Ln { src: String, dst: String },
     /// Show a file's status
     Stat {
         path: String,
@@ -88,6 +90,10 @@ pub async fn run(cmd: FsCmd, c: &ClientArgs) -> Result<()> {
         FsCmd::Cat { path } => get(&fs, &path, Path::new("-")).await,
         FsCmd::Rm { path, recursive } => {
             fs.delete(&path, recursive).await?;
+            Ok(())
+        }
+        FsCmd::Ln { src, dst } => {
+            fs.link(&src, &dst).await?;
             Ok(())
         }
         FsCmd::Mv { src, dst } => {

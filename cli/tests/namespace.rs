@@ -125,6 +125,12 @@ async fn cli_file_commands_work_end_to_end() {
     let du = ok(&cv(&n, &["fs", "du", "/t"]));
     assert!(du.starts_with("14\t"), "{du}");
     ok(&cv(&n, &["fs", "mv", "/t/u/hello.txt", "/t/h.txt"]));
+    // A hard link: one file, two names; removing one keeps the other.
+    ok(&cv(&n, &["fs", "ln", "/t/h.txt", "/t/u/again.txt"]));
+    assert_eq!(ok(&cv(&n, &["fs", "cat", "/t/u/again.txt"])), "hello curvine\n");
+    fails_with(&cv(&n, &["fs", "ln", "/t/u", "/t/v"]), "cannot hard-link a directory");
+    fails_with(&cv(&n, &["fs", "ln", "/t/h.txt", "/t/u/again.txt"]), "exists");
+    ok(&cv(&n, &["fs", "rm", "/t/u/again.txt"]));
     let out = dir.path().join("out.txt");
     ok(&cv(&n, &["fs", "get", "/t/h.txt", out.to_str().unwrap()]));
     assert_eq!(std::fs::read(&out).unwrap(), b"hello curvine\n");
