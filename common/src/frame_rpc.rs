@@ -50,6 +50,8 @@ const PONG: u8 = 4;
 pub const MAX_FRAME: usize = (256 << 20) + (64 << 10);
 /// How often an idle or busy client checks that the server still answers.
 const KEEPALIVE: Duration = Duration::from_secs(1);
+/// How long a server waits for a connection's greeting.
+const GREETING_WAIT: Duration = Duration::from_secs(10);
 /// Nothing heard for this long (pings unanswered): the server is gone.
 const DEAD_AFTER: Duration = Duration::from_millis(2500);
 
@@ -121,7 +123,9 @@ fn split_frames(buf: &mut BytesMut, mut each: impl FnMut(u8, u64, Bytes) -> std:
             return Err(bad(format!("malformed meta frame: length {len}")));
         }
         if buf.len() < 4 + len {
-            buf.reserve(4 + len - buf.len());
+            // Room for what is announced, a step at a time: a header alone
+            // must not make the reader hold 256 MiB.
+            buf.reserve((4 + len - buf.len()).min(4 << 20));
             return Ok(());
         }
         buf.advance(4);
@@ -442,7 +446,10 @@ where
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut hello = [0u8; 5];
-    rd.read_exact(&mut hello).await?;
+    match tokio::time::timeout(GREETING_WAIT, rd.read_exact(&mut hello)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(bad(format!("no frame greeting within {GREETING_WAIT:?}"))),
+    };
     if hello[..4] != MAGIC[..] || hello[4] != VERSION {
         return Err(bad(format!("unsupported meta frame greeting {hello:?} (this meta speaks version {VERSION})")));
     }
@@ -466,7 +473,10 @@ where
                             let path = take(&mut f, pl, "path")?;
                             let headers = get_headers(&mut f)?;
                             let own = std::str::from_utf8(&path).is_ok_and(&own_task);
-                            let call = handle(svc.clone(), id, path, headers, f);
+                            // A handler that panics fails its call, not the connection.
+                            let call = std::panic::AssertUnwindSafe(handle(svc.clone(), id, path, headers, f))
+                                .catch_unwind()
+                                .map(move |r| r.unwrap_or_else(|_| failed(id, "meta call panicked".into())));
                             if own {
                                 let task = tokio::spawn(call);
                                 running.push(Box::pin(async move {
@@ -500,6 +510,16 @@ where
 }
 
 fn encode_response(out: &mut BytesMut, id: u64, headers: &HeaderMap, data: &Bytes) {
+    if data.len() + 64 * 1024 > MAX_FRAME {
+        // Too big for one frame: this call fails, not the connection.
+        let mut h = HeaderMap::new();
+        h.insert("grpc-status", HeaderValue::from(tonic::Code::ResourceExhausted as i32));
+        let msg = format!("answer of {} bytes is over the {MAX_FRAME}-byte frame limit; ask for less (e.g. a smaller page)", data.len());
+        if let Ok(v) = HeaderValue::from_str(&msg) {
+            h.insert("grpc-message", v);
+        }
+        return encode_response(out, id, &h, &Bytes::new());
+    }
     let at = begin(out, RESPONSE, id);
     put_headers(out, headers);
     out.put_slice(data);

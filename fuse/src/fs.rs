@@ -340,16 +340,10 @@ impl CvFuse {
         self.save(ino, &mut s, &path).await
     }
 
-    /// Publishes `s`'s unsaved bytes at `path`. A rewrite makes a new meta
-    /// file under that one name, so a hard-linked node stops standing for
-    /// its other names (they keep the old bytes, as separate files).
-    async fn save(&self, ino: u64, s: &mut FileState, path: &str) -> Result<(), Errno> {
-        let before = s.version;
-        let res = s.commit(Some((&self.fs, path))).await.map_err(|e| errno(&e));
-        if s.version != before {
-            self.inodes.unshare(ino);
-        }
-        res
+    /// Publishes `s`'s unsaved bytes at `path` (any name of a hard-linked
+    /// file: meta rewrites such a file in place, under all of its names).
+    async fn save(&self, _ino: u64, s: &mut FileState, path: &str) -> Result<(), Errno> {
+        s.commit(Some((&self.fs, path))).await.map_err(|e| errno(&e))
     }
 
     async fn release_fh(&self, fh: u64) -> Result<(), Errno> {
@@ -368,6 +362,13 @@ impl CvFuse {
         st.open = st.open.saturating_sub(1);
         if st.open == 0 {
             if let Some(hidden) = st.unlinked_as.take() {
+                // Other names (hard links) still lead to the file: they must
+                // see what was written through the unlinked one.
+                if self.fs.stat(&hidden).await.is_ok_and(|f| f.nlink > 1) {
+                    if let Err(e) = self.save(h.ino, &mut st, &hidden).await {
+                        tracing::warn!(path = %hidden, error = ?e, "could not save writes to a linked file at its last close");
+                    }
+                }
                 st.discard().await;
                 if let Err(e) = self.fs.delete(&hidden, false).await {
                     tracing::warn!(path = %hidden, error = %e, "could not remove an unlinked file at its last close");
@@ -575,16 +576,14 @@ impl Filesystem for Mounted {
             let open = me.inodes.known(parent.0, &name).and_then(|ino| me.state(ino).map(|s| (ino, s)));
             if let Some((ino, s)) = open {
                 let mut s = s.lock().await;
-                // A file with other names lives on under them.
-                let only_name = s.open > 0 && me.fs.stat(&path).await.map_or(true, |st| st.nlink <= 1);
-                if only_name {
+                if s.open > 0 {
                     // Still open here: keep the bytes under a hidden name
                     // until the last close (POSIX unlink).
                     let hidden_name = format!("{HIDDEN_PREFIX}{}-{ino}", std::process::id());
                     let hidden = me.inodes.child_path(parent.0, &hidden_name).ok_or(Errno::ESTALE)?;
                     me.save(ino, &mut s, &path).await?;
                     me.fs.rename(&path, &hidden).await.map_err(|e| errno(&e))?;
-                    me.inodes.rehome(ino, parent.0, &hidden_name);
+                    me.inodes.rehome(ino, parent.0, &name, &hidden_name);
                     me.dir_attrs.forget(parent.0); // a getattr may have raced the change
                     s.unlinked_as = Some(hidden);
                     return Ok(());

@@ -115,10 +115,22 @@ impl Inodes {
     pub fn lookup_linked(&self, parent: u64, name: &str, file: u64) -> u64 {
         let mut t = self.t.lock();
         let key = (parent, name.to_string());
+        // A name now leading to another file (rewritten or replaced by
+        // another client) leaves the node it led to.
+        if let Some(stale) = t.by_name.get(&key).copied().filter(|i| t.nodes.get(i).is_some_and(|n| n.file.is_some_and(|f| f != file))) {
+            t.by_name.remove(&key);
+            if let Some(n) = t.nodes.get_mut(&stale) {
+                n.drop_name(parent, name, stale, "replaced");
+            }
+        }
         let ino = match (t.by_name.get(&key).copied(), t.by_file.get(&file).copied()) {
             (Some(ino), _) => ino,
             (None, Some(ino)) if t.nodes.contains_key(&ino) => {
-                t.nodes.get_mut(&ino).expect("checked").aliases.push(key.clone());
+                // The name just looked up exists: it becomes the one the
+                // node's path uses (the old one may be gone elsewhere).
+                let n = t.nodes.get_mut(&ino).expect("checked");
+                let old = (std::mem::replace(&mut n.parent, parent), std::mem::replace(&mut n.name, name.to_string()));
+                n.aliases.push(old);
                 t.by_name.insert(key, ino);
                 ino
             }
@@ -150,25 +162,6 @@ impl Inodes {
         t.by_name.insert((new_parent, new_name.to_string()), ino);
         t.by_file.insert(file, ino);
         Some(ino)
-    }
-
-    /// A linked file's node stands for one file no more (a rewrite gave
-    /// the name `ino` is reached by a new meta file): its other names are
-    /// looked up afresh.
-    pub fn unshare(&self, ino: u64) {
-        let mut t = self.t.lock();
-        let Some(n) = t.nodes.get_mut(&ino) else { return };
-        let aliases = std::mem::take(&mut n.aliases);
-        if let Some(f) = n.file.take() {
-            if t.by_file.get(&f) == Some(&ino) {
-                t.by_file.remove(&f);
-            }
-        }
-        for a in aliases {
-            if t.by_name.get(&a) == Some(&ino) {
-                t.by_name.remove(&a);
-            }
-        }
     }
 
     /// The number already given to `name` in `parent`, if any.
@@ -236,18 +229,24 @@ impl Inodes {
         }
     }
 
-    /// Points `ino` at another name in the same directory (an open file
-    /// that was unlinked lives on under a hidden name).
-    pub fn rehome(&self, ino: u64, parent: u64, name: &str) {
+    /// The name `parent/name` of `ino` became `parent/new_name` (an open
+    /// file that was unlinked lives on under a hidden name); the old name is
+    /// free for a new file at once.
+    pub fn rehome(&self, ino: u64, parent: u64, name: &str, new_name: &str) {
         let mut t = self.t.lock();
         let Some(n) = t.nodes.get_mut(&ino) else { return };
-        let old = (n.parent, std::mem::replace(&mut n.name, name.to_string()));
-        n.parent = parent;
-        // The old name is free for a new file now.
+        if n.parent == parent && n.name == name {
+            n.name = new_name.to_string();
+        } else if let Some(a) = n.aliases.iter_mut().find(|(p, x)| *p == parent && x == name) {
+            a.1 = new_name.to_string();
+        } else {
+            return;
+        }
+        let old = (parent, name.to_string());
         if t.by_name.get(&old) == Some(&ino) {
             t.by_name.remove(&old);
         }
-        t.by_name.insert((parent, name.to_string()), ino);
+        t.by_name.insert((parent, new_name.to_string()), ino);
     }
 }
 
@@ -277,7 +276,7 @@ mod tests {
         assert_eq!(Inodes::new("/").child_path(ROOT, "x").unwrap(), "/x");
         // An open file moved to a hidden name frees its old name at once.
         let j = t.lookup(ROOT, "j");
-        t.rehome(j, ROOT, ".hidden-j");
+        t.rehome(j, ROOT, "j", ".hidden-j");
         assert_eq!(t.path(j).unwrap(), "/data/.hidden-j");
         assert_ne!(t.lookup(ROOT, "j"), j, "a new file under the old name is a new inode");
     }
@@ -291,11 +290,11 @@ mod tests {
         assert_eq!(t.link(a, d, "b", 42), Some(a));
         assert_eq!(t.lookup_linked(ROOT, "c", 42), a);
         assert_eq!(t.known(d, "b"), Some(a));
-        assert_eq!(t.path(a).unwrap(), "/a");
+        assert_eq!(t.path(a).unwrap(), "/c", "the name looked up last is the node's path");
         // Unlinking the name the path uses: another name takes over.
-        t.unlink(ROOT, "a");
-        assert_eq!(t.known(ROOT, "a"), None);
-        assert!(["/d/b", "/c"].contains(&t.path(a).unwrap().as_str()));
+        t.unlink(ROOT, "c");
+        assert_eq!(t.known(ROOT, "c"), None);
+        assert!(["/d/b", "/a"].contains(&t.path(a).unwrap().as_str()));
         // Renaming an alias moves that name only.
         t.rename(d, "b", ROOT, "b2");
         assert_eq!(t.known(ROOT, "b2"), Some(a));
@@ -304,12 +303,17 @@ mod tests {
         let x = t.lookup(ROOT, "x");
         t.rename(ROOT, "x", ROOT, "b2");
         assert_eq!(t.known(ROOT, "b2"), Some(x));
-        assert_eq!(t.path(a).unwrap(), "/c");
-        // A rewrite unshares: other names get their own nodes again.
+        assert_eq!(t.path(a).unwrap(), "/a");
+        // A name found leading to another file leaves the node.
         t.link(a, ROOT, "e", 42);
-        t.unshare(a);
-        assert_eq!(t.known(ROOT, "e"), None);
-        assert_ne!(t.lookup_linked(ROOT, "e", 42), a);
+        assert_ne!(t.lookup_linked(ROOT, "e", 43), a);
+        assert_eq!((t.known(ROOT, "e").is_some(), t.path(a).unwrap().as_str()), (true, "/a"));
+        // Hiding one name of an open linked file keeps the others.
+        let k = t.lookup(ROOT, "k");
+        t.link(k, ROOT, "k2", 9);
+        t.rehome(k, ROOT, "k2", ".hidden-k2");
+        assert_eq!((t.known(ROOT, "k"), t.known(ROOT, "k2"), t.known(ROOT, ".hidden-k2")), (Some(k), None, Some(k)));
+        assert_eq!(t.path(k).unwrap(), "/k");
         // Forgetting the node frees all of its names and its file id.
         let g = t.lookup(ROOT, "g");
         t.link(g, ROOT, "h", 7);

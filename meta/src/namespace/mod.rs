@@ -344,6 +344,9 @@ impl Ns<'_> {
             if !overwrite {
                 return Err(Error::exists(p));
             }
+            if old.nlink > 1 {
+                return self.truncate_linked(&mut parent, old, bs, repl, now);
+            }
             removed = self.remove_tree(&mut parent, name, &old, now, &mut freed)?;
         }
         let mut file = self.new_inode(name, InodeKind::File, mode, now)?;
@@ -352,6 +355,28 @@ impl Ns<'_> {
         file.ufs = self.pending_ufs(p, now)?;
         self.link(&mut parent, &file, now)?;
         Ok(Outcome::Freed { inodes: removed, blocks: freed, inode: Some(file) })
+    }
+
+    /// An overwrite of a file with hard links rewrites that file, keeping its
+    /// id and names (O_TRUNC: every name sees the new bytes), instead of
+    /// giving one name a new file.
+    fn truncate_linked(&mut self, parent: &mut Inode, mut f: Inode, bs: u64, repl: u32, now: i64) -> Result<Outcome> {
+        let mut freed = Vec::new();
+        for b in std::mem::take(&mut f.blocks) {
+            self.txn.delete(CF_BLOCKS, id_key(b.id).to_vec());
+            freed.push(b.id);
+        }
+        f.len = 0;
+        f.complete = false;
+        f.block_size = bs;
+        f.replication = repl;
+        f.mtime_ms = now;
+        f.ctime_ms = now;
+        self.put_inode(&f)?;
+        parent.mtime_ms = now;
+        parent.ctime_ms = now;
+        self.put_inode(parent)?;
+        Ok(Outcome::Freed { inodes: 0, blocks: freed, inode: Some(f) })
     }
 
     /// The incomplete file a writer refers to by id (and path, for messages).
@@ -505,6 +530,12 @@ impl Ns<'_> {
         if let Some(m) = self.mount_of(dst)? {
             if m.path == dst {
                 return Err(Error::invalid(format!("cannot rename onto {dst}: it is a mount point of {}", m.uri)));
+            }
+            if node.nlink > 1 && !node.is_dir() {
+                return Err(Error::new(
+                    ErrorKind::NotPermitted,
+                    format!("{src} -> {dst}: a file with hard links cannot move under the mount of {}", m.uri),
+                ));
             }
         }
         let (sp, sname) = path::split(src).ok_or_else(|| Error::invalid("/: cannot rename the root directory"))?;
@@ -827,6 +858,7 @@ mod tests {
         assert_eq!(t.kind(link("/d/f", "/d/f/x", 9)), ErrorKind::NotADirectory);
         t.run(mount_cmd("/m")).unwrap();
         assert_eq!(t.kind(link("/d/f", "/m/x", 9)), ErrorKind::NotPermitted, "UFS objects have one key each");
+        assert_eq!(t.kind(rename("/d/f", "/m/x")), ErrorKind::NotPermitted, "nor may a linked file move there");
 
         // rename between two names of one file changes nothing.
         t.run(rename("/d/f", "/h")).unwrap();
@@ -844,6 +876,15 @@ mod tests {
         assert_eq!(t.reader().resolve("/d/e/g").unwrap().nlink, 1);
         assert!(t.reader().block_exists(ids[0]).unwrap());
 
+        // An overwrite through one name rewrites the file under all of them.
+        t.run(link("/d/e/g", "/d/w", 9)).unwrap();
+        let Outcome::Freed { inode: Some(w), blocks, .. } = t.run(create("/d/w", true)).unwrap() else { panic!() };
+        assert_eq!((w.id, w.nlink, w.len, w.complete, blocks), (g.id, 2, 0, false, ids.clone()));
+        assert_eq!(t.reader().resolve("/d/e/g").unwrap().id, g.id);
+        let Outcome::Freed { inode: Some(w), .. } = t.run(MetaCommand::Complete { file_id: w.id, path: "/d/w".into(), blocks: vec![], len: 0, now_ms: 9 }).unwrap() else { panic!() };
+        assert!(w.complete);
+        t.run(del("/d/w", false)).unwrap();
+        let ids = write_file(&t, "/d/e/g", &[5]);
         // A tree holding both names of a file frees it once, with its blocks.
         t.run(link("/d/e/g", "/d/g2", 10)).unwrap();
         let Outcome::Freed { inodes, blocks, .. } = t.run(del("/d", true)).unwrap() else { panic!() };

@@ -55,8 +55,17 @@ impl RequestId {
 
 pub(super) fn apply_once(txn: &mut Txn, id: &RequestId, now_ms: i64, cmd: &MetaCommand) -> Result<Outcome> {
     if let Some(v) = txn.get(CF_REQUESTS, &id.key())? {
-        let (_, prev): (i64, MetaResult) = decode(&v)?;
-        return prev.0;
+        return match decode::<(i64, MetaResult)>(&v) {
+            Ok((_, prev)) => prev.0,
+            // Recorded by an older binary in a layout this one cannot read
+            // (a store upgraded since). It was applied then: applying it
+            // again would make this member differ from those that still
+            // read the record.
+            Err(_) => Err(curvine_common::Error::new(
+                curvine_common::ErrorKind::Internal,
+                "this call was applied before a meta upgrade and its answer cannot be read back; check its result",
+            )),
+        };
     }
     let res = apply(txn, cmd);
     let rec = MetaResult(res.clone());
@@ -94,4 +103,31 @@ fn expire(txn: &mut Txn, now_ms: i64) -> Result<()> {
 
 pub(super) fn apply_batch(txn: &mut Txn, cmds: &[MetaCommand]) -> Outcome {
     Outcome::Batch(cmds.iter().map(|c| MetaResult(apply(txn, c))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StateStore;
+
+    #[test]
+    fn a_record_this_binary_cannot_read_is_not_applied_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let id = RequestId { client: 1, seq: 2, sub: 0 };
+        let mkdir = MetaCommand::Mkdir { path: "/d".into(), parents: false, mode: 0o755, now_ms: 1 };
+        // What an older binary recorded, in a layout this one cannot decode.
+        let db = store.db();
+        db.put_cf(crate::store::cf(&db, CF_REQUESTS).unwrap(), id.key(), [0xffu8; 3]).unwrap();
+        let mut txn = Txn::new(store.db());
+        let e = apply_once(&mut txn, &id, 5, &mkdir).unwrap_err();
+        assert!(e.message().contains("applied before a meta upgrade"), "{e}");
+        store.db().write(txn.into_batch().unwrap()).unwrap();
+        assert!(crate::store::Reader { db: store.db() }.resolve("/d").is_err(), "the call must not be applied again");
+        // A readable record answers as recorded; a new id applies.
+        let fresh = RequestId { client: 1, seq: 3, sub: 0 };
+        let mut txn = Txn::new(store.db());
+        assert!(apply_once(&mut txn, &fresh, 5, &mkdir).is_ok());
+        assert!(apply_once(&mut txn, &fresh, 6, &mkdir).is_ok(), "a retry gets the recorded answer");
+    }
 }

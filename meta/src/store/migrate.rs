@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use super::{
-    cf, db_err, decode_u64, encode, BlockMeta, Inode, InodeKind, UfsMeta, CF_DENTRIES, CF_INODES, CF_REQUESTS, CF_SYS, FORMAT,
+    cf, db_err, decode_u64, encode, BlockMeta, Inode, InodeKind, UfsMeta, CF_DENTRIES, CF_INODES, CF_SYS, FORMAT,
     KEY_FORMAT,
 };
 use curvine_common::{Error, ErrorKind, Result};
@@ -141,10 +141,9 @@ pub fn upgrade(db: &DB, format: u64) -> Result<()> {
         batch.put_cf(inodes, k, encode(&i)?);
         n += 1;
     }
-    // Exactly-once records hold whole answers, inodes included, in the old
-    // layout: they cannot be read any more. Dropped; a client retrying
-    // across this restart may get "exists" for its own create.
-    batch.delete_range_cf(cf(db, CF_REQUESTS)?, &[0u8][..], &[0xffu8; 32][..]);
+    // Exactly-once records keep their old layout: one that cannot be read
+    // back still says "applied" (`once.rs`), so a retry across the upgrade
+    // is not applied twice on this member while others skip it.
     batch.put_cf(cf(db, CF_SYS)?, KEY_FORMAT, FORMAT.to_be_bytes());
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(true);

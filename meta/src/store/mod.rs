@@ -358,6 +358,8 @@ impl StateStore {
     pub fn swap(&self, name: &str) -> Result<()> {
         let path = self.dir.join(name);
         let db = open_db(&path, &CFS)?;
+        // A snapshot from a member still serving an older format's one.
+        ensure_format(&db)?;
         let tmp = self.dir.join(format!("{CURRENT_FILE}.tmp"));
         std::fs::write(&tmp, name).map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", tmp.display())))?;
         std::fs::rename(&tmp, self.dir.join(CURRENT_FILE))
@@ -381,22 +383,7 @@ impl StateStore {
     fn init_root(&self) -> Result<()> {
         let db = self.db();
         if get(&db, CF_INODES, &id_key(ROOT_ID))?.is_some() {
-            let mut format = get(&db, CF_SYS, KEY_FORMAT)?.map(|v| decode_u64(&v)).transpose()?.unwrap_or(1);
-            if (2..FORMAT).contains(&format) {
-                migrate::upgrade(&db, format)?;
-                format = FORMAT;
-            }
-            if format != FORMAT {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "meta store {} has format {format}, this binary reads format {FORMAT}: \
-                         start with an empty meta directory (or the binary that wrote it)",
-                        db.path().display()
-                    ),
-                ));
-            }
-            return Ok(());
+            return ensure_format(&db);
         }
         // Made by every member on its own, so nothing here may differ
         // between them (no clock): the root's times are set by the first
@@ -442,6 +429,27 @@ pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily
 
 pub fn get(db: &DB, cf_name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
     db.get_cf(cf(db, cf_name)?, key).map_err(|e| db_err(db.path(), e))
+}
+
+/// Brings a database an older binary wrote to this format (in place), or
+/// refuses one this binary cannot read.
+fn ensure_format(db: &DB) -> Result<()> {
+    let mut format = get(db, CF_SYS, KEY_FORMAT)?.map(|v| decode_u64(&v)).transpose()?.unwrap_or(1);
+    if (2..FORMAT).contains(&format) {
+        migrate::upgrade(db, format)?;
+        format = FORMAT;
+    }
+    if format != FORMAT {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "meta store {} has format {format}, this binary reads format {FORMAT}: \
+                 start with an empty meta directory (or the binary that wrote it)",
+                db.path().display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Read options that stop an iterator at the end of `prefix`'s keys.
