@@ -237,12 +237,13 @@ impl Inner {
 
     /// Marks the connection unusable and fails every call waiting on it.
     fn fail(&self, why: String) {
-        self.broken.store(true, Ordering::Release);
         let mut closed = self.closed.lock();
         if closed.is_none() {
             *closed = Some(why.clone());
         }
         drop(closed);
+        // After the reason, so a caller that sees `broken` can give it.
+        self.broken.store(true, Ordering::Release);
         let calls: Vec<_> = self.calls.lock().drain().collect();
         for (_, tx) in calls {
             let _ = tx.send(Err(tonic::Status::unavailable(format!("meta {}: {why}", self.addr))));
@@ -284,9 +285,11 @@ impl Inner {
         finish(&mut out, at);
         let (tx, rx) = oneshot::channel();
         {
-            // Checked under the calls lock: `fail` drains after setting it.
+            // Checked under the calls lock: `fail` marks the connection
+            // broken first and drains the calls after.
             let mut calls = self.calls.lock();
-            if let Some(why) = self.closed.lock().clone() {
+            if self.broken.load(Ordering::Acquire) {
+                let why = self.closed.lock().clone().unwrap_or_default();
                 return Err(tonic::Status::unavailable(format!("meta {}: {why}", self.addr)));
             }
             calls.insert(id, tx);

@@ -337,12 +337,12 @@ impl CvFuse {
         let Some(s) = self.state(ino) else { return Ok(()) };
         let mut s = s.lock().await;
         let path = self.inodes.path(ino).ok_or(Errno::ESTALE)?;
-        self.save(ino, &mut s, &path).await
+        self.save(&mut s, &path).await
     }
 
     /// Publishes `s`'s unsaved bytes at `path` (any name of a hard-linked
     /// file: meta rewrites such a file in place, under all of its names).
-    async fn save(&self, _ino: u64, s: &mut FileState, path: &str) -> Result<(), Errno> {
+    async fn save(&self, s: &mut FileState, path: &str) -> Result<(), Errno> {
         s.commit(Some((&self.fs, path))).await.map_err(|e| errno(&e))
     }
 
@@ -356,7 +356,7 @@ impl CvFuse {
         let mut st = s.lock().await;
         let path = self.inodes.path(h.ino);
         let res = match &path {
-            Some(p) if st.unlinked_as.is_none() => self.save(h.ino, &mut st, p).await,
+            Some(p) if st.unlinked_as.is_none() => self.save(&mut st, p).await,
             _ => Ok(()),
         };
         st.open = st.open.saturating_sub(1);
@@ -365,7 +365,7 @@ impl CvFuse {
                 // Other names (hard links) still lead to the file: they must
                 // see what was written through the unlinked one.
                 if self.fs.stat(&hidden).await.is_ok_and(|f| f.nlink > 1) {
-                    if let Err(e) = self.save(h.ino, &mut st, &hidden).await {
+                    if let Err(e) = self.save(&mut st, &hidden).await {
                         tracing::warn!(path = %hidden, error = ?e, "could not save writes to a linked file at its last close");
                     }
                 }
@@ -406,7 +406,7 @@ impl CvFuse {
             s.truncate(&self.fs, &path, size, &self.opts.staging).await.map_err(|e| errno(&e))?;
             if s.open == 0 {
                 // Nobody holds it open: the new size is published now.
-                self.save(ino, &mut s, &path).await?;
+                self.save(&mut s, &path).await?;
                 drop(s);
                 self.files.lock().remove(&ino);
             }
@@ -581,7 +581,7 @@ impl Filesystem for Mounted {
                     // until the last close (POSIX unlink).
                     let hidden_name = format!("{HIDDEN_PREFIX}{}-{ino}", std::process::id());
                     let hidden = me.inodes.child_path(parent.0, &hidden_name).ok_or(Errno::ESTALE)?;
-                    me.save(ino, &mut s, &path).await?;
+                    me.save(&mut s, &path).await?;
                     me.fs.rename(&path, &hidden).await.map_err(|e| errno(&e))?;
                     me.inodes.rehome(ino, parent.0, &name, &hidden_name);
                     me.dir_attrs.forget(parent.0); // a getattr may have raced the change
