@@ -623,3 +623,121 @@ async fn passthrough_reads_single_block_files_through_the_kernel() {
     assert!(std::fs::read(m.p("pt/small")).unwrap() == new);
     assert!(fs.read_all("/pt/small").await.unwrap() == new, "the SDK sees the rewrite");
 }
+
+/// Locks held by a process on one mount, tested from a process on another
+/// mount of the same cluster (as two hosts would).
+const LOCKS_PY: &str = r#"
+import fcntl, os, struct, subprocess, sys, threading, time
+a, b = sys.argv[1], sys.argv[2]           # one file, through mount 1 and mount 2
+fa, fb = a + "-flock", b + "-flock"
+HOLD = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX, 100, 0)      # bytes 0..99
+g = os.open(sys.argv[2], os.O_RDWR)
+fcntl.flock(g, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.readline()                        # until told; exiting closes both
+"""
+holder = subprocess.Popen([sys.executable, "-c", HOLD, a, fa], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+assert holder.stdout.readline().strip() == "locked"
+
+fd = os.open(b, os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 50)
+    raise SystemExit("took a write lock another mount holds")
+except BlockingIOError:
+    pass
+try:
+    fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, 0)
+    raise SystemExit("took a read lock under another mount's write lock")
+except BlockingIOError:
+    pass
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 100, 200)   # bytes 200..299 are free
+# F_GETLK names the holder (same host, so the same pid).
+got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 10, 0))
+typ, _, start, length, pid = struct.unpack("hhqqi", got)
+assert (typ, start, length, pid) == (fcntl.F_WRLCK, 0, 100, holder.pid), (typ, start, length, pid, holder.pid)
+# flock across mounts.
+g = os.open(fb, os.O_RDWR)
+try:
+    fcntl.flock(g, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    raise SystemExit("took an flock another mount holds")
+except BlockingIOError:
+    pass
+
+# A blocking lock waits until the holder exits (its closes drop its locks).
+done = []
+def wait_lock():
+    fcntl.lockf(fd, fcntl.LOCK_EX, 100, 0)
+    fcntl.flock(g, fcntl.LOCK_EX)
+    done.append(time.time())
+t = threading.Thread(target=wait_lock); t.start()
+time.sleep(0.5)
+assert not done, "a blocking lock returned while another mount held it"
+released = time.time()
+holder.stdin.write("go\n"); holder.stdin.flush(); holder.wait()
+t.join(30)
+assert done and done[0] >= released, "the blocking lock never came"
+# Unlocking through mount 2 lets mount 1 lock again.
+fcntl.lockf(fd, fcntl.LOCK_UN, 0, 0)
+fcntl.flock(g, fcntl.LOCK_UN)
+h = os.open(a, os.O_RDWR)
+fcntl.lockf(h, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
+print("ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_hold_across_mounts_and_die_with_their_mount() {
+    need_fuse!("locks_hold_across_mounts_and_die_with_their_mount");
+    let n = node_with(UpOptions { config: Some("[meta]\nlock_lease = \"2s\"\n".into()), ..Default::default() }).await;
+    let m1 = Mount::start(&n, &[]);
+    for f in ["f", "f-flock", "h"] {
+        std::fs::write(m1.p(f), vec![7u8; 4096]).unwrap();
+    }
+    let mut m2 = Mount::start(&n, &[]);
+    let out = Command::new("python3").arg("-c").arg(LOCKS_PY).arg(m1.p("f")).arg(m2.p("f")).output().unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A mount that dies holding a lock loses it after the lease.
+    let try_lock = |m: &Mount| {
+        let py = "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n\
+                  try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(11)\n";
+        Command::new("python3").arg("-c").arg(py).arg(m.p("h")).status().unwrap().code()
+    };
+    let py = "import fcntl, os, sys, time\nfd = os.open(sys.argv[1], os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX)\n\
+              print('locked', flush=True)\ntime.sleep(600)\n";
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg(py)
+        .arg(m2.p("h"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    assert_eq!(try_lock(&m1), Some(11), "the lock of a live mount must hold");
+    m2.proc.as_mut().unwrap().kill9();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let t = std::time::Instant::now();
+    let mut freed = false;
+    while t.elapsed() < Duration::from_secs(30) {
+        match try_lock(&m1) {
+            Some(0) => {
+                freed = true;
+                break;
+            }
+            Some(11) => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => panic!("lock attempt failed: {other:?}"),
+        }
+    }
+    assert!(freed, "a dead mount's lock was never freed (lease 2 s)");
+    eprintln!("a dead mount's lock was freed {:?} after its daemon was killed", t.elapsed());
+}

@@ -327,6 +327,9 @@ async fn workers_follow_the_leader_and_members_change() {
     testbed::wait_for("the worker to register", Duration::from_secs(30), || live(fs.clone())).await.unwrap();
     let data = common::random_bytes(3 << 20, 7);
     fs.write_all("/weights.bin", &data, false).await.unwrap();
+    use curvine_client::locks::{LockKind, LockWho};
+    let holder = LockWho { session: 5, owner: 1, pid: 1 };
+    fs.lock_set("/weights.bin", holder, Some(LockKind::Write), 0, u64::MAX).await.unwrap();
 
     // The leader dies: the worker registers with the new one and reports
     // its blocks, so the file reads back whole.
@@ -335,6 +338,12 @@ async fn workers_follow_the_leader_and_members_change() {
     let new = g.leader(FAILOVER).await.unwrap();
     testbed::wait_for("the worker to register with the new leader", Duration::from_secs(30), || live(fs.clone())).await.unwrap();
     assert_eq!(fs.read_all("/weights.bin").await.unwrap(), data, "read after failover");
+    // Locks are state-machine state: the new leader knows them.
+    let other = LockWho { session: 6, owner: 1, pid: 2 };
+    let e = fs.lock_set("/weights.bin", other, Some(LockKind::Read), 0, 0).await.unwrap_err();
+    assert_eq!(e.kind(), curvine_client::ErrorKind::WouldBlock, "a lock lost in a leader change: {e}");
+    fs.lock_release(5, None, None).await.unwrap();
+    fs.lock_set("/weights.bin", other, Some(LockKind::Read), 0, 0).await.unwrap();
     println!("leader {} killed; member {} leads; the worker re-registered and the file reads back", old + 1, new + 1);
     g.restart(old).unwrap();
     g.converged(&[0, 1, 2], CONVERGE).await.unwrap();

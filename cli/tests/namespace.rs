@@ -144,3 +144,37 @@ async fn cli_file_commands_work_end_to_end() {
     fails_with(&cv(&n, &["fs", "stat", "/t"]), "no such file");
     assert!(ok(&cv(&n, &["version"])).starts_with("cv 0."));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_locks_through_the_sdk() {
+    use curvine_client::locks::{LockKind, LockWho};
+    let n = node().await;
+    let fs = n.fs().unwrap();
+    fs.write_all("/f", b"bytes", false).await.unwrap();
+    let a = LockWho { session: 7, owner: 1, pid: 100 };
+    let b = LockWho { session: 8, owner: 1, pid: 200 };
+    assert_eq!(fs.lock_keep(7).await.unwrap(), std::time::Duration::from_secs(30), "the default lease");
+
+    fs.lock_set("/f", a, Some(LockKind::Write), 0, 99).await.unwrap();
+    assert_eq!(kind(fs.lock_set("/f", b, Some(LockKind::Read), 50, 50).await), ErrorKind::WouldBlock);
+    let held = fs.lock_test("/f", b, LockKind::Read, 0, u64::MAX).await.unwrap().expect("a's lock");
+    assert_eq!((held.kind, held.start, held.end, held.pid), (LockKind::Write, 0, 99, 100));
+    assert_eq!(fs.lock_test("/f", a, LockKind::Write, 0, 10).await.unwrap(), None, "own locks do not conflict");
+    fs.lock_set("/f", b, Some(LockKind::Read), 100, u64::MAX).await.unwrap();
+    // The same session, another owner: still another owner.
+    let a2 = LockWho { owner: 2, ..a };
+    assert_eq!(kind(fs.lock_set("/f", a2, Some(LockKind::Write), 0, 0).await), ErrorKind::WouldBlock);
+    // Releasing a's locks on the file (a close) frees the range.
+    fs.lock_release(7, Some("/f"), Some(1)).await.unwrap();
+    fs.lock_set("/f", a2, Some(LockKind::Write), 0, 99).await.unwrap();
+    // The whole session (an unmount).
+    fs.lock_release(7, None, None).await.unwrap();
+    fs.lock_set("/f", b, Some(LockKind::Write), 0, 99).await.unwrap();
+
+    // Bad requests are clear errors that change nothing.
+    assert_eq!(kind(fs.lock_set("/missing", a, Some(LockKind::Read), 0, 1).await), ErrorKind::NotFound);
+    assert_eq!(kind(fs.lock_set("/f", a, Some(LockKind::Read), 9, 1).await), ErrorKind::InvalidArgument);
+    assert_eq!(kind(fs.lock_set("/f", LockWho { session: 0, ..a }, Some(LockKind::Read), 0, 1).await), ErrorKind::InvalidArgument);
+    assert_eq!(kind(fs.lock_set("relative", a, Some(LockKind::Read), 0, 1).await), ErrorKind::InvalidPath);
+    assert!(fs.lock_test("/f", a, LockKind::Read, 0, 99).await.unwrap().is_some(), "b's lock is still there");
+}

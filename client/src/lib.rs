@@ -8,6 +8,7 @@ mod fs;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 mod local;
+pub mod locks;
 pub use curvine_common::meta_client::{MetaClient, MetaRpc};
 mod mounts;
 mod pool;

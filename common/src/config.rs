@@ -71,6 +71,11 @@ pub struct MetaConf {
     /// Serve stat/list/open on a follower when the client asks for
     /// follower reads (not linearizable: see docs/architecture.md).
     pub follower_reads: bool,
+    /// A client (FUSE mount) holding cluster-wide locks that has not
+    /// renewed its session for this long loses them (a dead mount's locks
+    /// are freed).
+    #[serde(with = "humantime_serde_compat")]
+    pub lock_lease: Duration,
 }
 
 impl MetaConf {
@@ -110,6 +115,7 @@ impl Default for MetaConf {
             join: false,
             write_timeout: Duration::from_secs(10),
             follower_reads: false,
+            lock_lease: Duration::from_secs(30),
         }
     }
 }

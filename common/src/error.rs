@@ -30,6 +30,9 @@ pub enum ErrorKind {
     /// The operation is never allowed on this kind of entry (EPERM), e.g. a
     /// hard link to a directory.
     NotPermitted = 18,
+    /// A lock is held by another owner (EAGAIN from F_SETLK / flock
+    /// LOCK_NB); trying again later may succeed.
+    WouldBlock = 19,
 }
 
 impl ErrorKind {
@@ -57,6 +60,7 @@ impl ErrorKind {
             15 => Config,
             17 => NotLeader,
             18 => NotPermitted,
+            19 => WouldBlock,
             _ => Internal,
         }
     }
@@ -83,6 +87,7 @@ impl ErrorKind {
             Internal => "internal error",
             NotLeader => "not the meta leader",
             NotPermitted => "operation not permitted",
+            WouldBlock => "resource temporarily unavailable",
         }
     }
 
@@ -97,7 +102,7 @@ impl ErrorKind {
             NotEmpty => libc::ENOTEMPTY,
             InvalidPath | InvalidArgument | Config => libc::EINVAL,
             NoSpace => libc::ENOSPC,
-            Unavailable | NotLeader => libc::EAGAIN,
+            Unavailable | NotLeader | WouldBlock => libc::EAGAIN,
             PermissionDenied => libc::EACCES,
             NotPermitted => libc::EPERM,
             Corrupt | Protocol | Io | Internal => libc::EIO,

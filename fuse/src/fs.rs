@@ -14,7 +14,7 @@ use curvine_client::{CreateOptions, Error, ErrorKind, FileKind, FileReader, File
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
     WriteFlags,
 };
 use parking_lot::Mutex;
@@ -23,6 +23,7 @@ use tokio::runtime::Handle as Rt;
 use crate::dirattrs::DirAttrs;
 use crate::files::FileState;
 use crate::inodes::{Inodes, ROOT};
+use crate::locks::MountLocks;
 use crate::passthrough::Passthrough;
 
 /// Names an open file lives under after it was unlinked (hidden from
@@ -81,6 +82,7 @@ pub struct CvFuse {
     next_fh: AtomicU64,
     pt: Passthrough,
     dir_attrs: DirAttrs,
+    locks: MountLocks,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -134,7 +136,13 @@ impl CvFuse {
             next_fh: AtomicU64::new(1),
             pt: Passthrough::default(),
             dir_attrs,
+            locks: MountLocks::default(),
         }
+    }
+
+    /// Drops this mount's cluster-wide locks (at unmount).
+    pub async fn end_locks(&self) {
+        self.locks.end(&self.fs).await;
     }
 
     fn attr(&self, ino: u64, st: &FileStatus, local_size: Option<u64>) -> FileAttr {
@@ -477,6 +485,10 @@ impl Filesystem for Mounted {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Locks go to meta, so they hold across every mount (locks.rs).
+        if config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS).is_err() {
+            tracing::warn!("the kernel does not pass lock requests to FUSE: locks hold on this host only");
+        }
         if self.0.opts.writeback_cache {
             let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
         }
@@ -837,8 +849,13 @@ impl Filesystem for Mounted {
         });
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
-        self.0.answer(reply, move |me| async move { me.commit(ino.0).await });
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock: LockOwner, reply: ReplyEmpty) {
+        self.0.answer(reply, move |me| async move {
+            let res = me.commit(ino.0).await;
+            // Any close drops the closing process's record locks on the file.
+            me.locks.closed(&me.fs, ino.0, lock.0).await;
+            res
+        });
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -848,14 +865,61 @@ impl Filesystem for Mounted {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock: Option<LockOwner>,
+        lock: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.0.answer(reply, move |me| async move { me.release_fh(fh.0).await });
+        self.0.answer(reply, move |me| async move {
+            // An flock owner (the open file) closed for the last time.
+            if let Some(owner) = lock {
+                me.locks.closed(&me.fs, ino.0, owner.0).await;
+            }
+            me.release_fh(fh.0).await
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let path = self.0.path(ino);
+        self.0.spawn(move |me| async move {
+            let res = async { me.locks.test(&me.fs, &path?, lock_owner.0, pid, typ, start, end).await };
+            match res.await {
+                Ok((s, e, t, p)) => reply.locked(s, e, t, p),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let path = self.0.path(ino);
+        self.0.answer(reply, move |me| async move {
+            me.locks.set(&me.fs, ino.0, &path?, lock_owner.0, pid, typ, start, end, sleep).await
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

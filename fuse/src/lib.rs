@@ -6,6 +6,7 @@ mod dirattrs;
 mod files;
 mod fs;
 mod inodes;
+mod locks;
 mod passthrough;
 
 use std::path::{Path, PathBuf};
@@ -100,6 +101,7 @@ pub fn run(fs: FileSystem, rt: tokio::runtime::Handle, opts: FuseOptions) -> Res
         passthrough: opts.passthrough,
     };
     let inner = Arc::new(fs::CvFuse::new(fs, rt.clone(), &root, fopts));
+    let at_end = inner.clone();
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::FSName(format!("curvine:{root}")),
@@ -140,7 +142,11 @@ pub fn run(fs: FileSystem, rt: tokio::runtime::Handle, opts: FuseOptions) -> Res
     });
     raise_readahead(mp);
     println!("curvine ready fuse root={root} mountpoint={}", mp.display());
-    session.run().map_err(|e| Error::from(e).context("serving FUSE requests"))?;
+    let served = session.run().map_err(|e| Error::from(e).context("serving FUSE requests"));
+    // Other mounts may take this one's locks now (bounded: a meta that is
+    // gone frees them after the lease anyway).
+    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), at_end.end_locks()).await });
+    served?;
     drop(staging);
     Ok(())
 }

@@ -8,6 +8,7 @@
 pub mod jobs;
 pub mod leader;
 mod listen;
+mod locks;
 pub mod members;
 pub mod metrics;
 pub mod mounts;
@@ -127,6 +128,7 @@ impl MetaNode {
             persister: Default::default(),
             store: store.clone(),
             workers: Arc::new(workers::Workers::new(conf.meta.worker_timeout)),
+            locks: Default::default(),
             conf: conf.clone(),
             metrics,
         };
@@ -214,6 +216,7 @@ async fn on_leadership(svc: std::sync::Weak<MetaServiceImpl>, raft: crate::raft:
             let Some(svc) = svc.upgrade() else { return };
             tracing::info!(id, "this meta node leads the group now");
             svc.workers.reset();
+            svc.start_lock_sweeper();
             if let Err(e) = svc.resume_jobs() {
                 tracing::warn!(error = %e, "cannot resume load jobs");
             }

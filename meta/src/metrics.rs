@@ -32,6 +32,8 @@ pub struct Metrics {
     pub cache_misses: Gauge,
     /// Cached block copies clients found failing their checksum.
     pub corrupt_reports: Counter,
+    /// Lock sessions whose locks were freed because their client went silent.
+    pub locks_expired: Counter,
 }
 
 impl Metrics {
@@ -45,6 +47,7 @@ impl Metrics {
             cache_hits: Gauge::default(),
             cache_misses: Gauge::default(),
             corrupt_reports: Counter::default(),
+            locks_expired: Counter::default(),
         };
         registry.register("curvine_meta_rpc", "Meta RPCs by operation and result", m.rpc_total.clone());
         registry.register("curvine_meta_rpc_seconds", "Meta RPC latency", m.rpc_seconds.clone());
@@ -54,6 +57,11 @@ impl Metrics {
         registry.register("curvine_meta_cache_hits", "Cluster-wide reads served from cache (from heartbeats)", m.cache_hits.clone());
         registry.register("curvine_meta_cache_misses", "Cluster-wide reads that loaded from the UFS (from heartbeats)", m.cache_misses.clone());
         registry.register("curvine_meta_corrupt_blocks", "Cached block copies reported corrupt by clients", m.corrupt_reports.clone());
+        registry.register(
+            "curvine_meta_lock_sessions_expired",
+            "Clients whose cluster-wide locks were freed after a lease of silence",
+            m.locks_expired.clone(),
+        );
         m
     }
 

@@ -34,6 +34,8 @@ pub struct MetaServiceImpl {
     pub persister: crate::persist::Persister,
     pub store: Arc<StateStore>,
     pub workers: Arc<Workers>,
+    /// Lock sessions' leases (`locks.rs`).
+    pub locks: crate::locks::Leases,
     pub conf: Arc<Config>,
     pub metrics: Metrics,
 }
@@ -608,6 +610,7 @@ handlers! {
     report_corrupt / do_report_corrupt: ReportCorruptRequest => ReportCorruptResponse,
     symlink / do_symlink: SymlinkRequest => SymlinkResponse,
     link / do_link: LinkRequest => LinkResponse,
+    lock / do_lock: LockRequest => LockResponse,
     xattr / do_xattr: XattrRequest => XattrResponse,
     mknod / do_mknod: MknodRequest => MknodResponse,
     members / do_members: MembersRequest => MembersResponse,

@@ -113,6 +113,9 @@ impl MetaService for FakeMeta {
     async fn link(&self, _: Request<LinkRequest>) -> Result<Response<LinkResponse>, Status> {
         Err(Status::unimplemented("fake meta"))
     }
+    async fn lock(&self, _: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
     async fn xattr(&self, _: Request<XattrRequest>) -> Result<Response<XattrResponse>, Status> {
         Err(Status::unimplemented("fake meta"))
     }

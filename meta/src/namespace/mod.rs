@@ -4,6 +4,7 @@
 //! all replicas compute the same result.
 
 mod attrs;
+pub mod locks;
 mod once;
 mod ufs;
 
@@ -77,6 +78,11 @@ pub enum MetaCommand {
     /// `link(2)`: `dst` becomes another name of the file at `src`. Added
     /// last: variants are numbered in the log.
     Link { src: String, dst: String, now_ms: i64 },
+    /// A cluster-wide record lock taken (`kind` Some) or dropped (None) by
+    /// `who` on bytes `[start, end]` of the file at path `file` (`locks.rs`).
+    SetLock { file: String, who: locks::LockOwner, kind: Option<locks::LockKind>, start: u64, end: u64 },
+    /// Drops `session`'s locks (on `file` / of `owner` only, when given).
+    ReleaseLocks { session: u64, file: Option<String>, owner: Option<u64> },
 }
 
 impl MetaCommand {
@@ -702,37 +708,40 @@ fn apply_ns(ns: &mut Ns<'_>, cmd: &MetaCommand) -> Result<Outcome> {
         MetaCommand::Mknod { path, kind, mode, rdev, now_ms } => ns.mknod(path, *kind, *mode, *rdev, *now_ms),
         MetaCommand::Timed { now_ms, cmd } => apply_ns(ns, cmd).and_then(|out| ns.stamp_ctime(out, *now_ms)),
         MetaCommand::SetXattr { path, name, value, flags } => ns.set_xattr(path, name, value.as_deref(), *flags),
+        MetaCommand::SetLock { file, who, kind, start, end } => locks::set(ns.txn, file, *who, *kind, *start, *end),
+        MetaCommand::ReleaseLocks { session, file, owner } => locks::release(ns.txn, *session, file.as_deref(), *owner),
         MetaCommand::Once { .. } | MetaCommand::Batch(_) => apply(ns.txn, cmd),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
     use crate::store::{Reader, StateStore};
 
-    struct T {
+    /// A state store in a temp dir that commands are applied to.
+    pub(crate) struct T {
         _dir: tempfile::TempDir,
-        store: Arc<StateStore>,
+        pub(crate) store: Arc<StateStore>,
     }
 
     impl T {
-        fn new() -> T {
+        pub(crate) fn new() -> T {
             let dir = tempfile::tempdir().unwrap();
             let store = StateStore::open(dir.path()).unwrap();
             T { _dir: dir, store }
         }
 
-        fn run(&self, cmd: MetaCommand) -> Result<Outcome> {
+        pub(crate) fn run(&self, cmd: MetaCommand) -> Result<Outcome> {
             let mut txn = Txn::new(self.store.db());
             let out = apply(&mut txn, &cmd)?;
             self.store.db().write(txn.into_batch()?).unwrap();
             Ok(out)
         }
 
-        fn kind(&self, cmd: MetaCommand) -> ErrorKind {
+        pub(crate) fn kind(&self, cmd: MetaCommand) -> ErrorKind {
             self.run(cmd).unwrap_err().kind()
         }
 
