@@ -199,31 +199,6 @@ impl CvFuse {
         self.rt.spawn(async move { f(me).await });
     }
 
-    /// Like `spawn`, but first polls the work once on this (FUSE) thread:
-    /// a read of mapped local bytes completes without handing the request
-    /// to a runtime thread and waking it, which on two cores was a
-    /// measurable share of every 1 MiB request. Work that has to wait
-    /// (network, locks) moves to a task; tokio's futures take the task's
-    /// waker at their next poll, so nothing is lost by the first poll's
-    /// no-op waker.
-    fn run_here_first<F>(self: &Arc<Self>, f: impl FnOnce(Arc<Self>) -> F + Send + 'static)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let mut fut = Box::pin(f(self.clone()));
-        // Timers and sockets made during the first poll need the runtime.
-        let _rt = self.rt.enter();
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        // A panic must not take this serving thread with it (a task would
-        // have contained it): the request's reply is dropped, which
-        // answers EIO, as a panicking task's would.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
-            Ok(std::task::Poll::Ready(())) => {}
-            Ok(std::task::Poll::Pending) => drop(self.rt.spawn(fut)),
-            Err(_) => tracing::error!("a FUSE request handler panicked; answered EIO"),
-        }
-    }
-
     /// Runs `f` as a task and answers `reply` with its outcome.
     fn answer<F>(self: &Arc<Self>, reply: ReplyEmpty, f: impl FnOnce(Arc<Self>) -> F + Send + 'static)
     where
@@ -814,7 +789,7 @@ impl Filesystem for Mounted {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.0.run_here_first(move |me| async move {
+        self.0.spawn(move |me| async move {
             match me.do_read(fh.0, offset, size).await {
                 Ok(b) => reply.data(b.bytes()),
                 Err(e) => reply.error(e),
