@@ -367,12 +367,7 @@ impl Ns<'_> {
     /// id and names (O_TRUNC: every name sees the new bytes), instead of
     /// giving one name a new file.
     fn truncate_linked(&mut self, parent: &mut Inode, mut f: Inode, bs: u64, repl: u32, now: i64) -> Result<Outcome> {
-        let mut freed = Vec::new();
-        for b in std::mem::take(&mut f.blocks) {
-            self.txn.delete(CF_BLOCKS, id_key(b.id).to_vec());
-            freed.push(b.id);
-        }
-        f.len = 0;
+        let freed = self.drop_blocks(&mut f);
         f.complete = false;
         f.block_size = bs;
         f.replication = repl;
@@ -383,6 +378,19 @@ impl Ns<'_> {
         parent.ctime_ms = now;
         self.put_inode(parent)?;
         Ok(Outcome::Freed { inodes: 0, blocks: freed, inode: Some(f) })
+    }
+
+    /// Empties `f` (the caller saves it): its blocks leave the block
+    /// index and are returned for the workers to delete.
+    fn drop_blocks(&mut self, f: &mut Inode) -> Vec<u64> {
+        f.len = 0;
+        std::mem::take(&mut f.blocks)
+            .into_iter()
+            .map(|b| {
+                self.txn.delete(CF_BLOCKS, id_key(b.id).to_vec());
+                b.id
+            })
+            .collect()
     }
 
     /// The incomplete file a writer refers to by id (and path, for messages).
@@ -446,9 +454,20 @@ impl Ns<'_> {
     }
 
     fn abort(&mut self, file_id: u64, p: &str) -> Result<Outcome> {
-        let f = self.open_file(file_id, p)?;
+        let mut f = self.open_file(file_id, p)?;
         if f.complete {
             return Err(Error::invalid(format!("{p}: file is complete, cannot abort")));
+        }
+        if f.nlink > 1 {
+            // Other names lead here (an overwrite rewrote a hard-linked
+            // file in place, or a name was linked while it was written):
+            // the file stays, empty and complete, as a local file is left
+            // by an O_TRUNC writer that died. Removing it would leave the
+            // other names dangling.
+            let freed = self.drop_blocks(&mut f);
+            f.complete = true;
+            self.put_inode(&f)?;
+            return Ok(Outcome::Freed { inodes: 0, blocks: freed, inode: Some(f) });
         }
         // The parent is found by path; an aborted file renamed meanwhile is left alone.
         let (parent_path, name) = path::split(p).ok_or_else(|| Error::is_dir(p))?;
@@ -841,6 +860,32 @@ pub(crate) mod tests {
         assert_eq!(blocks, ids);
         assert!(!t.reader().block_exists(ids[0]).unwrap());
         assert_eq!(t.reader().sys_u64(KEY_FILES).unwrap(), 1);
+    }
+
+    #[test]
+    fn an_aborted_rewrite_of_a_linked_file_leaves_it_empty_under_every_name() {
+        let t = T::new();
+        write_file(&t, "/a", &[5]);
+        t.run(MetaCommand::Link { src: "/a".into(), dst: "/b".into(), now_ms: 3 }).unwrap();
+        let Outcome::Freed { inode: Some(f), .. } = t.run(create("/a", true)).unwrap() else { panic!() };
+        let Outcome::Block { block_id, .. } = t.run(MetaCommand::AddBlock { file_id: f.id, path: "/a".into() }).unwrap() else {
+            panic!()
+        };
+        let Outcome::Freed { inodes, blocks, .. } = t.run(MetaCommand::Abort { file_id: f.id, path: "/a".into() }).unwrap() else {
+            panic!()
+        };
+        assert_eq!((inodes, blocks), (0, vec![block_id]), "the written block is freed, the file is not");
+        let r = t.reader();
+        let (a, b) = (r.resolve("/a").unwrap(), r.resolve("/b").unwrap());
+        assert_eq!(a, b);
+        assert_eq!((a.id, a.len, a.complete, a.nlink, a.blocks.len()), (f.id, 0, true, 2, 0));
+        assert!(!r.block_exists(block_id).unwrap());
+        assert_eq!(r.sys_u64(KEY_FILES).unwrap(), 1);
+        // With one name left, an aborted rewrite removes the file as before.
+        t.run(del("/b", false)).unwrap();
+        let Outcome::Freed { inode: Some(f), .. } = t.run(create("/a", true)).unwrap() else { panic!() };
+        t.run(MetaCommand::Abort { file_id: f.id, path: "/a".into() }).unwrap();
+        assert_eq!(t.reader().resolve("/a").unwrap_err().kind(), ErrorKind::NotFound);
     }
 
     #[test]
