@@ -3,14 +3,14 @@
 # crates.io, installed once under ~/.cache/curvine) in a fresh mount on a
 # fresh `cv up` node, prints the pass/fail/skip counts, and fails when
 # fewer than MIN_PASS tests pass (the count recorded in docs/benchmarks.md,
-# so a regression shows). Expected failures: files over the test node's
-# 1 GiB of cache (ENOSPC), ctime checks of failed
-# unlink/rename by another user, owner-group inheritance cases.
+# so a regression shows). All pass when recorded; the node has 3.5 GiB of
+# cache because `open::interact_2gb` writes past 2 GiB (on a host with less
+# free disk it and the test running beside it fail with ENOSPC).
 #   scripts/posix-suite.sh [MIN_PASS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-min=${1:-320}  # 329 passed when recorded (298 before hard links); a few timing-sensitive tests vary
+min=${1:-340}  # 350 passed when recorded (329 before the suite's own paths were made traversable)
 root="$HOME/.cache/curvine/pjdfstest"
 if [ ! -x "$root/bin/pjdfstest" ]; then
   dpkg -s libacl1-dev >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libacl1-dev >/dev/null
@@ -21,13 +21,16 @@ if [ ! -e /dev/fuse ] || [ "$(id -u)" != 0 ]; then
 fi
 [ -x "$CV_BIN" ] || cargo build --release -q -p curvine-cli --features "$CV_FEATURES"
 work=$(mktemp -d); shm=$(mktemp -d -p /dev/shm cv-posix-XXXXXX); mnt="$work/mnt"; mkdir -p "$mnt"
+# The suite runs steps as other users with absolute paths: every directory
+# above the mount must let them through (mktemp makes 0700).
+chmod 755 "$work"
 fusepid=""; uppid=""
 cleanup() {
   [ -n "$fusepid" ] && kill "$fusepid" 2>/dev/null; sleep 1; umount -l "$mnt" 2>/dev/null || true
   [ -n "$uppid" ] && kill "$uppid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work" "$shm"
 }
 trap cleanup EXIT
-"$CV_BIN" up --home "$work/home" --meta-port 0 --worker-port 0 --web-port 0 --mem 512MiB --disk 512MiB \
+"$CV_BIN" up --home "$work/home" --meta-port 0 --worker-port 0 --web-port 0 --mem 512MiB --disk 3GiB \
   --mem-dir "$shm/mem" >"$work/up.log" 2>&1 &
 uppid=$!
 for _ in $(seq 600); do grep -q "curvine ready" "$work/up.log" && break; sleep 0.1; done

@@ -46,11 +46,14 @@ pub struct FileState {
     pub mode: u32,
     /// Owner kept by every new version this mount writes.
     pub owner: Option<(u32, u32)>,
+    /// When this mount last changed the bytes (ms; 0 = never): the file's
+    /// mtime and ctime as this mount shows them until meta has later ones.
+    pub changed_ms: i64,
 }
 
 impl FileState {
     pub fn new(size: u64, mode: u32) -> FileState {
-        FileState { data: Data::Clean, size, open: 0, version: 0, unlinked_as: None, mode, owner: None }
+        FileState { data: Data::Clean, size, open: 0, version: 0, unlinked_as: None, mode, owner: None, changed_ms: 0 }
     }
 
     pub fn is_clean(&self) -> bool {
@@ -59,6 +62,7 @@ impl FileState {
 
     /// Writes `buf` at `offset` of the file at `path`.
     pub async fn write(&mut self, fs: &FileSystem, path: &str, offset: u64, buf: &[u8], staging: &std::path::Path) -> Result<()> {
+        self.changed_ms = curvine_common::now_ms();
         if let Data::Stream(w) = &mut self.data {
             if offset == w.len() {
                 w.write(buf).await?;
@@ -87,6 +91,7 @@ impl FileState {
         if size == self.size && !matches!(self.data, Data::Stream(_)) {
             return Ok(());
         }
+        self.changed_ms = curvine_common::now_ms();
         if size == 0 && !matches!(self.data, Data::Staged { .. }) {
             // A fresh empty version; later writes from 0 stream into it.
             if let Data::Stream(mut w) = std::mem::replace(&mut self.data, Data::Clean) {

@@ -188,6 +188,10 @@ impl CvFuse {
         if s.unlinked_as.is_some() {
             a.nlink = 0;
         }
+        // Changes not yet saved to meta (or saved with an older time).
+        let changed = time(s.changed_ms);
+        a.mtime = a.mtime.max(changed);
+        a.ctime = a.ctime.max(changed);
         a
     }
 

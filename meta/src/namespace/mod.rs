@@ -443,11 +443,17 @@ impl Ns<'_> {
                 freed.push(b.id);
             }
         }
+        // A file closed without a byte written keeps its create's times,
+        // as on a local file system (FUSE clients cache them from the
+        // create's answer, and nothing tells the kernel they changed).
+        let written = len > 0 || !f.blocks.is_empty();
         f.blocks = blocks.to_vec();
         f.len = len;
         f.complete = true;
-        f.mtime_ms = now;
-        f.ctime_ms = now;
+        if written {
+            f.mtime_ms = now;
+            f.ctime_ms = now;
+        }
         self.put_inode(&f)?;
         self.queue_persist(&f, p, now)?;
         Ok(Outcome::Freed { inodes: 0, blocks: freed, inode: Some(f) })
@@ -1010,6 +1016,18 @@ pub(crate) mod tests {
         // within the same parent
         t.run(rename("/g", "/h")).unwrap();
         assert_eq!(t.names("/"), vec!["b".to_string(), "c".to_string(), "h".to_string()]);
+    }
+
+    #[test]
+    fn closing_an_empty_file_keeps_its_times() {
+        let t = T::new();
+        let Outcome::Freed { inode: Some(f), .. } = t.run(create("/e", false)).unwrap() else { panic!() };
+        let done = |p: &str, id, blocks: Vec<BlockMeta>, len| MetaCommand::Complete { file_id: id, path: p.into(), blocks, len, now_ms: 50 };
+        t.run(done("/e", f.id, vec![], 0)).unwrap();
+        let e = t.reader().resolve("/e").unwrap();
+        assert_eq!((e.complete, e.mtime_ms, e.ctime_ms), (true, 1, 1), "no write, no new times");
+        write_file(&t, "/w", &[3]);
+        assert_eq!(t.reader().resolve("/w").unwrap().mtime_ms, 2, "a written file takes the close's time");
     }
 
     #[test]
