@@ -67,12 +67,25 @@ impl MetaServiceImpl {
         if r.session == 0 {
             return Err(Error::invalid("lock: session 0 is not a session"));
         }
+        if matches!(op, Op::Set | Op::Get) && r.start > r.end {
+            return Err(Error::invalid(format!("lock range {}..{} is empty", r.start, r.end)));
+        }
         let who = LockOwner { session: r.session, owner: r.owner, pid: r.pid };
         let path = normalize(&r.path);
         match op {
             Op::Set => {
                 self.locks.keep(r.session);
-                let cmd = MetaCommand::SetLock { file: path?, who, kind: kind_of(kind), start: r.start, end: r.end };
+                let path = path?;
+                // A lock held by another owner is refused from the applied
+                // state, without a Raft entry: a waiting F_SETLKW asks again
+                // and again. (Apply checks again: the state may change in
+                // between.)
+                if let Some(k) = kind_of(kind) {
+                    if let Some(l) = locks::conflicting(&self.store.db(), &path, &who, k, r.start, r.end)? {
+                        return Err(locks::conflict_error(&path, &l));
+                    }
+                }
+                let cmd = MetaCommand::SetLock { file: path, who, kind: kind_of(kind), start: r.start, end: r.end };
                 self.write(cmd).await?;
                 Ok(LockResponse::default())
             }

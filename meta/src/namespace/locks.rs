@@ -105,7 +105,7 @@ fn save(txn: &mut Txn, file: &str, before: &[LockRec], after: Vec<LockRec>) -> R
     Ok(())
 }
 
-fn conflict_error(file: &str, l: &LockRec) -> Error {
+pub fn conflict_error(file: &str, l: &LockRec) -> Error {
     let end = if l.end == u64::MAX { "EOF".to_string() } else { l.end.to_string() };
     Error::new(
         ErrorKind::WouldBlock,
