@@ -684,6 +684,26 @@ fcntl.lockf(fd, fcntl.LOCK_UN, 0, 0)
 fcntl.flock(g, fcntl.LOCK_UN)
 h = os.open(a, os.O_RDWR)
 fcntl.lockf(h, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
+
+# A waiter killed while blocked never takes the lock afterwards.
+WAIT = "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX, 0, 0)\nprint('got it', flush=True)\n"
+waiter = subprocess.Popen([sys.executable, "-c", WAIT, b], stdout=subprocess.PIPE, text=True)
+time.sleep(0.5)
+assert waiter.poll() is None, "the waiter got a lock mount 1 holds"
+waiter.kill()
+try:
+    waiter.wait(timeout=10)
+except subprocess.TimeoutExpired:
+    raise SystemExit("a killed F_SETLKW waiter stayed blocked in the mount")
+fcntl.lockf(h, fcntl.LOCK_UN, 0, 0)
+deadline = time.time() + 3
+while True:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
+        break
+    except BlockingIOError:
+        assert time.time() < deadline, "a killed waiter's lock request still holds the file"
+        time.sleep(0.05)
 print("ok")
 "#;
 

@@ -501,7 +501,9 @@ impl Filesystem for Mounted {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.0.inodes.forget(ino.0, nlookup);
+        if self.0.inodes.forget(ino.0, nlookup) {
+            self.0.locks.forget(ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

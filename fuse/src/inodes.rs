@@ -170,7 +170,9 @@ impl Inodes {
     }
 
     /// The kernel dropped `n` lookups of `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// Drops `n` of the kernel's lookups of `ino`; true when that was the
+    /// last (the number is free: no open file or cached entry uses it).
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
         let mut t = self.t.lock();
         let gone = match t.nodes.get_mut(&ino) {
             Some(node) => {
@@ -193,6 +195,7 @@ impl Inodes {
                 }
             }
         }
+        gone
     }
 
     /// `parent/name` was renamed to `new_parent/new_name`: the node (if

@@ -26,12 +26,12 @@ const MAX_WAIT_STEP: Duration = Duration::from_millis(100);
 pub struct MountLocks {
     pub session: u64,
     keeper: AtomicBool,
-    /// Paths locked through each inode.
+    /// Paths locked through each inode (until the kernel forgets it).
     paths: Mutex<HashMap<u64, HashSet<String>>>,
-    /// Counts each lock owner's closes: a blocking request of an owner that
-    /// closed the file meanwhile (its process was killed) gives up instead
-    /// of taking a lock nobody would release.
-    closes: Mutex<HashMap<u64, u64>>,
+    /// Owners with a blocking request waiting: (waiters, closes since). A
+    /// waiter whose owner closed the file meanwhile (its process was
+    /// killed) gives up instead of taking a lock nobody would release.
+    waiting: Mutex<HashMap<u64, (usize, u64)>>,
 }
 
 fn random_session() -> u64 {
@@ -40,6 +40,23 @@ fn random_session() -> u64 {
     h.write_u32(std::process::id());
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
     h.finish().max(1)
+}
+
+/// Whether process `pid` (in this daemon's pid namespace, as FUSE gives
+/// it) is gone or has a fatal signal pending. fuser answers the kernel's
+/// INTERRUPT with ENOSYS, so a killed process waiting in F_SETLKW stays in
+/// the kernel until this daemon answers: the wait loop answers EINTR as
+/// soon as it sees the kill, and the process can die.
+fn killed(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return true };
+    let sigkill = 1u64 << (libc::SIGKILL - 1);
+    status
+        .lines()
+        .filter_map(|l| l.strip_prefix("ShdPnd:").or_else(|| l.strip_prefix("SigPnd:")))
+        .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & sigkill != 0))
 }
 
 fn kind_of(typ: i32) -> Result<Option<LockKind>, Errno> {
@@ -60,7 +77,7 @@ fn errno(e: &curvine_client::Error) -> Errno {
 
 impl Default for MountLocks {
     fn default() -> Self {
-        MountLocks { session: random_session(), keeper: AtomicBool::new(false), paths: Mutex::default(), closes: Mutex::default() }
+        MountLocks { session: random_session(), keeper: AtomicBool::new(false), paths: Mutex::default(), waiting: Mutex::default() }
     }
 }
 
@@ -86,22 +103,49 @@ impl MountLocks {
             self.keep_alive(fs);
             self.paths.lock().entry(ino).or_default().insert(path.to_string());
         }
-        let closes = self.closes.lock().get(&owner).copied().unwrap_or(0);
+        if !wait {
+            return fs.lock_set(path, self.who(owner, pid), kind, start, end).await.map_err(|e| errno(&e));
+        }
+        let closes = {
+            let mut w = self.waiting.lock();
+            let e = w.entry(owner).or_default();
+            e.0 += 1;
+            e.1
+        };
+        let res = self.wait_for(fs, path, owner, pid, kind, start, end, closes).await;
+        let mut w = self.waiting.lock();
+        if let Some(e) = w.get_mut(&owner) {
+            e.0 -= 1;
+            if e.0 == 0 {
+                w.remove(&owner);
+            }
+        }
+        res
+    }
+
+    fn closed_since(&self, owner: u64, closes: u64) -> bool {
+        self.waiting.lock().get(&owner).is_some_and(|e| e.1 != closes)
+    }
+
+    /// F_SETLKW: tries until the lock is had, the request fails otherwise,
+    /// or the owner closes the file.
+    #[allow(clippy::too_many_arguments)]
+    async fn wait_for(&self, fs: &FileSystem, path: &str, owner: u64, pid: u32, kind: Option<LockKind>, start: u64, end: u64, closes: u64) -> Result<(), Errno> {
         let mut step = Duration::from_millis(2);
         loop {
             match fs.lock_set(path, self.who(owner, pid), kind, start, end).await {
                 Ok(()) => break,
-                Err(e) if wait && e.kind() == ErrorKind::WouldBlock => {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     tokio::time::sleep(step).await;
                     step = (step * 2).min(MAX_WAIT_STEP);
-                    if self.closes.lock().get(&owner).copied().unwrap_or(0) != closes {
+                    if self.closed_since(owner, closes) || killed(pid) {
                         return Err(Errno::EINTR);
                     }
                 }
                 Err(e) => return Err(errno(&e)),
             }
         }
-        if kind.is_some() && self.closes.lock().get(&owner).copied().unwrap_or(0) != closes {
+        if kind.is_some() && self.closed_since(owner, closes) {
             // The owner closed the file while this request waited.
             let _ = fs.lock_set(path, self.who(owner, pid), None, start, end).await;
             return Err(Errno::EINTR);
@@ -112,7 +156,9 @@ impl MountLocks {
     /// The owner closed `ino` (flush: POSIX drops a process's locks on
     /// any close of the file; release of an flock owner): drop its locks.
     pub async fn closed(&self, fs: &FileSystem, ino: u64, owner: u64) {
-        *self.closes.lock().entry(owner).or_default() += 1;
+        if let Some(e) = self.waiting.lock().get_mut(&owner) {
+            e.1 += 1;
+        }
         let paths: Vec<String> = match self.paths.lock().get(&ino) {
             Some(p) => p.iter().cloned().collect(),
             None => return,
@@ -122,6 +168,11 @@ impl MountLocks {
                 tracing::warn!(path = %p, error = %e, "cannot drop a closed file's locks (meta frees them with the session)");
             }
         }
+    }
+
+    /// The kernel forgot `ino`: no open file uses it, so no lock remains.
+    pub fn forget(&self, ino: u64) {
+        self.paths.lock().remove(&ino);
     }
 
     /// Unmount: drops every lock of this mount.
