@@ -81,11 +81,12 @@ impl FileSystem {
     pub async fn lock_test(&self, path: &str, who: LockWho, k: LockKind, start: u64, end: u64) -> Result<Option<HeldLock>> {
         let req = range_req(Op::Get, path, who, Some(k), start, end)?;
         let r = self.lock_call(req).await?;
-        Ok(match Kind::try_from(r.kind) {
-            Ok(Kind::Read) => Some(HeldLock { kind: LockKind::Read, start: r.start, end: r.end, pid: r.pid }),
-            Ok(Kind::Write) => Some(HeldLock { kind: LockKind::Write, start: r.start, end: r.end, pid: r.pid }),
-            _ => None,
-        })
+        let kind = match Kind::try_from(r.kind) {
+            Ok(Kind::Read) => LockKind::Read,
+            Ok(Kind::Write) => LockKind::Write,
+            _ => return Ok(None),
+        };
+        Ok(Some(HeldLock { kind, start: r.start, end: r.end, pid: r.pid }))
     }
 
     /// Drops `session`'s locks: on `path` only and/or of `owner` only when

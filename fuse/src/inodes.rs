@@ -169,7 +169,6 @@ impl Inodes {
         self.t.lock().by_name.get(&(parent, name.to_string())).copied()
     }
 
-    /// The kernel dropped `n` lookups of `ino`.
     /// Drops `n` of the kernel's lookups of `ino`; true when that was the
     /// last (the number is free: no open file or cached entry uses it).
     pub fn forget(&self, ino: u64, n: u64) -> bool {
