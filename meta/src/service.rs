@@ -308,10 +308,10 @@ impl MetaServiceImpl {
         let mut entries = Vec::with_capacity(page.len().min(limit));
         for (name, id) in page.into_iter().take(limit) {
             let p = join(&path, &name);
-            let inode = reader
-                .inode(id)?
-                .ok_or_else(|| Error::new(ErrorKind::Corrupt, format!("{p}: dangling entry (inode {id})")))?;
-            entries.push(status_of(&inode, &p, 0));
+            // Removed after the page was read: not listed.
+            if let Some(inode) = reader.listed_inode(dir.id, &name, id, &p)? {
+                entries.push(status_of(&inode, &p, 0));
+            }
         }
         Ok(ListResponse { entries, more })
     }

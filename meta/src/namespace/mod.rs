@@ -978,6 +978,29 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn readers_tell_a_concurrent_removal_from_a_dangling_entry() {
+        use crate::store::{dentry_key, id_key, CF_DENTRIES, CF_INODES};
+        let t = T::new();
+        t.run(mkdir("/d", false)).unwrap();
+        t.run(create("/d/f", false)).unwrap();
+        let r = t.reader();
+        let dir = r.resolve("/d").unwrap();
+        let (name, id) = r.children(dir.id).unwrap().remove(0);
+        // Removed after a listing read its name: skipped, not an error.
+        t.run(del("/d/f", false)).unwrap();
+        assert_eq!(r.listed_inode(dir.id, &name, id, "/d/f").unwrap(), None);
+        assert_eq!(r.resolve("/d/f").unwrap_err().kind(), ErrorKind::NotFound);
+        // A name that keeps pointing at a missing inode is corruption.
+        t.run(create("/d/g", false)).unwrap();
+        let g = r.resolve("/d/g").unwrap();
+        let db = t.store.db();
+        db.delete_cf(db.cf_handle(CF_INODES).unwrap(), id_key(g.id)).unwrap();
+        assert_eq!(r.resolve("/d/g").unwrap_err().kind(), ErrorKind::Corrupt);
+        assert_eq!(r.listed_inode(dir.id, "g", g.id, "/d/g").unwrap_err().kind(), ErrorKind::Corrupt);
+        assert!(db.get_cf(db.cf_handle(CF_DENTRIES).unwrap(), dentry_key(dir.id, "g")).unwrap().is_some());
+    }
+
+    #[test]
     fn delete_rules() {
         let t = T::new();
         t.run(mkdir("/d/e", true)).unwrap();

@@ -490,6 +490,10 @@ pub fn scan_prefix(db: &DB, cf_name: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>
     Ok(out)
 }
 
+/// How often `Reader::resolve` starts again after a concurrent change tore
+/// its walk.
+const RESOLVE_RETRIES: u32 = 8;
+
 /// Read-only queries against the current database.
 pub struct Reader {
     pub db: Arc<DB>,
@@ -624,16 +628,53 @@ impl Reader {
     }
 
     /// Resolves a normalized path to its inode. Errors name `path`.
+    ///
+    /// Reads are not one snapshot: an entry applied between reading a
+    /// name and reading its inode (a delete or a rename over it) shows as
+    /// a name whose inode is gone. That is retried from the top, where the
+    /// name is then gone too; only a name that keeps pointing at a missing
+    /// inode is reported as corrupt.
     pub fn resolve(&self, path: &str) -> Result<Inode> {
+        let mut torn = 0;
+        loop {
+            match self.resolve_once(path)? {
+                Some(inode) => return Ok(inode),
+                None if torn < RESOLVE_RETRIES => torn += 1,
+                None => return Err(Error::new(ErrorKind::Corrupt, format!("{path}: dangling entry"))),
+            }
+        }
+    }
+
+    /// `resolve`, or `None` when a name led to a missing inode.
+    fn resolve_once(&self, path: &str) -> Result<Option<Inode>> {
         let mut cur = self.inode(ROOT_ID)?.ok_or_else(|| Error::internal("meta store: root inode missing"))?;
         for name in curvine_common::path::components(path) {
             if !cur.is_dir() {
                 return Err(Error::not_dir(path));
             }
             let id = self.child(cur.id, name)?.ok_or_else(|| Error::not_found(path))?;
-            cur = self.inode(id)?.ok_or_else(|| Error::new(ErrorKind::Corrupt, format!("{path}: dangling entry")))?;
+            match self.inode(id)? {
+                Some(i) => cur = i,
+                None => return Ok(None),
+            }
         }
-        Ok(cur)
+        Ok(Some(cur))
+    }
+
+    /// The inode of a listed entry `(parent, name) -> id`, or `None` when the
+    /// entry was removed (or repointed) after the listing read it. A name
+    /// still pointing at a missing inode is corrupt.
+    pub fn listed_inode(&self, parent: u64, name: &str, id: u64, path: &str) -> Result<Option<Inode>> {
+        if let Some(i) = self.inode(id)? {
+            return Ok(Some(i));
+        }
+        match self.child(parent, name)? {
+            Some(now) if now == id => match self.inode(id)? {
+                Some(i) => Ok(Some(i)),
+                None => Err(Error::new(ErrorKind::Corrupt, format!("{path}: dangling entry (inode {id})"))),
+            },
+            _ => Ok(None),
+        }
     }
 }
 
