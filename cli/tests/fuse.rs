@@ -627,7 +627,7 @@ async fn passthrough_reads_single_block_files_through_the_kernel() {
 /// Locks held by a process on one mount, tested from a process on another
 /// mount of the same cluster (as two hosts would).
 const LOCKS_PY: &str = r#"
-import fcntl, os, struct, subprocess, sys, threading, time
+import fcntl, os, signal, struct, subprocess, sys, threading, time
 a, b = sys.argv[1], sys.argv[2]           # one file, through mount 1 and mount 2
 fa, fb = a + "-flock", b + "-flock"
 HOLD = """
@@ -695,6 +695,31 @@ try:
     waiter.wait(timeout=10)
 except subprocess.TimeoutExpired:
     raise SystemExit("a killed F_SETLKW waiter stayed blocked in the mount")
+# A caught signal ends a blocked F_SETLKW (the alarm() timeout idiom); one
+# the process does not catch leaves it waiting.
+ALARM = """
+import fcntl, os, signal, sys
+def timeout(*_): raise TimeoutError
+signal.signal(signal.SIGALRM, timeout)
+fd = os.open(sys.argv[1], os.O_RDWR)
+signal.alarm(1)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX, 0, 0)
+    print('got it', flush=True)
+except TimeoutError:
+    print('timed out', flush=True)
+"""
+t0 = time.time()
+out = subprocess.run([sys.executable, "-c", ALARM, b], capture_output=True, text=True, timeout=30)
+assert out.stdout.strip() == "timed out", (out.stdout, out.stderr)
+assert time.time() - t0 < 10, "the alarm took too long to end the wait"
+waiter = subprocess.Popen([sys.executable, "-c", WAIT, b], stdout=subprocess.PIPE, text=True)
+time.sleep(0.3)
+waiter.send_signal(signal.SIGWINCH)
+time.sleep(0.5)
+assert waiter.poll() is None, "an uncaught signal ended an F_SETLKW wait"
+waiter.kill()
+waiter.wait(timeout=10)
 fcntl.lockf(h, fcntl.LOCK_UN, 0, 0)
 deadline = time.time() + 3
 while True:

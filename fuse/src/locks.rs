@@ -42,21 +42,29 @@ fn random_session() -> u64 {
     h.finish().max(1)
 }
 
-/// Whether process `pid` (in this daemon's pid namespace, as FUSE gives
-/// it) is gone or has a fatal signal pending. fuser answers the kernel's
-/// INTERRUPT with ENOSYS, so a killed process waiting in F_SETLKW stays in
-/// the kernel until this daemon answers: the wait loop answers EINTR as
-/// soon as it sees the kill, and the process can die.
-fn killed(pid: u32) -> bool {
+/// Whether the thread `pid` (in this daemon's pid namespace, as FUSE gives
+/// it) is gone or has a signal pending that should end its F_SETLKW: a
+/// fatal one (the kernel marks a dying process with SIGKILL) or one it
+/// catches and does not block, whose handler must run (the `alarm()`
+/// timeout idiom). fuser answers the kernel's INTERRUPT with ENOSYS, so a
+/// waiting process stays in the kernel until this daemon answers: the
+/// wait loop answers EINTR as soon as it sees such a signal. Signals the
+/// process ignores are never pending and do not end the wait.
+fn interrupted(pid: u32) -> bool {
     if pid == 0 {
         return false;
     }
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return true };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let pending = (field("SigPnd:") | field("ShdPnd:")) & !field("SigBlk:");
     let sigkill = 1u64 << (libc::SIGKILL - 1);
-    status
-        .lines()
-        .filter_map(|l| l.strip_prefix("ShdPnd:").or_else(|| l.strip_prefix("SigPnd:")))
-        .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & sigkill != 0))
+    pending & (sigkill | field("SigCgt:")) != 0
 }
 
 fn kind_of(typ: i32) -> Result<Option<LockKind>, Errno> {
@@ -138,7 +146,7 @@ impl MountLocks {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     tokio::time::sleep(step).await;
                     step = (step * 2).min(MAX_WAIT_STEP);
-                    if self.closed_since(owner, closes) || killed(pid) {
+                    if self.closed_since(owner, closes) || interrupted(pid) {
                         return Err(Errno::EINTR);
                     }
                 }
