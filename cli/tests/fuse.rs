@@ -749,6 +749,39 @@ async fn locks_hold_across_mounts_and_die_with_their_mount() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Locks are kept by path: an unlock after a rename through the mount
+    // still frees the lock under the name it was taken by, while the
+    // file stays open.
+    std::fs::write(m1.p("r1"), b"r").unwrap();
+    let py = "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX, 10, 0)\n\
+              os.rename(sys.argv[1], sys.argv[2])\nprint('renamed', flush=True)\nsys.stdin.readline()\n\
+              fcntl.lockf(fd, fcntl.LOCK_UN, 10, 0)\nprint('unlocked', flush=True)\nsys.stdin.readline()\n";
+    let mut renamer = Command::new("python3")
+        .arg("-c")
+        .arg(py)
+        .arg(m1.p("r1"))
+        .arg(m1.p("r2"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(renamer.stdout.take().unwrap());
+    let mut told = renamer.stdin.take().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+    assert_eq!(line.trim(), "renamed");
+    let fs = n.fs().unwrap();
+    let other = curvine_client::locks::LockWho { session: 99, owner: 1, pid: 1 };
+    let write = curvine_client::locks::LockKind::Write;
+    assert!(fs.lock_test("/r1", other, write, 0, 9).await.unwrap().is_some(), "the lock stays under the name it was taken by");
+    std::io::Write::write_all(&mut told, b"go\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+    assert_eq!(line.trim(), "unlocked");
+    assert_eq!(fs.lock_test("/r1", other, write, 0, 9).await.unwrap(), None, "an unlock after a rename left the lock");
+    std::io::Write::write_all(&mut told, b"go\n").unwrap();
+    assert!(renamer.wait().unwrap().success());
+
     // A mount that dies holding a lock loses it after the lease.
     let try_lock = |m: &Mount| {
         let py = "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n\

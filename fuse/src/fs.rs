@@ -886,7 +886,7 @@ impl Filesystem for Mounted {
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         lock_owner: LockOwner,
@@ -897,9 +897,9 @@ impl Filesystem for Mounted {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let path = self.0.path(ino);
+        let (path, tid) = (self.0.path(ino), req.pid());
         self.0.answer(reply, move |me| async move {
-            me.locks.set(&me.fs, ino.0, &path?, lock_owner.0, pid, typ, start, end, sleep).await
+            me.locks.set(&me.fs, ino.0, &path?, lock_owner.0, pid, tid, typ, start, end, sleep).await
         });
     }
 

@@ -22,16 +22,19 @@ use parking_lot::Mutex;
 
 /// Longest pause between two tries of a blocking (F_SETLKW) lock.
 const MAX_WAIT_STEP: Duration = Duration::from_millis(100);
+/// The largest file offset the kernel takes in a lock reply.
+const OFFSET_MAX: u64 = i64::MAX as u64;
 
 pub struct MountLocks {
     pub session: u64,
     keeper: AtomicBool,
     /// Paths locked through each inode (until the kernel forgets it).
     paths: Mutex<HashMap<u64, HashSet<String>>>,
-    /// Owners with a blocking request waiting: (waiters, closes since). A
-    /// waiter whose owner closed the file meanwhile (its process was
-    /// killed) gives up instead of taking a lock nobody would release.
-    waiting: Mutex<HashMap<u64, (usize, u64)>>,
+    /// (owner, inode) pairs with a blocking request waiting: (waiters,
+    /// closes of that file by that owner since). A waiter whose owner
+    /// closed the file meanwhile (its process was killed) gives up instead
+    /// of taking a lock nobody would release.
+    waiting: Mutex<HashMap<(u64, u64), (usize, u64)>>,
 }
 
 fn random_session() -> u64 {
@@ -42,19 +45,26 @@ fn random_session() -> u64 {
     h.finish().max(1)
 }
 
-/// Whether the thread `pid` (in this daemon's pid namespace, as FUSE gives
-/// it) is gone or has a signal pending that should end its F_SETLKW: a
-/// fatal one (the kernel marks a dying process with SIGKILL) or one it
-/// catches and does not block, whose handler must run (the `alarm()`
-/// timeout idiom). fuser answers the kernel's INTERRUPT with ENOSYS, so a
-/// waiting process stays in the kernel until this daemon answers: the
-/// wait loop answers EINTR as soon as it sees such a signal. Signals the
-/// process ignores are never pending and do not end the wait.
-fn interrupted(pid: u32) -> bool {
-    if pid == 0 {
+/// Whether the thread `tid` (the requesting thread, in this daemon's pid
+/// namespace, as the FUSE header gives it) is gone or has a signal pending
+/// that it does not block: fuser answers the kernel's INTERRUPT with
+/// ENOSYS, so a waiting process stays in the kernel until this daemon
+/// answers, and the wait loop answers EINTR as soon as it sees one. The
+/// kernel turns that EINTR into a restart of the call: a fatal signal
+/// (SIGKILL, or a default action that kills or dumps core) ends the
+/// process, a handler runs and the call then fails with EINTR (the
+/// `alarm()` timeout idiom) or, with `SA_RESTART`, waits again. Ignored
+/// signals are never pending and do not end the wait.
+fn interrupted(tid: u32) -> bool {
+    if tid == 0 {
         return false;
     }
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return true };
+    let status = match std::fs::read_to_string(format!("/proc/{tid}/status")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+        // Unreadable (hidepid): no way to tell, so keep waiting.
+        Err(_) => return false,
+    };
     let field = |name: &str| {
         status
             .lines()
@@ -62,9 +72,7 @@ fn interrupted(pid: u32) -> bool {
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
             .unwrap_or(0)
     };
-    let pending = (field("SigPnd:") | field("ShdPnd:")) & !field("SigBlk:");
-    let sigkill = 1u64 << (libc::SIGKILL - 1);
-    pending & (sigkill | field("SigCgt:")) != 0
+    (field("SigPnd:") | field("ShdPnd:")) & !field("SigBlk:") & !field("SigIgn:") != 0
 }
 
 fn kind_of(typ: i32) -> Result<Option<LockKind>, Errno> {
@@ -98,64 +106,90 @@ impl MountLocks {
     pub async fn test(&self, fs: &FileSystem, path: &str, owner: u64, pid: u32, typ: i32, start: u64, end: u64) -> Result<(u64, u64, i32, u32), Errno> {
         let Some(kind) = kind_of(typ)? else { return Ok((0, 0, libc::F_UNLCK, 0)) };
         match fs.lock_test(path, self.who(owner, pid), kind, start, end).await.map_err(|e| errno(&e))? {
-            Some(l) => Ok((l.start, l.end, if l.kind == LockKind::Write { libc::F_WRLCK } else { libc::F_RDLCK }, l.pid)),
+            // The kernel refuses offsets past OFFSET_MAX (EIO); an SDK lock
+            // "to the end of the file" says u64::MAX.
+            Some(l) => Ok((l.start.min(OFFSET_MAX), l.end.min(OFFSET_MAX), if l.kind == LockKind::Write { libc::F_WRLCK } else { libc::F_RDLCK }, l.pid)),
             None => Ok((0, 0, libc::F_UNLCK, 0)),
         }
     }
 
-    /// F_SETLK / F_SETLKW (`wait`) / flock.
+    /// F_SETLK / F_SETLKW (`wait`) / flock. `tid` is the requesting
+    /// thread (its pending signals end a wait), `pid` the lock's process.
     #[allow(clippy::too_many_arguments)]
-    pub async fn set(&self, fs: &FileSystem, ino: u64, path: &str, owner: u64, pid: u32, typ: i32, start: u64, end: u64, wait: bool) -> Result<(), Errno> {
+    pub async fn set(&self, fs: &FileSystem, ino: u64, path: &str, owner: u64, pid: u32, tid: u32, typ: i32, start: u64, end: u64, wait: bool) -> Result<(), Errno> {
         let kind = kind_of(typ)?;
-        if kind.is_some() {
-            self.keep_alive(fs);
-            self.paths.lock().entry(ino).or_default().insert(path.to_string());
+        if kind.is_none() {
+            return self.unlock(fs, ino, path, owner, pid, start, end).await;
         }
+        self.keep_alive(fs);
+        self.paths.lock().entry(ino).or_default().insert(path.to_string());
         if !wait {
             return fs.lock_set(path, self.who(owner, pid), kind, start, end).await.map_err(|e| errno(&e));
         }
+        let key = (owner, ino);
         let closes = {
             let mut w = self.waiting.lock();
-            let e = w.entry(owner).or_default();
+            let e = w.entry(key).or_default();
             e.0 += 1;
             e.1
         };
-        let res = self.wait_for(fs, path, owner, pid, kind, start, end, closes).await;
+        let res = self.wait_for(fs, path, key, pid, tid, kind, start, end, closes).await;
         let mut w = self.waiting.lock();
-        if let Some(e) = w.get_mut(&owner) {
+        if let Some(e) = w.get_mut(&key) {
             e.0 -= 1;
             if e.0 == 0 {
-                w.remove(&owner);
+                w.remove(&key);
             }
         }
         res
     }
 
-    fn closed_since(&self, owner: u64, closes: u64) -> bool {
-        self.waiting.lock().get(&owner).is_some_and(|e| e.1 != closes)
+    /// An unlock applies under every path this inode locked through, not
+    /// only its name now: locks are kept by path, and the file may have
+    /// been renamed (or, open and unlinked, moved to a hidden name) since
+    /// it was locked.
+    #[allow(clippy::too_many_arguments)]
+    async fn unlock(&self, fs: &FileSystem, ino: u64, path: &str, owner: u64, pid: u32, start: u64, end: u64) -> Result<(), Errno> {
+        let others: Vec<String> = match self.paths.lock().get(&ino) {
+            Some(p) => p.iter().filter(|p| p.as_str() != path).cloned().collect(),
+            None => Vec::new(),
+        };
+        for p in others {
+            if let Err(e) = fs.lock_set(&p, self.who(owner, pid), None, start, end).await {
+                tracing::warn!(path = %p, error = %e, "cannot unlock under an earlier name (meta frees it at close or with the session)");
+            }
+        }
+        fs.lock_set(path, self.who(owner, pid), None, start, end).await.map_err(|e| errno(&e))
+    }
+
+    fn closed_since(&self, key: (u64, u64), closes: u64) -> bool {
+        self.waiting.lock().get(&key).is_some_and(|e| e.1 != closes)
     }
 
     /// F_SETLKW: tries until the lock is had, the request fails otherwise,
     /// or the owner closes the file.
     #[allow(clippy::too_many_arguments)]
-    async fn wait_for(&self, fs: &FileSystem, path: &str, owner: u64, pid: u32, kind: Option<LockKind>, start: u64, end: u64, closes: u64) -> Result<(), Errno> {
+    async fn wait_for(&self, fs: &FileSystem, path: &str, key: (u64, u64), pid: u32, tid: u32, kind: Option<LockKind>, start: u64, end: u64, closes: u64) -> Result<(), Errno> {
+        let who = self.who(key.0, pid);
         let mut step = Duration::from_millis(2);
         loop {
-            match fs.lock_set(path, self.who(owner, pid), kind, start, end).await {
+            match fs.lock_set(path, who, kind, start, end).await {
                 Ok(()) => break,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     tokio::time::sleep(step).await;
                     step = (step * 2).min(MAX_WAIT_STEP);
-                    if self.closed_since(owner, closes) || interrupted(pid) {
+                    if self.closed_since(key, closes) || interrupted(tid) {
                         return Err(Errno::EINTR);
                     }
                 }
                 Err(e) => return Err(errno(&e)),
             }
         }
-        if kind.is_some() && self.closed_since(owner, closes) {
-            // The owner closed the file while this request waited.
-            let _ = fs.lock_set(path, self.who(owner, pid), None, start, end).await;
+        if kind.is_some() && self.closed_since(key, closes) {
+            // The owner closed this file while the request waited: its
+            // locks on it were dropped at that close, and the one just
+            // taken would outlive every handle.
+            let _ = fs.lock_set(path, who, None, start, end).await;
             return Err(Errno::EINTR);
         }
         Ok(())
@@ -164,7 +198,7 @@ impl MountLocks {
     /// The owner closed `ino` (flush: POSIX drops a process's locks on
     /// any close of the file; release of an flock owner): drop its locks.
     pub async fn closed(&self, fs: &FileSystem, ino: u64, owner: u64) {
-        if let Some(e) = self.waiting.lock().get_mut(&owner) {
+        if let Some(e) = self.waiting.lock().get_mut(&(owner, ino)) {
             e.1 += 1;
         }
         let paths: Vec<String> = match self.paths.lock().get(&ino) {

@@ -148,9 +148,17 @@ async fn sweep(svc: Weak<MetaServiceImpl>, term: u64) {
         };
         for s in sessions.into_iter().filter(|s| svc.locks.expired(*s, lease)) {
             tracing::warn!(session = s, ?lease, "lock session silent for a lease (client gone?): releasing its locks");
+            let last = svc.locks.seen.lock().get(&s).copied();
             match svc.write(MetaCommand::ReleaseLocks { session: s, file: None, owner: None }).await {
                 Ok(_) => {
-                    svc.locks.seen.lock().remove(&s);
+                    // Forgotten unless it renewed meanwhile (a renewal
+                    // dropped here would count its lease from the
+                    // leadership's start, and expire it again at once).
+                    let mut seen = svc.locks.seen.lock();
+                    if seen.get(&s).copied() == last {
+                        seen.remove(&s);
+                    }
+                    drop(seen);
                     svc.metrics.locks_expired.inc();
                 }
                 Err(e) => tracing::warn!(session = s, error = %e, "cannot release an expired session's locks"),

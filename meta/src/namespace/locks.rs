@@ -119,7 +119,11 @@ pub(crate) fn set(txn: &mut Txn, file: &str, who: LockOwner, kind: Option<LockKi
     if start > end {
         return Err(Error::invalid(format!("lock range {start}..{end} is empty")));
     }
-    Ns { txn: &mut *txn }.resolve(file)?;
+    // An unlock needs no file: the one it names may be gone (deleted by
+    // another client while locked), and its records must still go.
+    if kind.is_some() {
+        Ns { txn: &mut *txn }.resolve(file)?;
+    }
     let before = load(txn, file)?;
     if let Some(k) = kind {
         if let Some(l) = before.iter().find(|l| l.blocks(&who, k, start, end)) {
@@ -264,6 +268,13 @@ mod tests {
         assert_eq!(t.conflict(f, a, Read, 0, 9), None, "b's refused lock was not taken");
         assert_eq!(t.kind(lock(f, a, Some(Read), 5, 1)), ErrorKind::InvalidArgument);
         assert_eq!(t.kind(lock("/nope", a, Some(Read), 0, 1)), ErrorKind::NotFound);
+        // A file deleted while locked can still be unlocked.
+        let g = t.file("/g");
+        t.ok(lock(g, a, Some(Write), 0, 9));
+        t.ok(MetaCommand::Delete { path: g.into(), recursive: false, now_ms: 5 });
+        assert!(conflicting(&t.store.db(), g, &b, Write, 0, 9).unwrap().is_some());
+        t.ok(lock(g, a, None, 0, u64::MAX));
+        assert_eq!(conflicting(&t.store.db(), g, &b, Write, 0, 9).unwrap(), None, "the deleted file's lock went");
     }
 
     #[test]

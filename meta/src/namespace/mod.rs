@@ -990,6 +990,14 @@ pub(crate) mod tests {
         t.run(del("/d/f", false)).unwrap();
         assert_eq!(r.listed_inode(dir.id, &name, id, "/d/f").unwrap(), None);
         assert_eq!(r.resolve("/d/f").unwrap_err().kind(), ErrorKind::NotFound);
+        // Replaced after the listing read it (a rename over it): the new file.
+        t.run(create("/d/f", false)).unwrap();
+        let (_, old_id) = r.children(dir.id).unwrap().remove(0);
+        t.run(create("/d/new", false)).unwrap();
+        t.run(rename("/d/new", "/d/f")).unwrap();
+        let now = r.listed_inode(dir.id, "f", old_id, "/d/f").unwrap().unwrap();
+        assert_ne!(now.id, old_id);
+        assert_eq!(now.id, r.resolve("/d/f").unwrap().id);
         // A name that keeps pointing at a missing inode is corruption.
         t.run(create("/d/g", false)).unwrap();
         let g = r.resolve("/d/g").unwrap();

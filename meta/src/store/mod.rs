@@ -661,20 +661,27 @@ impl Reader {
         Ok(Some(cur))
     }
 
-    /// The inode of a listed entry `(parent, name) -> id`, or `None` when the
-    /// entry was removed (or repointed) after the listing read it. A name
-    /// still pointing at a missing inode is corrupt.
+    /// The inode of a listed entry `(parent, name) -> id` as it is now:
+    /// `None` when the name was removed after the listing read it, the new
+    /// file when the name was replaced meanwhile (a rename over it, as a
+    /// FUSE mount saves a changed file). A name that keeps pointing at a
+    /// missing inode is corrupt.
     pub fn listed_inode(&self, parent: u64, name: &str, id: u64, path: &str) -> Result<Option<Inode>> {
-        if let Some(i) = self.inode(id)? {
-            return Ok(Some(i));
+        let mut id = id;
+        for _ in 0..=RESOLVE_RETRIES {
+            if let Some(i) = self.inode(id)? {
+                return Ok(Some(i));
+            }
+            match self.child(parent, name)? {
+                Some(now) if now != id => id = now,
+                Some(_) => match self.inode(id)? {
+                    Some(i) => return Ok(Some(i)),
+                    None => break,
+                },
+                None => return Ok(None),
+            }
         }
-        match self.child(parent, name)? {
-            Some(now) if now == id => match self.inode(id)? {
-                Some(i) => Ok(Some(i)),
-                None => Err(Error::new(ErrorKind::Corrupt, format!("{path}: dangling entry (inode {id})"))),
-            },
-            _ => Ok(None),
-        }
+        Err(Error::new(ErrorKind::Corrupt, format!("{path}: dangling entry (inode {id})")))
     }
 }
 
