@@ -782,6 +782,40 @@ async fn locks_hold_across_mounts_and_die_with_their_mount() {
     std::io::Write::write_all(&mut told, b"go\n").unwrap();
     assert!(renamer.wait().unwrap().success());
 
+    // An open-file-description lock (F_OFD_SETLK) belongs to the open
+    // file, which no flush names: it goes when that file is closed, while
+    // its process lives on.
+    std::fs::write(m1.p("o"), b"o").unwrap();
+    let py = "import fcntl, os, struct, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n\
+              fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 0, 0))\n\
+              print('locked', flush=True)\nsys.stdin.readline()\nos.close(fd)\nprint('closed', flush=True)\nsys.stdin.readline()\n";
+    let mut ofd = Command::new("python3")
+        .arg("-c")
+        .arg(py)
+        .arg(m1.p("o"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(ofd.stdout.take().unwrap());
+    let mut told = ofd.stdin.take().unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    assert!(fs.lock_test("/o", other, write, 0, 0).await.unwrap().is_some(), "the OFD lock holds cluster-wide");
+    std::io::Write::write_all(&mut told, b"go\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+    assert_eq!(line.trim(), "closed");
+    // The kernel sends the release after close(2) returns.
+    testbed::wait_for("the closed file's OFD lock to go", Duration::from_secs(10), || async {
+        fs.lock_test("/o", other, write, 0, 0).await.unwrap().is_none()
+    })
+    .await
+    .unwrap();
+    std::io::Write::write_all(&mut told, b"go\n").unwrap();
+    assert!(ofd.wait().unwrap().success());
+
     // A mount that dies holding a lock loses it after the lease.
     let try_lock = |m: &Mount| {
         let py = "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n\

@@ -858,6 +858,7 @@ impl Filesystem for Mounted {
             if let Some(owner) = lock {
                 me.locks.closed(&me.fs, ino.0, owner.0).await;
             }
+            me.locks.released(&me.fs, fh.0).await;
             me.release_fh(fh.0).await
         });
     }
@@ -888,7 +889,7 @@ impl Filesystem for Mounted {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -899,7 +900,7 @@ impl Filesystem for Mounted {
     ) {
         let (path, tid) = (self.0.path(ino), req.pid());
         self.0.answer(reply, move |me| async move {
-            me.locks.set(&me.fs, ino.0, &path?, lock_owner.0, pid, tid, typ, start, end, sleep).await
+            me.locks.set(&me.fs, ino.0, fh.0, &path?, lock_owner.0, pid, tid, typ, start, end, sleep).await
         });
     }
 

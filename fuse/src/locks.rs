@@ -35,6 +35,11 @@ pub struct MountLocks {
     /// closed the file meanwhile (its process was killed) gives up instead
     /// of taking a lock nobody would release.
     waiting: Mutex<HashMap<(u64, u64), (usize, u64)>>,
+    /// Per open file handle: its inode and the lock owners that took locks
+    /// through it and have not closed the file since. An owner no flush
+    /// names is the open file itself (an F_OFD_SETLK lock): its locks go
+    /// when the handle is released.
+    by_fh: Mutex<HashMap<u64, (u64, HashSet<u64>)>>,
 }
 
 fn random_session() -> u64 {
@@ -93,7 +98,7 @@ fn errno(e: &curvine_client::Error) -> Errno {
 
 impl Default for MountLocks {
     fn default() -> Self {
-        MountLocks { session: random_session(), keeper: AtomicBool::new(false), paths: Mutex::default(), waiting: Mutex::default() }
+        MountLocks { session: random_session(), keeper: AtomicBool::new(false), paths: Mutex::default(), waiting: Mutex::default(), by_fh: Mutex::default() }
     }
 }
 
@@ -116,13 +121,14 @@ impl MountLocks {
     /// F_SETLK / F_SETLKW (`wait`) / flock. `tid` is the requesting
     /// thread (its pending signals end a wait), `pid` the lock's process.
     #[allow(clippy::too_many_arguments)]
-    pub async fn set(&self, fs: &FileSystem, ino: u64, path: &str, owner: u64, pid: u32, tid: u32, typ: i32, start: u64, end: u64, wait: bool) -> Result<(), Errno> {
+    pub async fn set(&self, fs: &FileSystem, ino: u64, fh: u64, path: &str, owner: u64, pid: u32, tid: u32, typ: i32, start: u64, end: u64, wait: bool) -> Result<(), Errno> {
         let kind = kind_of(typ)?;
         if kind.is_none() {
             return self.unlock(fs, ino, path, owner, pid, start, end).await;
         }
         self.keep_alive(fs);
         self.paths.lock().entry(ino).or_default().insert(path.to_string());
+        self.by_fh.lock().entry(fh).or_insert_with(|| (ino, HashSet::new())).1.insert(owner);
         if !wait {
             return fs.lock_set(path, self.who(owner, pid), kind, start, end).await.map_err(|e| errno(&e));
         }
@@ -201,6 +207,11 @@ impl MountLocks {
         if let Some(e) = self.waiting.lock().get_mut(&(owner, ino)) {
             e.1 += 1;
         }
+        for (i, owners) in self.by_fh.lock().values_mut() {
+            if *i == ino {
+                owners.remove(&owner);
+            }
+        }
         let paths: Vec<String> = match self.paths.lock().get(&ino) {
             Some(p) => p.iter().cloned().collect(),
             None => return,
@@ -209,6 +220,16 @@ impl MountLocks {
             if let Err(e) = fs.lock_release(self.session, Some(&p), Some(owner)).await {
                 tracing::warn!(path = %p, error = %e, "cannot drop a closed file's locks (meta frees them with the session)");
             }
+        }
+    }
+
+    /// The file handle `fh` was released (its last close): owners that
+    /// locked through it and no close has named since (open-file-description
+    /// locks) lose their locks on the file.
+    pub async fn released(&self, fs: &FileSystem, fh: u64) {
+        let Some((ino, owners)) = self.by_fh.lock().remove(&fh) else { return };
+        for owner in owners {
+            self.closed(fs, ino, owner).await;
         }
     }
 
