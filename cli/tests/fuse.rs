@@ -732,6 +732,49 @@ while True:
 print("ok")
 "#;
 
+/// A Python script run step by step: it prints a line after each step and
+/// waits for a line on stdin before the next.
+struct Stepper {
+    child: std::process::Child,
+    said: std::io::BufReader<std::process::ChildStdout>,
+    told: std::process::ChildStdin,
+}
+
+impl Stepper {
+    fn start(py: &str, args: &[PathBuf]) -> Stepper {
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(py)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let said = std::io::BufReader::new(child.stdout.take().unwrap());
+        let told = child.stdin.take().unwrap();
+        Stepper { child, said, told }
+    }
+
+    /// Waits for the script to print `line`.
+    fn expect(&mut self, line: &str) {
+        let mut got = String::new();
+        std::io::BufRead::read_line(&mut self.said, &mut got).unwrap();
+        assert_eq!(got.trim(), line);
+    }
+
+    /// Lets the script take its next step, which prints `line`.
+    fn step(&mut self, line: &str) {
+        std::io::Write::write_all(&mut self.told, b"go\n").unwrap();
+        self.expect(line);
+    }
+
+    /// Lets the script end, and checks it succeeded.
+    fn finish(mut self) {
+        std::io::Write::write_all(&mut self.told, b"go\n").unwrap();
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_hold_across_mounts_and_die_with_their_mount() {
     need_fuse!("locks_hold_across_mounts_and_die_with_their_mount");
@@ -753,68 +796,41 @@ async fn locks_hold_across_mounts_and_die_with_their_mount() {
     // still frees the lock under the name it was taken by, while the
     // file stays open.
     std::fs::write(m1.p("r1"), b"r").unwrap();
-    let py = "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX, 10, 0)\n\
-              os.rename(sys.argv[1], sys.argv[2])\nprint('renamed', flush=True)\nsys.stdin.readline()\n\
-              fcntl.lockf(fd, fcntl.LOCK_UN, 10, 0)\nprint('unlocked', flush=True)\nsys.stdin.readline()\n";
-    let mut renamer = Command::new("python3")
-        .arg("-c")
-        .arg(py)
-        .arg(m1.p("r1"))
-        .arg(m1.p("r2"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = std::io::BufReader::new(renamer.stdout.take().unwrap());
-    let mut told = renamer.stdin.take().unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
-    assert_eq!(line.trim(), "renamed");
     let fs = n.fs().unwrap();
     let other = curvine_client::locks::LockWho { session: 99, owner: 1, pid: 1 };
     let write = curvine_client::locks::LockKind::Write;
+    let mut renamer = Stepper::start(
+        "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX, 10, 0)\n\
+         os.rename(sys.argv[1], sys.argv[2])\nprint('renamed', flush=True)\nsys.stdin.readline()\n\
+         fcntl.lockf(fd, fcntl.LOCK_UN, 10, 0)\nprint('unlocked', flush=True)\nsys.stdin.readline()\n",
+        &[m1.p("r1"), m1.p("r2")],
+    );
+    renamer.expect("renamed");
     assert!(fs.lock_test("/r1", other, write, 0, 9).await.unwrap().is_some(), "the lock stays under the name it was taken by");
-    std::io::Write::write_all(&mut told, b"go\n").unwrap();
-    line.clear();
-    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
-    assert_eq!(line.trim(), "unlocked");
+    renamer.step("unlocked");
     assert_eq!(fs.lock_test("/r1", other, write, 0, 9).await.unwrap(), None, "an unlock after a rename left the lock");
-    std::io::Write::write_all(&mut told, b"go\n").unwrap();
-    assert!(renamer.wait().unwrap().success());
+    renamer.finish();
 
     // An open-file-description lock (F_OFD_SETLK) belongs to the open
     // file, which no flush names: it goes when that file is closed, while
     // its process lives on.
     std::fs::write(m1.p("o"), b"o").unwrap();
-    let py = "import fcntl, os, struct, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n\
-              fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 0, 0))\n\
-              print('locked', flush=True)\nsys.stdin.readline()\nos.close(fd)\nprint('closed', flush=True)\nsys.stdin.readline()\n";
-    let mut ofd = Command::new("python3")
-        .arg("-c")
-        .arg(py)
-        .arg(m1.p("o"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = std::io::BufReader::new(ofd.stdout.take().unwrap());
-    let mut told = ofd.stdin.take().unwrap();
-    line.clear();
-    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
-    assert_eq!(line.trim(), "locked");
+    let mut ofd = Stepper::start(
+        "import fcntl, os, struct, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n\
+         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 0, 0))\n\
+         print('locked', flush=True)\nsys.stdin.readline()\nos.close(fd)\nprint('closed', flush=True)\nsys.stdin.readline()\n",
+        &[m1.p("o")],
+    );
+    ofd.expect("locked");
     assert!(fs.lock_test("/o", other, write, 0, 0).await.unwrap().is_some(), "the OFD lock holds cluster-wide");
-    std::io::Write::write_all(&mut told, b"go\n").unwrap();
-    line.clear();
-    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
-    assert_eq!(line.trim(), "closed");
+    ofd.step("closed");
     // The kernel sends the release after close(2) returns.
     testbed::wait_for("the closed file's OFD lock to go", Duration::from_secs(10), || async {
         fs.lock_test("/o", other, write, 0, 0).await.unwrap().is_none()
     })
     .await
     .unwrap();
-    std::io::Write::write_all(&mut told, b"go\n").unwrap();
-    assert!(ofd.wait().unwrap().success());
+    ofd.finish();
 
     // A mount that dies holding a lock loses it after the lease.
     let try_lock = |m: &Mount| {
