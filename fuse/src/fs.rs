@@ -380,8 +380,11 @@ impl CvFuse {
                     }
                 }
                 st.discard().await;
-                if let Err(e) = self.fs.delete(&hidden, false).await {
-                    tracing::warn!(path = %hidden, error = %e, "could not remove an unlinked file at its last close");
+                match self.fs.delete(&hidden, false).await {
+                    // The node's hidden name goes too: with other names
+                    // (hard links) left, it must be found by one of them.
+                    Ok(_) => self.inodes.unlink_name_of(h.ino, hidden.rsplit('/').next().unwrap_or_default()),
+                    Err(e) => tracing::warn!(path = %hidden, error = %e, "could not remove an unlinked file at its last close"),
                 }
             }
             if res.is_ok() {

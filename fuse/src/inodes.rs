@@ -231,6 +231,25 @@ impl Inodes {
         }
     }
 
+    /// `ino`'s name `name` (in whichever directory it has it) is gone: the
+    /// hidden name of an unlinked file, removed at its last close. Its other
+    /// names (hard links) keep leading to it.
+    pub fn unlink_name_of(&self, ino: u64, name: &str) {
+        let parent = {
+            let t = self.t.lock();
+            let Some(n) = t.nodes.get(&ino) else { return };
+            if n.name == name {
+                n.parent
+            } else {
+                match n.aliases.iter().find(|(_, x)| x == name) {
+                    Some((p, _)) => *p,
+                    None => return,
+                }
+            }
+        };
+        self.unlink(parent, name);
+    }
+
     /// The name `parent/name` of `ino` became `parent/new_name` (an open
     /// file that was unlinked lives on under a hidden name); the old name is
     /// free for a new file at once.
@@ -255,6 +274,20 @@ impl Inodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hidden_name_removed_at_last_close_leaves_the_other_names() {
+        let i = Inodes::new("/");
+        let dir = i.lookup(ROOT, "d");
+        let ino = i.lookup_linked(dir, "a", 7);
+        assert_eq!(i.link(ino, dir, "b", 7), Some(ino));
+        // `a` unlinked while open: it lives on hidden, then goes at the last close.
+        i.rehome(ino, dir, "a", ".hidden");
+        assert_eq!(i.path(ino).as_deref(), Some("/d/.hidden"));
+        i.unlink_name_of(ino, ".hidden");
+        assert_eq!(i.path(ino).as_deref(), Some("/d/b"), "the other name leads to the file");
+        assert_eq!(i.known(dir, ".hidden"), None);
+    }
 
     #[test]
     fn paths_follow_renames_and_forget() {
