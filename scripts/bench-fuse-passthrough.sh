@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # FUSE benchmark (not a test): fio sequential reads (bs=1M; 1 and 4 jobs;
-# buffered and O_DIRECT) of a cached 2 GiB file stored as ONE block
-# (`cv up --block-size 2GiB`), through `cv fuse` without and with
-# `--passthrough`, against `cv bench read` of the same file in the same run.
-#   BS=64MiB scripts/bench-fuse-passthrough.sh   (default blocks: no passthrough)
+# buffered and O_DIRECT) of a cached 2 GiB file written through the SDK in
+# default 64 MiB blocks (the worker keeps them in one extent file), through
+# `cv fuse` without and with `--passthrough`, against `cv bench read` of
+# the same file in the same run.
+#   BS=2GiB scripts/bench-fuse-passthrough.sh   (the file as one block)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 command -v fio >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null; }
 cargo build --release -q -p curvine-cli --features "$CV_FEATURES"
-BS=${BS:-2GiB}
+BS=${BS:-64MiB}
 work=$(mktemp -d -p "$HOME"); shm=$(mktemp -d -p /dev/shm cv-pt-XXXXXX); mnt="$work/mnt"; mkdir -p "$mnt"
 cleanup() { pkill -f "fuse $mnt" 2>/dev/null || true; sleep 1; umount -l "$mnt" 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$shm"; }
 trap cleanup EXIT

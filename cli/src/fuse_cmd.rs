@@ -32,9 +32,10 @@ pub struct FuseArgs {
     /// Threads taking requests from the kernel
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// Let the kernel read files held whole in a MEM block of a worker on
-    /// this host straight from the block (Linux 6.9+); while a file is open
-    /// that way, opening it for writing on this mount fails with ETXTBSY
+    /// Let the kernel read files a worker on this host holds in MEM as one
+    /// file (one block, or the blocks of a file written through that worker)
+    /// straight from it (Linux 6.9+); while a file is open that way,
+    /// opening it for writing on this mount fails with ETXTBSY
     #[arg(long)]
     pub passthrough: bool,
 }

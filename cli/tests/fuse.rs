@@ -571,13 +571,19 @@ print("links ok")
 
 /// `--passthrough`: a file held whole in one MEM block reads through the
 /// kernel from the block file (bytes checked; a write open meanwhile gets
-/// ETXTBSY, which only a passthrough inode answers); a multi-block file
-/// reads through the daemon as before; a rewrite after the last close is
+/// ETXTBSY, which only a passthrough inode answers); so does a multi-block
+/// file, whose blocks the worker keeps in one extent file; a file open for
+/// writing reads through the daemon; a rewrite after the last close is
 /// what the next open reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passthrough_reads_single_block_files_through_the_kernel() {
-    need_fuse!("passthrough_reads_single_block_files_through_the_kernel");
-    let n = node_with(UpOptions { block_size: Some("4MiB".into()), mem: Some("256MiB".into()), ..Default::default() }).await;
+async fn passthrough_reads_files_through_the_kernel() {
+    need_fuse!("passthrough_reads_files_through_the_kernel");
+    let n = node_with(UpOptions {
+        block_size: Some("4MiB".into()),
+        mem: Some("256MiB".into()),
+        ..Default::default()
+    })
+    .await;
     let fs = n.fs().unwrap();
     let small = random_bytes(3 << 20, 41);
     let large = random_bytes(10 << 20, 42);
@@ -590,25 +596,54 @@ async fn passthrough_reads_single_block_files_through_the_kernel() {
     let held = std::fs::File::open(m.p("pt/small")).unwrap();
     let log_now = std::fs::read_to_string(m._tmp.path().join("fuse.log")).unwrap_or_default();
     if log.contains("passthrough unavailable") || log_now.contains("refused by the kernel") {
-        eprintln!("SKIPPED passthrough_reads_single_block_files_through_the_kernel: this kernel has no FUSE passthrough:\n{log_now}");
+        eprintln!("SKIPPED passthrough_reads_files_through_the_kernel: this kernel has no FUSE passthrough:\n{log_now}");
         return;
     }
     let mut got = vec![0u8; small.len()];
     held.read_exact_at(&mut got, 0).unwrap();
-    assert!(got == small, "passthrough read differs from what was written");
+    assert!(
+        got == small,
+        "passthrough read differs from what was written"
+    );
     // A second reader shares the backing; reads at an offset.
     let second = std::fs::File::open(m.p("pt/small")).unwrap();
     let mut part = vec![0u8; 100_000];
     second.read_exact_at(&mut part, 1_234_567).unwrap();
     assert!(part[..] == small[1_234_567..1_334_567]);
-    let e = std::fs::OpenOptions::new().write(true).open(m.p("pt/small")).expect_err("a write open of a passthrough file");
+    let e = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.p("pt/small"))
+        .expect_err("a write open of a passthrough file");
     assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY), "{e}");
 
-    // Ten blocks: no passthrough; reads and a write open alongside work.
-    assert!(std::fs::read(m.p("pt/large")).unwrap() == large);
+    // Ten blocks in one extent: passthrough too, read across block edges.
     let reader = std::fs::File::open(m.p("pt/large")).unwrap();
-    drop(std::fs::OpenOptions::new().append(true).open(m.p("pt/large")).expect("a write open of a normal file"));
+    let e = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.p("pt/large"))
+        .expect_err("a write open of a passthrough file");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ETXTBSY),
+        "the multi-block file is read by the kernel: {e}"
+    );
+    let mut edge = vec![0u8; 3 << 20];
+    reader.read_exact_at(&mut edge, (4 << 20) - 12_345).unwrap();
+    assert!(
+        edge[..] == large[(4 << 20) - 12_345..(7 << 20) - 12_345],
+        "a read across a block edge"
+    );
+    assert!(std::fs::read(m.p("pt/large")).unwrap() == large);
     drop(reader);
+
+    // Open for writing first: readers alongside go through the daemon.
+    fs.write_all("/pt/other", &large, false).await.unwrap();
+    let writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.p("pt/other"))
+        .expect("a write open of a normal file");
+    assert!(std::fs::read(m.p("pt/other")).unwrap() == large);
+    drop(writer);
 
     // After the last close the file can be rewritten; the next open reads
     // the new version.

@@ -145,11 +145,11 @@ impl FileReader {
             let mut direct = false;
             if !b.from_ufs {
                 for loc in b.locations.iter().filter(|l| l.hostname == inner.hostname) {
-                    let Some((file, tier, len)) = inner.local.block_file(loc, b.id).await else { continue };
-                    if tier == TierKind::Mem || len < b.len {
+                    let Some(f) = inner.local.block_file(loc, b.id).await else { continue };
+                    if f.tier == TierKind::Mem || f.len < b.len {
                         continue; // tmpfs has no DMA path; a short file is read the checked way
                     }
-                    if let Ok(got) = self.cufile_read(gds, &file, pos - b.offset, &mut view) {
+                    if let Ok(got) = self.cufile_read(gds, &f.file, f.base + pos - b.offset, &mut view) {
                         if got == n {
                             direct = true;
                             break;

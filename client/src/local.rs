@@ -49,26 +49,29 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    fn new(file: &std::fs::File, len: u64) -> Option<Mapping> {
+    fn new(src: &ReadSource) -> Option<Mapping> {
         // Small blocks: pread is cheaper than mmap + page faults + munmap.
-        if len < MAP_MIN {
+        if src.len < MAP_MIN {
             return None;
         }
-        Self::any(file, len)
+        Self::any(src)
     }
 
-    /// Maps a block of any (non-zero) size.
-    fn any(file: &std::fs::File, len: u64) -> Option<Mapping> {
+    /// Maps a block of any (non-zero) size, from its base in its file.
+    fn any(src: &ReadSource) -> Option<Mapping> {
         use std::os::fd::AsRawFd;
-        if len == 0 {
-            return None;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        if src.len == 0 || !src.base.is_multiple_of(page) {
+            return None; // pread then
         }
+        let (fd, len, at) = (src.file.as_raw_fd(), src.len as usize, src.base as libc::off_t);
         // SAFETY: a fresh read-only mapping of `len` bytes of an open file.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, at) };
         if p == libc::MAP_FAILED {
             return None; // pread then
         }
-        Some(Mapping { ptr: p as *const u8, len: len as usize })
+        Some(Mapping { ptr: p as *const u8, len })
     }
 
     fn bytes(&self) -> &[u8] {
@@ -100,14 +103,14 @@ struct LocalBlock {
 
 impl LocalBlock {
     fn new(src: ReadSource) -> LocalBlock {
-        let map = Mapping::new(&src.file, src.len);
+        let map = Mapping::new(&src);
         let words = if src.tier == TierKind::Mem { src.len.div_ceil(CHUNK).div_ceil(64) as usize } else { 0 };
         LocalBlock { src, map, checked: (0..words).map(|_| AtomicU64::new(0)).collect(), lazy: Default::default() }
     }
 
     /// The block's mapping, made now if reads did not map it.
     fn mapping(&self) -> Option<&Mapping> {
-        self.map.as_ref().or_else(|| self.lazy.get_or_init(|| Mapping::any(&self.src.file, self.src.len)).as_ref())
+        self.map.as_ref().or_else(|| self.lazy.get_or_init(|| Mapping::any(&self.src)).as_ref())
     }
 
     fn is_checked(&self, idx: u64) -> bool {
@@ -145,12 +148,23 @@ pub struct LocalStats {
     pub writes: u64,
 }
 
+/// Where a local block's bytes are (`LocalReads::block_file`).
+pub(crate) struct BlockFile {
+    pub file: Arc<std::fs::File>,
+    pub base: u64,
+    pub tier: TierKind,
+    pub len: u64,
+}
+
 /// A block being written straight into a same-host worker's tier file.
 pub(crate) struct LocalWrite {
     worker: u64,
     block: u64,
     conn: LocalConn,
     file: std::fs::File,
+    /// Where the block starts in `file` (after the file's previous block,
+    /// when the worker stores them together).
+    base: u64,
     crcs: Vec<u32>,
     len: u64,
 }
@@ -162,7 +176,7 @@ impl LocalWrite {
         if !self.len.is_multiple_of(CHUNK) {
             return Err(Error::internal("direct write after a partial chunk"));
         }
-        self.file.write_all_at(data, self.len).map_err(|e| {
+        self.file.write_all_at(data, self.base + self.len).map_err(|e| {
             let kind = if e.raw_os_error() == Some(libc::ENOSPC) { ErrorKind::NoSpace } else { ErrorKind::Io };
             Error::new(kind, format!("block {}: direct write into worker {}'s tier: {e}", self.block, self.worker))
         })?;
@@ -366,9 +380,10 @@ impl LocalReads {
 
     /// Starts a direct write of `block` into a worker on this host: the
     /// block's file comes over the worker's socket and the writer fills it
-    /// itself (no TCP, no worker CPU per byte). `None` (write over TCP) when
-    /// the worker does not offer it.
-    pub async fn open_write(&self, loc: &BlockLocation, block: u64, len_hint: u64) -> Option<LocalWrite> {
+    /// itself (no TCP, no worker CPU per byte); `after`: the file's previous
+    /// block on that worker (0: none). `None` (write over TCP) when the
+    /// worker does not offer it.
+    pub async fn open_write(&self, loc: &BlockLocation, block: u64, len_hint: u64, after: u64) -> Option<LocalWrite> {
         if loc.local_socket.is_empty() || self.backing_off(loc.worker_id) {
             return None;
         }
@@ -380,8 +395,10 @@ impl LocalReads {
                 return None;
             }
         };
-        match conn.write_open(block, len_hint).await {
-            Ok((file, _tier)) => Some(LocalWrite { worker: loc.worker_id, block, conn, file, crcs: Vec::new(), len: 0 }),
+        match conn.write_open(block, len_hint, after).await {
+            Ok((file, base, _tier)) => {
+                Some(LocalWrite { worker: loc.worker_id, block, conn, file, base, crcs: Vec::new(), len: 0 })
+            }
             Err(e) => {
                 tracing::debug!(worker = loc.worker_id, block, error = %e, "direct write refused; writing over TCP");
                 if e.kind() != ErrorKind::NoSpace {
@@ -433,7 +450,7 @@ impl LocalReads {
                 // the fork (it would never finish here), and its checked
                 // bits are the parent's. Large blocks are mapped again
                 // (cheap: no page is touched).
-                let src = ReadSource { file: lb.src.file.clone(), len: lb.src.len, crcs: lb.src.crcs.clone(), tier: lb.src.tier };
+                let src = lb.src.share();
                 if g.map.insert(*id, Arc::new(LocalBlock::new(src))).is_none() {
                     g.order.push_back(*id);
                     self.adopted.fetch_add(1, Ordering::Relaxed);
@@ -455,15 +472,15 @@ impl LocalReads {
         }
     }
 
-    /// The block file of `block` on worker `loc` (this host), with its tier
-    /// and length: for readers that hand the file to another engine (cuFile,
-    /// the kernel's FUSE passthrough).
-    pub async fn block_file(&self, loc: &BlockLocation, block: u64) -> Option<(Arc<std::fs::File>, TierKind, u64)> {
+    /// The block file of `block` on worker `loc` (this host), with where
+    /// the block starts in it, its tier and length: for readers that hand
+    /// the file to another engine (cuFile, the kernel's FUSE passthrough).
+    pub async fn block_file(&self, loc: &BlockLocation, block: u64) -> Option<BlockFile> {
         if loc.local_socket.is_empty() || self.backing_off(loc.worker_id) {
             return None;
         }
         let b = self.source(loc, block).await.ok()?;
-        Some((b.src.file.clone(), b.src.tier, b.src.len))
+        Some(BlockFile { file: b.src.file.clone(), base: b.src.base, tier: b.src.tier, len: b.src.len })
     }
 
     async fn source(&self, loc: &BlockLocation, block: u64) -> Result<Arc<LocalBlock>> {
@@ -539,7 +556,7 @@ fn read_verified(lb: &LocalBlock, block: u64, offset: u64, buf: &mut [u8], verif
     let n = (end - offset) as usize;
     let io = |e: std::io::Error| Error::from(e).context(format!("local block {block}"));
     if !verify {
-        src.file.read_exact_at(&mut buf[..n], offset).map_err(io)?;
+        src.read_exact_at(&mut buf[..n], offset).map_err(io)?;
         return Ok(n);
     }
     // Whole chunks go straight into `buf`; partial ones at either edge are
@@ -565,7 +582,7 @@ fn read_verified(lb: &LocalBlock, block: u64, offset: u64, buf: &mut [u8], verif
         let c_lo = from / CHUNK * CHUNK;
         let c_hi = (c_lo + CHUNK).min(src.len);
         let mut tmp = vec![0u8; (c_hi - c_lo) as usize];
-        src.file.read_exact_at(&mut tmp, c_lo).map_err(io)?;
+        src.read_exact_at(&mut tmp, c_lo).map_err(io)?;
         check(c_lo / CHUNK, &tmp)?;
         let at = (from - offset) as usize;
         buf[at..at + (to - from) as usize].copy_from_slice(&tmp[(from - c_lo) as usize..(to - c_lo) as usize]);
@@ -583,7 +600,7 @@ fn read_verified(lb: &LocalBlock, block: u64, offset: u64, buf: &mut [u8], verif
     let body = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
     for (p, piece) in body.chunks_mut(PIECE).enumerate() {
         let at = lo + (p * PIECE) as u64;
-        src.file.read_exact_at(piece, at).map_err(io)?;
+        src.read_exact_at(piece, at).map_err(io)?;
         for (i, chunk) in piece.chunks(CHUNK as usize).enumerate() {
             check(at / CHUNK + i as u64, chunk)?;
         }

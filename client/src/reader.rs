@@ -270,29 +270,55 @@ impl FileReader {
         Ok(None)
     }
 
-    /// The block file holding this whole file, for a reader that hands the
-    /// file to the kernel (FUSE passthrough): only when the file is one
-    /// block in the MEM tier of a worker on this host, and only after every
-    /// chunk of it passed its crc (as `view` checks them). `None` otherwise.
+    /// The one file holding this whole file at its offsets, for a reader
+    /// that hands the file to the kernel (FUSE passthrough): a one-block
+    /// file's block file, or the extent file a worker on this host keeps a
+    /// file's consecutive MEM blocks in, exactly as long as the file. Only
+    /// after every chunk passed its crc (as `view` checks them). `None`
+    /// otherwise.
     pub async fn whole_local_file(&self) -> Result<Option<Arc<std::fs::File>>> {
-        let [b] = &self.blocks[..] else { return Ok(None) };
-        if self.status.len == 0 || b.offset != 0 || b.len != self.status.len || b.from_ufs {
-            return Ok(None);
-        }
-        // Checks all chunks (once per client) and proves the block is a MEM
-        // one this client can map.
-        if self.view(0, b.len).await?.is_none() {
+        use std::os::unix::fs::MetadataExt;
+        if self.status.len == 0 || self.blocks.is_empty() {
             return Ok(None);
         }
         let inner = &self.fs.inner;
-        for loc in b.locations.iter().filter(|l| l.hostname == inner.hostname) {
-            if let Some((file, TierKind::Mem, len)) = inner.local.block_file(loc, b.id).await {
-                if len == b.len {
-                    return Ok(Some(file));
+        let mut whole: Option<(Arc<std::fs::File>, (u64, u64))> = None;
+        let mut next = 0;
+        for b in self.blocks.iter() {
+            if b.from_ufs || b.offset != next || b.len == 0 {
+                return Ok(None);
+            }
+            next += b.len;
+            // Checks all chunks (once per client) and proves the block is a
+            // MEM one this client can map.
+            if self.view(b.offset, b.len).await?.is_none() {
+                return Ok(None);
+            }
+            let mut found = false;
+            for loc in b.locations.iter().filter(|l| l.hostname == inner.hostname) {
+                let Some(f) = inner.local.block_file(loc, b.id).await else {
+                    continue;
+                };
+                if f.tier != TierKind::Mem || f.len != b.len || f.base != b.offset {
+                    continue;
                 }
+                let Ok(m) = f.file.metadata() else { continue };
+                match &whole {
+                    None => whole = Some((f.file.clone(), (m.dev(), m.ino()))),
+                    Some((_, id)) if *id == (m.dev(), m.ino()) => {}
+                    Some(_) => continue,
+                }
+                found = true;
+                break;
+            }
+            if !found {
+                return Ok(None);
             }
         }
-        Ok(None)
+        // The kernel reads the backing file up to its own end.
+        Ok(whole
+            .filter(|(f, _)| next == self.status.len && f.metadata().is_ok_and(|m| m.len() == next))
+            .map(|(f, _)| f))
     }
 
     /// Fills `piece` from block `b` at `in_block`; a short block is corrupt.

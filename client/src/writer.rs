@@ -199,9 +199,15 @@ impl FileWriter {
         if block.locations.is_empty() {
             return Err(Error::unavailable(format!("{}: meta returned no worker for block {}", path, block.id)));
         }
+        // A worker that holds the file's previous block may store this one
+        // right after it (one file for the kernel to read from).
+        let after = |worker: u64| match self.committed.last() {
+            Some(c) if c.worker_ids.contains(&worker) => c.id,
+            _ => 0,
+        };
         if let [loc] = &block.locations[..] {
             if inner.conf.short_circuit && loc.hostname == inner.hostname {
-                if let Some(w) = inner.local.open_write(loc, block.id, self.block_size).await {
+                if let Some(w) = inner.local.open_write(loc, block.id, self.block_size, after(loc.worker_id)).await {
                     let worker = loc.worker_id;
                     self.cur = Some(OpenBlock { block, replicas: Vec::new(), local: Some((worker, w)), sent: 0 });
                     return Ok(());
@@ -213,7 +219,7 @@ impl FileWriter {
         for loc in &block.locations {
             match inner.pool.get(&loc.addr).await {
                 Ok(mut conn) => {
-                    let r = conn.write_open(block.id, self.block_size).await;
+                    let r = conn.write_open(block.id, self.block_size, after(loc.worker_id)).await;
                     replicas.push((loc.worker_id, conn));
                     results.push(r.map(|_| ()));
                 }

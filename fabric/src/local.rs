@@ -10,25 +10,28 @@
 //!   refused (the client then reads over TCP).
 //! - request: op u8 (1 = open for read), block id u64; or op 2 (open
 //!   many), count u64 (≤ 200), then that many block ids u64; or op 3 (open
-//!   for write), block id u64, length hint u64; op 4 (commit a write),
-//!   block id u64, length u64, crc count u32, crcs; op 5 (abort a write),
-//!   block id u64.
+//!   for write), block id u64, length hint u64, previous block of the file
+//!   u64 (0: none); op 4 (commit a write), block id u64, length u64, crc
+//!   count u32, crcs; op 5 (abort a write), block id u64.
 //! - answer: status u8 (0 = ok, else an `ErrorKind` code); ok for op 1:
-//!   length u64, tier u8, crc count u32, crcs; for op 2: count u32, then per
-//!   block a presence byte and, when present, the op-1 fields; for op 3:
-//!   tier u8 with the new block file's descriptor (read-write); for op 4:
-//!   tier u8; for op 5: nothing. Descriptors (one per present block, in
-//!   order) ride on the first byte. Error: message length u32, message.
+//!   base u64 (where the block starts in the file), length u64, tier u8,
+//!   crc count u32, crcs; for op 2: count u32, then per block a presence
+//!   byte and, when present, the op-1 fields; for op 3: tier u8 and base
+//!   u64 with the block file's descriptor (read-write); for op 4: tier u8;
+//!   for op 5: nothing. Descriptors (one per present block, in order) ride
+//!   on the first byte. Error: message length u32, message.
 //!
 //! Same-host writes: the client writes the block's bytes into the file it
-//! got from op 3 and commits with their crc32c (one per 64 KiB chunk, read
-//! back and checked by every reader); a connection that closes with a
-//! write still open aborts it (the worker removes the file and the
-//! reservation).
+//! got from op 3, from its base on, and commits with their crc32c (one per
+//! 64 KiB chunk, read back and checked by every reader); a connection that
+//! closes with a write still open aborts it (the worker removes the bytes
+//! and the reservation).
 //!
 //! To ensure correctness: blocks are sealed and never modified in place, and
 //! block ids are never reused, so a descriptor stays a faithful copy of its
-//! block for as long as the client keeps it (eviction only unlinks).
+//! block for as long as the client keeps it (eviction only unlinks; an
+//! extent file shared by several blocks only grows, at its end, and is
+//! never cut while any of its blocks is indexed).
 
 use std::fs::File;
 use std::future::Future;
@@ -43,7 +46,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::service::{BlockService, BlockSink, ReadSource};
 
 const MAGIC: u32 = 0x4356_5343;
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HELLO_LEN: usize = 24;
 const OP_OPEN: u8 = 1;
 /// Opens several blocks in one round trip (a batch of small files).
@@ -153,9 +156,11 @@ async fn serve_conn(mut stream: UnixStream, svc: Arc<dyn BlockService>, worker_i
                 return Err(Error::protocol(format!("short-circuit: {arg} blocks in one request, at most {MAX_BATCH}")));
             }
             (Ok(()), OP_WRITE_OPEN) => {
-                let mut hint = [0u8; 8];
-                stream.read_exact(&mut hint).await?;
-                write_open(&*svc, &mut sinks, arg, u64::from_le_bytes(hint))
+                let mut more = [0u8; 16];
+                stream.read_exact(&mut more).await?;
+                let hint = u64::from_le_bytes(more[0..8].try_into().expect("8 bytes"));
+                let after = u64::from_le_bytes(more[8..16].try_into().expect("8 bytes"));
+                write_open(&*svc, &mut sinks, arg, hint, after)
             }
             (Ok(()), OP_WRITE_COMMIT) => {
                 let mut head = [0u8; 12];
@@ -218,22 +223,25 @@ fn write_open(
     sinks: &mut std::collections::HashMap<u64, Box<dyn BlockSink>>,
     id: u64,
     len_hint: u64,
+    after: u64,
 ) -> Result<(Vec<u8>, Vec<ReadSource>)> {
     if sinks.contains_key(&id) {
         return Err(Error::new(ErrorKind::AlreadyExists, format!("block {id} is already being written")));
     }
-    let sink = svc.open_write(id, len_hint)?;
+    let sink = svc.open_write(id, len_hint, after)?;
     if sink.direct().is_none() {
         sink.abort();
         return Err(Error::invalid("this worker takes no direct writes; write over TCP"));
     }
-    let out = vec![0u8, tier_code(sink.tier())];
+    let mut out = vec![0u8, tier_code(sink.tier())];
+    out.extend_from_slice(&sink.base().to_le_bytes());
     sinks.insert(id, sink);
     Ok((out, Vec::new()))
 }
 
-/// length u64, tier u8, crc count u32, crcs.
+/// base u64, length u64, tier u8, crc count u32, crcs.
 fn put_source(out: &mut Vec<u8>, src: &ReadSource) {
+    out.extend_from_slice(&src.base.to_le_bytes());
     out.extend_from_slice(&src.len.to_le_bytes());
     out.push(tier_code(src.tier));
     out.extend_from_slice(&(src.crcs.len() as u32).to_le_bytes());
@@ -440,21 +448,25 @@ impl LocalConn {
         Ok(out)
     }
 
-    /// Starts block `block_id` for a direct write: the block file (write it
-    /// from offset 0) and the tier it is in. The write stays open until
-    /// `write_commit`, `write_abort` or the end of this connection.
-    pub async fn write_open(&mut self, block_id: u64, len_hint: u64) -> Result<(File, TierKind)> {
+    /// Starts block `block_id` for a direct write: the block file (write
+    /// the block into it from the returned base on) and the tier it is in;
+    /// `after` is the file's previous block on this worker (0: none). The
+    /// write stays open until `write_commit`, `write_abort` or the end of
+    /// this connection.
+    pub async fn write_open(&mut self, block_id: u64, len_hint: u64, after: u64) -> Result<(File, u64, TierKind)> {
         let res = async {
-            let mut req = [0u8; 17];
+            let mut req = [0u8; 25];
             req[0] = OP_WRITE_OPEN;
             req[1..9].copy_from_slice(&block_id.to_le_bytes());
             req[9..17].copy_from_slice(&len_hint.to_le_bytes());
+            req[17..25].copy_from_slice(&after.to_le_bytes());
             self.stream.write_all(&req).await?;
             let fd = self.answer(1).await?.into_iter().next();
-            let mut tier = [0u8; 1];
-            self.stream.read_exact(&mut tier).await?;
+            let mut more = [0u8; 9];
+            self.stream.read_exact(&mut more).await?;
             let fd = fd.ok_or_else(|| Error::protocol("short-circuit: write answer without a descriptor"))?;
-            Ok((File::from(fd), tier_of(tier[0])?))
+            let base = u64::from_le_bytes(more[1..9].try_into().expect("8 bytes"));
+            Ok((File::from(fd), base, tier_of(more[0])?))
         }
         .await;
         self.mark(&res);
@@ -532,19 +544,20 @@ impl LocalConn {
         Ok(fds)
     }
 
-    /// Reads one block's length, tier and crcs; `fd` is its file.
+    /// Reads one block's base, length, tier and crcs; `fd` is its file.
     async fn source(&mut self, fd: OwnedFd) -> Result<ReadSource> {
-        let mut head = [0u8; 13];
+        let mut head = [0u8; 21];
         self.stream.read_exact(&mut head).await?;
-        let len = u64::from_le_bytes(head[0..8].try_into().expect("8 bytes"));
-        let tier = tier_of(head[8])?;
-        let n = u32::from_le_bytes(head[9..13].try_into().expect("4 bytes"));
+        let base = u64::from_le_bytes(head[0..8].try_into().expect("8 bytes"));
+        let len = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+        let tier = tier_of(head[16])?;
+        let n = u32::from_le_bytes(head[17..21].try_into().expect("4 bytes"));
         if n > MAX_CRCS || u64::from(n) != len.div_ceil(crate::frame::CHUNK) {
             return Err(Error::protocol(format!("short-circuit: {n} checksums for a block of {len} bytes")));
         }
         let mut raw = vec![0u8; n as usize * 4];
         self.stream.read_exact(&mut raw).await?;
         let crcs: Arc<[u32]> = raw.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
-        Ok(ReadSource { file: Arc::new(File::from(fd)), len, crcs, tier })
+        Ok(ReadSource { file: Arc::new(File::from(fd)), base, len, crcs, tier })
     }
 }

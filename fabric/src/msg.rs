@@ -98,21 +98,27 @@ impl ReadResp {
     }
 }
 
-/// Opens a write session for a new block, reserving `len_hint` bytes.
+/// Opens a write session for a new block, reserving `len_hint` bytes;
+/// `after` is the file's previous block (0: none), which the worker may
+/// store this one next to (an older client's head ends before it: 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteOpen {
     pub block_id: u64,
     pub len_hint: u64,
+    pub after: u64,
 }
 
 impl WriteOpen {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.block_id.to_le_bytes());
         out.extend_from_slice(&self.len_hint.to_le_bytes());
+        out.extend_from_slice(&self.after.to_le_bytes());
     }
     pub fn decode(b: &[u8]) -> Result<WriteOpen> {
         let mut r = HeadReader::new(b);
-        Ok(WriteOpen { block_id: r.u64()?, len_hint: r.u64()? })
+        let (block_id, len_hint) = (r.u64()?, r.u64()?);
+        let after = if r.remaining() >= 8 { r.u64()? } else { 0 };
+        Ok(WriteOpen { block_id, len_hint, after })
     }
 }
 

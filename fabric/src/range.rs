@@ -2,7 +2,6 @@
 //! transport's server side (and the same-host reader) needs to send or copy
 //! a range so that each byte is verified exactly once, by someone.
 
-use std::os::unix::fs::FileExt;
 
 use curvine_common::{Error, ErrorKind, Result};
 
@@ -52,7 +51,7 @@ pub fn verified_range(src: &ReadSource, block_id: u64, lo: u64, hi: u64) -> Resu
     let c_lo = lo / CHUNK * CHUNK;
     let c_hi = (hi.div_ceil(CHUNK) * CHUNK).min(src.len);
     let mut buf = vec![0u8; (c_hi - c_lo) as usize];
-    src.file.read_exact_at(&mut buf, c_lo).map_err(|e| Error::from(e).context(format!("block {block_id}")))?;
+    src.read_exact_at(&mut buf, c_lo).map_err(|e| Error::from(e).context(format!("block {block_id}")))?;
     for (i, chunk) in buf.chunks(CHUNK as usize).enumerate() {
         let idx = (c_lo / CHUNK) as usize + i;
         let want = src.crcs.get(idx).copied();

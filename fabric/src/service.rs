@@ -7,17 +7,35 @@ use std::sync::Arc;
 use curvine_common::tier::TierKind;
 use curvine_common::Result;
 
-/// An open block for reading. The file is the block's bytes from offset 0;
-/// `crcs[i]` covers bytes `i*CHUNK .. min((i+1)*CHUNK, len)`.
+/// An open block for reading. The block's bytes are `file` from offset
+/// `base` on (0 for a block in a file of its own; a worker stores a file's
+/// consecutive MEM blocks back to back in one extent file, so the kernel
+/// can serve the whole file from one backing file); `crcs[i]` covers
+/// block bytes `i*CHUNK .. min((i+1)*CHUNK, len)`.
 ///
 /// To ensure correctness: `len` and `crcs` describe a sealed block that is
-/// never modified in place; eviction unlinks the file, which stays readable
-/// through this handle.
+/// never modified in place; eviction unlinks the file (or, for an extent,
+/// only when its last block goes), which stays readable through this handle.
 pub struct ReadSource {
     pub file: Arc<File>,
+    /// Where byte 0 of the block is in `file` (page-aligned).
+    pub base: u64,
     pub len: u64,
     pub crcs: Arc<[u32]>,
     pub tier: TierKind,
+}
+
+impl ReadSource {
+    /// Reads `buf.len()` bytes of the block from block offset `off`.
+    pub fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_exact_at(buf, self.base + off)
+    }
+
+    /// A second handle on the same bytes.
+    pub fn share(&self) -> ReadSource {
+        ReadSource { file: self.file.clone(), base: self.base, len: self.len, crcs: self.crcs.clone(), tier: self.tier }
+    }
 }
 
 /// Receives the bytes of one new block, in order.
@@ -38,10 +56,14 @@ pub trait BlockSink: Send {
         None
     }
     /// A read-write handle on the block's file for a same-host client to
-    /// write the block into itself (positional writes from offset 0, then
-    /// `adopt` and `commit`); `None` when the sink cannot offer one.
+    /// write the block into itself (positional writes from offset `base()`,
+    /// then `adopt` and `commit`); `None` when the sink cannot offer one.
     fn direct(&self) -> Option<Arc<File>> {
         None
+    }
+    /// Where byte 0 of the block goes in the `partial`/`direct` file.
+    fn base(&self) -> u64 {
+        0
     }
     /// Takes `len` bytes a same-host client wrote through `direct`, with the
     /// crc32c of each `CHUNK` as the client computed them (reads check them
@@ -55,7 +77,9 @@ pub trait BlockService: Send + Sync + 'static {
     fn open_read(&self, block_id: u64) -> Result<ReadSource>;
     /// Starts a new block, reserving `len_hint` bytes in the fastest tier
     /// with room; `NoSpace` when no tier has room.
-    fn open_write(&self, block_id: u64, len_hint: u64) -> Result<Box<dyn BlockSink>>;
+    /// `after`: the file's block written just before this one (0: none or
+    /// unknown), which a store may place this block next to.
+    fn open_write(&self, block_id: u64, len_hint: u64, after: u64) -> Result<Box<dyn BlockSink>>;
     /// Called when a read finds no such block: a future that makes it
     /// readable (a cache loading it from the UFS), or `None` when it cannot
     /// appear. Implementations coalesce concurrent loads of one block.

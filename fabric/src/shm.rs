@@ -49,6 +49,8 @@ impl Transport for ShmTransport {
 
 struct OpenWrite {
     file: File,
+    /// Where the block starts in `file`.
+    base: u64,
     crcs: Vec<u32>,
     next: u64,
 }
@@ -79,8 +81,7 @@ impl DataConn for ShmConn {
         let plan = RangePlan::new(&src, block_id, offset, end)?;
         let (bs, be) = (plan.resp.body_start as usize, plan.resp.body_end as usize);
         buf[..bs].copy_from_slice(&plan.head_edge);
-        src.file
-            .read_exact_at(&mut buf[bs..be], plan.lo)
+        src.read_exact_at(&mut buf[bs..be], plan.lo)
             .map_err(|e| Error::from(e).context(format!("block {block_id}")))?;
         buf[be..n].copy_from_slice(&plan.tail_edge);
         if self.verify {
@@ -89,12 +90,12 @@ impl DataConn for ShmConn {
         Ok(n)
     }
 
-    async fn write_open(&mut self, block_id: u64, len_hint: u64) -> Result<TierKind> {
+    async fn write_open(&mut self, block_id: u64, len_hint: u64, after: u64) -> Result<TierKind> {
         if self.writes.contains_key(&block_id) {
             return Err(Error::new(ErrorKind::AlreadyExists, format!("block {block_id} is already being written")));
         }
-        let (file, tier) = self.conn.write_open(block_id, len_hint).await?;
-        self.writes.insert(block_id, OpenWrite { file, crcs: Vec::new(), next: 0 });
+        let (file, base, tier) = self.conn.write_open(block_id, len_hint, after).await?;
+        self.writes.insert(block_id, OpenWrite { file, base, crcs: Vec::new(), next: 0 });
         Ok(tier)
     }
 
@@ -109,7 +110,7 @@ impl DataConn for ShmConn {
                 w.next
             )));
         }
-        w.file.write_all_at(data, offset).map_err(|e| Error::from(e).context(format!("block {block_id}")))?;
+        w.file.write_all_at(data, w.base + offset).map_err(|e| Error::from(e).context(format!("block {block_id}")))?;
         w.crcs.extend(msg::chunk_crcs(data));
         w.next += data.len() as u64;
         Ok(())

@@ -78,10 +78,10 @@ impl BlockService for DirBlocks {
             .cloned()
             .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("block {block_id} not found")))?;
         let file = Arc::new(File::open(self.dir.join(block_id.to_string()))?);
-        Ok(ReadSource { file, len, crcs, tier: TierKind::Mem })
+        Ok(ReadSource { file, base: 0, len, crcs, tier: TierKind::Mem })
     }
 
-    fn open_write(&self, block_id: u64, _len_hint: u64) -> Result<Box<dyn BlockSink>> {
+    fn open_write(&self, block_id: u64, _len_hint: u64, _after: u64) -> Result<Box<dyn BlockSink>> {
         if self.blocks.lock().contains_key(&block_id) {
             return Err(Error::new(ErrorKind::AlreadyExists, format!("block {block_id} exists")));
         }
@@ -117,7 +117,7 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 /// Writes a block through `t` in frames of `frame` bytes (a multiple of CHUNK).
 pub async fn write_block(t: &dyn Transport, addr: &str, id: u64, data: &[u8], frame: usize) -> Result<TierKind> {
     let mut c = t.connect(addr).await?;
-    c.write_open(id, data.len() as u64).await?;
+    c.write_open(id, data.len() as u64, 0).await?;
     let mut off = 0;
     for piece in data.chunks(frame.max(CHUNK as usize)) {
         c.write_data(id, off as u64, piece).await?;
@@ -193,7 +193,7 @@ pub async fn run_all(t: &dyn Transport, addr: &str, corrupt: &(dyn Fn(u64, u64) 
 
     // A commit whose length disagrees with what was sent is refused and
     // leaves no block behind.
-    c.write_open(500, 10).await.expect("open");
+    c.write_open(500, 10, 0).await.expect("open");
     c.write_data(500, 0, b"0123456789").await.expect("data");
     assert!(c.write_commit(500, 11).await.is_err());
     assert_eq!(c.read_into(500, 0, &mut [0u8; 4]).await.unwrap_err().kind(), ErrorKind::NotFound);

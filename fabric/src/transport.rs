@@ -30,7 +30,9 @@ pub struct Capabilities {
 #[async_trait::async_trait]
 pub trait DataConn: Send {
     async fn read_into(&mut self, block_id: u64, offset: u64, buf: &mut [u8]) -> Result<usize>;
-    async fn write_open(&mut self, block_id: u64, len_hint: u64) -> Result<TierKind>;
+    /// `after`: the file's block written before this one on the same
+    /// worker (0: none), which the worker may store this one next to.
+    async fn write_open(&mut self, block_id: u64, len_hint: u64, after: u64) -> Result<TierKind>;
     async fn write_data(&mut self, block_id: u64, offset: u64, data: &[u8]) -> Result<()>;
     async fn write_commit(&mut self, block_id: u64, len: u64) -> Result<TierKind>;
     async fn write_abort(&mut self, block_id: u64) -> Result<()>;

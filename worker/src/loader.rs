@@ -44,7 +44,7 @@ type LoadFuture = Shared<BoxFuture<'static, std::result::Result<(), Error>>>;
 /// What a block being loaded offers readers before it is sealed.
 #[derive(Default)]
 struct Partial {
-    file: Option<(Arc<File>, TierKind)>,
+    file: Option<(Arc<File>, u64, TierKind)>,
     /// The block's length, once meta has said where it comes from.
     len: Option<u64>,
     /// Bytes appended: whole chunks, or `len`.
@@ -109,11 +109,12 @@ impl Loader {
                     if p.finished {
                         break;
                     }
-                    if let (Some(len), Some((file, tier))) = (p.len, &p.file) {
+                    if let (Some(len), Some((file, base, tier))) = (p.len, &p.file) {
                         // A complete block is about to be sealed: wait for that.
                         if p.done >= end.min(len) && p.done < len {
                             store.metrics().reads_while_loading.inc();
-                            return Ok(ReadSource { file: file.clone(), len: p.done, crcs: p.crcs.clone().into(), tier: *tier });
+                            let (file, base, len, tier) = (file.clone(), *base, p.done, *tier);
+                            return Ok(ReadSource { file, base, len, crcs: p.crcs.clone().into(), tier });
                         }
                     }
                 }
@@ -205,7 +206,6 @@ impl Loader {
     }
 
     async fn send_local(&self, block: u64, len: u64, w: &mut curvine_ufs::UfsWriter) -> Result<()> {
-        use std::os::unix::fs::FileExt;
         let src = self.store.open_read(block)?;
         if src.len != len {
             return Err(Error::new(ErrorKind::Corrupt, format!("block {block}: {} bytes here, {len} recorded", src.len)));
@@ -214,7 +214,7 @@ impl Loader {
         while off < len {
             let n = (len - off).min(APPEND as u64) as usize;
             let mut buf = vec![0u8; n];
-            src.file.read_exact_at(&mut buf, off)?;
+            src.read_exact_at(&mut buf, off)?;
             let first = (off / CHUNK) as usize;
             for (i, chunk) in buf.chunks(CHUNK as usize).enumerate() {
                 if src.crcs.get(first + i) != Some(&curvine_fabric::crc::crc32c(chunk)) {
@@ -292,7 +292,7 @@ impl Loader {
         // about the coldest and try again, until ROOM_WAIT has passed.
         let deadline = tokio::time::Instant::now() + ROOM_WAIT;
         let sink = loop {
-            match self.store.open_write(block, src.len) {
+            match self.store.open_write(block, src.len, 0) {
                 Err(e) if e.kind() == ErrorKind::NoSpace && tokio::time::Instant::now() < deadline => {
                     self.store.request_room(src.len, deadline - tokio::time::Instant::now()).await;
                 }
@@ -300,7 +300,7 @@ impl Loader {
             }
         };
         state.update(|p| {
-            p.file = sink.partial().map(|f| (f, sink.tier()));
+            p.file = sink.partial().map(|f| (f, sink.base(), sink.tier()));
             p.len = Some(src.len);
         });
         match self.copy(&ufs, &src, sink, state).await {
@@ -413,8 +413,8 @@ impl BlockService for CachingService {
         self.store.open_read(block_id)
     }
 
-    fn open_write(&self, block_id: u64, len_hint: u64) -> Result<Box<dyn BlockSink>> {
-        self.store.open_write(block_id, len_hint)
+    fn open_write(&self, block_id: u64, len_hint: u64, after: u64) -> Result<Box<dyn BlockSink>> {
+        self.store.open_write(block_id, len_hint, after)
     }
 
     fn load(&self, block_id: u64) -> Option<BoxFuture<'static, Result<()>>> {

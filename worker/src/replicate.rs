@@ -22,7 +22,7 @@ pub async fn pull(store: Arc<TieredStore>, id: u64, len: u64, source: String) ->
         return Ok(());
     }
     let mut conn = TcpConn::connect(&source, TcpOptions::default()).await?;
-    let mut sink = store.open_write(id, len)?;
+    let mut sink = store.open_write(id, len, 0)?;
     let mut buf = vec![0u8; PIECE.min(len as usize)];
     let mut off = 0u64;
     // A read must stay inside the block (the worker refuses offsets past

@@ -315,7 +315,7 @@ async fn dropped_connection_mid_write_releases_everything() {
     tokio::spawn(curvine_fabric::tcp::serve(listener, store.clone(), std::future::pending()));
     let t = TcpTransport::new(TcpOptions::default());
     let mut c = t.connect(&addr).await.unwrap();
-    c.write_open(42, 8 << 20).await.unwrap();
+    c.write_open(42, 8 << 20, 0).await.unwrap();
     c.write_data(42, 0, &vec![7u8; 4 << 20]).await.unwrap();
     c.ping().await.unwrap(); // the frames above have been taken off the socket
     assert_eq!(store.usage()[0].reserved, 8 << 20);
@@ -329,4 +329,55 @@ async fn dropped_connection_mid_write_releases_everything() {
     assert!(!store.contains(42));
     let data = vec![9u8; 1 << 20];
     assert_eq!(curvine_fabric::testing::write_block(&t, &addr, 42, &data, 1 << 20).await.unwrap(), TierKind::Mem);
+}
+
+/// Blocks written with `after` over TCP and over the same-host socket land
+/// in one extent file at consecutive offsets, and read back right over
+/// both (sendfile and the socket's descriptor add the block's base).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_written_after_each_other_form_one_extent_over_both_transports() {
+    use curvine_fabric::service::BlockService;
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tiers = vec![TierConf { kind: "MEM".into(), dir: dir.path().join("mem"), capacity: ByteSize(64 << 20) }];
+    let store = Arc::new(crate::store::TieredStore::open(9, &tiers, false).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(curvine_fabric::tcp::serve(listener, store.clone(), std::future::pending()));
+    let sock = dir.path().join("w.sock");
+    let local = tokio::net::UnixListener::bind(&sock).unwrap();
+    tokio::spawn(curvine_fabric::local::serve_local(local, store.clone(), 9, 77, std::future::pending()));
+    let tcp = TcpTransport::new(TcpOptions::default());
+    let shm = curvine_fabric::shm::ShmTransport::new(9, 77, true);
+    let sock = sock.to_str().unwrap().to_string();
+    let blocks: Vec<Vec<u8>> = (0..4u8).map(|i| (0..(1usize << 20)).map(|j| (j as u8) ^ i.wrapping_mul(37)).collect()).collect();
+    // 1 and 3 over TCP, 2 and 4 through the socket, each after the one before.
+    for (i, data) in blocks.iter().enumerate() {
+        let (t, at): (&dyn Transport, &str) = if i % 2 == 0 { (&tcp, &addr) } else { (&shm, &sock) };
+        let mut c = t.connect(at).await.unwrap();
+        let id = i as u64 + 1;
+        c.write_open(id, data.len() as u64, id - 1).await.unwrap();
+        c.write_data(id, 0, data).await.unwrap();
+        c.write_commit(id, data.len() as u64).await.unwrap();
+    }
+    let placed: Vec<(u64, u64)> = (1..=4)
+        .map(|id| {
+            let s = store.open_read(id).unwrap();
+            (s.file.metadata().unwrap().ino(), s.base)
+        })
+        .collect();
+    assert!(placed.iter().all(|p| p.0 == placed[0].0), "one file: {placed:?}");
+    assert_eq!(placed.iter().map(|p| p.1).collect::<Vec<_>>(), vec![0, 1 << 20, 2 << 20, 3 << 20]);
+    for (t, at) in [(&tcp as &dyn Transport, &addr), (&shm, &sock)] {
+        let mut c = t.connect(at).await.unwrap();
+        for (i, data) in blocks.iter().enumerate() {
+            let mut buf = vec![0u8; data.len()];
+            assert_eq!(c.read_into(i as u64 + 1, 0, &mut buf).await.unwrap(), data.len());
+            assert!(buf == *data, "block {} over {}", i + 1, t.name());
+            // A range that starts mid-chunk.
+            let mut part = vec![0u8; 100_000];
+            c.read_into(i as u64 + 1, 12_345, &mut part).await.unwrap();
+            assert!(part[..] == data[12_345..112_345]);
+        }
+    }
 }

@@ -120,8 +120,8 @@ mod imp {
             Ok(filled)
         }
 
-        async fn write_open(&mut self, block_id: u64, len_hint: u64) -> Result<TierKind> {
-            self.ctrl.write_open(block_id, len_hint).await
+        async fn write_open(&mut self, block_id: u64, len_hint: u64, after: u64) -> Result<TierKind> {
+            self.ctrl.write_open(block_id, len_hint, after).await
         }
 
         async fn write_data(&mut self, block_id: u64, offset: u64, data: &[u8]) -> Result<()> {

@@ -346,9 +346,9 @@ impl DataConn for TcpConn {
         r
     }
 
-    async fn write_open(&mut self, block_id: u64, len_hint: u64) -> Result<TierKind> {
+    async fn write_open(&mut self, block_id: u64, len_hint: u64, after: u64) -> Result<TierKind> {
         let mut head = Vec::new();
-        WriteOpen { block_id, len_hint }.encode(&mut head);
+        WriteOpen { block_id, len_hint, after }.encode(&mut head);
         let r = self.simple(Op::WriteOpen, head).await?;
         msg::decode_tier(&r).map_err(|e| self.fail(e))
     }

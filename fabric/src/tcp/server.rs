@@ -320,7 +320,7 @@ impl Conn {
         self.out.extend_from_slice(&plan.head_edge);
         self.stream.write_all(&self.out).await?;
         if plan.lo < plan.hi {
-            sendfile_all(&self.stream, &src.file, plan.lo, (plan.hi - plan.lo) as usize).await?;
+            sendfile_all(&self.stream, &src.file, src.base + plan.lo, (plan.hi - plan.lo) as usize).await?;
         }
         if !plan.tail_edge.is_empty() {
             self.stream.write_all(&plan.tail_edge).await?;
@@ -335,7 +335,7 @@ impl Conn {
             let e = Error::new(ErrorKind::AlreadyExists, format!("block {} is already being written", req.block_id));
             return self.send_error(h.op, h.req_id, &e).await;
         }
-        match self.svc.open_write(req.block_id, req.len_hint) {
+        match self.svc.open_write(req.block_id, req.len_hint, req.after) {
             Ok(sink) => {
                 let mut head = Vec::new();
                 msg::encode_tier(sink.tier(), &mut head);

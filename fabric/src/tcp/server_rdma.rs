@@ -54,7 +54,7 @@ impl Conn {
         let out = Outgoing {
             head_edge: &plan.head_edge,
             file: &src.file,
-            body_at: plan.lo,
+            body_at: src.base + plan.lo,
             body_len: (plan.hi - plan.lo) as usize,
             tail_edge: &plan.tail_edge,
         };

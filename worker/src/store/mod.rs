@@ -5,16 +5,35 @@
 //! Layout of every tier directory:
 //! - `blocks/<id>`: a sealed block's bytes;
 //! - `blocks/<id>.crc`: one little-endian crc32c per `CHUNK` of the block;
+//! - `blocks/<id>.at`: for a block in an extent (below), `root base len`:
+//!   its bytes are `blocks/<root>` from `base` on;
 //! - `tmp/<id>`: a block being written (purged on start).
 //!
+//! Extents (MEM tier only, `extent.rs`): a block written with `after` = the
+//! block just before it in the same file, which is the last block of its
+//! extent here, is appended to that extent's file instead of getting a
+//! file of its own, so the consecutive blocks of a file written through
+//! this worker are one tmpfs file at their file offsets — what the
+//! kernel's FUSE passthrough needs to serve a multi-block file without the
+//! daemon. An extent file is the first block's file (`blocks/<root>`) and
+//! only ever grows at its end; a block that leaves (deleted, evicted,
+//! moved) keeps its bytes there (counted as used) until the extent's last
+//! block leaves, because readers may hold mappings of the file: no hole is
+//! punched under them.
+//!
 //! To ensure correctness: a block is visible (indexed, reported to meta)
-//! only after its `.crc` and then its data file were renamed into
-//! `blocks/`; a data file without a `.crc` of the right length is an
-//! interrupted commit and is deleted on start.
+//! only after its `.crc` and then its data file (or, in an extent, its
+//! `.at`) were renamed into `blocks/`; a data file without a `.crc` of the
+//! right length that no `.at` names is an interrupted commit and is
+//! deleted on start, and an extent file is cut back to its last block's
+//! end (an append that did not commit).
 
+mod extent;
 pub(crate) mod moves;
 mod scan;
 mod sink;
+#[cfg(test)]
+mod extent_tests;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +52,7 @@ use parking_lot::Mutex;
 
 use crate::metrics::WorkerMetrics;
 use crate::tiering::policy::{self, AccessStats, BlockView, EvictionPolicy, TierView};
+use extent::{write_at_marker, Extent, EXTENT_ALIGN};
 use sink::TierSink;
 
 /// One configured tier: where it lives and how much it may hold.
@@ -55,6 +75,12 @@ impl Tier {
     }
     fn tmp_crc_path(&self, id: u64) -> PathBuf {
         self.dir.join("tmp").join(format!("{id}.crc"))
+    }
+    fn at_path(&self, id: u64) -> PathBuf {
+        self.dir.join("blocks").join(format!("{id}.at"))
+    }
+    fn tmp_at_path(&self, id: u64) -> PathBuf {
+        self.dir.join("tmp").join(format!("{id}.at"))
     }
 }
 
@@ -107,11 +133,21 @@ struct Entry {
     refused_ms: u64,
     /// Being copied to another tier.
     moving: bool,
+    /// In an extent: its root block and where this block starts in it.
+    at: Option<(u64, u64)>,
 }
 
 impl Entry {
     fn new(tier: usize, len: u64, crcs: Option<Arc<[u32]>>, now_ms: u64) -> Entry {
-        Entry { tier, len, crcs, stats: AccessStats::new(now_ms), cleared_ms: 0, refused_ms: 0, moving: false }
+        Entry { tier, len, crcs, stats: AccessStats::new(now_ms), cleared_ms: 0, refused_ms: 0, moving: false, at: None }
+    }
+
+    /// The block's file (its own, or its extent's) and where it starts.
+    fn file(&self, tiers: &[Tier], id: u64) -> (PathBuf, u64) {
+        match self.at {
+            Some((root, base)) => (tiers[self.tier].block_path(root), base),
+            None => (tiers[self.tier].block_path(id), 0),
+        }
     }
 }
 
@@ -127,6 +163,8 @@ struct State {
     deltas: Deltas,
     /// Blocks the tiering planner wants to evict, to ask meta about.
     asks: Vec<u64>,
+    /// Extents by root block.
+    extents: HashMap<u64, Extent>,
 }
 
 pub(crate) struct Inner {
@@ -225,22 +263,55 @@ impl TieredStore {
             tiers.push(Tier { kind, dir: c.dir.clone(), capacity: c.capacity.0 });
         }
         let mut index = HashMap::new();
+        let mut extents: HashMap<u64, Extent> = HashMap::new();
         let mut usage = Vec::with_capacity(tiers.len());
         for (i, t) in tiers.iter().enumerate() {
             let found = scan::scan_tier(t)?;
             let mut u =
                 TierUsage { kind: t.kind, dir: t.dir.clone(), capacity: t.capacity, used: 0, reserved: 0, blocks: 0 };
-            for (id, len) in found {
-                if index.contains_key(&id) {
-                    tracing::warn!(block = id, tier = %t.kind, dir = %t.dir.display(), "duplicate block copy removed");
-                    let _ = std::fs::remove_file(t.block_path(id));
-                    let _ = std::fs::remove_file(t.crc_path(id));
+            let mut blocks = found.blocks;
+            blocks.sort_by_key(|b| b.at); // file order within each extent
+            for b in blocks {
+                if index.contains_key(&b.id) {
+                    tracing::warn!(block = b.id, tier = %t.kind, dir = %t.dir.display(), "duplicate block copy removed");
+                    // In an extent only its marker goes: the file holds others.
+                    let _ = std::fs::remove_file(if b.at.is_some() { t.at_path(b.id) } else { t.block_path(b.id) });
+                    let _ = std::fs::remove_file(t.crc_path(b.id));
                     continue;
                 }
-                u.used += len;
                 u.blocks += 1;
-                index.insert(id, Entry::new(i, len, None, 1));
+                let mut e = Entry::new(i, b.len, None, 1);
+                match b.at {
+                    None => u.used += b.len,
+                    Some((root, _)) => {
+                        e.at = b.at;
+                        let end = found.extent_len.get(&root).copied().unwrap_or(0);
+                        let x = extents.entry(root).or_insert_with(|| Extent {
+                            tier: i,
+                            members: Vec::new(),
+                            end,
+                            appending: None,
+                            dead: 0,
+                        });
+                        x.members.push(b.id);
+                    }
+                }
+                index.insert(b.id, e);
             }
+            // An extent holds its whole file: what left it is still there.
+            extents.retain(|&root, x| {
+                if x.tier != i {
+                    return true;
+                }
+                if x.members.is_empty() {
+                    let _ = std::fs::remove_file(t.block_path(root));
+                    return false;
+                }
+                let live: u64 = x.members.iter().filter_map(|id| index.get(id)).map(|e: &Entry| e.len).sum();
+                x.dead = x.end.saturating_sub(live);
+                u.used += x.end;
+                true
+            });
             tracing::info!(tier = %t.kind, dir = %t.dir.display(), blocks = u.blocks, used = u.used, "tier opened");
             usage.push(u);
         }
@@ -248,7 +319,14 @@ impl TieredStore {
             worker_id,
             tiers,
             sync_on_commit,
-            state: Mutex::new(State { index, writing: HashSet::new(), usage, deltas: Deltas::default(), asks: Vec::new() }),
+            state: Mutex::new(State {
+                index,
+                writing: HashSet::new(),
+                usage,
+                deltas: Deltas::default(),
+                asks: Vec::new(),
+                extents,
+            }),
             asked: tokio::sync::Notify::new(),
             cleared: tokio::sync::Notify::new(),
             read_below: std::sync::atomic::AtomicBool::new(false),
@@ -434,13 +512,12 @@ impl TieredStore {
     /// Reads a sealed block and checks every chunk against its crc32c.
     /// `Corrupt` names the first bad chunk.
     pub fn verify_block(&self, block_id: u64) -> Result<()> {
-        use std::os::unix::fs::FileExt;
         let src = self.open_read(block_id)?;
         let mut buf = vec![0u8; CHUNK as usize];
         for (i, &want) in src.crcs.iter().enumerate() {
             let off = i as u64 * CHUNK;
             let n = (src.len - off).min(CHUNK) as usize;
-            src.file.read_exact_at(&mut buf[..n], off)?;
+            src.read_exact_at(&mut buf[..n], off)?;
             if curvine_fabric::crc::crc32c(&buf[..n]) != want {
                 return Err(Error::new(
                     ErrorKind::Corrupt,
@@ -480,16 +557,21 @@ impl Inner {
         Ok(())
     }
 
-    /// Forgets a sink that did not commit.
-    fn release(&self, block_id: u64, tier: usize, reserved: u64) {
+    /// Forgets a sink that did not commit; `at`: the extent it was being
+    /// appended to (whose file the sink already cut back).
+    fn release(&self, block_id: u64, tier: usize, reserved: u64, at: Option<(u64, u64)>) {
         let mut st = self.state.lock();
         st.writing.remove(&block_id);
         let u = &mut st.usage[tier];
         u.reserved = u.reserved.saturating_sub(reserved);
+        if let Some((root, _)) = at {
+            self.end_append(&mut st, root);
+        }
     }
 
-    /// Turns a sink's reservation into a sealed, indexed block.
-    fn seal(&self, block_id: u64, tier: usize, reserved: u64, len: u64, crcs: Arc<[u32]>) {
+    /// Turns a sink's reservation into a sealed, indexed block (`at`: in an
+    /// extent, its root and base).
+    fn seal(&self, block_id: u64, tier: usize, reserved: u64, len: u64, crcs: Arc<[u32]>, at: Option<(u64, u64)>) {
         let mut st = self.state.lock();
         st.writing.remove(&block_id);
         let u = &mut st.usage[tier];
@@ -497,7 +579,12 @@ impl Inner {
         u.used += len;
         u.blocks += 1;
         let now = self.now_ms();
-        st.index.insert(block_id, Entry::new(tier, len, Some(crcs), now));
+        let mut e = Entry::new(tier, len, Some(crcs), now);
+        if let Some((root, base)) = at {
+            e.at = at;
+            self.join_extent(&mut st, root, block_id, base + len);
+        }
+        st.index.insert(block_id, e);
         st.deltas.removed.retain(|&id| id != block_id);
         st.deltas.added.push(StoredBlock { id: block_id, len, tier: self.tiers[tier].kind });
         self.refresh_gauges(&st);
@@ -509,12 +596,20 @@ impl Inner {
     fn unindex(&self, st: &mut State, block_id: u64) -> bool {
         let Some(e) = st.index.remove(&block_id) else { return false };
         let u = &mut st.usage[e.tier];
-        u.used = u.used.saturating_sub(e.len);
         u.blocks = u.blocks.saturating_sub(1);
         st.deltas.added.retain(|b| b.id != block_id);
         st.deltas.removed.push(block_id);
-        self.refresh_gauges(st);
         let t = &self.tiers[e.tier];
+        if let Some((root, _)) = e.at {
+            // Its bytes stay counted until the extent empties.
+            self.leave_extent(st, root, block_id, e.len);
+            self.refresh_gauges(st);
+            tracing::debug!(block = block_id, root, tier = %t.kind, "block deleted from its extent");
+            return true;
+        }
+        let u = &mut st.usage[e.tier];
+        u.used = u.used.saturating_sub(e.len);
+        self.refresh_gauges(st);
         for p in [t.block_path(block_id), t.crc_path(block_id)] {
             if let Err(e) = std::fs::remove_file(&p) {
                 tracing::warn!(path = %p.display(), error = %e, "cannot unlink deleted block file");
@@ -577,21 +672,21 @@ impl BlockService for TieredStore {
         let lookup = || {
             let st = self.inner.state.lock();
             let e = st.index.get(&block_id).ok_or_else(|| self.inner.not_found(block_id))?;
-            Ok::<_, Error>((e.tier, e.len, e.crcs.clone()))
+            Ok::<_, Error>((e.tier, e.len, e.crcs.clone(), e.file(&self.inner.tiers, block_id)))
         };
-        let (mut tier, mut len, mut cached) = lookup()?;
+        let (mut tier, mut len, mut cached, (mut path, mut base)) = lookup()?;
         // The block may be deleted, or moved to another tier, between the
         // lookup and the open: a move is followed once.
         let mut moved = false;
         let file = loop {
-            match File::open(self.inner.tiers[tier].block_path(block_id)) {
+            match File::open(&path) {
                 Ok(f) => break f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let now = lookup()?;
                     if moved || now.0 == tier {
                         return Err(self.inner.not_found(block_id));
                     }
-                    (tier, len, cached) = now;
+                    (tier, len, cached, (path, base)) = now;
                     moved = true;
                 }
                 Err(e) => return Err(Error::from(e).context(format!("block {block_id}"))),
@@ -608,11 +703,11 @@ impl BlockService for TieredStore {
                 c
             }
         };
-        Ok(ReadSource { file: Arc::new(file), len, crcs, tier: t.kind })
+        Ok(ReadSource { file: Arc::new(file), base, len, crcs, tier: t.kind })
     }
 
     #[tracing::instrument(skip(self), fields(worker = self.inner.worker_id))]
-    fn open_write(&self, block_id: u64, len_hint: u64) -> Result<Box<dyn BlockSink>> {
+    fn open_write(&self, block_id: u64, len_hint: u64, after: u64) -> Result<Box<dyn BlockSink>> {
         let tier = {
             let mut st = self.inner.state.lock();
             if st.index.contains_key(&block_id) || st.writing.contains(&block_id) {
@@ -620,6 +715,15 @@ impl BlockService for TieredStore {
                     ErrorKind::AlreadyExists,
                     format!("block {block_id} already exists on worker {}", self.inner.worker_id),
                 ));
+            }
+            // Right after the file's previous block when it can go there.
+            if let Some((tier, root, base)) = self.inner.extent_for(&mut st, block_id, after, len_hint) {
+                st.usage[tier].reserved += len_hint;
+                st.writing.insert(block_id);
+                drop(st);
+                let sink = TierSink::create(self.inner.clone(), block_id, tier, len_hint, Some((root, base)))?;
+                tracing::debug!(block = block_id, root, base, len_hint, "block opened for write in an extent");
+                return Ok(Box::new(sink));
             }
             // An unknown length (hint 0) still goes where some room is left;
             // an empty block may land in a full tier.
@@ -643,7 +747,7 @@ impl BlockService for TieredStore {
             tier
         };
         // From here on the sink's Drop releases the reservation.
-        let sink = TierSink::create(self.inner.clone(), block_id, tier, len_hint)?;
+        let sink = TierSink::create(self.inner.clone(), block_id, tier, len_hint, None)?;
         tracing::debug!(block = block_id, tier = %self.inner.tiers[tier].kind, len_hint, "block opened for write");
         Ok(Box::new(sink))
     }

@@ -6,7 +6,8 @@
 //! into `blocks/` (crc file first) before the index switches tiers. Only
 //! then is the source unlinked; readers that opened it keep their handle,
 //! and `open_read` follows a block that moved under it. A crash leaves at
-//! most a duplicate, which the next start removes.
+//! most a duplicate, which the next start removes. A block moved out of an
+//! extent leaves its bytes there until the extent empties (see `mod.rs`).
 
 use std::fs::File;
 use std::io::Write;
@@ -52,7 +53,7 @@ impl TieredStore {
     #[tracing::instrument(skip(self, pace), fields(worker = self.inner.worker_id))]
     pub fn move_block(&self, id: u64, to: usize, pace: &mut Pace) -> Result<()> {
         let inner = &self.inner;
-        let (from, len, crcs) = {
+        let (from, len, crcs, (path, base), at) = {
             let mut st = inner.state.lock();
             let free = st.usage.get(to).map(|u| u.free()).ok_or_else(|| Error::invalid(format!("no tier {to}")))?;
             let e = st.index.get_mut(&id).ok_or_else(|| inner.not_found(id))?;
@@ -67,11 +68,11 @@ impl TieredStore {
                 return Err(inner.no_space(&st, &what));
             }
             e.moving = true;
-            let out = (e.tier, e.len, e.crcs.clone());
+            let out = (e.tier, e.len, e.crcs.clone(), e.file(&inner.tiers, id), e.at);
             st.usage[to].reserved += out.1;
             out
         };
-        let result = self.copy_block(id, from, to, len, crcs, pace);
+        let result = self.copy_block(id, from, to, len, crcs, (&path, base), pace);
         let mut st = inner.state.lock();
         st.usage[to].reserved = st.usage[to].reserved.saturating_sub(len);
         let (src, dst) = (&inner.tiers[from], &inner.tiers[to]);
@@ -98,19 +99,28 @@ impl TieredStore {
         };
         entry.tier = to;
         entry.moving = false;
+        entry.at = None;
         entry.stats.hits_in_tier = 0.0;
         for (t, sign) in [(from, -1i64), (to, 1)] {
             let u = &mut st.usage[t];
-            u.used = (u.used as i64 + sign * len as i64) as u64;
+            // Bytes in an extent stay counted where they are until it empties.
+            if sign > 0 || at.is_none() {
+                u.used = (u.used as i64 + sign * len as i64) as u64;
+            }
             u.blocks = (u.blocks as i64 + sign) as u64;
         }
         st.deltas.added.retain(|b| b.id != id);
         st.deltas.added.push(super::StoredBlock { id, len, tier: dst.kind });
+        if let Some((root, _)) = at {
+            inner.leave_extent(&mut st, root, id, len);
+        }
         inner.refresh_gauges(&st);
         drop(st);
-        for p in [src.block_path(id), src.crc_path(id)] {
-            if let Err(e) = std::fs::remove_file(&p) {
-                tracing::warn!(path = %p.display(), error = %e, "cannot unlink moved block's old file");
+        if at.is_none() {
+            for p in [src.block_path(id), src.crc_path(id)] {
+                if let Err(e) = std::fs::remove_file(&p) {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot unlink moved block's old file");
+                }
             }
         }
         inner.metrics.bytes_moved.inc_by(len);
@@ -130,6 +140,7 @@ impl TieredStore {
         to: usize,
         len: u64,
         crcs: Option<std::sync::Arc<[u32]>>,
+        (path, base): (&std::path::Path, u64),
         pace: &mut Pace,
     ) -> Result<()> {
         let inner = &self.inner;
@@ -142,13 +153,13 @@ impl TieredStore {
             let kind = if e.raw_os_error() == Some(libc::ENOSPC) { ErrorKind::NoSpace } else { ErrorKind::Io };
             Error::new(kind, format!("worker {}: {what} block {id} in {}: {e}", inner.worker_id, dir.display()))
         };
-        let input = File::open(src.block_path(id)).map_err(|e| io(e, "open", &src.dir))?;
+        let input = File::open(path).map_err(|e| io(e, "open", &src.dir))?;
         let mut out = File::create(dst.tmp_path(id)).map_err(|e| io(e, "create", &dst.dir))?;
         let mut buf = vec![0u8; COPY_BUF];
         let mut off = 0u64;
         while off < len {
             let n = ((len - off) as usize).min(COPY_BUF);
-            input.read_exact_at(&mut buf[..n], off).map_err(|e| io(e, "read", &src.dir))?;
+            input.read_exact_at(&mut buf[..n], base + off).map_err(|e| io(e, "read", &src.dir))?;
             for (i, chunk) in buf[..n].chunks(CHUNK as usize).enumerate() {
                 let idx = (off / CHUNK) as usize + i;
                 if curvine_fabric::crc::crc32c(chunk) != crcs[idx] {

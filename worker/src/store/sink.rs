@@ -1,13 +1,15 @@
-//! A block being written: bytes go to `tmp/<id>` in the chosen tier, under a
-//! space reservation; commit renames them into `blocks/`.
+//! A block being written: bytes go to `tmp/<id>` in the chosen tier (or to
+//! the end of an extent's file), under a space reservation; commit renames
+//! them into `blocks/` (or writes the block's `.at` marker).
 //!
 //! To ensure correctness: a sink that is dropped without a successful commit
-//! (abort, a dropped connection, an error) deletes its tmp files and
-//! releases its reservation, so nothing leaks and nothing partial is ever
-//! indexed.
+//! (abort, a dropped connection, an error) deletes its tmp files (or cuts
+//! the extent file back to where the block began) and releases its
+//! reservation, so nothing leaks and nothing partial is ever indexed.
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,12 +18,14 @@ use curvine_common::{Error, ErrorKind, Result};
 use curvine_fabric::frame::CHUNK;
 use curvine_fabric::service::BlockSink;
 
-use super::{crc_count, Inner};
+use super::{crc_count, write_at_marker, Inner};
 
 pub(super) struct TierSink {
     inner: Arc<Inner>,
     block_id: u64,
     tier: usize,
+    /// Appending to an extent: its root block and where this block starts.
+    at: Option<(u64, u64)>,
     file: Option<File>,
     /// A second handle on the tmp file for serving appended bytes early.
     reader: Option<Arc<File>>,
@@ -33,18 +37,33 @@ pub(super) struct TierSink {
 }
 
 impl TierSink {
-    /// Takes over a reservation of `reserved` bytes already made in `tier`.
-    pub(super) fn create(inner: Arc<Inner>, block_id: u64, tier: usize, reserved: u64) -> Result<TierSink> {
-        let mut sink =
-            TierSink { inner, block_id, tier, file: None, reader: None, written: 0, reserved, crcs: Vec::new(), sealed: false };
-        let path = sink.inner.tiers[tier].tmp_path(block_id);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| sink.io_error(e, "create"))?;
+    /// Takes over a reservation of `reserved` bytes already made in `tier`
+    /// (and, with `at`, the append to that extent `extent_for` marked).
+    pub(super) fn create(
+        inner: Arc<Inner>,
+        block_id: u64,
+        tier: usize,
+        reserved: u64,
+        at: Option<(u64, u64)>,
+    ) -> Result<TierSink> {
+        let mut sink = TierSink {
+            inner,
+            block_id,
+            tier,
+            at,
+            file: None,
+            reader: None,
+            written: 0,
+            reserved,
+            crcs: Vec::new(),
+            sealed: false,
+        };
+        let t = &sink.inner.tiers[tier];
+        let opened = match at {
+            Some((root, _)) => std::fs::OpenOptions::new().read(true).write(true).open(t.block_path(root)),
+            None => std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(t.tmp_path(block_id)),
+        };
+        let file = opened.map_err(|e| sink.io_error(e, "create"))?;
         // Readers use pread only, so sharing the write handle's offset is harmless.
         sink.reader = Some(Arc::new(file.try_clone().map_err(|e| sink.io_error(e, "open"))?));
         sink.file = Some(file);
@@ -87,6 +106,20 @@ impl TierSink {
         }
         let t = &self.inner.tiers[self.tier];
         let sync = self.inner.sync_on_commit && t.kind != TierKind::Mem;
+        if let Some((root, base)) = self.at {
+            // MEM only: nothing to sync. The marker is the commit point.
+            self.file = None;
+            let raw: Vec<u8> = self.crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
+            let tmp_crc = t.tmp_crc_path(self.block_id);
+            write_file(&tmp_crc, &raw, false).map_err(|e| self.io_error(e, "write checksums of"))?;
+            let crc_path = t.crc_path(self.block_id);
+            std::fs::rename(&tmp_crc, &crc_path).map_err(|e| self.io_error(e, "seal"))?;
+            if let Err(e) = write_at_marker(t, self.block_id, root, base, len) {
+                let _ = std::fs::remove_file(&crc_path);
+                return Err(self.io_error(e, "seal"));
+            }
+            return Ok(());
+        }
         let file = self.file.take().ok_or_else(|| Error::internal("block sink used after commit"))?;
         if sync {
             file.sync_all().map_err(|e| self.io_error(e, "sync"))?;
@@ -158,8 +191,9 @@ impl BlockSink for TierSink {
                 .map_err(|e| e.context(format!("block {}", self.block_id)))?;
             self.reserved = end;
         }
+        let base = self.base();
         let file = self.file.as_mut().ok_or_else(|| Error::internal("block sink used after commit"))?;
-        if let Err(e) = file.write_all(data) {
+        if let Err(e) = file.write_all_at(data, base + offset) {
             return Err(self.io_error(e, "write"));
         }
         self.written = end;
@@ -174,7 +208,7 @@ impl BlockSink for TierSink {
         // On error Drop removes the tmp files and releases the reservation.
         self.seal(len)?;
         let crcs: Arc<[u32]> = std::mem::take(&mut self.crcs).into();
-        self.inner.seal(self.block_id, self.tier, self.reserved, len, crcs);
+        self.inner.seal(self.block_id, self.tier, self.reserved, len, crcs, self.at);
         self.sealed = true;
         tracing::debug!(tier = %kind, "block committed");
         Ok(kind)
@@ -196,6 +230,10 @@ impl BlockSink for TierSink {
         self.reader.clone()
     }
 
+    fn base(&self) -> u64 {
+        self.at.map_or(0, |(_, base)| base)
+    }
+
     fn adopt(&mut self, len: u64, crcs: &[u32]) -> Result<()> {
         if self.written != 0 {
             return Err(Error::invalid(format!("block {}: direct write after appends", self.block_id)));
@@ -204,7 +242,7 @@ impl BlockSink for TierSink {
             return Err(Error::invalid(format!("block {}: {} checksums for {len} bytes", self.block_id, crcs.len())));
         }
         let file = self.file.as_ref().ok_or_else(|| Error::internal("block sink used after commit"))?;
-        let on_disk = file.metadata().map_err(|e| self.io_error(e, "stat"))?.len();
+        let on_disk = file.metadata().map_err(|e| self.io_error(e, "stat"))?.len().saturating_sub(self.base());
         if on_disk < len {
             return Err(Error::invalid(format!(
                 "block {}: commit at {len} bytes but the file holds {on_disk}",
@@ -216,7 +254,7 @@ impl BlockSink for TierSink {
             self.reserved = len;
         }
         if on_disk > len {
-            file.set_len(len).map_err(|e| self.io_error(e, "truncate"))?;
+            file.set_len(self.base() + len).map_err(|e| self.io_error(e, "truncate"))?;
         }
         self.written = len;
         self.crcs = crcs.to_vec();
@@ -230,15 +268,23 @@ impl Drop for TierSink {
         if self.sealed {
             return;
         }
-        self.file = None;
         let t = &self.inner.tiers[self.tier];
-        for p in [t.tmp_path(self.block_id), t.tmp_crc_path(self.block_id)] {
+        if let Some((root, base)) = self.at {
+            // The extent ends where this block began again (a same-host
+            // writer may have written past its reservation, too).
+            let cut = std::fs::OpenOptions::new().write(true).open(t.block_path(root)).and_then(|f| f.set_len(base));
+            if let Err(e) = cut {
+                tracing::warn!(root, base, error = %e, "cannot cut an extent back after an aborted append");
+            }
+        }
+        self.file = None;
+        for p in [t.tmp_path(self.block_id), t.tmp_crc_path(self.block_id), t.tmp_at_path(self.block_id)] {
             if let Err(e) = std::fs::remove_file(&p) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(path = %p.display(), error = %e, "cannot remove unfinished block file");
                 }
             }
         }
-        self.inner.release(self.block_id, self.tier, self.reserved);
+        self.inner.release(self.block_id, self.tier, self.reserved, self.at);
     }
 }

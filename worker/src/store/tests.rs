@@ -10,27 +10,27 @@ use curvine_fabric::service::BlockService;
 
 use super::TieredStore;
 
-const K: u64 = 1024;
+pub(super) const K: u64 = 1024;
 
-fn tier(kind: &str, dir: &Path, capacity: u64) -> TierConf {
+pub(super) fn tier(kind: &str, dir: &Path, capacity: u64) -> TierConf {
     TierConf { kind: kind.into(), dir: dir.join(kind.to_lowercase()), capacity: ByteSize(capacity) }
 }
 
-fn two_tiers(dir: &Path, mem: u64, ssd: u64) -> Vec<TierConf> {
+pub(super) fn two_tiers(dir: &Path, mem: u64, ssd: u64) -> Vec<TierConf> {
     vec![tier("MEM", dir, mem), tier("SSD", dir, ssd)]
 }
 
-fn data(len: usize, seed: u8) -> Vec<u8> {
+pub(super) fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
-fn crcs(data: &[u8]) -> Vec<u32> {
+pub(super) fn crcs(data: &[u8]) -> Vec<u32> {
     data.chunks(CHUNK as usize).map(curvine_fabric::crc::crc32c).collect()
 }
 
 /// Writes a whole block in 64 KiB appends; returns the tier it landed in.
-fn write(store: &TieredStore, id: u64, bytes: &[u8]) -> curvine_common::Result<TierKind> {
-    let mut sink = store.open_write(id, bytes.len() as u64)?;
+pub(super) fn write(store: &TieredStore, id: u64, bytes: &[u8]) -> curvine_common::Result<TierKind> {
+    let mut sink = store.open_write(id, bytes.len() as u64, 0)?;
     let mut off = 0u64;
     for piece in bytes.chunks(CHUNK as usize) {
         sink.append(off, piece, &crcs(piece))?;
@@ -39,15 +39,15 @@ fn write(store: &TieredStore, id: u64, bytes: &[u8]) -> curvine_common::Result<T
     sink.commit(off)
 }
 
-fn read_back(store: &TieredStore, id: u64) -> Vec<u8> {
+pub(super) fn read_back(store: &TieredStore, id: u64) -> Vec<u8> {
     let src = store.open_read(id).unwrap();
     let mut buf = vec![0u8; src.len as usize];
-    src.file.read_exact_at(&mut buf, 0).unwrap();
+    src.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(&src.crcs[..], &crcs(&buf)[..], "stored crcs match the bytes");
     buf
 }
 
-fn dir_entries(p: &Path) -> usize {
+pub(super) fn dir_entries(p: &Path) -> usize {
     std::fs::read_dir(p).unwrap().count()
 }
 
@@ -77,13 +77,13 @@ fn full_worker_says_no_space_and_loses_nothing() {
     write(&store, 1, &a).unwrap();
     write(&store, 2, &b).unwrap();
 
-    let e = store.open_write(3, 1).err().unwrap();
+    let e = store.open_write(3, 1, 0).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::NoSpace);
     assert!(e.message().contains("worker 7: no space for 1 B block: MEM 0 B free, SSD 0 B free"), "{e}");
 
     // A write that grows past everything: fails mid-way, leaves nothing.
     store.delete_block(2).unwrap();
-    let mut sink = store.open_write(4, 0).unwrap();
+    let mut sink = store.open_write(4, 0, 0).unwrap();
     let big = data(2 * CHUNK as usize, 3);
     sink.append(0, &big[..CHUNK as usize], &crcs(&big[..CHUNK as usize])).unwrap();
     let e = sink.append(CHUNK, &big[CHUNK as usize..], &crcs(&big[CHUNK as usize..])).unwrap_err();
@@ -99,17 +99,17 @@ fn full_worker_says_no_space_and_loses_nothing() {
 fn abort_and_drop_release_the_reservation() {
     let dir = tempfile::tempdir().unwrap();
     let store = TieredStore::open(7, &two_tiers(dir.path(), 256 * K, 256 * K), false).unwrap();
-    let mut sink = store.open_write(1, 200 * K).unwrap();
+    let mut sink = store.open_write(1, 200 * K, 0).unwrap();
     assert_eq!(sink.tier(), TierKind::Mem);
     assert_eq!(store.usage()[0].reserved, 200 * K);
     let d = data(CHUNK as usize, 1);
     sink.append(0, &d, &crcs(&d)).unwrap();
     // The same id cannot be written twice at once.
-    assert_eq!(store.open_write(1, 1).err().unwrap().kind(), ErrorKind::AlreadyExists);
+    assert_eq!(store.open_write(1, 1, 0).err().unwrap().kind(), ErrorKind::AlreadyExists);
     sink.abort();
     assert_eq!(store.usage()[0].reserved, 0);
 
-    let mut sink = store.open_write(1, 200 * K).unwrap();
+    let mut sink = store.open_write(1, 200 * K, 0).unwrap();
     sink.append(0, &d, &crcs(&d)).unwrap();
     // Out of order and wrong-length commits are refused; the sink then cleans up.
     assert_eq!(sink.append(5, &d, &crcs(&d)).unwrap_err().kind(), ErrorKind::InvalidArgument);
@@ -117,7 +117,7 @@ fn abort_and_drop_release_the_reservation() {
     assert_eq!(store.usage()[0].reserved, 0);
     assert_eq!(store.open_read(1).err().unwrap().kind(), ErrorKind::NotFound);
 
-    drop(store.open_write(2, 10 * K).unwrap());
+    drop(store.open_write(2, 10 * K, 0).unwrap());
     assert!(store.usage().iter().all(|u| u.reserved == 0 && u.used == 0));
     assert_eq!(dir_entries(&dir.path().join("mem/tmp")), 0);
     assert!(store.take_deltas().added.is_empty());
@@ -156,7 +156,7 @@ fn restart_rebuilds_index_and_removes_leftovers() {
         write(&store, 1, &a).unwrap();
         write(&store, 2, &b).unwrap();
         // An unfinished write when the process dies.
-        let mut sink = store.open_write(3, 0).unwrap();
+        let mut sink = store.open_write(3, 0, 0).unwrap();
         sink.append(0, &a[..10], &crcs(&a[..10])).unwrap();
         std::mem::forget(sink);
     }
@@ -228,7 +228,7 @@ fn blocks_of_another_worker_identity_are_dropped_at_open() {
     assert_eq!(read_back(&store, 1), data(10, 2));
 }
 
-fn move_to(store: &TieredStore, id: u64, tier: usize) -> curvine_common::Result<()> {
+pub(super) fn move_to(store: &TieredStore, id: u64, tier: usize) -> curvine_common::Result<()> {
     store.move_block(id, tier, &mut super::moves::Pace::new(1 << 30))
 }
 
@@ -244,7 +244,7 @@ fn blocks_move_between_tiers_with_their_bytes_and_accounting() {
     assert_eq!(store.tier_of(1), Some(TierKind::Ssd));
     assert_eq!(read_back(&store, 1), a);
     let mut buf = vec![0u8; a.len()];
-    held.file.read_exact_at(&mut buf, 0).unwrap();
+    held.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(buf, a, "the reader opened before the move still reads the block");
     let u = store.usage();
     assert_eq!((u[0].used, u[0].blocks, u[1].used, u[1].blocks), (0, 0, a.len() as u64, 1));

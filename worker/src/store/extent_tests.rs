@@ -1,0 +1,199 @@
+//! Extents: a file's consecutive MEM blocks in one tier file.
+
+use std::os::unix::fs::MetadataExt;
+
+use curvine_fabric::frame::CHUNK;
+use curvine_fabric::service::BlockService;
+
+use super::tests::{crcs, data, move_to, read_back, two_tiers, K};
+use super::TieredStore;
+
+/// Writes block `id` after `after` in 64 KiB appends.
+fn write_after(store: &TieredStore, id: u64, after: u64, bytes: &[u8]) {
+    let mut sink = store.open_write(id, bytes.len() as u64, after).unwrap();
+    let mut off = 0u64;
+    for piece in bytes.chunks(CHUNK as usize) {
+        sink.append(off, piece, &crcs(piece)).unwrap();
+        off += piece.len() as u64;
+    }
+    sink.commit(off).unwrap();
+}
+
+/// (device, inode, base, file length) of a block's file.
+fn placed(store: &TieredStore, id: u64) -> (u64, u64, u64, u64) {
+    let s = store.open_read(id).unwrap();
+    let m = s.file.metadata().unwrap();
+    (m.dev(), m.ino(), s.base, m.len())
+}
+
+#[test]
+fn consecutive_blocks_share_one_file_at_their_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(7, &two_tiers(dir.path(), 4096 * K, 4096 * K), false).unwrap();
+    let (a, b, c) = (
+        data(256 * K as usize, 1),
+        data(256 * K as usize, 2),
+        data(100 * K as usize + 7, 3),
+    );
+    write_after(&store, 1, 0, &a);
+    write_after(&store, 2, 1, &b);
+    write_after(&store, 3, 2, &c);
+    let (p1, p2, p3) = (placed(&store, 1), placed(&store, 2), placed(&store, 3));
+    assert_eq!((p1.0, p1.1), (p2.0, p2.1), "block 2 is in block 1's file");
+    assert_eq!((p1.0, p1.1), (p3.0, p3.1), "block 3 too");
+    assert_eq!(
+        (p1.2, p2.2, p3.2),
+        (0, 256 * K, 512 * K),
+        "at their file offsets"
+    );
+    assert_eq!(
+        p3.3,
+        (512 + 100) * K + 7,
+        "the file is exactly the three blocks"
+    );
+    assert_eq!(
+        (
+            read_back(&store, 1),
+            read_back(&store, 2),
+            read_back(&store, 3)
+        ),
+        (a.clone(), b.clone(), c.clone())
+    );
+    let u = store.usage();
+    assert_eq!((u[0].used, u[0].blocks), (p3.3, 3));
+    // After a short block nothing can follow page-aligned: a file of its own.
+    write_after(&store, 4, 3, &data(10, 4));
+    assert_eq!(placed(&store, 4).2, 0);
+    assert_ne!(placed(&store, 4).1, p1.1);
+    // Only the extent's last block can be followed, and only once.
+    write_after(&store, 5, 1, &data(10, 5));
+    assert_ne!(
+        placed(&store, 5).1,
+        p1.1,
+        "block 1 is not the extent's last block"
+    );
+    assert_eq!(store.full_report().len(), 5);
+}
+
+#[test]
+fn an_extent_holds_its_memory_until_its_last_block_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(7, &two_tiers(dir.path(), 4096 * K, 4096 * K), false).unwrap();
+    let (a, b) = (data(256 * K as usize, 1), data(64 * K as usize, 2));
+    write_after(&store, 1, 0, &a);
+    write_after(&store, 2, 1, &b);
+    let held = store.open_read(2).unwrap();
+    store.delete_block(1).unwrap();
+    assert_eq!(read_back(&store, 2), b, "the other block still reads right");
+    let u = store.usage();
+    assert_eq!(
+        (u[0].used, u[0].blocks),
+        (320 * K, 1),
+        "the deleted block's bytes are still held"
+    );
+    assert!(store.open_read(1).is_err());
+    // And after a restart.
+    drop(held);
+    drop(store);
+    let store = TieredStore::open(7, &two_tiers(dir.path(), 4096 * K, 4096 * K), false).unwrap();
+    assert_eq!(read_back(&store, 2), b);
+    let u = store.usage();
+    assert_eq!((u[0].used, u[0].blocks), (320 * K, 1));
+    store.delete_block(2).unwrap();
+    let u = store.usage();
+    assert_eq!(
+        (u[0].used, u[0].blocks),
+        (0, 0),
+        "the last block freed the extent"
+    );
+    assert_eq!(
+        super::tests::dir_entries(&dir.path().join("mem/blocks")),
+        0,
+        "no file left behind"
+    );
+}
+
+#[test]
+fn an_aborted_or_crashed_append_leaves_the_extent_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiers = two_tiers(dir.path(), 4096 * K, 4096 * K);
+    let store = TieredStore::open(7, &tiers, false).unwrap();
+    let a = data(256 * K as usize, 1);
+    write_after(&store, 1, 0, &a);
+    // Aborted: the file is cut back, the reservation released.
+    let mut sink = store.open_write(2, 256 * K, 1).unwrap();
+    sink.append(0, &a[..CHUNK as usize], &crcs(&a[..CHUNK as usize]))
+        .unwrap();
+    assert_eq!(placed(&store, 1).3, 256 * K + CHUNK);
+    sink.abort();
+    assert_eq!(placed(&store, 1).3, 256 * K, "cut back to block 1's end");
+    assert_eq!(store.usage()[0].reserved, 0);
+    // The extent takes the next append after all.
+    write_after(&store, 3, 1, &data(64 * K as usize, 3));
+    assert_eq!(placed(&store, 3).2, 256 * K);
+    // A crash mid-append: bytes past the last block and no marker.
+    let mut sink = store.open_write(4, 64 * K, 3).unwrap();
+    sink.append(0, &a[..CHUNK as usize], &crcs(&a[..CHUNK as usize]))
+        .unwrap();
+    std::mem::forget(sink);
+    drop(store);
+    let store = TieredStore::open(7, &tiers, false).unwrap();
+    assert_eq!(placed(&store, 1).3, 320 * K, "cut back at start");
+    assert_eq!(read_back(&store, 1), a);
+    assert_eq!(read_back(&store, 3), data(64 * K as usize, 3));
+    assert!(store.open_read(4).is_err());
+    let u = store.usage();
+    assert_eq!((u[0].used, u[0].blocks, u[0].reserved), (320 * K, 2, 0));
+    // And the extent still grows after a restart.
+    write_after(&store, 5, 3, &data(64 * K as usize, 5));
+    assert_eq!(placed(&store, 5).2, 320 * K);
+}
+
+#[test]
+fn a_block_moved_out_of_an_extent_keeps_its_bytes_and_the_rest_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(7, &two_tiers(dir.path(), 4096 * K, 4096 * K), false).unwrap();
+    let (a, b) = (data(256 * K as usize, 1), data(64 * K as usize, 2));
+    write_after(&store, 1, 0, &a);
+    write_after(&store, 2, 1, &b);
+    move_to(&store, 1, 1).unwrap();
+    assert_eq!(read_back(&store, 1), a);
+    assert_eq!(read_back(&store, 2), b);
+    let u = store.usage();
+    assert_eq!(
+        (u[0].used, u[0].blocks, u[1].used, u[1].blocks),
+        (320 * K, 1, 256 * K, 1)
+    );
+    move_to(&store, 2, 1).unwrap();
+    let u = store.usage();
+    assert_eq!(
+        (u[0].used, u[0].blocks, u[1].used, u[1].blocks),
+        (0, 0, 320 * K, 2),
+        "the emptied extent is freed"
+    );
+    assert_eq!(super::tests::dir_entries(&dir.path().join("mem/blocks")), 0);
+    drop(store);
+    let store = TieredStore::open(7, &two_tiers(dir.path(), 4096 * K, 4096 * K), false).unwrap();
+    assert_eq!((read_back(&store, 1), read_back(&store, 2)), (a, b));
+}
+
+#[test]
+fn a_bad_marker_drops_only_its_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiers = two_tiers(dir.path(), 4096 * K, 4096 * K);
+    let store = TieredStore::open(7, &tiers, false).unwrap();
+    let (a, b) = (data(256 * K as usize, 1), data(64 * K as usize, 2));
+    write_after(&store, 1, 0, &a);
+    write_after(&store, 2, 1, &b);
+    drop(store);
+    // A marker pointing past the end of the extent's file.
+    std::fs::write(
+        dir.path().join("mem/blocks/2.at"),
+        format!("1 {} {}\n", 256 * K, 1 << 30),
+    )
+    .unwrap();
+    let store = TieredStore::open(7, &tiers, false).unwrap();
+    assert_eq!(read_back(&store, 1), a);
+    assert!(store.open_read(2).is_err());
+    assert!(!dir.path().join("mem/blocks/2.crc").exists());
+}
