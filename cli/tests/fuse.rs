@@ -659,6 +659,45 @@ async fn passthrough_reads_files_through_the_kernel() {
     assert!(fs.read_all("/pt/small").await.unwrap() == new, "the SDK sees the rewrite");
 }
 
+/// `--passthrough` of a file loaded from a UFS: `cv warm` stores its blocks
+/// one by one, so the first passthrough open asks the worker to join them
+/// into one file (a copy), then the kernel reads it; bytes checked, and
+/// the join survives a second open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_reads_a_warmed_ufs_file_after_joining_its_blocks() {
+    need_fuse!("passthrough_reads_a_warmed_ufs_file_after_joining_its_blocks");
+    let s3 = testbed::s3::S3Server::start();
+    s3.create_bucket("ptjoin");
+    let ufs = curvine_ufs::Ufs::new(&s3.uri("ptjoin", ""), &s3.options()).unwrap();
+    let objs = put_many(&ufs, "m", 1, (10 << 20) + 4321).await;
+    let (key, want) = &objs[0];
+    let n = node_with(UpOptions { block_size: Some("4MiB".into()), mem: Some("256MiB".into()), ..Default::default() }).await;
+    mount_s3(&n, &s3, "ptjoin", "", "/u", &[]);
+    ok(&cv(&n, &["warm", "/u/m"]));
+    let fs = n.fs().unwrap();
+    let path = format!("/u/{key}");
+    let blocks = fs.open(&path).await.unwrap().blocks().to_vec();
+    assert_eq!(blocks.len(), 3);
+    assert!(blocks.iter().all(|b| !b.from_ufs), "warmed: every block cached");
+    let m = Mount::start(&n, &["--passthrough"]);
+    let log = std::fs::read_to_string(m._tmp.path().join("fuse.log")).unwrap_or_default();
+    let f = std::fs::File::open(m.p(&format!("u/{key}"))).unwrap();
+    let log_now = std::fs::read_to_string(m._tmp.path().join("fuse.log")).unwrap_or_default();
+    if log.contains("passthrough unavailable") || log_now.contains("refused by the kernel") {
+        eprintln!("SKIPPED passthrough_reads_a_warmed_ufs_file_after_joining_its_blocks: no FUSE passthrough:\n{log_now}");
+        return;
+    }
+    let e = std::fs::OpenOptions::new().append(true).open(m.p(&format!("u/{key}"))).expect_err("a write open");
+    assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY), "the joined file is read by the kernel: {e}");
+    let mut got = vec![0u8; want.len()];
+    f.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == *want, "passthrough read of the joined file differs from the object");
+    drop(f);
+    // The SDK reads the same bytes from the blocks' new place.
+    assert!(fs.read_all(&path).await.unwrap() == *want);
+    assert!(std::fs::read(m.p(&format!("u/{key}"))).unwrap() == *want, "a second open reads it again");
+}
+
 /// Locks held by a process on one mount, tested from a process on another
 /// mount of the same cluster (as two hosts would).
 const LOCKS_PY: &str = r#"

@@ -409,6 +409,19 @@ impl LocalReads {
         }
     }
 
+    /// Asks worker `loc` (this host) to store `ids`, one file's blocks in
+    /// file order, as one file at their file offsets; the descriptors held
+    /// for them are dropped so the next open sees the new place.
+    pub async fn join(&self, loc: &BlockLocation, ids: &[u64]) -> Result<()> {
+        let mut conn = self.conn(loc).await?;
+        let res = conn.join(ids).await;
+        self.put_back(loc.worker_id, conn);
+        for id in ids {
+            self.forget(*id);
+        }
+        res
+    }
+
     /// Seals a direct write and keeps its connection for reuse.
     pub async fn commit_write(&self, mut w: LocalWrite) -> Result<TierKind> {
         let tier = w.conn.write_commit(w.block, w.len, &w.crcs).await?;

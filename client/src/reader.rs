@@ -273,52 +273,82 @@ impl FileReader {
     /// The one file holding this whole file at its offsets, for a reader
     /// that hands the file to the kernel (FUSE passthrough): a one-block
     /// file's block file, or the extent file a worker on this host keeps a
-    /// file's consecutive MEM blocks in, exactly as long as the file. Only
-    /// after every chunk passed its crc (as `view` checks them). `None`
-    /// otherwise.
+    /// file's consecutive MEM blocks in, exactly as long as the file. A
+    /// file whose blocks are all in MEM on one worker here but not in one
+    /// file (loaded from a UFS, say) is joined by that worker first (one
+    /// copy). Only after every chunk passed its crc (as `view` checks
+    /// them). `None` otherwise.
     pub async fn whole_local_file(&self) -> Result<Option<Arc<std::fs::File>>> {
+        match self.one_local_file().await? {
+            Whole::File(f) => return Ok(Some(f)),
+            Whole::No => return Ok(None),
+            Whole::Scattered(loc) => {
+                let ids: Vec<u64> = self.blocks.iter().map(|b| b.id).collect();
+                if let Err(e) = self.fs.inner.local.join(&loc, &ids).await {
+                    tracing::debug!(path = %self.status.path, error = %e, "worker did not join the file's blocks");
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(match self.one_local_file().await? {
+            Whole::File(f) => Some(f),
+            _ => None,
+        })
+    }
+
+    async fn one_local_file(&self) -> Result<Whole> {
         use std::os::unix::fs::MetadataExt;
         if self.status.len == 0 || self.blocks.is_empty() {
-            return Ok(None);
+            return Ok(Whole::No);
         }
         let inner = &self.fs.inner;
         let mut whole: Option<(Arc<std::fs::File>, (u64, u64))> = None;
+        // The worker holding every block in MEM, and whether they are all
+        // in one file at their offsets.
+        let mut worker: Option<LocatedBlockLocation> = None;
+        let mut one = true;
         let mut next = 0;
         for b in self.blocks.iter() {
             if b.from_ufs || b.offset != next || b.len == 0 {
-                return Ok(None);
+                return Ok(Whole::No);
             }
             next += b.len;
             // Checks all chunks (once per client) and proves the block is a
             // MEM one this client can map.
             if self.view(b.offset, b.len).await?.is_none() {
-                return Ok(None);
+                return Ok(Whole::No);
             }
             let mut found = false;
             for loc in b.locations.iter().filter(|l| l.hostname == inner.hostname) {
-                let Some(f) = inner.local.block_file(loc, b.id).await else {
-                    continue;
-                };
-                if f.tier != TierKind::Mem || f.len != b.len || f.base != b.offset {
+                if worker.as_ref().is_some_and(|w| w.worker_id != loc.worker_id) {
                     continue;
                 }
-                let Ok(m) = f.file.metadata() else { continue };
-                match &whole {
-                    None => whole = Some((f.file.clone(), (m.dev(), m.ino()))),
-                    Some((_, id)) if *id == (m.dev(), m.ino()) => {}
-                    Some(_) => continue,
+                let Some(f) = inner.local.block_file(loc, b.id).await else { continue };
+                if f.tier != TierKind::Mem || f.len != b.len {
+                    continue;
                 }
+                worker = Some(loc.clone());
                 found = true;
+                let same = match (&whole, f.file.metadata()) {
+                    (_, Err(_)) => false,
+                    (None, Ok(m)) => {
+                        whole = Some((f.file.clone(), (m.dev(), m.ino())));
+                        true
+                    }
+                    (Some((_, id)), Ok(m)) => *id == (m.dev(), m.ino()),
+                };
+                one &= same && f.base == b.offset;
                 break;
             }
             if !found {
-                return Ok(None);
+                return Ok(Whole::No);
             }
         }
         // The kernel reads the backing file up to its own end.
-        Ok(whole
-            .filter(|(f, _)| next == self.status.len && f.metadata().is_ok_and(|m| m.len() == next))
-            .map(|(f, _)| f))
+        match whole {
+            Some((f, _)) if one && f.metadata().is_ok_and(|m| m.len() == next) => Ok(Whole::File(f)),
+            _ => Ok(worker.map_or(Whole::No, Whole::Scattered)),
+        }
     }
 
     /// Fills `piece` from block `b` at `in_block`; a short block is corrupt.
@@ -475,4 +505,13 @@ mod tests {
         locs.sort_by_key(|l| nearness(l, "z", ""));
         assert_eq!(locs.iter().filter(|l| nearness(l, "z", "") == 2).count(), 4, "no rack: only the host counts");
     }
+}
+
+/// Where a file's bytes are on this host (`whole_local_file`).
+enum Whole {
+    /// One file, every block at its file offset.
+    File(Arc<std::fs::File>),
+    /// All in MEM on this worker, but not in one such file.
+    Scattered(LocatedBlockLocation),
+    No,
 }

@@ -12,13 +12,15 @@
 //!   many), count u64 (≤ 200), then that many block ids u64; or op 3 (open
 //!   for write), block id u64, length hint u64, previous block of the file
 //!   u64 (0: none); op 4 (commit a write), block id u64, length u64, crc
-//!   count u32, crcs; op 5 (abort a write), block id u64.
+//!   count u32, crcs; op 5 (abort a write), block id u64; op 6 (join a
+//!   file's blocks into one file, `BlockService::join`), count u64
+//!   (≤ 4096), then that many block ids u64.
 //! - answer: status u8 (0 = ok, else an `ErrorKind` code); ok for op 1:
 //!   base u64 (where the block starts in the file), length u64, tier u8,
 //!   crc count u32, crcs; for op 2: count u32, then per block a presence
 //!   byte and, when present, the op-1 fields; for op 3: tier u8 and base
 //!   u64 with the block file's descriptor (read-write); for op 4: tier u8;
-//!   for op 5: nothing. Descriptors (one per present block, in order) ride
+//!   for ops 5 and 6: nothing. Descriptors (one per present block, in order) ride
 //!   on the first byte. Error: message length u32, message.
 //!
 //! Same-host writes: the client writes the block's bytes into the file it
@@ -54,6 +56,9 @@ const OP_OPEN_MANY: u8 = 2;
 const OP_WRITE_OPEN: u8 = 3;
 const OP_WRITE_COMMIT: u8 = 4;
 const OP_WRITE_ABORT: u8 = 5;
+const OP_JOIN: u8 = 6;
+/// Blocks per `OP_JOIN` (a 256 GiB file of 64 MiB blocks).
+pub const MAX_JOIN: usize = 4096;
 /// Blocks per `OP_OPEN_MANY` (below the kernel's 253 descriptors per message).
 pub const MAX_BATCH: usize = 200;
 /// Largest crc list accepted (a 4 GiB block of 64 KiB chunks).
@@ -185,6 +190,20 @@ async fn serve_conn(mut stream: UnixStream, svc: Arc<dyn BlockService>, worker_i
                     .unwrap_or_else(|e| Err(Error::internal(format!("commit task: {e}"))))
                     .map(|tier| (vec![0u8, tier_code(tier)], Vec::new())),
                 }
+            }
+            (Ok(()), OP_JOIN) if arg as usize <= MAX_JOIN => {
+                let mut raw = vec![0u8; arg as usize * 8];
+                stream.read_exact(&mut raw).await?;
+                let ids: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+                let svc = svc.clone();
+                // Copies up to a whole file: off the async threads.
+                tokio::task::spawn_blocking(move || svc.join(&ids))
+                    .await
+                    .unwrap_or_else(|e| Err(Error::internal(format!("join task: {e}"))))
+                    .map(|()| (vec![0u8], Vec::new()))
+            }
+            (Ok(()), OP_JOIN) => {
+                return Err(Error::protocol(format!("short-circuit: {arg} blocks to join, at most {MAX_JOIN}")));
             }
             (Ok(()), OP_WRITE_ABORT) => {
                 if let Some(s) = sinks.remove(&arg) {
@@ -489,6 +508,27 @@ impl LocalConn {
             let mut tier = [0u8; 1];
             self.stream.read_exact(&mut tier).await?;
             tier_of(tier[0])
+        }
+        .await;
+        self.mark(&res);
+        res
+    }
+
+    /// Asks the worker to store `ids` (one file's blocks, in file order) as
+    /// one file at their file offsets; open the blocks again afterwards.
+    pub async fn join(&mut self, ids: &[u64]) -> Result<()> {
+        let res = async {
+            if ids.len() > MAX_JOIN {
+                return Err(Error::invalid(format!("short-circuit: {} blocks to join, at most {MAX_JOIN}", ids.len())));
+            }
+            let mut req = Vec::with_capacity(9 + ids.len() * 8);
+            req.push(OP_JOIN);
+            req.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+            for id in ids {
+                req.extend_from_slice(&id.to_le_bytes());
+            }
+            self.stream.write_all(&req).await?;
+            self.answer(0).await.map(|_| ())
         }
         .await;
         self.mark(&res);

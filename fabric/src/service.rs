@@ -80,6 +80,13 @@ pub trait BlockService: Send + Sync + 'static {
     /// `after`: the file's block written just before this one (0: none or
     /// unknown), which a store may place this block next to.
     fn open_write(&self, block_id: u64, len_hint: u64, after: u64) -> Result<Box<dyn BlockSink>>;
+    /// Stores `ids` — one file's blocks, in file order — as one file with
+    /// every block at its file offset (a same-host reader then hands the
+    /// whole file to the kernel). Blocking; a store may refuse.
+    fn join(&self, ids: &[u64]) -> Result<()> {
+        let _ = ids;
+        Err(curvine_common::Error::invalid("this block store does not join blocks"))
+    }
     /// Called when a read finds no such block: a future that makes it
     /// readable (a cache loading it from the UFS), or `None` when it cannot
     /// appear. Implementations coalesce concurrent loads of one block.

@@ -413,6 +413,10 @@ impl BlockService for CachingService {
         self.store.open_read(block_id)
     }
 
+    fn join(&self, ids: &[u64]) -> Result<()> {
+        self.store.join(ids)
+    }
+
     fn open_write(&self, block_id: u64, len_hint: u64, after: u64) -> Result<Box<dyn BlockSink>> {
         self.store.open_write(block_id, len_hint, after)
     }

@@ -5,8 +5,9 @@
 //! Layout of every tier directory:
 //! - `blocks/<id>`: a sealed block's bytes;
 //! - `blocks/<id>.crc`: one little-endian crc32c per `CHUNK` of the block;
-//! - `blocks/<id>.at`: for a block in an extent (below), `root base len`:
-//!   its bytes are `blocks/<root>` from `base` on;
+//! - `blocks/x<n>`: extent `n` (below), the bytes of several blocks;
+//! - `blocks/<id>.at`: for a block in an extent, `n base len`: its bytes
+//!   are `blocks/x<n>` from `base` on;
 //! - `tmp/<id>`: a block being written (purged on start).
 //!
 //! Extents (MEM tier only, `extent.rs`): a block written with `after` = the
@@ -15,7 +16,9 @@
 //! file of its own, so the consecutive blocks of a file written through
 //! this worker are one tmpfs file at their file offsets — what the
 //! kernel's FUSE passthrough needs to serve a multi-block file without the
-//! daemon. An extent file is the first block's file (`blocks/<root>`) and
+//! daemon. An extent starts as the first block's file, renamed to
+//! `blocks/x<n>` (extent numbers are the worker's own, so a block id that
+//! comes back — reloaded, promoted — never lands on an extent's name), and
 //! only ever grows at its end; a block that leaves (deleted, evicted,
 //! moved) keeps its bytes there (counted as used) until the extent's last
 //! block leaves, because readers may hold mappings of the file: no hole is
@@ -24,9 +27,13 @@
 //! To ensure correctness: a block is visible (indexed, reported to meta)
 //! only after its `.crc` and then its data file (or, in an extent, its
 //! `.at`) were renamed into `blocks/`; a data file without a `.crc` of the
-//! right length that no `.at` names is an interrupted commit and is
-//! deleted on start, and an extent file is cut back to its last block's
-//! end (an append that did not commit).
+//! right length is an interrupted commit and is deleted on start, as is an
+//! extent no valid `.at` names; bytes past an extent's last block (an
+//! append a crash cut short, or blocks that left) stay as dead bytes, since
+//! readers may map them, and no block is appended after them. A valid
+//! `.at` wins over a data file of the same block (left by a crash
+//! mid-rename); an invalid one is dropped and the block judged by its own
+//! files.
 
 mod extent;
 pub(crate) mod moves;
@@ -75,6 +82,9 @@ impl Tier {
     }
     fn tmp_crc_path(&self, id: u64) -> PathBuf {
         self.dir.join("tmp").join(format!("{id}.crc"))
+    }
+    fn extent_path(&self, n: u64) -> PathBuf {
+        self.dir.join("blocks").join(format!("x{n}"))
     }
     fn at_path(&self, id: u64) -> PathBuf {
         self.dir.join("blocks").join(format!("{id}.at"))
@@ -133,7 +143,7 @@ struct Entry {
     refused_ms: u64,
     /// Being copied to another tier.
     moving: bool,
-    /// In an extent: its root block and where this block starts in it.
+    /// In an extent: its number and where this block starts in it.
     at: Option<(u64, u64)>,
 }
 
@@ -145,7 +155,7 @@ impl Entry {
     /// The block's file (its own, or its extent's) and where it starts.
     fn file(&self, tiers: &[Tier], id: u64) -> (PathBuf, u64) {
         match self.at {
-            Some((root, base)) => (tiers[self.tier].block_path(root), base),
+            Some((n, base)) => (tiers[self.tier].extent_path(n), base),
             None => (tiers[self.tier].block_path(id), 0),
         }
     }
@@ -163,8 +173,10 @@ struct State {
     deltas: Deltas,
     /// Blocks the tiering planner wants to evict, to ask meta about.
     asks: Vec<u64>,
-    /// Extents by root block.
+    /// Extents by number.
     extents: HashMap<u64, Extent>,
+    /// The number the next extent gets.
+    next_extent: u64,
 }
 
 pub(crate) struct Inner {
@@ -264,9 +276,11 @@ impl TieredStore {
         }
         let mut index = HashMap::new();
         let mut extents: HashMap<u64, Extent> = HashMap::new();
+        let mut next_extent = 1;
         let mut usage = Vec::with_capacity(tiers.len());
         for (i, t) in tiers.iter().enumerate() {
             let found = scan::scan_tier(t)?;
+            next_extent = next_extent.max(found.next_extent);
             let mut u =
                 TierUsage { kind: t.kind, dir: t.dir.clone(), capacity: t.capacity, used: 0, reserved: 0, blocks: 0 };
             let mut blocks = found.blocks;
@@ -283,10 +297,10 @@ impl TieredStore {
                 let mut e = Entry::new(i, b.len, None, 1);
                 match b.at {
                     None => u.used += b.len,
-                    Some((root, _)) => {
+                    Some((ext, _)) => {
                         e.at = b.at;
-                        let end = found.extent_len.get(&root).copied().unwrap_or(0);
-                        let x = extents.entry(root).or_insert_with(|| Extent {
+                        let end = found.extent_len.get(&ext).copied().unwrap_or(0);
+                        let x = extents.entry(ext).or_insert_with(|| Extent {
                             tier: i,
                             members: Vec::new(),
                             end,
@@ -299,12 +313,12 @@ impl TieredStore {
                 index.insert(b.id, e);
             }
             // An extent holds its whole file: what left it is still there.
-            extents.retain(|&root, x| {
+            extents.retain(|&ext, x| {
                 if x.tier != i {
                     return true;
                 }
                 if x.members.is_empty() {
-                    let _ = std::fs::remove_file(t.block_path(root));
+                    let _ = std::fs::remove_file(t.extent_path(ext));
                     return false;
                 }
                 let live: u64 = x.members.iter().filter_map(|id| index.get(id)).map(|e: &Entry| e.len).sum();
@@ -326,6 +340,7 @@ impl TieredStore {
                 deltas: Deltas::default(),
                 asks: Vec::new(),
                 extents,
+                next_extent,
             }),
             asked: tokio::sync::Notify::new(),
             cleared: tokio::sync::Notify::new(),
@@ -496,6 +511,10 @@ impl TieredStore {
     /// Drops a block from the cache (counted as an eviction).
     pub fn evict(&self, block_id: u64) -> bool {
         let mut st = self.inner.state.lock();
+        // A block being copied (moved, joined) is left alone this round.
+        if st.index.get(&block_id).is_some_and(|e| e.moving) {
+            return false;
+        }
         let done = self.inner.unindex(&mut st, block_id);
         if done {
             self.inner.metrics.blocks_evicted.inc();
@@ -564,13 +583,13 @@ impl Inner {
         st.writing.remove(&block_id);
         let u = &mut st.usage[tier];
         u.reserved = u.reserved.saturating_sub(reserved);
-        if let Some((root, _)) = at {
-            self.end_append(&mut st, root);
+        if let Some((ext, _)) = at {
+            self.end_append(&mut st, ext);
         }
     }
 
     /// Turns a sink's reservation into a sealed, indexed block (`at`: in an
-    /// extent, its root and base).
+    /// extent, its ext and base).
     fn seal(&self, block_id: u64, tier: usize, reserved: u64, len: u64, crcs: Arc<[u32]>, at: Option<(u64, u64)>) {
         let mut st = self.state.lock();
         st.writing.remove(&block_id);
@@ -580,9 +599,9 @@ impl Inner {
         u.blocks += 1;
         let now = self.now_ms();
         let mut e = Entry::new(tier, len, Some(crcs), now);
-        if let Some((root, base)) = at {
+        if let Some((ext, base)) = at {
             e.at = at;
-            self.join_extent(&mut st, root, block_id, base + len);
+            self.join_extent(&mut st, ext, block_id, base + len);
         }
         st.index.insert(block_id, e);
         st.deltas.removed.retain(|&id| id != block_id);
@@ -600,11 +619,11 @@ impl Inner {
         st.deltas.added.retain(|b| b.id != block_id);
         st.deltas.removed.push(block_id);
         let t = &self.tiers[e.tier];
-        if let Some((root, _)) = e.at {
+        if let Some((ext, _)) = e.at {
             // Its bytes stay counted until the extent empties.
-            self.leave_extent(st, root, block_id, e.len);
+            self.leave_extent(st, ext, block_id, e.len);
             self.refresh_gauges(st);
-            tracing::debug!(block = block_id, root, tier = %t.kind, "block deleted from its extent");
+            tracing::debug!(block = block_id, ext, tier = %t.kind, "block deleted from its extent");
             return true;
         }
         let u = &mut st.usage[e.tier];
@@ -629,6 +648,10 @@ impl Inner {
             .map(|(&id, e)| BlockView {
                 id,
                 len: e.len,
+                frees: match e.at {
+                    None => e.len,
+                    Some((n, _)) => st.extents.get(&n).filter(|x| x.members.len() == 1).map_or(0, |x| x.end),
+                },
                 tier: e.tier,
                 stats: e.stats,
                 evictable: e.cleared_ms > 0 && now.saturating_sub(e.cleared_ms) < CLEARED_FOR_MS,
@@ -675,15 +698,15 @@ impl BlockService for TieredStore {
             Ok::<_, Error>((e.tier, e.len, e.crcs.clone(), e.file(&self.inner.tiers, block_id)))
         };
         let (mut tier, mut len, mut cached, (mut path, mut base)) = lookup()?;
-        // The block may be deleted, or moved to another tier, between the
-        // lookup and the open: a move is followed once.
+        // The block may be deleted, moved to another tier or into an
+        // extent between the lookup and the open: a move is followed once.
         let mut moved = false;
         let file = loop {
             match File::open(&path) {
                 Ok(f) => break f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let now = lookup()?;
-                    if moved || now.0 == tier {
+                    if moved || (now.3 .0 == path && now.3 .1 == base) {
                         return Err(self.inner.not_found(block_id));
                     }
                     (tier, len, cached, (path, base)) = now;
@@ -717,12 +740,12 @@ impl BlockService for TieredStore {
                 ));
             }
             // Right after the file's previous block when it can go there.
-            if let Some((tier, root, base)) = self.inner.extent_for(&mut st, block_id, after, len_hint) {
+            if let Some((tier, ext, base)) = self.inner.extent_for(&mut st, block_id, after, len_hint) {
                 st.usage[tier].reserved += len_hint;
                 st.writing.insert(block_id);
                 drop(st);
-                let sink = TierSink::create(self.inner.clone(), block_id, tier, len_hint, Some((root, base)))?;
-                tracing::debug!(block = block_id, root, base, len_hint, "block opened for write in an extent");
+                let sink = TierSink::create(self.inner.clone(), block_id, tier, len_hint, Some((ext, base)))?;
+                tracing::debug!(block = block_id, ext, base, len_hint, "block opened for write in an extent");
                 return Ok(Box::new(sink));
             }
             // An unknown length (hint 0) still goes where some room is left;
@@ -736,7 +759,9 @@ impl BlockService for TieredStore {
                         self.inner.unindex(&mut st, id);
                         self.inner.metrics.blocks_evicted.inc();
                     }
-                    tier = Some(t);
+                    // Blocks of an extent give their memory back only with
+                    // its last block.
+                    tier = (st.usage[t].free() >= len_hint.max(1) || len_hint == 0).then_some(t);
                 }
             }
             let Some(tier) = tier else {
@@ -750,6 +775,10 @@ impl BlockService for TieredStore {
         let sink = TierSink::create(self.inner.clone(), block_id, tier, len_hint, None)?;
         tracing::debug!(block = block_id, tier = %self.inner.tiers[tier].kind, len_hint, "block opened for write");
         Ok(Box::new(sink))
+    }
+
+    fn join(&self, ids: &[u64]) -> Result<()> {
+        TieredStore::join(self, ids)
     }
 
     fn verify(&self, block_id: u64) -> Result<bool> {

@@ -90,7 +90,9 @@ impl TieredStore {
             }
             return Err(e);
         }
-        let Some(entry) = st.index.get_mut(&id) else {
+        // The block copied, not one deleted meanwhile and loaded again.
+        let same = |e: &super::Entry| e.moving && e.tier == from && e.file(&inner.tiers, id) == (path.clone(), base);
+        let Some(entry) = st.index.get_mut(&id).filter(|e| same(e)) else {
             // Deleted while it was being copied: drop the copy too.
             for p in [dst.block_path(id), dst.crc_path(id)] {
                 let _ = std::fs::remove_file(p);
@@ -111,8 +113,8 @@ impl TieredStore {
         }
         st.deltas.added.retain(|b| b.id != id);
         st.deltas.added.push(super::StoredBlock { id, len, tier: dst.kind });
-        if let Some((root, _)) = at {
-            inner.leave_extent(&mut st, root, id, len);
+        if let Some((ext, _)) = at {
+            inner.leave_extent(&mut st, ext, id, len);
         }
         inner.refresh_gauges(&st);
         drop(st);

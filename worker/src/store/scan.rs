@@ -12,14 +12,16 @@ use super::{crc_count, Tier, EXTENT_ALIGN};
 pub(super) struct FoundBlock {
     pub id: u64,
     pub len: u64,
-    /// In an extent: its root block and where it starts in the root's file.
+    /// In an extent: its number and where the block starts in it.
     pub at: Option<(u64, u64)>,
 }
 
 pub(super) struct Found {
     pub blocks: Vec<FoundBlock>,
-    /// Length of every extent file (cut back to its last block's end).
+    /// Length of every extent file with blocks.
     pub extent_len: HashMap<u64, u64>,
+    /// Above every extent number seen.
+    pub next_extent: u64,
 }
 
 #[derive(Default)]
@@ -30,11 +32,11 @@ struct Seen {
     at: Option<Option<(u64, u64, u64)>>,
 }
 
-/// Empties `tmp/` and returns every well-formed block in `blocks/`: a data
-/// file with a `.crc` of `crc_count(len)` entries, or an `.at` marker with
-/// such a `.crc` that points inside an existing extent file. Everything
-/// else in `blocks/` that looks like a block file is deleted; an extent
-/// file longer than its last block is cut back.
+/// Empties `tmp/` and returns every well-formed block in `blocks/`: an
+/// `.at` marker with a `.crc` of `crc_count(len)` entries that points
+/// inside an existing extent file `x<n>`, or else a data file with such a
+/// `.crc`. Everything else in `blocks/` that looks like a block or extent
+/// file is deleted.
 pub(super) fn scan_tier(t: &Tier) -> Result<Found> {
     let tmp = t.dir.join("tmp");
     for entry in read_dir(&tmp)? {
@@ -48,12 +50,14 @@ pub(super) fn scan_tier(t: &Tier) -> Result<Found> {
 
     let blocks = t.dir.join("blocks");
     let mut seen: HashMap<u64, Seen> = HashMap::new();
+    let mut extents: HashMap<u64, u64> = HashMap::new();
     for entry in read_dir(&blocks)? {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let (stem, kind) = match (name.strip_suffix(".crc"), name.strip_suffix(".at")) {
-            (Some(stem), _) => (stem, 1),
-            (_, Some(stem)) => (stem, 2),
+        let (stem, kind) = match (name.strip_suffix(".crc"), name.strip_suffix(".at"), name.strip_prefix('x')) {
+            (Some(stem), _, _) => (stem, 1),
+            (_, Some(stem), _) => (stem, 2),
+            (_, _, Some(n)) => (n, 3),
             _ => (&*name, 0),
         };
         let Some(id) = stem.parse::<u64>().ok() else {
@@ -67,6 +71,10 @@ pub(super) fn scan_tier(t: &Tier) -> Result<Found> {
                 continue;
             }
         };
+        if kind == 3 {
+            extents.insert(id, len);
+            continue;
+        }
         let slot = seen.entry(id).or_default();
         match kind {
             0 => slot.data = Some(len),
@@ -75,63 +83,44 @@ pub(super) fn scan_tier(t: &Tier) -> Result<Found> {
         }
     }
 
+    // Extents of the first extent format (one session's build) were the
+    // first block's own file, named by its id: give them their x-name.
+    let old: Vec<u64> = seen
+        .iter()
+        .filter(|(&id, s)| s.data.is_some() && !extents.contains_key(&id) && matches!(s.at, Some(Some((n, 0, _))) if n == id))
+        .map(|(&id, _)| id)
+        .collect();
+    for id in old {
+        if std::fs::rename(t.block_path(id), t.extent_path(id)).is_ok() {
+            let s = seen.get_mut(&id).expect("listed above");
+            extents.insert(id, s.data.take().unwrap_or(0));
+        }
+    }
     let crc_ok = |s: &Seen, len: u64| s.crc == Some(crc_count(len) * 4);
-    let mut found = Found {
-        blocks: Vec::new(),
-        extent_len: HashMap::new(),
-    };
-    // Extent members first: they decide which data files are extents.
-    let mut bad = Vec::new();
-    for (&id, s) in &seen {
-        let Some(at) = s.at else { continue };
-        let valid = at.filter(|&(root, base, len)| {
-            let file = seen.get(&root).and_then(|r| r.data);
-            crc_ok(s, len)
-                && base.is_multiple_of(EXTENT_ALIGN)
-                && file.is_some_and(|f| f >= base + len)
-        });
-        match valid {
-            Some((root, base, len)) => {
-                found.blocks.push(FoundBlock {
-                    id,
-                    len,
-                    at: Some((root, base)),
-                });
-                let end = found.extent_len.entry(root).or_default();
-                *end = (*end).max(base + len);
-            }
-            None => {
-                tracing::warn!(block = id, tier = %t.kind, marker = ?at, "removing extent block with a bad marker or checksum file");
-                bad.push(id);
-            }
-        }
-    }
-    for id in bad {
-        remove(&[t.at_path(id), t.crc_path(id)]);
-    }
-    for (&root, &end) in &found.extent_len {
-        if seen
-            .get(&root)
-            .and_then(|s| s.data)
-            .is_some_and(|len| len > end)
-        {
-            tracing::info!(root, end, tier = %t.kind, "cutting an extent back to its last block (an append did not commit)");
-            if let Err(e) = std::fs::OpenOptions::new()
-                .write(true)
-                .open(t.block_path(root))
-                .and_then(|f| f.set_len(end))
-            {
-                tracing::warn!(root, error = %e, "cannot cut an extent back");
-            }
-        }
-    }
+    let next_extent = extents.keys().max().map_or(1, |n| n + 1);
+    let mut found = Found { blocks: Vec::new(), extent_len: HashMap::new(), next_extent };
     for (id, s) in seen {
-        if s.at.is_some() || found.extent_len.contains_key(&id) {
-            continue; // an extent member (or a bad one, handled), or an extent's file
+        if let Some(at) = s.at {
+            let valid = at.filter(|&(n, base, len)| {
+                crc_ok(&s, len) && base.is_multiple_of(EXTENT_ALIGN) && extents.get(&n).is_some_and(|&f| f >= base + len)
+            });
+            if let Some((n, base, len)) = valid {
+                found.blocks.push(FoundBlock { id, len, at: Some((n, base)) });
+                let end = found.extent_len.entry(n).or_default();
+                *end = (*end).max(base + len);
+                if s.data.is_some() {
+                    // A crash between writing the marker and moving the
+                    // block's own file away: the extent has its bytes.
+                    remove(&[t.block_path(id)]);
+                }
+                continue;
+            }
+            // Not (or no longer) in an extent: judged by its own files.
+            tracing::warn!(block = id, tier = %t.kind, marker = ?at, "dropping an extent marker that does not fit");
+            remove(&[t.at_path(id)]);
         }
         match s.data {
             Some(len) if crc_ok(&s, len) => found.blocks.push(FoundBlock { id, len, at: None }),
-            None if s.crc.is_none() => {}
             _ => {
                 tracing::warn!(
                     block = id,
@@ -144,15 +133,27 @@ pub(super) fn scan_tier(t: &Tier) -> Result<Found> {
             }
         }
     }
+    // Bytes past an extent's last block stay: a block that left from its
+    // end may still be mapped by a reader, and an append a crash cut short
+    // cannot be told from it. They count as the extent's dead bytes.
+    for (n, len) in extents {
+        match found.extent_len.get_mut(&n) {
+            None => {
+                tracing::warn!(extent = n, tier = %t.kind, "removing an extent no block is in");
+                remove(&[t.extent_path(n)]);
+            }
+            Some(end) => *end = (*end).max(len),
+        }
+    }
     Ok(found)
 }
 
-/// `root base len` of an `.at` marker; `None` when it cannot be read.
+/// `n base len` of an `.at` marker; `None` when it cannot be read.
 fn read_marker(path: &Path) -> Option<(u64, u64, u64)> {
     let s = std::fs::read_to_string(path).ok()?;
     let mut it = s.split_whitespace().map(str::parse::<u64>);
     match (it.next(), it.next(), it.next(), it.next()) {
-        (Some(Ok(root)), Some(Ok(base)), Some(Ok(len)), None) => Some((root, base, len)),
+        (Some(Ok(n)), Some(Ok(base)), Some(Ok(len)), None) => Some((n, base, len)),
         _ => None,
     }
 }

@@ -24,7 +24,7 @@ pub(super) struct TierSink {
     inner: Arc<Inner>,
     block_id: u64,
     tier: usize,
-    /// Appending to an extent: its root block and where this block starts.
+    /// Appending to an extent: its number and where this block starts.
     at: Option<(u64, u64)>,
     file: Option<File>,
     /// A second handle on the tmp file for serving appended bytes early.
@@ -60,7 +60,7 @@ impl TierSink {
         };
         let t = &sink.inner.tiers[tier];
         let opened = match at {
-            Some((root, _)) => std::fs::OpenOptions::new().read(true).write(true).open(t.block_path(root)),
+            Some((n, _)) => std::fs::OpenOptions::new().read(true).write(true).open(t.extent_path(n)),
             None => std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(t.tmp_path(block_id)),
         };
         let file = opened.map_err(|e| sink.io_error(e, "create"))?;
@@ -106,7 +106,7 @@ impl TierSink {
         }
         let t = &self.inner.tiers[self.tier];
         let sync = self.inner.sync_on_commit && t.kind != TierKind::Mem;
-        if let Some((root, base)) = self.at {
+        if let Some((ext, base)) = self.at {
             // MEM only: nothing to sync. The marker is the commit point.
             self.file = None;
             let raw: Vec<u8> = self.crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
@@ -114,7 +114,7 @@ impl TierSink {
             write_file(&tmp_crc, &raw, false).map_err(|e| self.io_error(e, "write checksums of"))?;
             let crc_path = t.crc_path(self.block_id);
             std::fs::rename(&tmp_crc, &crc_path).map_err(|e| self.io_error(e, "seal"))?;
-            if let Err(e) = write_at_marker(t, self.block_id, root, base, len) {
+            if let Err(e) = write_at_marker(t, self.block_id, ext, base, len) {
                 let _ = std::fs::remove_file(&crc_path);
                 return Err(self.io_error(e, "seal"));
             }
@@ -269,12 +269,12 @@ impl Drop for TierSink {
             return;
         }
         let t = &self.inner.tiers[self.tier];
-        if let Some((root, base)) = self.at {
+        if let Some((ext, base)) = self.at {
             // The extent ends where this block began again (a same-host
             // writer may have written past its reservation, too).
-            let cut = std::fs::OpenOptions::new().write(true).open(t.block_path(root)).and_then(|f| f.set_len(base));
+            let cut = std::fs::OpenOptions::new().write(true).open(t.extent_path(ext)).and_then(|f| f.set_len(base));
             if let Err(e) = cut {
-                tracing::warn!(root, base, error = %e, "cannot cut an extent back after an aborted append");
+                tracing::warn!(ext, base, error = %e, "cannot cut an extent back after an aborted append");
             }
         }
         self.file = None;

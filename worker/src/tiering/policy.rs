@@ -98,6 +98,10 @@ pub struct TierView {
 pub struct BlockView {
     pub id: u64,
     pub len: u64,
+    /// Bytes its tier gets back when it leaves: `len`, but for a block in
+    /// an extent the extent's whole size if it is the last block left in
+    /// it, else nothing (an extent's memory goes with its last block).
+    pub frees: u64,
     pub tier: usize,
     pub stats: AccessStats,
     /// Meta confirmed recently that the UFS holds it and it is not pinned.
@@ -171,11 +175,11 @@ pub fn plan(tiers: &[TierView], blocks: &[BlockView], policy: &dyn EvictionPolic
             } else {
                 if !b.refused && used[t].saturating_sub(asked) > low(t) {
                     out.ask.push(b.id);
-                    asked += b.len;
+                    asked += b.frees;
                 }
                 continue;
             }
-            used[t] -= b.len;
+            used[t] = used[t].saturating_sub(b.frees);
             moved.insert(b.id);
         }
     }
@@ -192,7 +196,7 @@ pub fn plan(tiers: &[TierView], blocks: &[BlockView], policy: &dyn EvictionPolic
             if let Some(to) = (0..b.tier).find(|&to| used[to] + b.len <= high(to)) {
                 out.moves.push(Move::Promote { id: b.id, from: b.tier, to });
                 used[to] += b.len;
-                used[b.tier] -= b.len;
+                used[b.tier] = used[b.tier].saturating_sub(b.frees);
             }
         }
     }
@@ -226,7 +230,7 @@ pub fn make_room(
         if free + freed >= need {
             break;
         }
-        freed += b.len;
+        freed += b.frees;
         out.push(b.id);
     }
     (free + freed >= need).then_some(out)
@@ -243,6 +247,7 @@ mod tests {
         BlockView {
             id,
             len: 10 * MB,
+            frees: 10 * MB,
             tier,
             stats: AccessStats { last_ms, freq: 0.0, hits_in_tier: 0.0 },
             evictable: false,
