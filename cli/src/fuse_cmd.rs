@@ -38,6 +38,11 @@ pub struct FuseArgs {
     /// opening it for writing on this mount fails with ETXTBSY
     #[arg(long)]
     pub passthrough: bool,
+    /// Mount read-only (writes fail with EROFS), as for model weights and
+    /// datasets; turns --passthrough on unless --direct-io or
+    /// --writeback-cache is given (no write open can then meet ETXTBSY)
+    #[arg(long)]
+    pub read_only: bool,
 }
 
 fn secs(what: &str, s: f64) -> anyhow::Result<Duration> {
@@ -54,7 +59,8 @@ pub async fn run(a: FuseArgs, c: &ClientArgs) -> anyhow::Result<()> {
         attr_timeout: secs("attr-timeout", a.attr_timeout)?,
         entry_timeout: secs("entry-timeout", a.entry_timeout)?,
         threads: a.threads,
-        passthrough: a.passthrough,
+        passthrough: a.passthrough || (a.read_only && !a.direct_io && !a.writeback_cache),
+        read_only: a.read_only,
     };
     let fs = c.fs()?;
     let rt = tokio::runtime::Handle::current();

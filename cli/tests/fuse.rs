@@ -659,6 +659,31 @@ async fn passthrough_reads_files_through_the_kernel() {
     assert!(fs.read_all("/pt/small").await.unwrap() == new, "the SDK sees the rewrite");
 }
 
+/// `--read-only`: every change is refused with EROFS (nothing reaches
+/// meta), reads return the file's bytes (through the kernel where it can).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_mounts_refuse_changes_and_read() {
+    need_fuse!("read_only_mounts_refuse_changes_and_read");
+    let n = node_with(UpOptions { block_size: Some("4MiB".into()), mem: Some("256MiB".into()), ..Default::default() }).await;
+    let fs = n.fs().unwrap();
+    let data = random_bytes((9 << 20) + 77, 44);
+    fs.mkdir("/ro", false).await.unwrap();
+    fs.write_all("/ro/weights", &data, false).await.unwrap();
+    let m = Mount::start(&n, &["--read-only"]);
+    assert!(std::fs::read(m.p("ro/weights")).unwrap() == data);
+    let erofs = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    erofs(std::fs::write(m.p("ro/new"), b"x"), "create");
+    erofs(std::fs::OpenOptions::new().append(true).open(m.p("ro/weights")).map(drop), "write open");
+    erofs(std::fs::create_dir(m.p("ro/dir")), "mkdir");
+    erofs(std::fs::remove_file(m.p("ro/weights")), "unlink");
+    erofs(std::fs::rename(m.p("ro/weights"), m.p("ro/w2")), "rename");
+    assert!(fs.read_all("/ro/weights").await.unwrap() == data, "nothing changed");
+    assert!(fs.stat("/ro/new").await.is_err());
+}
+
 /// `--passthrough` of a file loaded from a UFS: `cv warm` stores its blocks
 /// one by one, so the first passthrough open asks the worker to join them
 /// into one file (a copy), then the kernel reads it; bytes checked, and

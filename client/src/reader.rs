@@ -344,6 +344,9 @@ impl FileReader {
                 return Ok(Whole::No);
             }
         }
+        if next != self.status.len {
+            return Ok(Whole::No); // blocks and length disagree: read the checked way
+        }
         // The kernel reads the backing file up to its own end.
         match whole {
             Some((f, _)) if one && f.metadata().is_ok_and(|m| m.len() == next) => Ok(Whole::File(f)),

@@ -36,6 +36,8 @@ pub struct FuseOptions {
     /// Read-only opens of files held whole in a same-host MEM block are
     /// served by the kernel from the block file (`passthrough.rs`).
     pub passthrough: bool,
+    /// Mounted read-only: the kernel refuses every change (EROFS).
+    pub read_only: bool,
 }
 
 /// Whether `path` is a mount point whose FUSE daemon is gone: statfs
@@ -110,6 +112,9 @@ pub fn run(fs: FileSystem, rt: tokio::runtime::Handle, opts: FuseOptions) -> Res
         MountOption::NoAtime,
         MountOption::CUSTOM(format!("max_read={}", 1 << 20)),
     ];
+    if opts.read_only {
+        cfg.mount_options.push(MountOption::RO);
+    }
     if opts.allow_other {
         cfg.acl = SessionACL::All;
     }

@@ -40,6 +40,8 @@ pub(crate) mod moves;
 mod scan;
 mod sink;
 #[cfg(test)]
+mod extent_stress;
+#[cfg(test)]
 mod extent_tests;
 #[cfg(test)]
 mod tests;

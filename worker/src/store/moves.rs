@@ -93,9 +93,13 @@ impl TieredStore {
         // The block copied, not one deleted meanwhile and loaded again.
         let same = |e: &super::Entry| e.moving && e.tier == from && e.file(&inner.tiers, id) == (path.clone(), base);
         let Some(entry) = st.index.get_mut(&id).filter(|e| same(e)) else {
-            // Deleted while it was being copied: drop the copy too.
-            for p in [dst.block_path(id), dst.crc_path(id)] {
-                let _ = std::fs::remove_file(p);
+            // Deleted while it was being copied: drop the copy too, unless
+            // the block came back into the target tier meanwhile (a reload
+            // of the same bytes, whose files these now are).
+            if !st.index.get(&id).is_some_and(|e| e.tier == to) {
+                for p in [dst.block_path(id), dst.crc_path(id)] {
+                    let _ = std::fs::remove_file(p);
+                }
             }
             return Err(inner.not_found(id));
         };
