@@ -148,14 +148,6 @@ pub struct LocalStats {
     pub writes: u64,
 }
 
-/// Where a local block's bytes are (`LocalReads::block_file`).
-pub(crate) struct BlockFile {
-    pub file: Arc<std::fs::File>,
-    pub base: u64,
-    pub tier: TierKind,
-    pub len: u64,
-}
-
 /// A block being written straight into a same-host worker's tier file.
 pub(crate) struct LocalWrite {
     worker: u64,
@@ -488,12 +480,11 @@ impl LocalReads {
     /// The block file of `block` on worker `loc` (this host), with where
     /// the block starts in it, its tier and length: for readers that hand
     /// the file to another engine (cuFile, the kernel's FUSE passthrough).
-    pub async fn block_file(&self, loc: &BlockLocation, block: u64) -> Option<BlockFile> {
+    pub async fn block_file(&self, loc: &BlockLocation, block: u64) -> Option<ReadSource> {
         if loc.local_socket.is_empty() || self.backing_off(loc.worker_id) {
             return None;
         }
-        let b = self.source(loc, block).await.ok()?;
-        Some(BlockFile { file: b.src.file.clone(), base: b.src.base, tier: b.src.tier, len: b.src.len })
+        Some(self.source(loc, block).await.ok()?.src.share())
     }
 
     async fn source(&self, loc: &BlockLocation, block: u64) -> Result<Arc<LocalBlock>> {

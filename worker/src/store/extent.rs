@@ -2,13 +2,12 @@
 //! module comment of `store`).
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use curvine_common::tier::TierKind;
 use curvine_common::{Error, ErrorKind, Result};
-use curvine_fabric::frame::CHUNK;
 
+use super::moves::CheckedCopy;
 use super::{load_crcs, Inner, State, Tier, TieredStore};
 
 /// Where a block's bytes start in its extent's file, which must be
@@ -275,7 +274,6 @@ impl TieredStore {
 /// `to` at the part's base.
 fn copy_parts(inner: &Inner, t: &Tier, parts: &[Part], to: &std::path::Path) -> Result<()> {
     let out = File::create(to).map_err(|e| Error::from(e).context(format!("create {}", to.display())))?;
-    let mut buf = vec![0u8; 16 * CHUNK as usize];
     for p in parts {
         let (path, from) = &p.from;
         let crcs = match &p.crcs {
@@ -283,25 +281,12 @@ fn copy_parts(inner: &Inner, t: &Tier, parts: &[Part], to: &std::path::Path) -> 
             None => load_crcs(&t.crc_path(p.id), p.len)?,
         };
         let input = File::open(path).map_err(|e| Error::from(e).context(format!("block {}", p.id)))?;
-        let mut off = 0u64;
-        while off < p.len {
-            let n = ((p.len - off) as usize).min(buf.len());
-            input.read_exact_at(&mut buf[..n], from + off).map_err(|e| Error::from(e).context(format!("block {}", p.id)))?;
-            for (i, chunk) in buf[..n].chunks(CHUNK as usize).enumerate() {
-                let idx = (off / CHUNK) as usize + i;
-                if curvine_fabric::crc::crc32c(chunk) != crcs[idx] {
-                    return Err(Error::new(
-                        ErrorKind::Corrupt,
-                        format!("block {} on worker {}: chunk {idx} fails its crc32c", p.id, inner.worker_id),
-                    ));
-                }
-            }
-            out.write_all_at(&buf[..n], p.base + off).map_err(|e| {
-                let kind = if e.raw_os_error() == Some(libc::ENOSPC) { ErrorKind::NoSpace } else { ErrorKind::Io };
-                Error::new(kind, format!("worker {}: joining block {}: {e}", inner.worker_id, p.id))
-            })?;
-            off += n as u64;
-        }
+        let io = |e: std::io::Error, what: &str| {
+            let kind = if e.raw_os_error() == Some(libc::ENOSPC) { ErrorKind::NoSpace } else { ErrorKind::Io };
+            Error::new(kind, format!("worker {}: joining block {}: {what}: {e}", inner.worker_id, p.id))
+        };
+        let block = CheckedCopy { id: p.id, len: p.len, crcs: &crcs };
+        block.copy(inner.worker_id, (&input, *from), (&out, p.base), None, &io)?;
     }
     Ok(())
 }

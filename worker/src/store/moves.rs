@@ -10,7 +10,6 @@
 //! extent leaves its bytes there until the extent empties (see `mod.rs`).
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
@@ -46,6 +45,49 @@ impl Pace {
 
 /// Bytes copied per read/write while moving (a multiple of `CHUNK`).
 const COPY_BUF: usize = 16 * CHUNK as usize;
+
+/// One block's bytes to copy, checked chunk by chunk against its crcs.
+pub(super) struct CheckedCopy<'a> {
+    pub id: u64,
+    pub len: u64,
+    pub crcs: &'a [u32],
+}
+
+impl CheckedCopy<'_> {
+    /// Copies the block from `input` at its offset to `out` at its offset,
+    /// `COPY_BUF` at a time; a chunk that fails its crc stops the copy as
+    /// `Corrupt` before it is written. `io` names a failed "read"/"write".
+    pub(super) fn copy(
+        &self,
+        worker: u64,
+        (input, from): (&File, u64),
+        (out, to): (&File, u64),
+        mut pace: Option<&mut Pace>,
+        io: &dyn Fn(std::io::Error, &str) -> Error,
+    ) -> Result<()> {
+        let mut buf = vec![0u8; COPY_BUF.min(self.len as usize)];
+        let mut off = 0u64;
+        while off < self.len {
+            let n = ((self.len - off) as usize).min(COPY_BUF);
+            input.read_exact_at(&mut buf[..n], from + off).map_err(|e| io(e, "read"))?;
+            for (i, chunk) in buf[..n].chunks(CHUNK as usize).enumerate() {
+                let idx = (off / CHUNK) as usize + i;
+                if self.crcs.get(idx) != Some(&curvine_fabric::crc::crc32c(chunk)) {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!("block {} on worker {worker}: chunk {idx} fails its crc32c", self.id),
+                    ));
+                }
+            }
+            out.write_all_at(&buf[..n], to + off).map_err(|e| io(e, "write"))?;
+            off += n as u64;
+            if let Some(p) = pace.as_deref_mut() {
+                p.take(n as u64);
+            }
+        }
+        Ok(())
+    }
+}
 
 impl TieredStore {
     /// Copies block `id` into tier `to` and switches the index over.
@@ -160,25 +202,11 @@ impl TieredStore {
             Error::new(kind, format!("worker {}: {what} block {id} in {}: {e}", inner.worker_id, dir.display()))
         };
         let input = File::open(path).map_err(|e| io(e, "open", &src.dir))?;
-        let mut out = File::create(dst.tmp_path(id)).map_err(|e| io(e, "create", &dst.dir))?;
-        let mut buf = vec![0u8; COPY_BUF];
-        let mut off = 0u64;
-        while off < len {
-            let n = ((len - off) as usize).min(COPY_BUF);
-            input.read_exact_at(&mut buf[..n], base + off).map_err(|e| io(e, "read", &src.dir))?;
-            for (i, chunk) in buf[..n].chunks(CHUNK as usize).enumerate() {
-                let idx = (off / CHUNK) as usize + i;
-                if curvine_fabric::crc::crc32c(chunk) != crcs[idx] {
-                    return Err(Error::new(
-                        ErrorKind::Corrupt,
-                        format!("block {id} on worker {}: chunk {idx} fails its crc32c", inner.worker_id),
-                    ));
-                }
-            }
-            out.write_all(&buf[..n]).map_err(|e| io(e, "write", &dst.dir))?;
-            off += n as u64;
-            pace.take(n as u64);
-        }
+        let out = File::create(dst.tmp_path(id)).map_err(|e| io(e, "create", &dst.dir))?;
+        let block = CheckedCopy { id, len, crcs: &crcs };
+        block.copy(inner.worker_id, (&input, base), (&out, 0), Some(pace), &|e, what| {
+            io(e, what, if what == "read" { &src.dir } else { &dst.dir })
+        })?;
         let raw: Vec<u8> = crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
         std::fs::write(dst.tmp_crc_path(id), raw).map_err(|e| io(e, "write crc of", &dst.dir))?;
         if inner.sync_on_commit && dst.kind != TierKind::Mem {
