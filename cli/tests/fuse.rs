@@ -968,3 +968,144 @@ async fn locks_hold_across_mounts_and_die_with_their_mount() {
     assert!(freed, "a dead mount's lock was never freed (lease 2 s)");
     eprintln!("a dead mount's lock was freed {:?} after its daemon was killed", t.elapsed());
 }
+
+/// A directory listing (readdirplus) shows the size of a file as this
+/// mount sees it, with bytes not yet saved: a file being streamed, and a
+/// file with local changes. Meta's older size would make the kernel cut
+/// the file's cached pages, and an O_APPEND writer append at the old end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_show_the_size_of_unsaved_writes() {
+    need_fuse!("listings_show_the_size_of_unsaved_writes");
+    let n = node().await;
+    let m = Mount::start(&n, &[]);
+    let py = r#"
+import os, sys
+d = sys.argv[1]
+def listed():
+    return {e: os.stat(f"{d}/{e}").st_size for e in os.listdir(d)}
+with open(f"{d}/staged", "wb") as f: f.write(b"s" * 3000)
+for name, first in [("streamed", b""), ("staged", b"s" * 3000)]:
+    p = f"{d}/{name}"
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+    os.write(fd, b"a" * 5000)
+    sizes = listed()  # the first listing of an open directory is a readdirplus
+    assert sizes[name] == len(first) + 5000, (name, sizes)
+    os.write(fd, b"b" * 7000)
+    os.close(fd)
+    data = open(p, "rb").read()
+    assert data == first + b"a" * 5000 + b"b" * 7000, (name, len(data), data.count(b"a"), data.count(b"b"))
+print("listings ok")
+"#;
+    std::fs::create_dir(m.p("ls")).unwrap();
+    let out = Command::new("python3").arg("-c").arg(py).arg(m.p("ls")).output().unwrap();
+    assert!(out.status.success(), "python: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let fs = n.fs().unwrap();
+    assert_eq!(fs.read_all("/ls/streamed").await.unwrap().len(), 12_000);
+    assert_eq!(fs.read_all("/ls/staged").await.unwrap().len(), 15_000);
+}
+
+/// A seal of streamed bytes that fails when another caller triggered it
+/// (here a rename, after another client deleted the file being written)
+/// is reported to the writer at its close: the bytes are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_seal_is_reported_to_the_writer() {
+    need_fuse!("a_failed_seal_is_reported_to_the_writer");
+    let n = node().await;
+    let m = Mount::start(&n, &[]);
+    let fs = n.fs().unwrap();
+    std::fs::create_dir(m.p("seal")).unwrap();
+    let mut writer = Stepper::start(
+        "import os, sys\nfd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o644)\nos.write(fd, b'x' * 100000)\n\
+         print('written', flush=True)\nsys.stdin.readline()\n\
+         try:\n    os.rename(sys.argv[1], sys.argv[2])\n    print('renamed', flush=True)\n\
+         except OSError:\n    print('rename failed', flush=True)\n\
+         try:\n    os.close(fd)\n    print('closed', flush=True)\n\
+         except OSError:\n    print('close failed', flush=True)\n\
+         sys.stdin.readline()\n",
+        &[m.p("seal/f"), m.p("seal/g")],
+    );
+    writer.expect("written");
+    fs.delete("/seal/f", false).await.unwrap();
+    writer.step("rename failed");
+    writer.expect("close failed");
+    writer.finish();
+}
+
+/// An O_CREAT open without O_TRUNC keeps the bytes of a file another
+/// client made after the kernel's lookup found no such name: the kernel
+/// then asks to create it, and the file must be opened, not replaced.
+/// The other client's name appears at once, complete (a link); the race
+/// is run many times, each outcome checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_racing_another_clients_file_keeps_its_bytes() {
+    need_fuse!("a_create_racing_another_clients_file_keeps_its_bytes");
+    let n = node().await;
+    let m = Mount::start(&n, &[]);
+    let fs = n.fs().unwrap();
+    fs.mkdir("/cr", false).await.unwrap();
+    let mut appender = Stepper::start(
+        "import os, sys\nprint('ready', flush=True)\nfor line in sys.stdin:\n    p = f'{sys.argv[1]}/f{line.strip()}'\n\
+         \x20   fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)\n    os.write(fd, b'b')\n    os.close(fd)\n\
+         \x20   print('done', flush=True)\n",
+        &[m.p("cr")],
+    );
+    appender.expect("ready");
+    let theirs = vec![b'a'; 1000];
+    let (mut linked, mut created) = (0, 0);
+    for i in 0..200 {
+        fs.write_all(&format!("/cr/src{i}"), &theirs, false).await.unwrap();
+        std::io::Write::write_all(&mut appender.told, format!("{i}\n").as_bytes()).unwrap();
+        let link = fs.link(&format!("/cr/src{i}"), &format!("/cr/f{i}")).await;
+        appender.expect("done");
+        let got = fs.read_all(&format!("/cr/f{i}")).await.unwrap();
+        match link {
+            // The other client's file came first: the open appended to it.
+            Ok(_) => {
+                linked += 1;
+                assert!(got.len() == 1001 && got[..1000] == theirs[..] && got[1000] == b'b', "round {i}: {} bytes", got.len());
+            }
+            // The mount's create came first.
+            Err(e) => {
+                assert_eq!(e.kind(), curvine_common::ErrorKind::AlreadyExists, "round {i}: {e}");
+                created += 1;
+                assert_eq!(got, b"b", "round {i}");
+            }
+        }
+    }
+    eprintln!("create races: {linked} opened the other client's file, {created} created it");
+    drop(appender.told);
+    assert!(appender.child.wait().unwrap().success());
+}
+
+/// Opens racing truncates of a closed file (each saved at once, its state
+/// then dropped): every handle is counted on the state writes find, so
+/// no write fails for want of one (EBADF).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_racing_truncates_keep_their_handles() {
+    need_fuse!("opens_racing_truncates_keep_their_handles");
+    let n = node().await;
+    let m = Mount::start(&n, &[]);
+    let py = r#"
+import os, sys, threading
+p = sys.argv[1]
+open(p, "wb").close()
+stop = []
+def truncate():
+    i = 0
+    while not stop:
+        os.truncate(p, i % 7); i += 1
+t = threading.Thread(target=truncate); t.start()
+try:
+    for i in range(500):
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+finally:
+    stop.append(1); t.join()
+print("opens ok")
+"#;
+    let out = Command::new("python3").arg("-c").arg(py).arg(m.p("t")).output().unwrap();
+    assert!(out.status.success(), "python: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}

@@ -17,13 +17,22 @@ async fn up_publishes_addresses_health_and_metrics_and_stops_cleanly() {
     assert!(cluster.contains(&n.meta_addr()), "{cluster}");
     let health = http_get(&n.web_addr(), "/health");
     assert!(health.starts_with("HTTP/1.1 200") && health.contains("\"status\":\"ok\""), "{health}");
+    let before = inodes(&http_get(&n.web_addr(), "/metrics"));
     n.fs().unwrap().write_all("/m", &random_bytes(100_000, 1), false).await.unwrap();
+    n.fs().unwrap().mkdir("/d", false).await.unwrap();
     n.fs().unwrap().read_all("/m").await.unwrap();
     let metrics = http_get(&n.web_addr(), "/metrics");
     assert!(metrics.contains("curvine_meta_"), "no meta metrics:\n{metrics}");
+    assert_eq!(inodes(&metrics), before + 2, "a file and a directory more:\n{metrics}");
     assert!(metrics.contains("curvine_worker_"), "no worker metrics:\n{metrics}");
     let code = tokio::task::block_in_place(|| n.proc.terminate()).unwrap();
     assert_eq!(code, Some(0), "SIGTERM must shut down cleanly:\n{}", n.proc.log_tail(30));
+}
+
+/// The value of `curvine_meta_inodes` in a scrape.
+fn inodes(metrics: &str) -> i64 {
+    let line = metrics.lines().find(|l| l.starts_with("curvine_meta_inodes ")).unwrap_or_else(|| panic!("no curvine_meta_inodes:\n{metrics}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[test]

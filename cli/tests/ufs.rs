@@ -299,3 +299,51 @@ async fn bad_mounts_fail_with_clear_errors_and_mounts_guard_the_ufs() {
     assert_eq!(objs.trim(), "1", "umount must leave the bucket alone");
     fails_with(&cv(&n, &["umount", "/a/b"]), "not a mount point");
 }
+
+/// A client retries a call with the same request id (its answer was lost).
+/// A retried listing under a mount must merge the UFS again under its own
+/// stamp. Before, its writes replayed the first attempt's recorded answers
+/// by position: with the UFS grown past one page meanwhile, the first page
+/// was not merged (a replay), the second replayed the old end of listing,
+/// and the retry's own end of listing then removed every entry the first
+/// attempt had merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_listing_keeps_the_entries_it_lists() {
+    use curvine_common::proto::meta_service_client::MetaServiceClient;
+    use curvine_common::proto::ListRequest;
+
+    let s3 = S3Server::start();
+    s3.create_bucket("relist");
+    let ufs = Ufs::new(&s3.uri("relist", "p"), &s3.options()).unwrap();
+    for name in ["a.bin", "b.bin", "c.bin"] {
+        put(&ufs, name, name.as_bytes()).await;
+    }
+    let n = node().await;
+    let opts = option_args(&s3);
+    let uri = s3.uri("relist", "p");
+    // Every listing is stale at once, so each attempt lists the UFS.
+    ok(&cv(&n, &mount_args(&opts, &uri, "/m", &["--sync-interval", "0s"])));
+
+    let mut c = MetaServiceClient::connect(format!("http://{}", n.meta_addr())).await.unwrap();
+    let mut list = async || {
+        let mut req = tonic::Request::new(ListRequest { path: "/m".into(), ..Default::default() });
+        req.metadata_mut().insert(curvine_common::REQUEST_ID_HEADER, "c0ffee-7".parse().unwrap());
+        let got = c.list(req).await.unwrap().into_inner();
+        got.entries.iter().map(|e| e.path.rsplit('/').next().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(list().await, ["a.bin", "b.bin", "c.bin"]);
+    // The UFS grows past one listing page (1,000 entries) before the retry.
+    futures::stream::iter(0..1000)
+        .map(|i| {
+            let ufs = &ufs;
+            async move { put(ufs, &format!("d{i:04}"), b"d").await }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let again = list().await;
+    assert_eq!(again.len(), 1000, "one page of the listing");
+    assert_eq!(again[..4], ["a.bin", "b.bin", "c.bin", "d0000"], "the retry lists what it merged");
+    let fs = n.fs().unwrap();
+    assert_eq!(fs.read_all("/m/a.bin").await.unwrap(), b"a.bin");
+}

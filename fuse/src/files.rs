@@ -17,7 +17,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use curvine_client::{CreateOptions, FileSystem, FileWriter, Result};
+use curvine_client::{CreateOptions, Error, FileSystem, FileWriter, Result};
 
 /// Bytes per piece when downloading into or uploading from a staging file.
 const PIECE: usize = 4 << 20;
@@ -49,11 +49,15 @@ pub struct FileState {
     /// When this mount last changed the bytes (ms; 0 = never): the file's
     /// mtime and ctime as this mount shows them until meta has later ones.
     pub changed_ms: i64,
+    /// A seal of streamed bytes that failed (the bytes are gone), kept for
+    /// the writer: another caller (a reader, a rename) may have made it
+    /// fail, and the writer's own flush would then find nothing to save.
+    pub failed: Option<Error>,
 }
 
 impl FileState {
     pub fn new(size: u64, mode: u32) -> FileState {
-        FileState { data: Data::Clean, size, open: 0, version: 0, unlinked_as: None, mode, owner: None, changed_ms: 0 }
+        FileState { data: Data::Clean, size, open: 0, version: 0, unlinked_as: None, mode, owner: None, changed_ms: 0, failed: None }
     }
 
     pub fn is_clean(&self) -> bool {
@@ -140,11 +144,16 @@ impl FileState {
     pub async fn commit(&mut self, upload_to: Option<(&FileSystem, &str)>) -> Result<()> {
         match std::mem::replace(&mut self.data, Data::Clean) {
             Data::Clean => Ok(()),
-            Data::Stream(w) => {
-                let st = w.close().await?;
-                self.size = st.len;
-                Ok(())
-            }
+            Data::Stream(w) => match w.close().await {
+                Ok(st) => {
+                    self.size = st.len;
+                    Ok(())
+                }
+                Err(e) => {
+                    self.failed = Some(e.clone());
+                    Err(e)
+                }
+            },
             Data::Staged { file, dirty } => {
                 let Some((fs, path)) = upload_to.filter(|_| dirty) else {
                     self.data = Data::Staged { file, dirty };

@@ -63,6 +63,9 @@ struct OpenFile {
     ino: u64,
     /// Opened in passthrough mode: the kernel reads its backing file.
     passthrough: bool,
+    /// Opened for writing: its flush, fsync and release report a failed
+    /// seal of the file's bytes (`FileState::failed`).
+    write: bool,
     /// The reader, with the version of the file it was opened at.
     reader: tokio::sync::Mutex<Option<(u64, Arc<FileReader>)>>,
 }
@@ -226,9 +229,9 @@ impl CvFuse {
         Ok((name, path))
     }
 
-    fn new_fh(&self, ino: u64) -> u64 {
+    fn new_fh(&self, ino: u64, write: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: false, reader: tokio::sync::Mutex::new(None) }));
+        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: false, write, reader: tokio::sync::Mutex::new(None) }));
         fh
     }
 
@@ -275,7 +278,7 @@ impl CvFuse {
 
     fn new_passthrough_fh(&self, ino: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: true, reader: tokio::sync::Mutex::new(None) }));
+        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: true, write: false, reader: tokio::sync::Mutex::new(None) }));
         fh
     }
 
@@ -286,6 +289,61 @@ impl CvFuse {
             .entry(ino)
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(FileState::new(size, mode))))
             .clone()
+    }
+
+    /// Locks `s`, taken from `files` for `ino`; `None` when its last holder
+    /// (a last close, a truncate) dropped it from `files` while this waited:
+    /// a handle counted on it would be on a state nobody else finds. The
+    /// caller then takes the state again, after a fresh stat (the holder
+    /// may have saved a new version).
+    async fn lock_if_current(&self, ino: u64, s: Arc<tokio::sync::Mutex<FileState>>) -> Option<tokio::sync::OwnedMutexGuard<FileState>> {
+        let guard = s.clone().lock_owned().await;
+        self.files.lock().get(&ino).is_some_and(|cur| Arc::ptr_eq(cur, &s)).then_some(guard)
+    }
+
+    /// Drops `ino`'s state `s` from `files`. Called with `s` locked, so an
+    /// open waiting for the lock sees it gone (`lock_if_current`).
+    fn drop_state(&self, ino: u64, s: &Arc<tokio::sync::Mutex<FileState>>) {
+        let mut files = self.files.lock();
+        if files.get(&ino).is_some_and(|cur| Arc::ptr_eq(cur, s)) {
+            files.remove(&ino);
+        }
+    }
+
+    /// Counts a new handle on the existing file `ino` at `path`, truncating
+    /// it for O_TRUNC: its status, and whether its bytes are unchanged
+    /// since its last open here (the kernel may keep its page cache).
+    async fn open_existing(&self, ino: u64, path: &str, flags: i32) -> Result<(FileStatus, bool), Errno> {
+        let (st, state, mut s) = loop {
+            let st = self.fs.stat(path).await.map_err(|e| errno(&e))?;
+            if st.kind == FileKind::Dir as i32 {
+                return Err(Errno::EISDIR);
+            }
+            let state = self.open_state(ino, st.len, st.mode);
+            if let Some(s) = self.lock_if_current(ino, state.clone()).await {
+                break (st, state, s);
+            }
+        };
+        // The kernel refuses any other kind of open of an inode in
+        // passthrough mode (EIO). Checked once this open's state
+        // exists (no backing can be made after that, see
+        // `Passthrough::register`) and before anything changes.
+        if self.pt.has_backing(ino) {
+            if s.open == 0 && s.is_clean() {
+                self.drop_state(ino, &state);
+            }
+            return Err(Errno::ETXTBSY);
+        }
+        s.open += 1;
+        s.owner = Some((st.uid, st.gid));
+        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            if let Err(e) = s.truncate(&self.fs, path, 0, &self.opts.staging).await {
+                s.open -= 1;
+                return Err(errno(&e));
+            }
+        }
+        let unchanged = s.is_clean() && self.seen.lock().insert(ino, (st.mtime_ms, st.len)) == Some((st.mtime_ms, st.len));
+        Ok((st, unchanged))
     }
 
     /// The node for `parent/name` (status `st`), counting a lookup: a file
@@ -350,6 +408,26 @@ impl CvFuse {
         self.save(&mut s, &path).await
     }
 
+    /// `commit` for a flush or fsync through handle `fh`: a write handle
+    /// also hears of a seal that failed under another caller.
+    async fn commit_fh(&self, ino: u64, fh: u64) -> Result<(), Errno> {
+        let Some(s) = self.state(ino) else { return Ok(()) };
+        let mut s = s.lock().await;
+        let path = self.inodes.path(ino).ok_or(Errno::ESTALE)?;
+        let res = self.save(&mut s, &path).await;
+        let write = self.handles.lock().get(&fh).is_some_and(|h| h.write);
+        res.and(Self::failed_for(&mut s, write))
+    }
+
+    /// The failed seal of `s`'s bytes, for a write handle: reported once
+    /// (a failure the caller's own save just met is cleared with it).
+    fn failed_for(s: &mut FileState, write: bool) -> Result<(), Errno> {
+        match s.failed.take_if(|_| write) {
+            Some(e) => Err(errno(&e)),
+            None => Ok(()),
+        }
+    }
+
     /// Publishes `s`'s unsaved bytes at `path` (any name of a hard-linked
     /// file: meta rewrites such a file in place, under all of its names).
     async fn save(&self, s: &mut FileState, path: &str) -> Result<(), Errno> {
@@ -369,6 +447,7 @@ impl CvFuse {
             Some(p) if st.unlinked_as.is_none() => self.save(&mut st, p).await,
             _ => Ok(()),
         };
+        let failed = Self::failed_for(&mut st, h.write);
         st.open = st.open.saturating_sub(1);
         if st.open == 0 {
             if let Some(hidden) = st.unlinked_as.take() {
@@ -388,11 +467,10 @@ impl CvFuse {
                 }
             }
             if res.is_ok() {
-                drop(st);
-                self.files.lock().remove(&h.ino);
+                self.drop_state(h.ino, &s);
             }
         }
-        res
+        res.and(failed)
     }
 
     async fn do_setattr(&self, ino: u64, a: SetAttr) -> Result<FileAttr, Errno> {
@@ -409,19 +487,22 @@ impl CvFuse {
             }
         }
         if let Some(size) = a.size {
-            let st = self.fs.stat(&path).await.map_err(|e| errno(&e))?;
-            if st.kind == FileKind::Dir as i32 {
-                return Err(Errno::EISDIR);
-            }
-            let s = self.open_state(ino, st.len, st.mode);
-            let mut s = s.lock().await;
+            let (st, state, mut s) = loop {
+                let st = self.fs.stat(&path).await.map_err(|e| errno(&e))?;
+                if st.kind == FileKind::Dir as i32 {
+                    return Err(Errno::EISDIR);
+                }
+                let state = self.open_state(ino, st.len, st.mode);
+                if let Some(s) = self.lock_if_current(ino, state.clone()).await {
+                    break (st, state, s);
+                }
+            };
             s.owner.get_or_insert((st.uid, st.gid));
             s.truncate(&self.fs, &path, size, &self.opts.staging).await.map_err(|e| errno(&e))?;
             if s.open == 0 {
                 // Nobody holds it open: the new size is published now.
                 self.save(&mut s, &path).await?;
-                drop(s);
-                self.files.lock().remove(&ino);
+                self.drop_state(ino, &state);
             }
         }
         if a.mode.is_some() || a.mtime.is_some() {
@@ -506,6 +587,8 @@ impl Filesystem for Mounted {
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         if self.0.inodes.forget(ino.0, nlookup) {
             self.0.locks.forget(ino.0);
+            // Numbers are never handed out again: nothing would drop it.
+            self.0.seen.lock().remove(&ino.0);
         }
     }
 
@@ -695,37 +778,7 @@ impl Filesystem for Mounted {
                     Err(e) => return reply.error(e),
                 }
             }
-            let res = async {
-                let st = me.fs.stat(&path).await.map_err(|e| errno(&e))?;
-                if st.kind == FileKind::Dir as i32 {
-                    return Err(Errno::EISDIR);
-                }
-                let s = me.open_state(ino.0, st.len, st.mode);
-                let mut s = s.lock().await;
-                // The kernel refuses any other kind of open of an inode in
-                // passthrough mode (EIO). Checked once this open's state
-                // exists (no backing can be made after that, see
-                // `Passthrough::register`) and before anything changes.
-                if me.pt.has_backing(ino.0) {
-                    let idle = s.open == 0 && s.is_clean();
-                    drop(s);
-                    if idle {
-                        me.files.lock().remove(&ino.0);
-                    }
-                    return Err(Errno::ETXTBSY);
-                }
-                s.open += 1;
-                s.owner = Some((st.uid, st.gid));
-                if flags.0 & libc::O_TRUNC != 0 && flags.acc_mode() != OpenAccMode::O_RDONLY {
-                    if let Err(e) = s.truncate(&me.fs, &path, 0, &me.opts.staging).await {
-                        s.open -= 1;
-                        return Err(errno(&e));
-                    }
-                }
-                let unchanged = s.is_clean() && me.seen.lock().insert(ino.0, (st.mtime_ms, st.len)) == Some((st.mtime_ms, st.len));
-                Ok(unchanged)
-            };
-            match res.await {
+            match me.open_existing(ino.0, &path, flags.0).await.map(|(_, unchanged)| unchanged) {
                 // A reader that lost the race to a passthrough open shares
                 // its backing instead.
                 Err(Errno::ETXTBSY) if read_only => match me.pt.share(ino.0) {
@@ -736,7 +789,7 @@ impl Filesystem for Mounted {
                     None => reply.error(Errno::EAGAIN),
                 },
                 Ok(unchanged) => {
-                    let fh = me.new_fh(ino.0);
+                    let fh = me.new_fh(ino.0, flags.acc_mode() != OpenAccMode::O_RDONLY);
                     let mut f = FopenFlags::empty();
                     if me.opts.direct_io {
                         f |= FopenFlags::FOPEN_DIRECT_IO;
@@ -759,13 +812,37 @@ impl Filesystem for Mounted {
         self.0.spawn(move |me| async move {
             let mode = mode & !umask & 0o7777;
             let res = async {
-                let opts = CreateOptions { overwrite: flags & libc::O_EXCL == 0, mode, owner: Some(owner), ..Default::default() };
-                let w = me.fs.create(&path, opts).await.map_err(|e| errno(&e))?;
+                // Only O_TRUNC replaces a file already there: the kernel's
+                // negative lookup may be older than another client's create
+                // of the name, whose bytes an O_CREAT|O_APPEND must keep.
+                let overwrite = flags & libc::O_TRUNC != 0 && flags & libc::O_EXCL == 0;
+                let opts = CreateOptions { overwrite, mode, owner: Some(owner), ..Default::default() };
+                let w = match me.fs.create(&path, opts).await {
+                    Ok(w) => w,
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists && flags & libc::O_EXCL == 0 => {
+                        // Opened as `open` would have, had the kernel known the file.
+                        let st = me.fs.stat(&path).await.map_err(|e| errno(&e))?;
+                        let ino = me.node(parent.0, &name, &st);
+                        let (st, unchanged) = match me.open_existing(ino, &path, flags).await {
+                            Ok(x) => x,
+                            Err(e) => {
+                                // The kernel counts no lookup for a failed create.
+                                me.inodes.forget(ino, 1);
+                                return Err(e);
+                            }
+                        };
+                        return Ok((ino, me.attr_now(ino, &st).await, unchanged));
+                    }
+                    Err(e) => return Err(errno(&e)),
+                };
                 let st = w.status().clone();
                 me.dir_attrs.created_in(parent.0, time(st.mtime_ms));
                 let ino = me.inodes.lookup(parent.0, &name);
-                let s = me.open_state(ino, 0, mode);
-                let mut s = s.lock().await;
+                let mut s = loop {
+                    if let Some(s) = me.lock_if_current(ino, me.open_state(ino, 0, mode)).await {
+                        break s;
+                    }
+                };
                 s.discard().await;
                 s.owner = Some(owner);
                 s.mode = mode;
@@ -774,12 +851,18 @@ impl Filesystem for Mounted {
                 s.version += 1;
                 s.open += 1;
                 drop(s);
-                Ok((ino, me.attr(ino, &st, Some(0))))
+                Ok((ino, me.attr(ino, &st, Some(0)), false))
             };
             match res.await {
-                Ok((ino, attr)) => {
-                    let fh = me.new_fh(ino);
-                    let f = if me.opts.direct_io { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() };
+                Ok((ino, attr, unchanged)) => {
+                    let fh = me.new_fh(ino, flags & libc::O_ACCMODE != libc::O_RDONLY);
+                    let f = if me.opts.direct_io {
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else if unchanged {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
                     reply.created(&me.opts.entry_ttl, &attr, Generation(0), FileHandle(fh), f)
                 }
                 Err(e) => reply.error(e),
@@ -833,17 +916,17 @@ impl Filesystem for Mounted {
         });
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock: LockOwner, reply: ReplyEmpty) {
         self.0.answer(reply, move |me| async move {
-            let res = me.commit(ino.0).await;
+            let res = me.commit_fh(ino.0, fh.0).await;
             // Any close drops the closing process's record locks on the file.
             me.locks.closed(&me.fs, ino.0, lock.0).await;
             res
         });
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.0.answer(reply, move |me| async move { me.commit(ino.0).await });
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.0.answer(reply, move |me| async move { me.commit_fh(ino.0, fh.0).await });
     }
 
     fn release(
@@ -952,35 +1035,40 @@ impl Filesystem for Mounted {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let Some(entries) = self.0.dirs.lock().get(&fh.0).cloned() else { return reply.error(Errno::EBADF) };
-        let me = &self.0;
-        let mut i = offset as usize;
-        // The same offsets as `readdir` ("." and ".." first), as the kernel
-        // may switch between the two within one listing. The kernel counts
-        // no lookup for "." and "..", and ignores their attributes.
-        let dot = FileAttr { ino, kind: FileType::Directory, perm: 0o755, nlink: 2, ..me.attr(ino.0, &FileStatus::default(), None) };
-        loop {
-            let full = match i {
-                0 => reply.add(ino, 1, ".", &me.opts.entry_ttl, &dot, Generation(0)),
-                1 => reply.add(INodeNo(ROOT), 2, "..", &me.opts.entry_ttl, &FileAttr { ino: INodeNo(ROOT), ..dot }, Generation(0)),
-                _ => match entries.get(i - 2) {
-                    None => break,
-                    Some(e) => {
-                        let child = me.node(ino.0, &e.name, e);
-                        let attr = me.attr(child, e, None);
-                        let full = reply.add(INodeNo(child), i as u64 + 1, &e.name, &me.opts.entry_ttl, &attr, Generation(0));
-                        if full {
-                            me.inodes.forget(child, 1);
+        // A task: a file with changes of this mount's shows their size (its
+        // state's lock awaited), as lookup and getattr show it. Meta's size
+        // would make the kernel cut its cached pages, and an O_APPEND
+        // writer append at that old end.
+        self.0.spawn(move |me| async move {
+            let mut i = offset as usize;
+            // The same offsets as `readdir` ("." and ".." first), as the kernel
+            // may switch between the two within one listing. The kernel counts
+            // no lookup for "." and "..", and ignores their attributes.
+            let dot = FileAttr { ino, kind: FileType::Directory, perm: 0o755, nlink: 2, ..me.attr(ino.0, &FileStatus::default(), None) };
+            loop {
+                let full = match i {
+                    0 => reply.add(ino, 1, ".", &me.opts.entry_ttl, &dot, Generation(0)),
+                    1 => reply.add(INodeNo(ROOT), 2, "..", &me.opts.entry_ttl, &FileAttr { ino: INodeNo(ROOT), ..dot }, Generation(0)),
+                    _ => match entries.get(i - 2) {
+                        None => break,
+                        Some(e) => {
+                            let child = me.node(ino.0, &e.name, e);
+                            let attr = me.attr_now(child, e).await;
+                            let full = reply.add(INodeNo(child), i as u64 + 1, &e.name, &me.opts.entry_ttl, &attr, Generation(0));
+                            if full {
+                                me.inodes.forget(child, 1);
+                            }
+                            full
                         }
-                        full
-                    }
-                },
-            };
-            if full {
-                break;
+                    },
+                };
+                if full {
+                    break;
+                }
+                i += 1;
             }
-            i += 1;
-        }
-        reply.ok()
+            reply.ok()
+        });
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {

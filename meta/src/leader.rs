@@ -32,7 +32,7 @@ pub enum Role {
 }
 
 pub fn role(raft: &Raft, id: u64) -> Role {
-    let m = raft.metrics();
+    let m = raft.server_metrics();
     let m = m.borrow();
     if m.state == ServerState::Leader && m.current_leader == Some(id) {
         return Role::Leader { voters: m.membership_config.membership().voter_ids().count() };

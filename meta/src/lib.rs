@@ -86,6 +86,10 @@ impl MetaNode {
             // default, 1,000, or fewer with a small snapshot interval):
             // a member further behind is sent the snapshot.
             max_in_snapshot_log_to_keep: conf.meta.snapshot_logs.clamp(1, 1000),
+            // Entries per append to a follower: with entries of up to
+            // `propose::MAX_BATCH_BYTES`, an append stays well under
+            // `RAFT_MESSAGE_MAX` (openraft's default is 300).
+            max_payload_entries: 64,
             ..Default::default()
         }
         .validate()
@@ -116,7 +120,7 @@ impl MetaNode {
             }
         }
 
-        let metrics = metrics::Metrics::new(registry);
+        let metrics = metrics::Metrics::new(registry, Arc::downgrade(&store));
         let conf = Arc::new(conf);
         let svc = MetaServiceImpl {
             raft: raft.clone(),
@@ -139,7 +143,11 @@ impl MetaNode {
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(MetaServiceServer::from_arc(svc.clone()))
-                .add_service(RaftServiceServer::new(RaftServer { raft: raft.clone() }))
+                .add_service(
+                    RaftServiceServer::new(RaftServer { raft: raft.clone() })
+                        .max_decoding_message_size(raft::network::RAFT_MESSAGE_MAX)
+                        .max_encoding_message_size(raft::network::RAFT_MESSAGE_MAX),
+                )
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = shutdown_rx.changed().await;
                 }),
@@ -205,7 +213,11 @@ impl MetaNode {
 /// it forgets what it knew of workers (they register again with it, with a
 /// full block report) and resumes interrupted load jobs.
 async fn on_leadership(svc: std::sync::Weak<MetaServiceImpl>, raft: crate::raft::types::Raft, id: u64) {
-    let mut metrics = raft.metrics();
+    // Server metrics change only with the role, term, leader or membership:
+    // the full metrics change with every entry (and every millisecond of
+    // `millis_since_quorum_ack`), and waking on each cost the create storm
+    // a task hand-off per entry.
+    let mut metrics = raft.server_metrics();
     let mut was_leader = false;
     loop {
         let leader = {

@@ -176,10 +176,10 @@ impl MetaServiceImpl {
         let out = match ufs.stat(rel).await? {
             Some(e) => {
                 counts.entries += 1;
-                self.write(MetaCommand::UfsUpsert { path: path.to_string(), mount_id: m.id, entry: e, now_ms: now })
+                self.merge(MetaCommand::UfsUpsert { path: path.to_string(), mount_id: m.id, entry: e, now_ms: now })
                     .await?
             }
-            None => self.write(MetaCommand::UfsRemove { path: path.to_string(), now_ms: now }).await?,
+            None => self.merge(MetaCommand::UfsRemove { path: path.to_string(), now_ms: now }).await?,
         };
         counts.add(&out);
         self.metrics.ufs_syncs.inc();
@@ -214,10 +214,10 @@ impl MetaServiceImpl {
             counts.entries += page.len() as u64;
             let entries = page;
             let out =
-                self.write(MetaCommand::UfsSyncPage { dir: path.to_string(), mount_id: m.id, entries, gen }).await?;
+                self.merge(MetaCommand::UfsSyncPage { dir: path.to_string(), mount_id: m.id, entries, gen }).await?;
             counts.add(&out);
         }
-        let out = self.write(MetaCommand::UfsSyncEnd { dir: path.to_string(), gen }).await?;
+        let out = self.merge(MetaCommand::UfsSyncEnd { dir: path.to_string(), gen }).await?;
         counts.add(&out);
         self.metrics.ufs_syncs.inc();
         Ok(counts)

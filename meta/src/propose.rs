@@ -21,6 +21,10 @@ use crate::raft::types::Raft;
 
 /// Most commands in one entry.
 const MAX_BATCH: usize = 512;
+/// Most bytes of commands in one entry (as logged, bincode); a larger
+/// command goes in an entry of its own. Bounds the Raft messages that
+/// carry entries to followers (`raft::network::RAFT_MESSAGE_MAX`).
+pub const MAX_BATCH_BYTES: u64 = 1 << 20;
 /// Batches being committed at once: one, while the next gathers. Measured
 /// with 16 writers over frames: 2 or more in flight made smaller batches
 /// and more Raft entries, and each entry's fixed cost (openraft's
@@ -84,14 +88,36 @@ impl Proposer {
     }
 }
 
+fn size(cmd: &MetaCommand) -> u64 {
+    bincode::serialized_size(cmd).unwrap_or(0)
+}
+
 async fn run(d: Arc<Direct>, mut rx: mpsc::UnboundedReceiver<(MetaCommand, Reply)>) {
-    while let Some(first) = rx.recv().await {
+    // A command taken that did not fit the last batch: first in the next.
+    let mut carried: Option<(MetaCommand, Reply)> = None;
+    loop {
+        let first = match carried.take() {
+            Some(c) => c,
+            None => match rx.recv().await {
+                Some(c) => c,
+                None => return,
+            },
+        };
         let Ok(permit) = d.slots.clone().acquire_owned().await else { return };
         // Everything that queued while waiting for a slot goes together.
+        let mut bytes = size(&first.0);
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    let n = size(&p.0);
+                    if bytes + n > MAX_BATCH_BYTES {
+                        carried = Some(p);
+                        break;
+                    }
+                    bytes += n;
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }

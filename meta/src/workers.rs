@@ -39,6 +39,16 @@ struct Inner {
     replicating: HashMap<u64, (Instant, u32, u64)>,
 }
 
+impl Inner {
+    /// `cached_since` holds only blocks with a known copy: pruned wherever
+    /// copies are forgotten, or it would grow by every block ever written
+    /// (it was pruned only when a mount had a TTL).
+    fn prune_cached_since(&mut self) {
+        let Inner { locations, cached_since, .. } = self;
+        cached_since.retain(|b, _| locations.contains_key(b));
+    }
+}
+
 /// Registered workers, block locations and pending deletions.
 pub struct Workers {
     timeout: Duration,
@@ -93,6 +103,7 @@ impl Workers {
             locs.remove(&id);
         }
         g.locations.retain(|_, l| !l.is_empty());
+        g.prune_cached_since();
         g.dead_handled.remove(&id);
         g.workers.insert(id, Worker { info, last_seen: Instant::now() });
         Self::add_reported(&mut g, id, blocks);
@@ -138,6 +149,7 @@ impl Workers {
                 l.remove(&id);
                 if l.is_empty() {
                     g.locations.remove(b);
+                    g.cached_since.remove(b);
                 }
             }
         }
@@ -177,6 +189,7 @@ impl Workers {
             }
         }
         g.locations.retain(|_, l| !l.is_empty());
+        g.prune_cached_since();
         for d in &dead {
             g.dead_handled.insert(*d);
             g.pending_delete.remove(d);
@@ -266,6 +279,7 @@ impl Workers {
     pub fn free_blocks(&self, blocks: &[u64]) {
         let mut g = self.inner.lock();
         for b in blocks {
+            g.cached_since.remove(b);
             if let Some(locs) = g.locations.remove(b) {
                 for w in locs.into_keys() {
                     g.pending_delete.entry(w).or_default().push(*b);
@@ -302,6 +316,7 @@ impl Workers {
         }
         if locs.is_empty() {
             g.locations.remove(&block);
+            g.cached_since.remove(&block);
         }
         true
     }
@@ -464,6 +479,10 @@ mod tests {
         assert_eq!(w.locations(7).len(), 1);
         w.free_blocks(&[7]);
         assert!(w.locations(7).is_empty());
+        assert!(!w.inner.lock().cached_since.contains_key(&7), "a freed block's cache age is forgotten");
+        w.add_locations(9, &[1]);
+        assert!(w.drop_copy(9, 1));
+        assert!(w.inner.lock().cached_since.is_empty(), "nor kept for a block without copies");
         let (mut del, _) = w.heartbeat(1, vec![], None, vec![], &[]).unwrap();
         del.sort();
         assert_eq!(del, vec![7, 8]);

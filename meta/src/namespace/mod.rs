@@ -3,7 +3,7 @@
 //! or not at all. Commands carry every non-deterministic value (times) so
 //! all replicas compute the same result.
 
-mod attrs;
+pub(crate) mod attrs;
 pub mod locks;
 mod once;
 mod ufs;
@@ -670,6 +670,14 @@ impl Ns<'_> {
     }
 }
 
+/// Applies the command of one Raft entry to `txn`, then expires old
+/// request records (`once.rs`). An error of the expiry is the store's
+/// (a failed read), not the command's.
+pub fn apply_entry(txn: &mut Txn, cmd: &MetaCommand) -> (Result<Outcome>, Result<()>) {
+    let res = apply(txn, cmd);
+    (res, once::expire_for_entry(txn, cmd))
+}
+
 /// Applies one command to `txn`. On error, `txn` holds none of the
 /// command's writes (earlier writes to it stay).
 pub fn apply(txn: &mut Txn, cmd: &MetaCommand) -> Result<Outcome> {
@@ -1213,6 +1221,24 @@ pub(crate) mod tests {
         t.run(MetaCommand::UfsRemove { path: "/m/d/g".into(), now_ms: 12 }).unwrap();
         t.run(MetaCommand::UfsRemove { path: "/m/d/g".into(), now_ms: 12 }).unwrap();
         assert_eq!(t.names("/m/d"), vec!["local".to_string()]);
+    }
+
+    #[test]
+    fn absurd_ufs_lengths_are_refused_without_allocating_their_blocks() {
+        let t = T::new();
+        let Outcome::Mount(m) = t.run(mount_cmd("/m")).unwrap() else { panic!() };
+        // Blocks of 10 bytes: 2^62 bytes would be ~4.6e17 block ids.
+        let huge = entry("huge", 1 << 62, "e");
+        let up = MetaCommand::UfsUpsert { path: "/m/huge".into(), mount_id: m.id, entry: huge.clone(), now_ms: 2 };
+        assert_eq!(t.kind(up), ErrorKind::InvalidArgument);
+        // In a listing it is left out; the rest of the page is merged.
+        let page = MetaCommand::UfsSyncPage { dir: "/m".into(), mount_id: m.id, entries: vec![huge, entry("ok", 25, "x")], gen: 3 };
+        t.run(page).unwrap();
+        assert_eq!(t.names("/m"), vec!["ok".to_string()]);
+        // One block past the limit is refused as well.
+        let over = entry("over", 10 * ufs::MAX_UFS_BLOCKS + 1, "y");
+        let up = MetaCommand::UfsUpsert { path: "/m/over".into(), mount_id: m.id, entry: over, now_ms: 4 };
+        assert_eq!(t.kind(up), ErrorKind::InvalidArgument);
     }
 
     #[test]

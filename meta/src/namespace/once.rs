@@ -21,8 +21,11 @@ use crate::store::{decode, encode, Txn, CF_REQUESTS};
 /// How long a request id is remembered. Clients retry for seconds; ten
 /// minutes also covers a retry across a leader change and a long pause.
 pub const RETAIN_MS: i64 = 10 * 60 * 1000;
-/// Expired records removed per `Once` (bounded work per command; a storm of
-/// writes removes old records faster than it adds new ones).
+/// Expired records removed per `Once` of an entry (bounded work per
+/// command; a storm of writes removes old records faster than it adds new
+/// ones). Expiry runs once per entry (`expire_for_entry`): run per command,
+/// every command of a batch would pick the same oldest records from the
+/// committed database, and a batch of hundreds would remove only four.
 const GC_PER_COMMAND: usize = 4;
 
 /// One write of one client call: `client` is random per client process,
@@ -71,13 +74,29 @@ pub(super) fn apply_once(txn: &mut Txn, id: &RequestId, now_ms: i64, cmd: &MetaC
     let rec = MetaResult(res.clone());
     txn.put(CF_REQUESTS, id.key(), encode(&(now_ms, rec))?);
     txn.put(CF_REQUESTS, id.time_key(now_ms), Vec::new());
-    expire(txn, now_ms)?;
     res
 }
 
-/// Removes a few records older than `RETAIN_MS`. Reads the committed
-/// database (this entry's own records are never that old).
-fn expire(txn: &mut Txn, now_ms: i64) -> Result<()> {
+/// After applying an entry's `cmd`: removes up to `GC_PER_COMMAND` expired
+/// records per `Once` in it, by the latest of their clocks.
+pub(super) fn expire_for_entry(txn: &mut Txn, cmd: &MetaCommand) -> Result<()> {
+    let once = |c: &MetaCommand| match c {
+        MetaCommand::Once { now_ms, .. } => Some(*now_ms),
+        _ => None,
+    };
+    let times: Vec<i64> = match cmd {
+        MetaCommand::Batch(cmds) => cmds.iter().filter_map(once).collect(),
+        c => once(c).into_iter().collect(),
+    };
+    match times.iter().max() {
+        Some(&now_ms) => expire(txn, now_ms, GC_PER_COMMAND * times.len()),
+        None => Ok(()),
+    }
+}
+
+/// Removes up to `limit` records older than `RETAIN_MS`. Reads the
+/// committed database (this entry's own records are never that old).
+fn expire(txn: &mut Txn, now_ms: i64, limit: usize) -> Result<()> {
     let cutoff = (now_ms - RETAIN_MS).max(0) as u64;
     let db = txn.db().clone();
     let cf = crate::store::cf(&db, CF_REQUESTS)?;
@@ -88,7 +107,7 @@ fn expire(txn: &mut Txn, now_ms: i64) -> Result<()> {
             break;
         }
         old.push(k.to_vec());
-        if old.len() == GC_PER_COMMAND {
+        if old.len() >= limit {
             break;
         }
     }
@@ -109,6 +128,38 @@ pub(super) fn apply_batch(txn: &mut Txn, cmds: &[MetaCommand]) -> Outcome {
 mod tests {
     use super::*;
     use crate::store::StateStore;
+
+    #[test]
+    fn a_batch_expires_old_records_for_each_of_its_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let once = |seq: u64, now_ms: i64| MetaCommand::Once {
+            id: RequestId { client: 9, seq, sub: 0 },
+            now_ms,
+            cmd: Box::new(MetaCommand::Mkdir { path: format!("/d{seq}"), parents: false, mode: 0o755, now_ms }),
+        };
+        let run = |cmd: MetaCommand| {
+            let mut txn = Txn::new(store.db());
+            let (res, expired) = crate::namespace::apply_entry(&mut txn, &cmd);
+            res.unwrap();
+            expired.unwrap();
+            store.db().write(txn.into_batch().unwrap()).unwrap();
+        };
+        for seq in 0..20 {
+            run(once(seq, 1));
+        }
+        let records = || {
+            let db = store.db();
+            let cf = crate::store::cf(&db, CF_REQUESTS).unwrap();
+            db.iterator_cf(cf, rocksdb::IteratorMode::Start).filter(|r| r.as_ref().unwrap().0[0] == b'r').count()
+        };
+        assert_eq!(records(), 20);
+        // Five calls in one entry, all past the retention of the first 20:
+        // each call's share of expiry applies (5 × 4), not four in all.
+        let later = 2 + RETAIN_MS;
+        run(MetaCommand::Batch((100..105).map(|seq| once(seq, later)).collect()));
+        assert_eq!(records(), 5, "the 20 expired records are gone, the batch's 5 are kept");
+    }
 
     #[test]
     fn a_record_this_binary_cannot_read_is_not_applied_again() {

@@ -166,6 +166,7 @@ impl Ns<'_> {
 
     /// Block ids for a UFS object of `len` bytes, registered to `file`.
     fn ufs_blocks(&mut self, file: u64, len: u64, block_size: u64) -> Result<Vec<BlockMeta>> {
+        check_ufs_len(len, block_size)?;
         let mut blocks = Vec::with_capacity(len.div_ceil(block_size) as usize);
         let mut left = len;
         while left > 0 {
@@ -277,6 +278,9 @@ impl Ns<'_> {
         for e in entries {
             if e.name.is_empty() || e.name.contains('/') {
                 continue; // not a direct child: never trust a malformed listing
+            }
+            if !e.is_dir && check_ufs_len(e.len, m.block_size).is_err() {
+                continue; // one absurd length must not make the directory unlistable
             }
             self.merge_child(&mut parent, &m, &join_rel(&rel_dir, &e.name), e, gen, &mut freed)?;
         }
@@ -419,4 +423,21 @@ impl Ns<'_> {
         self.txn.put(CF_PERSIST, key, encode(&item)?);
         Ok(Outcome::None)
     }
+}
+
+/// Most blocks a UFS object may have in the namespace (64 TiB at the default
+/// 64 MiB blocks). Its block list is built when the entry is merged, in
+/// the state machine: a length from a sparse file or a bad listing (2^63
+/// bytes) would otherwise make every member allocate beyond memory, and
+/// fail again each time the entry is replayed.
+pub const MAX_UFS_BLOCKS: u64 = 1 << 20;
+
+fn check_ufs_len(len: u64, block_size: u64) -> Result<()> {
+    if len.div_ceil(block_size.max(1)) > MAX_UFS_BLOCKS {
+        return Err(Error::invalid(format!(
+            "a UFS object of {len} bytes would need more than {MAX_UFS_BLOCKS} blocks of {block_size} bytes; \
+             mount with a larger block size to cache it"
+        )));
+    }
+    Ok(())
 }

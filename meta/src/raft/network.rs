@@ -1,7 +1,7 @@
 //! Raft transport over the proto `RaftService`: openraft requests and
 //! responses travel bincode-encoded in `RaftMessage.data`.
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -17,6 +17,15 @@ use curvine_common::proto::raft_service_server::RaftService;
 use curvine_common::proto::RaftMessage;
 
 use crate::raft::types::{NodeId, Raft, TypeConfig};
+
+/// Largest Raft message sent or accepted (tonic's default is 4 MiB). An
+/// entry holds at most `propose::MAX_BATCH_BYTES` of batched commands (one
+/// larger command goes alone), and an append carries at most
+/// `max_payload_entries` (lib.rs) of them; an append that still does not
+/// fit is refused before sending with openraft's "payload too large", and
+/// openraft sends fewer entries. Without a bound a follower could never
+/// take an entry larger than the limit, and every write would stall.
+pub const RAFT_MESSAGE_MAX: usize = 256 << 20;
 
 /// Creates one `Network` per peer.
 pub struct Network;
@@ -50,6 +59,7 @@ impl PeerClient {
         &mut self,
         kind: &'static str,
         req: &Req,
+        entries: Option<usize>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
@@ -58,6 +68,13 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if data.len() > RAFT_MESSAGE_MAX {
+            let too_big = Msg(format!("{} {}: a {kind} of {} bytes exceeds {RAFT_MESSAGE_MAX}", self.target, self.addr, data.len()));
+            return Err(match entries {
+                Some(n) if n > 1 => RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint((n / 2) as u64).with_source_error(&too_big)),
+                _ => RPCError::Network(NetworkError::new(&too_big)),
+            });
+        }
         if self.client.is_none() {
             let endpoint = Channel::from_shared(format!("http://{}", self.addr))
                 .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?
@@ -68,7 +85,9 @@ impl PeerClient {
                 Ok(r) => r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?,
                 Err(_) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!("{}: handshake timed out", self.addr))))),
             };
-            self.client = Some(RaftServiceClient::new(ch));
+            self.client = Some(
+                RaftServiceClient::new(ch).max_decoding_message_size(RAFT_MESSAGE_MAX).max_encoding_message_size(RAFT_MESSAGE_MAX),
+            );
         }
         let Some(client) = self.client.as_mut() else {
             return Err(RPCError::Unreachable(Unreachable::new(&Msg("no connection".into()))));
@@ -99,7 +118,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("append", &rpc, &option).await
+        self.call("append", &rpc, Some(rpc.entries.len()), &option).await
     }
 
     async fn install_snapshot(
@@ -108,7 +127,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
     {
-        self.call("snapshot", &rpc, &option).await
+        self.call("snapshot", &rpc, None, &option).await
     }
 
     async fn vote(
@@ -116,7 +135,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("vote", &rpc, &option).await
+        self.call("vote", &rpc, None, &option).await
     }
 }
 

@@ -102,11 +102,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let res = match &entry.payload {
                 EntryPayload::Blank => Ok(Outcome::None),
                 // A failed command leaves no writes in `txn` (see `apply`).
-                EntryPayload::Normal(cmd) => namespace::apply(&mut txn, cmd).inspect_err(|e| {
-                    if e.kind() == curvine_common::ErrorKind::Io || e.kind() == curvine_common::ErrorKind::Corrupt {
-                        tracing::error!(error = %e, "state machine apply failed");
+                EntryPayload::Normal(cmd) => {
+                    let (res, expired) = namespace::apply_entry(&mut txn, cmd);
+                    // An Io error is this member's store failing a read, not
+                    // the command failing: answering it as the command's
+                    // result (and moving on) would leave this member without
+                    // a write the others applied. Stop instead; the entry is
+                    // applied again after a restart.
+                    let inner: Vec<&curvine_common::Error> = match &res {
+                        Ok(Outcome::Batch(rs)) => rs.iter().filter_map(|r| r.0.as_ref().err()).collect(),
+                        _ => vec![],
+                    };
+                    for e in [res.as_ref().err(), expired.as_ref().err()].into_iter().flatten().chain(inner) {
+                        if e.kind() == curvine_common::ErrorKind::Io {
+                            tracing::error!(error = %e, "state machine apply failed: the meta store cannot be read");
+                            return Err(StorageIOError::apply(entry.log_id, AnyError::error(e.to_string())).into());
+                        }
                     }
-                }),
+                    if let Err(e) = &res {
+                        if e.kind() == curvine_common::ErrorKind::Corrupt {
+                            tracing::error!(error = %e, "state machine apply failed");
+                        }
+                    }
+                    res
+                }
                 EntryPayload::Membership(m) => {
                     let sm = Membership::new(Some(entry.log_id), m.clone());
                     txn.put(CF_SYS, KEY_MEMBERSHIP.to_vec(), encode(&sm).map_err(sm_err)?);

@@ -76,7 +76,8 @@ impl Inner {
                 n
             }
         };
-        let tail_end = st.index[&after].at.map_or(0, |(_, base)| base) + st.index[&after].len;
+        // Markers whose end overflows are dropped at start; checked anyway.
+        let tail_end = st.index[&after].at.map_or(0, |(_, base)| base).checked_add(st.index[&after].len)?;
         let x = st.extents.get_mut(&ext)?;
         // Bytes past the last block (an append a crash cut short) would put
         // the next block off its file offset.
@@ -221,10 +222,13 @@ impl TieredStore {
         });
         let mut st = inner.state.lock();
         st.usage[tier].reserved = st.usage[tier].reserved.saturating_sub(total);
+        // The block copied, not one deleted meanwhile and loaded again
+        // (possibly being moved itself now).
+        let same = |e: &super::Entry, p: &Part| e.moving && e.tier == tier && e.file(&inner.tiers, p.id) == p.from;
         if let Err(e) = copied {
             let _ = std::fs::remove_file(&tmp);
             for p in &parts {
-                if let Some(entry) = st.index.get_mut(&p.id) {
+                if let Some(entry) = st.index.get_mut(&p.id).filter(|e| same(e, p)) {
                     entry.moving = false;
                 }
             }
@@ -235,8 +239,7 @@ impl TieredStore {
         for p in &parts {
             // Deleted (or deleted and loaded again elsewhere) while it was
             // copied: its copy is dead weight.
-            let same = |e: &super::Entry| e.moving && e.tier == tier && e.file(&inner.tiers, p.id) == p.from;
-            let Some(entry) = st.index.get_mut(&p.id).filter(|e| same(e)) else {
+            let Some(entry) = st.index.get_mut(&p.id).filter(|e| same(e, p)) else {
                 x.dead += p.len;
                 continue;
             };

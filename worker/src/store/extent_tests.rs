@@ -202,6 +202,43 @@ fn a_bad_marker_drops_only_its_block() {
 }
 
 #[test]
+fn a_marker_whose_end_overflows_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, tiers, a, _) = two_blocks(dir.path(), 1);
+    drop(store);
+    // Page-aligned, one crc's worth, and `base + len` wraps to 0.
+    std::fs::write(dir.path().join("mem/blocks/2.at"), "1 18446744073709547520 4096\n").unwrap();
+    let store = TieredStore::open(7, &tiers, false).unwrap();
+    assert_eq!(read_back(&store, 1), a);
+    assert!(store.open_read(2).is_err(), "judged by its own files: it has none");
+    assert!(!dir.path().join("mem/blocks/2.at").exists());
+    assert!(!dir.path().join("mem/blocks/2.crc").exists());
+    let u = store.usage();
+    assert_eq!((u[0].used, u[0].blocks), (320 * K, 1), "block 2's bytes stay as the extent's dead bytes");
+}
+
+#[test]
+fn an_extent_of_duplicate_blocks_only_is_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiers = two_tiers(dir.path(), 4096 * K, 4096 * K);
+    let store = TieredStore::open(7, &tiers, false).unwrap();
+    let a = data(64 * K as usize, 1);
+    write_after(&store, 1, 0, &a);
+    drop(store);
+    // A crash mid-move left block 1 in MEM and, alone in an extent, in SSD.
+    let (mem, ssd) = (dir.path().join("mem/blocks"), dir.path().join("ssd/blocks"));
+    std::fs::copy(mem.join("1"), ssd.join("x5")).unwrap();
+    std::fs::copy(mem.join("1.crc"), ssd.join("1.crc")).unwrap();
+    std::fs::write(ssd.join("1.at"), format!("5 0 {}\n", a.len())).unwrap();
+    let store = TieredStore::open(7, &tiers, false).unwrap();
+    assert_eq!(store.tier_of(1), Some(curvine_common::tier::TierKind::Mem));
+    assert_eq!(read_back(&store, 1), a);
+    assert_eq!(super::tests::dir_entries(&ssd), 0, "the duplicate's extent went with it");
+    let u = store.usage();
+    assert_eq!((u[0].used, u[0].blocks, u[1].used, u[1].blocks), (64 * K, 1, 0, 0));
+}
+
+#[test]
 fn a_block_id_that_comes_back_never_lands_on_an_extent() {
     let dir = tempfile::tempdir().unwrap();
     let (store, tiers, a, b) = two_blocks(dir.path(), 1);

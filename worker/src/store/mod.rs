@@ -8,7 +8,8 @@
 //! - `blocks/x<n>`: extent `n` (below), the bytes of several blocks;
 //! - `blocks/<id>.at`: for a block in an extent, `n base len`: its bytes
 //!   are `blocks/x<n>` from `base` on;
-//! - `tmp/<id>`: a block being written (purged on start).
+//! - `tmp/<id>`: a block being written, `tmp/<id>.mv`: one being moved
+//!   here (`moves.rs`); `tmp/` is purged on start.
 //!
 //! Extents (MEM tier only, `extent.rs`): a block written with `after` = the
 //! block just before it in the same file, which is the last block of its
@@ -84,6 +85,14 @@ impl Tier {
     }
     fn tmp_crc_path(&self, id: u64) -> PathBuf {
         self.dir.join("tmp").join(format!("{id}.crc"))
+    }
+    /// A move's copy, named apart from a sink's `tmp/<id>`: the block may be
+    /// deleted and written into this tier again while it is being moved.
+    fn move_tmp_path(&self, id: u64) -> PathBuf {
+        self.dir.join("tmp").join(format!("{id}.mv"))
+    }
+    fn move_tmp_crc_path(&self, id: u64) -> PathBuf {
+        self.dir.join("tmp").join(format!("{id}.mv.crc"))
     }
     fn extent_path(&self, n: u64) -> PathBuf {
         self.dir.join("blocks").join(format!("x{n}"))
@@ -313,6 +322,14 @@ impl TieredStore {
                     }
                 }
                 index.insert(b.id, e);
+            }
+            // An extent whose every block was a duplicate (a crash mid-move
+            // left a copy in a faster tier, indexed above) holds nothing.
+            for &ext in found.extent_len.keys() {
+                if !extents.contains_key(&ext) {
+                    tracing::warn!(extent = ext, tier = %t.kind, dir = %t.dir.display(), "removing an extent of duplicate blocks only");
+                    let _ = std::fs::remove_file(t.extent_path(ext));
+                }
             }
             // An extent holds its whole file: what left it is still there.
             extents.retain(|&ext, x| {

@@ -1,9 +1,12 @@
 //! Moving a sealed block between tiers (demotion and promotion).
 //!
-//! To ensure correctness: the copy goes to `tmp/` in the target tier under a
-//! reservation, every chunk is checked against its crc32c on the way (a
-//! block that fails is dropped, never moved or served), and it is renamed
-//! into `blocks/` (crc file first) before the index switches tiers. Only
+//! To ensure correctness: the copy goes to `tmp/<id>.mv` in the target tier
+//! (not a sink's `tmp/<id>`: the block may be deleted and written there
+//! again meanwhile) under a reservation, every chunk is checked against
+//! its crc32c on the way (a block that fails is dropped, never moved or
+//! served), and it is renamed into `blocks/` (crc file first) before the
+//! index switches tiers. A failed move drops only its own files, and
+//! releases or drops the block only if it is still the one it copied. Only
 //! then is the source unlinked; readers that opened it keep their handle,
 //! and `open_read` follows a block that moved under it. A crash leaves at
 //! most a duplicate, which the next start removes. A block moved out of an
@@ -118,13 +121,28 @@ impl TieredStore {
         let mut st = inner.state.lock();
         st.usage[to].reserved = st.usage[to].reserved.saturating_sub(len);
         let (src, dst) = (&inner.tiers[from], &inner.tiers[to]);
+        // The block copied, not one deleted meanwhile and loaded again.
+        let same = |e: &super::Entry| e.moving && e.tier == from && e.file(&inner.tiers, id) == (path.clone(), base);
+        // What the copy sealed in the target tier is this move's to drop
+        // unless the block came back into that tier meanwhile, or is being
+        // written again (a reload of the same bytes, whose files these are
+        // or are about to be).
+        let drop_copy = |st: &super::State| {
+            if !st.index.get(&id).is_some_and(|e| e.tier == to) && !st.writing.contains(&id) {
+                for p in [dst.block_path(id), dst.crc_path(id)] {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        };
         if let Err(e) = result {
-            for p in [dst.tmp_path(id), dst.tmp_crc_path(id), dst.block_path(id), dst.crc_path(id)] {
+            for p in [dst.move_tmp_path(id), dst.move_tmp_crc_path(id)] {
                 let _ = std::fs::remove_file(p);
             }
-            if let Some(entry) = st.index.get_mut(&id) {
-                entry.moving = false;
-            }
+            drop_copy(&st);
+            // A block deleted meanwhile and loaded again is not this move's
+            // to release or drop.
+            let Some(entry) = st.index.get_mut(&id).filter(|e| same(e)) else { return Err(e) };
+            entry.moving = false;
             if e.kind() == ErrorKind::Corrupt {
                 inner.metrics.blocks_corrupt.inc();
                 tracing::error!(block = id, tier = %src.kind, error = %e, "corrupt block dropped");
@@ -132,17 +150,9 @@ impl TieredStore {
             }
             return Err(e);
         }
-        // The block copied, not one deleted meanwhile and loaded again.
-        let same = |e: &super::Entry| e.moving && e.tier == from && e.file(&inner.tiers, id) == (path.clone(), base);
         let Some(entry) = st.index.get_mut(&id).filter(|e| same(e)) else {
-            // Deleted while it was being copied: drop the copy too, unless
-            // the block came back into the target tier meanwhile (a reload
-            // of the same bytes, whose files these now are).
-            if !st.index.get(&id).is_some_and(|e| e.tier == to) {
-                for p in [dst.block_path(id), dst.crc_path(id)] {
-                    let _ = std::fs::remove_file(p);
-                }
-            }
+            // Deleted while it was being copied: drop the copy too.
+            drop_copy(&st);
             return Err(inner.not_found(id));
         };
         entry.tier = to;
@@ -202,19 +212,21 @@ impl TieredStore {
             Error::new(kind, format!("worker {}: {what} block {id} in {}: {e}", inner.worker_id, dir.display()))
         };
         let input = File::open(path).map_err(|e| io(e, "open", &src.dir))?;
-        let out = File::create(dst.tmp_path(id)).map_err(|e| io(e, "create", &dst.dir))?;
+        let out = File::create(dst.move_tmp_path(id)).map_err(|e| io(e, "create", &dst.dir))?;
         let block = CheckedCopy { id, len, crcs: &crcs };
         block.copy(inner.worker_id, (&input, base), (&out, 0), Some(pace), &|e, what| {
             io(e, what, if what == "read" { &src.dir } else { &dst.dir })
         })?;
         let raw: Vec<u8> = crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
-        std::fs::write(dst.tmp_crc_path(id), raw).map_err(|e| io(e, "write crc of", &dst.dir))?;
+        std::fs::write(dst.move_tmp_crc_path(id), raw).map_err(|e| io(e, "write crc of", &dst.dir))?;
         if inner.sync_on_commit && dst.kind != TierKind::Mem {
             out.sync_all().map_err(|e| io(e, "sync", &dst.dir))?;
-            File::open(dst.tmp_crc_path(id)).and_then(|f| f.sync_all()).map_err(|e| io(e, "sync crc of", &dst.dir))?;
+            File::open(dst.move_tmp_crc_path(id))
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io(e, "sync crc of", &dst.dir))?;
         }
-        std::fs::rename(dst.tmp_crc_path(id), dst.crc_path(id)).map_err(|e| io(e, "seal", &dst.dir))?;
-        std::fs::rename(dst.tmp_path(id), dst.block_path(id)).map_err(|e| io(e, "seal", &dst.dir))?;
+        std::fs::rename(dst.move_tmp_crc_path(id), dst.crc_path(id)).map_err(|e| io(e, "seal", &dst.dir))?;
+        std::fs::rename(dst.move_tmp_path(id), dst.block_path(id)).map_err(|e| io(e, "seal", &dst.dir))?;
         Ok(())
     }
 }

@@ -102,7 +102,9 @@ pub(super) fn scan_tier(t: &Tier) -> Result<Found> {
     for (id, s) in seen {
         if let Some(at) = s.at {
             let valid = at.filter(|&(n, base, len)| {
-                crc_ok(&s, len) && base.is_multiple_of(EXTENT_ALIGN) && extents.get(&n).is_some_and(|&f| f >= base + len)
+                crc_ok(&s, len)
+                    && base.is_multiple_of(EXTENT_ALIGN)
+                    && base.checked_add(len).is_some_and(|end| extents.get(&n).is_some_and(|&f| f >= end))
             });
             if let Some((n, base, len)) = valid {
                 found.blocks.push(FoundBlock { id, len, at: Some((n, base)) });
@@ -148,12 +150,14 @@ pub(super) fn scan_tier(t: &Tier) -> Result<Found> {
     Ok(found)
 }
 
-/// `n base len` of an `.at` marker; `None` when it cannot be read.
+/// `n base len` of an `.at` marker; `None` when it cannot be read or
+/// `base + len` overflows (every offset check and read adds them: a
+/// malformed marker must not wrap around to a valid-looking offset).
 fn read_marker(path: &Path) -> Option<(u64, u64, u64)> {
     let s = std::fs::read_to_string(path).ok()?;
     let mut it = s.split_whitespace().map(str::parse::<u64>);
     match (it.next(), it.next(), it.next(), it.next()) {
-        (Some(Ok(n)), Some(Ok(base)), Some(Ok(len)), None) => Some((n, base, len)),
+        (Some(Ok(n)), Some(Ok(base)), Some(Ok(len)), None) => base.checked_add(len).map(|_| (n, base, len)),
         _ => None,
     }
 }

@@ -282,6 +282,52 @@ fn a_move_needs_room_and_a_corrupt_block_is_dropped_not_moved() {
 }
 
 #[test]
+fn a_failed_move_leaves_alone_the_block_written_again_meanwhile() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tiers = two_tiers(dir.path(), 1024 * K, 1024 * K);
+    let a = data(100 * K as usize, 1);
+    let store = TieredStore::open(7, &tiers, false).unwrap();
+    write(&store, 1, &a).unwrap();
+    move_to(&store, 1, 1).unwrap();
+    drop(store);
+    // Reopened, the store reads block 1's crcs from disk to move it: a FIFO
+    // in their place holds the move until the block was deleted and written
+    // again into the target tier, then fails it (no checksums: Corrupt).
+    let store = std::sync::Arc::new(TieredStore::open(7, &tiers, false).unwrap());
+    let crc = dir.path().join("ssd/blocks/1.crc");
+    std::fs::remove_file(&crc).unwrap();
+    let c = std::ffi::CString::new(crc.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mover = {
+        let store = store.clone();
+        std::thread::spawn(move || move_to(&store, 1, 0))
+    };
+    // Opens once the move opened it to read: the block is marked moving.
+    let fifo = std::fs::OpenOptions::new().write(true).open(&crc).unwrap();
+    store.delete_block(1).unwrap();
+    assert_eq!(write(&store, 1, &a).unwrap(), TierKind::Mem);
+    drop(fifo);
+    let e = mover.join().unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert_eq!(store.tier_of(1), Some(TierKind::Mem), "the block written again stays");
+    assert_eq!(read_back(&store, 1), a);
+    store.verify_block(1).unwrap();
+    assert_eq!(store.metrics().blocks_corrupt.get(), 0, "nothing was dropped");
+    let u = store.usage();
+    assert_eq!((u[0].used, u[0].blocks, u[0].reserved, u[1].used, u[1].blocks), (a.len() as u64, 1, 0, 0, 0));
+    assert_eq!(dir_entries(&dir.path().join("mem/tmp")), 0);
+    // A move's leftovers in tmp/ go at start like a write's.
+    std::fs::write(dir.path().join("mem/tmp/2.mv"), b"x").unwrap();
+    std::fs::write(dir.path().join("mem/tmp/2.mv.crc"), b"x").unwrap();
+    drop(store);
+    let store = TieredStore::open(7, &tiers, false).unwrap();
+    assert_eq!(read_back(&store, 1), a);
+    assert_eq!(dir_entries(&dir.path().join("mem/tmp")), 0);
+}
+
+#[test]
 fn full_tiers_make_room_only_from_blocks_meta_cleared() {
     let dir = tempfile::tempdir().unwrap();
     let store = TieredStore::open(7, &[tier("MEM", dir.path(), 200 * K)], false).unwrap();

@@ -101,6 +101,7 @@ pub struct BlockView {
     /// Bytes its tier gets back when it leaves: `len`, but for a block in
     /// an extent the extent's whole size if it is the last block left in
     /// it, else nothing (an extent's memory goes with its last block).
+    /// The planner credits at least `len` (see `credit`).
     pub frees: u64,
     pub tier: usize,
     pub stats: AccessStats,
@@ -136,6 +137,16 @@ pub struct Plan {
     /// Cold blocks that would be evicted if meta confirms they may be:
     /// asked in the next heartbeat.
     pub ask: Vec<u64>,
+}
+
+/// Bytes the planner counts as freed when `b` leaves its tier: its `len`
+/// even inside an extent whose memory only comes back with its last block
+/// (a file's blocks usually leave together, in the same rounds); crediting
+/// only `frees` would never reach the low watermark in a MEM tier full of
+/// extents and plan every block in it. A last member gets the extent's
+/// whole size, dead bytes included.
+fn credit(b: &BlockView) -> u64 {
+    b.len.max(b.frees)
 }
 
 /// Brings every tier above its high watermark down to its low watermark
@@ -175,11 +186,11 @@ pub fn plan(tiers: &[TierView], blocks: &[BlockView], policy: &dyn EvictionPolic
             } else {
                 if !b.refused && used[t].saturating_sub(asked) > low(t) {
                     out.ask.push(b.id);
-                    asked += b.frees;
+                    asked += credit(b);
                 }
                 continue;
             }
-            used[t] = used[t].saturating_sub(b.frees);
+            used[t] = used[t].saturating_sub(credit(b));
             moved.insert(b.id);
         }
     }
@@ -196,7 +207,7 @@ pub fn plan(tiers: &[TierView], blocks: &[BlockView], policy: &dyn EvictionPolic
             if let Some(to) = (0..b.tier).find(|&to| used[to] + b.len <= high(to)) {
                 out.moves.push(Move::Promote { id: b.id, from: b.tier, to });
                 used[to] += b.len;
-                used[b.tier] = used[b.tier].saturating_sub(b.frees);
+                used[b.tier] = used[b.tier].saturating_sub(credit(b));
             }
         }
     }
@@ -230,7 +241,7 @@ pub fn make_room(
         if free + freed >= need {
             break;
         }
-        freed += b.frees;
+        freed += credit(b);
         out.push(b.id);
     }
     (free + freed >= need).then_some(out)
@@ -363,5 +374,33 @@ mod tests {
         assert_eq!(make_room(&t, 1, &blocks, 15 * MB, &Lru, 50), None, "other tiers' blocks do not count");
         let roomy = TierView { capacity: 100 * MB, used: 0 };
         assert_eq!(make_room(&roomy, 0, &blocks, 15 * MB, &Lru, 50), Some(vec![]));
+    }
+
+    #[test]
+    fn blocks_inside_extents_count_their_len_towards_the_low_watermark() {
+        // A MEM tier full of extents of several blocks each: none frees
+        // anything by itself, yet each counts its len.
+        let mut blocks: Vec<_> = (0..10).map(|i| block(i, 0, 100 - i)).collect(); // 9 is the coldest
+        for b in &mut blocks {
+            b.frees = 0;
+        }
+        let three = vec![
+            Move::Demote { id: 9, from: 0, to: 1 },
+            Move::Demote { id: 8, from: 0, to: 1 },
+            Move::Demote { id: 7, from: 0, to: 1 },
+        ];
+        assert_eq!(plan(&tiers(&[100, 0]), &blocks, &Lru, TH, 200).moves, three, "stops at the low watermark");
+        // Nowhere to go and none cleared: asks only down to the watermark.
+        assert_eq!(plan(&tiers(&[100, 100]), &blocks, &Lru, TH, 200).ask, vec![9, 8, 7]);
+        for b in &mut blocks {
+            b.evictable = true;
+        }
+        let p = plan(&tiers(&[100, 100]), &blocks, &Lru, TH, 200);
+        assert_eq!(p.moves, (7..10).rev().map(|id| Move::Evict { id, tier: 0 }).collect::<Vec<_>>());
+        let t = TierView { capacity: 100 * MB, used: 100 * MB };
+        assert_eq!(make_room(&t, 0, &blocks, 15 * MB, &Lru, 50), Some(vec![9, 8]), "not every block in the tier");
+        // The last block of an extent with 20 MB of dead bytes frees them too.
+        blocks[9].frees = 30 * MB;
+        assert_eq!(plan(&tiers(&[100, 0]), &blocks, &Lru, TH, 200).moves, three[..1]);
     }
 }
