@@ -319,13 +319,25 @@ async fn unmounts_with_files_open_and_clears_a_stale_mount() {
     let mut m = Mount::start(&n, &[]);
     std::fs::write(m.p("f"), b"abc").unwrap();
 
-    // SIGTERM with a file open: the daemon exits and the mount is gone.
+    // SIGTERM with files open: the daemon exits and the mount is gone.
+    // Bytes a writer was told were written are saved first, and a file
+    // unlinked while open leaves no hidden name behind.
+    use std::io::Write;
     let held = std::fs::File::open(m.p("f")).unwrap();
+    let mut writer = std::fs::File::create(m.p("g")).unwrap();
+    writer.write_all(b"written before the signal").unwrap();
+    let mut unlinked = std::fs::File::create(m.p("u")).unwrap();
+    unlinked.write_all(b"gone").unwrap();
+    std::fs::remove_file(m.p("u")).unwrap();
     let mut p = m.proc.take().unwrap();
     let code = p.terminate().expect("cv fuse must exit after SIGTERM even with files open");
     assert_eq!(code, Some(0));
-    drop(held);
+    drop((held, writer, unlinked));
     assert!(!m.mounted(), "mount still present after the daemon exited");
+    let fs = n.fs().unwrap();
+    assert_eq!(fs.read_all("/g").await.unwrap(), b"written before the signal", "an open file's writes saved at exit");
+    let names: Vec<String> = fs.list("/").await.unwrap().into_iter().map(|e| e.name).collect();
+    assert!(!names.iter().any(|n| n.starts_with(curvine_fuse::HIDDEN_PREFIX) || n == "u"), "{names:?}");
 
     // kill -9 leaves a stale mount; the next `cv fuse` clears it.
     m.proc = Some(m.spawn(&n, &[]));

@@ -198,4 +198,16 @@ async fn renames_move_the_objects_in_the_bucket() {
     // A rename the namespace refuses touches nothing in the bucket.
     fails_with(&cv(&n, &["fs", "mv", "/mv/c.bin", "/mv/nodir/c.bin"]), "");
     assert_eq!(object(&s3, "moves", "out/c.bin"), expect(&a));
+
+    // A retried rename whose first attempt moved the object but never
+    // recorded it (its leader died in between; here the bucket is changed
+    // behind meta's back): the namespace follows the object, no NotFound.
+    s3.boto3(
+        "s3.copy_object(Bucket='moves', Key='out/e.bin', CopySource={'Bucket': 'moves', 'Key': 'out/c.bin'})\n\
+         s3.delete_object(Bucket='moves', Key='out/c.bin')",
+    );
+    ok(&cv(&n, &["fs", "mv", "/mv/c.bin", "/mv/e.bin"]));
+    assert_eq!(object(&s3, "moves", "out/e.bin"), expect(&a));
+    assert!(fs.read_all("/mv/e.bin").await.unwrap() == a);
+    assert_eq!(fs.stat("/mv/c.bin").await.unwrap_err().kind(), curvine_common::ErrorKind::NotFound);
 }

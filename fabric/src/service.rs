@@ -29,6 +29,13 @@ impl ReadSource {
     /// Reads `buf.len()` bytes of the block from block offset `off`.
     pub fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
+        // Never past the block into a neighbour's bytes in an extent file.
+        if off.checked_add(buf.len() as u64).is_none_or(|end| end > self.len) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("read of {} bytes at {off} past the end of a block of {}", buf.len(), self.len),
+            ));
+        }
         self.file.read_exact_at(buf, self.base + off)
     }
 

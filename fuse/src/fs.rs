@@ -89,7 +89,14 @@ pub struct CvFuse {
 }
 
 fn errno(e: &Error) -> Errno {
-    let code = e.kind().errno();
+    let code = match e.kind() {
+        // Meta or a worker stayed unreachable through the client's retries.
+        // EAGAIN (the kind's own errno) means "try again" only to O_NONBLOCK
+        // callers; a blocking read, write or close would spin on it or
+        // misreport it. A soft NFS mount answers EIO here too.
+        ErrorKind::Unavailable | ErrorKind::NotLeader => libc::EIO,
+        k => k.errno(),
+    };
     if code == libc::EIO {
         // The caller sees only "I/O error": say here what it was.
         tracing::warn!(error = %e, "answering EIO");
@@ -146,6 +153,32 @@ impl CvFuse {
     /// Drops this mount's cluster-wide locks (at unmount).
     pub async fn end_locks(&self) {
         self.locks.end(&self.fs).await;
+    }
+
+    /// At the daemon's end: publishes every file's unsaved bytes (writes
+    /// already answered as done, whose handles are still open when the mount
+    /// was detached lazily) and removes the hidden names of files unlinked
+    /// while open. Best effort: a failure is logged, the rest go on.
+    pub async fn save_all(&self) {
+        let states: Vec<_> = self.files.lock().iter().map(|(i, s)| (*i, s.clone())).collect();
+        for (ino, s) in states {
+            let mut s = s.lock().await;
+            if let Some(hidden) = s.unlinked_as.take() {
+                s.discard().await;
+                if let Err(e) = self.fs.delete(&hidden, false).await {
+                    tracing::warn!(path = %hidden, error = %e, "could not remove an unlinked file at exit");
+                }
+                continue;
+            }
+            let Some(path) = self.inodes.path(ino) else { continue };
+            if s.is_clean() {
+                continue;
+            }
+            match self.save(&mut s, &path).await {
+                Ok(()) => tracing::info!(path = %path, "saved a file still open at exit"),
+                Err(e) => tracing::error!(path = %path, errno = ?e, "could not save a file still open at exit: its unsaved writes are lost"),
+            }
+        }
     }
 
     fn attr(&self, ino: u64, st: &FileStatus, local_size: Option<u64>) -> FileAttr {
@@ -778,16 +811,24 @@ impl Filesystem for Mounted {
                     Err(e) => return reply.error(e),
                 }
             }
-            match me.open_existing(ino.0, &path, flags.0).await.map(|(_, unchanged)| unchanged) {
-                // A reader that lost the race to a passthrough open shares
-                // its backing instead.
-                Err(Errno::ETXTBSY) if read_only => match me.pt.share(ino.0) {
-                    Some(b) => {
-                        let fh = me.new_passthrough_fh(ino.0);
-                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
-                    }
-                    None => reply.error(Errno::EAGAIN),
-                },
+            let mut tries = 0;
+            let res = loop {
+                match me.open_existing(ino.0, &path, flags.0).await.map(|(_, unchanged)| unchanged) {
+                    // A reader that lost the race to a passthrough open shares
+                    // its backing instead; if the backing went with its last
+                    // handle meanwhile, the open starts over.
+                    Err(Errno::ETXTBSY) if read_only => match me.pt.share(ino.0) {
+                        Some(b) => {
+                            let fh = me.new_passthrough_fh(ino.0);
+                            return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
+                        }
+                        None if tries < 3 => tries += 1,
+                        None => break Err(Errno::EAGAIN),
+                    },
+                    other => break other,
+                }
+            };
+            match res {
                 Ok(unchanged) => {
                     let fh = me.new_fh(ino.0, flags.acc_mode() != OpenAccMode::O_RDONLY);
                     let mut f = FopenFlags::empty();

@@ -104,6 +104,7 @@ pub fn run(fs: FileSystem, rt: tokio::runtime::Handle, opts: FuseOptions) -> Res
     };
     let inner = Arc::new(fs::CvFuse::new(fs, rt.clone(), &root, fopts));
     let at_end = inner.clone();
+    let at_signal = inner.clone();
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::FSName(format!("curvine:{root}")),
@@ -126,8 +127,9 @@ pub fn run(fs: FileSystem, rt: tokio::runtime::Handle, opts: FuseOptions) -> Res
     let mp_owned = mp.clone();
     // Signals are turned into an unmount from a task, never inside a
     // signal handler. With files still open the kernel refuses a plain
-    // unmount (EBUSY): detach lazily, and end the process shortly after so
-    // open files get errors instead of hanging.
+    // unmount (EBUSY): detach lazily, save what those files hold unsaved
+    // (their writes were answered as done), and end the process so open
+    // files get errors instead of hanging.
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
@@ -141,20 +143,35 @@ pub fn run(fs: FileSystem, rt: tokio::runtime::Handle, opts: FuseOptions) -> Res
         if let Err(e) = unmounter.unmount() {
             tracing::warn!(error = %e, "unmount refused (files open?); detaching lazily");
             let _ = lazy_unmount(&mp_owned);
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            let end = async {
+                at_signal.save_all().await;
+                at_signal.end_locks().await;
+            };
+            if tokio::time::timeout(SAVE_AT_EXIT, end).await.is_err() {
+                tracing::error!("files still open were not all saved within {SAVE_AT_EXIT:?}");
+            }
             std::process::exit(0);
         }
     });
     raise_readahead(mp);
     println!("curvine ready fuse root={root} mountpoint={}", mp.display());
     let served = session.run().map_err(|e| Error::from(e).context("serving FUSE requests"));
-    // Other mounts may take this one's locks now (bounded: a meta that is
+    // Anything a handle still held unsaved (an external `umount -l`), then
+    // the locks: other mounts may take them now (bounded: a meta that is
     // gone frees them after the lease anyway).
-    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), at_end.end_locks()).await });
+    let _ = rt.block_on(async {
+        if tokio::time::timeout(SAVE_AT_EXIT, at_end.save_all()).await.is_err() {
+            tracing::error!("files still open were not all saved within {SAVE_AT_EXIT:?}");
+        }
+        tokio::time::timeout(Duration::from_secs(5), at_end.end_locks()).await
+    });
     served?;
     drop(staging);
     Ok(())
 }
+
+/// How long the daemon spends saving open files' unsaved bytes at exit.
+const SAVE_AT_EXIT: Duration = Duration::from_secs(30);
 
 /// The kernel reads ahead only 128 KiB on a FUSE mount by default; a
 /// sequential reader of large files does far better with 1 MiB requests

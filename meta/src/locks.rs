@@ -146,6 +146,10 @@ async fn sweep(svc: Weak<MetaServiceImpl>, term: u64) {
                 continue;
             }
         };
+        // Sessions holding no lock that have been silent for a lease are
+        // forgotten: every client that ever took a lock (or only renewed
+        // its lease) would otherwise stay in `seen` until the next leader.
+        svc.locks.seen.lock().retain(|s, t| t.elapsed() <= lease || sessions.contains(s));
         for s in sessions.into_iter().filter(|s| svc.locks.expired(*s, lease)) {
             tracing::warn!(session = s, ?lease, "lock session silent for a lease (client gone?): releasing its locks");
             let last = svc.locks.seen.lock().get(&s).copied();

@@ -106,7 +106,20 @@ impl MetaServiceImpl {
             tracing::info!(src, dst, files = n, "directory moved in the UFS");
             Ok(MetaCommand::RenameUfs { src: src.to_string(), dst: dst.to_string(), now_ms: now, entry: None })
         } else {
-            let e = ufs.rename(&u.rel, &to).await.map_err(Error::permanent)?;
+            let e = match ufs.rename(&u.rel, &to).await {
+                Ok(e) => e,
+                // A retry of a rename whose UFS move was done but whose
+                // record never committed (the leader died in between): the
+                // object is at `dst` already, and the namespace follows it.
+                Err(err) if err.kind() == ErrorKind::NotFound => match ufs.stat(&to).await {
+                    Ok(Some(e)) if !e.is_dir && ufs.stat(&u.rel).await.is_ok_and(|s| s.is_none()) => {
+                        tracing::info!(src, dst, "the UFS object was moved by an earlier attempt");
+                        e
+                    }
+                    _ => return Err(err.permanent()),
+                },
+                Err(err) => return Err(err.permanent()),
+            };
             Ok(MetaCommand::RenameUfs { src: src.to_string(), dst: dst.to_string(), now_ms: now, entry: Some(e) })
         }
     }

@@ -361,9 +361,13 @@ impl StateStore {
         // A snapshot from a member still serving an older format's one.
         ensure_format(&db)?;
         let tmp = self.dir.join(format!("{CURRENT_FILE}.tmp"));
-        std::fs::write(&tmp, name).map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, self.dir.join(CURRENT_FILE))
-            .map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", self.dir.display())))?;
+        let io = |p: &Path, e: std::io::Error| Error::new(ErrorKind::Io, format!("{}: {e}", p.display()));
+        // Durable before the switch is: after a power loss the member must
+        // open the database it went on with, not the one it replaced.
+        std::fs::write(&tmp, name).map_err(|e| io(&tmp, e))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, self.dir.join(CURRENT_FILE)).map_err(|e| io(&self.dir, e))?;
+        std::fs::File::open(&self.dir).and_then(|f| f.sync_all()).map_err(|e| io(&self.dir, e))?;
         let old = std::mem::replace(&mut *self.db.write(), Arc::new(db));
         self.mounts_gen.fetch_add(1, std::sync::atomic::Ordering::Release);
         let old_path = old.path().to_path_buf();

@@ -109,9 +109,29 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes `dir`'s meta file, durably and last: a directory with a meta file
+/// is a complete snapshot (`newest`), also after a power loss.
 pub fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
     let p = dir.join(META_FILE);
-    std::fs::write(&p, encode(meta)?).map_err(|e| io(&p, e))
+    let tmp = dir.join(format!("{META_FILE}.tmp"));
+    std::fs::write(&tmp, encode(meta)?).map_err(|e| io(&tmp, e))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &p).map_err(|e| io(&p, e))?;
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| io(dir, e))
+}
+
+/// Makes the files of `dir` and its entries durable. An installed snapshot
+/// replaces log entries the leader no longer has: it must be on disk
+/// before the member goes on as if it were.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    for ent in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let ent = ent.map_err(|e| io(dir, e))?;
+        if ent.file_type().map_err(|e| io(dir, e))?.is_file() {
+            let p = ent.path();
+            std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| io(&p, e))?;
+        }
+    }
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| io(dir, e))
 }
 
 /// The newest complete snapshot under `root`: its directory and meta.
@@ -126,7 +146,14 @@ pub fn newest(root: &Path) -> Result<Option<(PathBuf, Meta)>> {
         let ent = ent.map_err(|e| io(root, e))?;
         let mp = ent.path().join(META_FILE);
         let Ok(bytes) = std::fs::read(&mp) else { continue };
-        let meta: Meta = decode(&bytes)?;
+        // One damaged snapshot must not hide the others (nor stop the member).
+        let meta: Meta = match decode(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(path = %mp.display(), error = %e, "skipping a snapshot whose meta cannot be read");
+                continue;
+            }
+        };
         if best.as_ref().is_none_or(|(_, b)| b.last_log_id < meta.last_log_id) {
             best = Some((ent.path(), meta));
         }
@@ -154,6 +181,22 @@ pub fn remove_others(root: &Path, keep: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_snapshot_meta_is_skipped_not_fatal() {
+        let t = tempfile::tempdir().unwrap();
+        let good = t.path().join("good");
+        std::fs::create_dir(&good).unwrap();
+        let meta = Meta { last_log_id: None, last_membership: Default::default(), snapshot_id: "1-5-0".into() };
+        write_meta(&good, &meta).unwrap();
+        sync_dir(&good).unwrap();
+        assert!(!good.join(format!("{META_FILE}.tmp")).exists(), "the meta file is written through a temporary");
+        let bad = t.path().join("bad");
+        std::fs::create_dir(&bad).unwrap();
+        std::fs::write(bad.join(META_FILE), [0xffu8; 7]).unwrap();
+        let (dir, found) = newest(t.path()).unwrap().expect("the good snapshot");
+        assert_eq!((dir, found.snapshot_id), (good, "1-5-0".to_string()));
+    }
 
     #[test]
     fn archives_round_trip_and_damage_is_refused() {

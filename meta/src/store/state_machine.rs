@@ -175,10 +175,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(snap_err)?
         .map_err(snap_err)?;
+        snapshot::sync_dir(&dir).map_err(snap_err)?;
         snapshot::write_meta(&dir, meta).map_err(snap_err)?;
         snapshot::remove_others(&self.snapshot_dir, &dir);
         let sm_name = format!("sm-{name}-{}", curvine_common::now_ms());
-        snapshot::copy_dir(&dir, &self.store.dir().join(&sm_name)).map_err(snap_err)?;
+        let sm_dir = self.store.dir().join(&sm_name);
+        snapshot::copy_dir(&dir, &sm_dir).map_err(snap_err)?;
+        snapshot::sync_dir(&sm_dir).map_err(snap_err)?;
         let _g = self.store.apply_lock.lock();
         self.store.swap(&sm_name).map_err(snap_err)?;
         self.store.mounts_gen.fetch_add(1, std::sync::atomic::Ordering::Release);
