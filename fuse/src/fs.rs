@@ -343,20 +343,32 @@ impl CvFuse {
         }
     }
 
-    /// Counts a new handle on the existing file `ino` at `path`, truncating
-    /// it for O_TRUNC: its status, and whether its bytes are unchanged
-    /// since its last open here (the kernel may keep its page cache).
-    async fn open_existing(&self, ino: u64, path: &str, flags: i32) -> Result<(FileStatus, bool), Errno> {
-        let (st, state, mut s) = loop {
+    /// The state of the file `ino` at `path` (made from meta's status if it
+    /// has none), locked, and that status. Started over when the state was
+    /// dropped from the table while this waited for its lock (a last close
+    /// or a truncate finished meanwhile: the file may be a new version).
+    async fn locked_file_state(
+        &self,
+        ino: u64,
+        path: &str,
+    ) -> Result<(FileStatus, Arc<tokio::sync::Mutex<FileState>>, tokio::sync::OwnedMutexGuard<FileState>), Errno> {
+        loop {
             let st = self.fs.stat(path).await.map_err(|e| errno(&e))?;
             if st.kind == FileKind::Dir as i32 {
                 return Err(Errno::EISDIR);
             }
             let state = self.open_state(ino, st.len, st.mode);
             if let Some(s) = self.lock_if_current(ino, state.clone()).await {
-                break (st, state, s);
+                return Ok((st, state, s));
             }
-        };
+        }
+    }
+
+    /// Counts a new handle on the existing file `ino` at `path`, truncating
+    /// it for O_TRUNC: its status, and whether its bytes are unchanged
+    /// since its last open here (the kernel may keep its page cache).
+    async fn open_existing(&self, ino: u64, path: &str, flags: i32) -> Result<(FileStatus, bool), Errno> {
+        let (st, state, mut s) = self.locked_file_state(ino, path).await?;
         // The kernel refuses any other kind of open of an inode in
         // passthrough mode (EIO). Checked once this open's state
         // exists (no backing can be made after that, see
@@ -520,16 +532,7 @@ impl CvFuse {
             }
         }
         if let Some(size) = a.size {
-            let (st, state, mut s) = loop {
-                let st = self.fs.stat(&path).await.map_err(|e| errno(&e))?;
-                if st.kind == FileKind::Dir as i32 {
-                    return Err(Errno::EISDIR);
-                }
-                let state = self.open_state(ino, st.len, st.mode);
-                if let Some(s) = self.lock_if_current(ino, state.clone()).await {
-                    break (st, state, s);
-                }
-            };
+            let (st, state, mut s) = self.locked_file_state(ino, &path).await?;
             s.owner.get_or_insert((st.uid, st.gid));
             s.truncate(&self.fs, &path, size, &self.opts.staging).await.map_err(|e| errno(&e))?;
             if s.open == 0 {

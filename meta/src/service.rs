@@ -412,15 +412,7 @@ impl MetaServiceImpl {
                 Ok(XattrResponse { value: v.1.clone(), names: vec![] })
             }
             1 | 2 => {
-                // Checked again when applied; refused here too so that an
-                // oversized value never reaches the Raft log.
-                use crate::namespace::attrs::{XATTR_BYTES_MAX, XATTR_NAME_MAX};
-                if r.name.is_empty() || r.name.len() > XATTR_NAME_MAX {
-                    return Err(Error::invalid(format!("{path}: attribute name must have 1 to {XATTR_NAME_MAX} bytes")));
-                }
-                if r.name.len() + r.value.len() > XATTR_BYTES_MAX {
-                    return Err(Error::new(ErrorKind::NoSpace, format!("{path}: extended attributes exceed {XATTR_BYTES_MAX} bytes")));
-                }
+                crate::namespace::attrs::check_xattr(&path, &r.name, r.value.len())?;
                 let value = (r.op == 1).then_some(r.value);
                 let set = MetaCommand::SetXattr { path, name: r.name, value, flags: r.flags };
                 self.write(MetaCommand::Timed { now_ms: now_ms(), cmd: Box::new(set) }).await?;

@@ -89,9 +89,7 @@ impl Ns<'_> {
 
     /// Sets (`value` Some) or removes (None) attribute `name` of `p`.
     pub(super) fn set_xattr(&mut self, p: &str, name: &str, value: Option<&[u8]>, flags: u32) -> Result<Outcome> {
-        if name.is_empty() || name.len() > XATTR_NAME_MAX {
-            return Err(Error::invalid(format!("{p}: attribute name must have 1 to {XATTR_NAME_MAX} bytes")));
-        }
+        check_xattr(p, name, 0)?;
         let mut node = self.resolve(p)?;
         let at = node.xattrs.binary_search_by(|(n, _)| n.as_str().cmp(name));
         match (value, at) {
@@ -110,9 +108,27 @@ impl Ns<'_> {
         }
         let total: usize = node.xattrs.iter().map(|(n, v)| n.len() + v.len()).sum();
         if total > XATTR_BYTES_MAX {
-            return Err(Error::new(ErrorKind::NoSpace, format!("{p}: extended attributes exceed {XATTR_BYTES_MAX} bytes")));
+            return Err(too_large(p));
         }
         self.put_inode(&node)?;
         Ok(Outcome::Inode(node))
     }
+}
+
+/// The limits one attribute of `value_len` bytes can be checked against
+/// without the inode: its name's length, and that it alone fits the
+/// inode's budget. The service checks them before proposing (an oversized
+/// value never reaches the Raft log); apply checks the inode's total too.
+pub(crate) fn check_xattr(p: &str, name: &str, value_len: usize) -> Result<()> {
+    if name.is_empty() || name.len() > XATTR_NAME_MAX {
+        return Err(Error::invalid(format!("{p}: attribute name must have 1 to {XATTR_NAME_MAX} bytes")));
+    }
+    if name.len() + value_len > XATTR_BYTES_MAX {
+        return Err(too_large(p));
+    }
+    Ok(())
+}
+
+fn too_large(p: &str) -> Error {
+    Error::new(ErrorKind::NoSpace, format!("{p}: extended attributes exceed {XATTR_BYTES_MAX} bytes"))
 }

@@ -84,14 +84,15 @@ pub(super) fn expire_for_entry(txn: &mut Txn, cmd: &MetaCommand) -> Result<()> {
         MetaCommand::Once { now_ms, .. } => Some(*now_ms),
         _ => None,
     };
-    let times: Vec<i64> = match cmd {
-        MetaCommand::Batch(cmds) => cmds.iter().filter_map(once).collect(),
-        c => once(c).into_iter().collect(),
+    let cmds = match cmd {
+        MetaCommand::Batch(cmds) => cmds.as_slice(),
+        c => std::slice::from_ref(c),
     };
-    match times.iter().max() {
-        Some(&now_ms) => expire(txn, now_ms, GC_PER_COMMAND * times.len()),
-        None => Ok(()),
+    let (n, now_ms) = cmds.iter().filter_map(once).fold((0, i64::MIN), |(n, t), c| (n + 1, t.max(c)));
+    if n == 0 {
+        return Ok(());
     }
+    expire(txn, now_ms, GC_PER_COMMAND * n)
 }
 
 /// Removes up to `limit` records older than `RETAIN_MS`. Reads the
