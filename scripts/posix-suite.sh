@@ -26,18 +26,31 @@ work=$(mktemp -d); shm=$(mktemp -d -p /dev/shm cv-posix-XXXXXX); mnt="$work/mnt"
 chmod 755 "$work"
 fusepid=""; uppid=""
 cleanup() {
-  [ -n "$fusepid" ] && kill "$fusepid" 2>/dev/null; sleep 1; umount -l "$mnt" 2>/dev/null || true
+  # The daemon unmounts at SIGTERM; wait for it (bounded) before detaching.
+  if [ -n "$fusepid" ]; then
+    kill "$fusepid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$fusepid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  umount -l "$mnt" 2>/dev/null || true
   [ -n "$uppid" ] && kill "$uppid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work" "$shm"
 }
 trap cleanup EXIT
 "$CV_BIN" up --home "$work/home" --meta-port 0 --worker-port 0 --web-port 0 --mem 512MiB --disk 3GiB \
   --mem-dir "$shm/mem" >"$work/up.log" 2>&1 &
 uppid=$!
-for _ in $(seq 600); do grep -q "curvine ready" "$work/up.log" && break; sleep 0.1; done
+ready() { # LOG: waits up to 60 s for the process's ready line, or fails with its log
+  for _ in $(seq 600); do grep -q "curvine ready" "$1" && return 0; sleep 0.1; done
+  echo "posix-suite: no ready line in $1:" >&2; tail -20 "$1" >&2; exit 1
+}
+ready "$work/up.log"
 meta=$(grep "curvine ready" "$work/up.log" | sed -n 's/.*meta=\([^ ]*\).*/\1/p')
 "$CV_BIN" fuse "$mnt" --meta "$meta" --allow-other >"$work/fuse.log" 2>&1 &
 fusepid=$!
-for _ in $(seq 600); do grep -q "curvine ready" "$work/fuse.log" && break; sleep 0.1; done
+ready "$work/fuse.log"
+# The suite must run on the mount, never on the directory under it.
+fstype=$(stat -f -c %T "$mnt")
+case "$fstype" in fuse|fuseblk) mountpoint -q "$mnt" ;; *) false ;; esac ||
+  { echo "posix-suite: $mnt is not a FUSE mount ($fstype)" >&2; exit 1; }
 mkdir "$mnt/t"
 cat >"$work/pjd.toml" <<'TOML'
 [features]

@@ -351,7 +351,7 @@ async fn unmounts_with_files_open_and_clears_a_stale_mount() {
     let st = Command::new("umount").arg(&m.dir).status().unwrap();
     assert!(st.success());
     let mut p = m.proc.take().unwrap();
-    assert_eq!(p.terminate().unwrap(), Some(0));
+    assert_eq!(p.wait_exit(Duration::from_secs(20)).expect("cv fuse must end at an external umount"), Some(0));
 
     // Bad mount points are clear errors.
     let out = cv(&n, &["fuse", "/nonexistent/mnt"]);
@@ -738,8 +738,23 @@ async fn passthrough_reads_a_warmed_ufs_file_after_joining_its_blocks() {
 /// Locks held by a process on one mount, tested from a process on another
 /// mount of the same cluster (as two hosts would).
 const LOCKS_PY: &str = r#"
-import fcntl, os, signal, struct, subprocess, sys, threading, time
+import fcntl, os, platform, signal, struct, subprocess, sys, threading, time
 a, b = sys.argv[1], sys.argv[2]           # one file, through mount 1 and mount 2
+FCNTL = {"x86_64": "72", "aarch64": "25"}[platform.machine()]   # fcntl(2)'s number
+
+def blocked_in_fcntl(pid, tid=None):
+    """Waits until thread `tid` of `pid` sits in fcntl(2) (a blocked F_SETLKW)."""
+    path = f"/proc/{pid}/task/{tid or pid}/syscall"
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            with open(path) as f:
+                if f.read().split()[0] == FCNTL:
+                    return
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.01)
+    raise SystemExit(f"{pid}/{tid} never blocked in fcntl")
 fa, fb = a + "-flock", b + "-flock"
 HOLD = """
 import fcntl, os, sys
@@ -778,13 +793,16 @@ except BlockingIOError:
     pass
 
 # A blocking lock waits until the holder exits (its closes drop its locks).
-done = []
+done, tid = [], []
 def wait_lock():
+    tid.append(threading.get_native_id())
     fcntl.lockf(fd, fcntl.LOCK_EX, 100, 0)
     fcntl.flock(g, fcntl.LOCK_EX)
     done.append(time.time())
 t = threading.Thread(target=wait_lock); t.start()
-time.sleep(0.5)
+while not tid:
+    time.sleep(0.01)
+blocked_in_fcntl(os.getpid(), tid[0])
 assert not done, "a blocking lock returned while another mount held it"
 released = time.time()
 holder.stdin.write("go\n"); holder.stdin.flush(); holder.wait()
@@ -799,7 +817,7 @@ fcntl.lockf(h, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
 # A waiter killed while blocked never takes the lock afterwards.
 WAIT = "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX, 0, 0)\nprint('got it', flush=True)\n"
 waiter = subprocess.Popen([sys.executable, "-c", WAIT, b], stdout=subprocess.PIPE, text=True)
-time.sleep(0.5)
+blocked_in_fcntl(waiter.pid)
 assert waiter.poll() is None, "the waiter got a lock mount 1 holds"
 waiter.kill()
 try:
@@ -825,10 +843,12 @@ out = subprocess.run([sys.executable, "-c", ALARM, b], capture_output=True, text
 assert out.stdout.strip() == "timed out", (out.stdout, out.stderr)
 assert time.time() - t0 < 10, "the alarm took too long to end the wait"
 waiter = subprocess.Popen([sys.executable, "-c", WAIT, b], stdout=subprocess.PIPE, text=True)
-time.sleep(0.3)
+blocked_in_fcntl(waiter.pid)
 waiter.send_signal(signal.SIGWINCH)
+# Still waiting a while later (what "keeps waiting" means), and in fcntl.
 time.sleep(0.5)
 assert waiter.poll() is None, "an uncaught signal ended an F_SETLKW wait"
+blocked_in_fcntl(waiter.pid)
 waiter.kill()
 waiter.wait(timeout=10)
 fcntl.lockf(h, fcntl.LOCK_UN, 0, 0)

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,8 @@ type History = BTreeMap<u64, Vec<(Kind, bool)>>;
 
 /// Creates files `/c{k}/f{n}`, renames every third to `r{n}`, deletes every
 /// fifth, until `stop`; after a failed operation a file is left alone.
-async fn client(fs: FileSystem, k: usize, first: u64, stop: Arc<AtomicBool>) -> (History, u64) {
+/// `acked` counts the acknowledged operations of all clients as they come.
+async fn client(fs: FileSystem, k: usize, first: u64, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) -> (History, u64) {
     let mut h = History::new();
     let mut n = first;
     let mut errors = 0;
@@ -46,6 +47,7 @@ async fn client(fs: FileSystem, k: usize, first: u64, stop: Arc<AtomicBool>) -> 
             Err(e) => Err(e),
         };
         ops.push((Kind::Create, res.is_ok()));
+        acked.fetch_add(u64::from(res.is_ok()), Ordering::Relaxed);
         if res.is_err() {
             errors += 1;
             continue;
@@ -54,6 +56,7 @@ async fn client(fs: FileSystem, k: usize, first: u64, stop: Arc<AtomicBool>) -> 
         if n % 3 == 0 {
             let res = fs.rename(&f, &r).await;
             ops.push((Kind::Rename, res.is_ok()));
+            acked.fetch_add(u64::from(res.is_ok()), Ordering::Relaxed);
             if res.is_err() {
                 errors += 1;
                 continue;
@@ -63,6 +66,7 @@ async fn client(fs: FileSystem, k: usize, first: u64, stop: Arc<AtomicBool>) -> 
         if n % 5 == 0 {
             let res = fs.delete(&name, false).await;
             ops.push((Kind::Delete, res.is_ok()));
+            acked.fetch_add(u64::from(res.is_ok()), Ordering::Relaxed);
             errors += u64::from(res.is_err());
         }
     }
@@ -125,20 +129,41 @@ async fn verify(fs: &FileSystem, histories: &[History]) -> Tally {
     t
 }
 
-/// Runs `clients` writers while `fault` runs, then stops them after `tail`.
+/// Acknowledged operations the storm must see before its fault, and again
+/// after it: the group commits before the fault and goes on committing
+/// after it.
+const PROGRESS: u64 = 20;
+
+/// Runs `clients` writers; once they have operations acknowledged, runs
+/// `fault`; keeps them writing for `tail` and until the group has
+/// acknowledged more operations after the fault, then stops them.
 async fn storm<F, Fut>(g: &mut Group, clients: usize, round: u64, tail: Duration, fault: F) -> Vec<(History, u64)>
 where
     F: FnOnce(&mut Group) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
     let fs = g.fs(FAILOVER).unwrap();
     let tasks: Vec<_> = (0..clients)
-        .map(|k| tokio::spawn(client(fs.clone(), k, round * 1_000_000, stop.clone())))
+        .map(|k| tokio::spawn(client(fs.clone(), k, round * 1_000_000, stop.clone(), acked.clone())))
         .collect();
-    tokio::time::sleep(Duration::from_millis(700)).await; // let the storm get going
+    let count = || {
+        let n = acked.load(Ordering::Relaxed);
+        async move { n }
+    };
+    testbed::wait_for("the storm's first acknowledged operations", FAILOVER, || async { count().await >= PROGRESS })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", g.logs(20)));
     fault(g).await;
+    let at_fault = count().await;
+    // The storm's length (how far a killed follower falls behind), not a
+    // synchronization: progress is waited for below.
     tokio::time::sleep(tail).await;
+    testbed::wait_for("acknowledged operations after the fault", FAILOVER, || async { count().await >= at_fault + PROGRESS })
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: the group stopped committing after the fault: {e}\n{}", g.logs(20)));
+    println!("round {round}: {at_fault} operations acknowledged before the fault, {} after", count().await - at_fault);
     stop.store(true, Ordering::Relaxed);
     let mut out = Vec::new();
     for t in tasks {

@@ -86,7 +86,7 @@ async fn warm_resumes_after_kill9_and_cancel_stops_it() {
     s3.create_bucket("resume");
     let ufs = Ufs::new(&s3.uri("resume", ""), &s3.options()).unwrap();
     let objs = put_many(&ufs, "r", 600, 64 << 10).await;
-    put_many(&ufs, "c", 600, 64 << 10).await;
+    let cancelled = put_many(&ufs, "c", 600, 64 << 10).await;
 
     let mut n = node_with(UpOptions { mem: Some("512MiB".into()), ..Default::default() }).await;
     mount(&n, &s3, "resume", "/r");
@@ -137,4 +137,27 @@ async fn warm_resumes_after_kill9_and_cancel_stops_it() {
     let v: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
     assert_eq!(v[0]["state"], "cancelled", "{status}");
     assert!(v[0]["bytes_done"].as_u64().unwrap() < 600 * (64 << 10), "cancel came too late: {status}");
+    // The loading stops: the node's UFS load count stays put for 3 s (the
+    // job loads several objects a second while it runs).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (mut last, mut since) = (loads(&fs).await, std::time::Instant::now());
+    while since.elapsed() < Duration::from_secs(3) {
+        assert!(std::time::Instant::now() < deadline, "UFS loads went on after the cancel ({last} so far)");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = loads(&fs).await;
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        }
+    }
+    // What it loaded stays cached, and it did not load everything.
+    let mut cached = 0;
+    for (k, _) in &cancelled {
+        let r = fs.open(&format!("/r/{k}")).await.unwrap();
+        cached += u64::from(r.blocks().iter().all(|b| !b.from_ufs));
+    }
+    let j = job(&fs, id).await;
+    assert_eq!(j.state, "cancelled", "{j:?}");
+    assert!(cached > 0 && cached < 600, "{cached} of 600 objects cached after the cancel: {j:?}");
+    assert!(cached >= j.files_done, "the job counted {} files done, {cached} are cached", j.files_done);
+    println!("cancelled warm: {cached} of 600 objects cached, job {j:?}");
 }

@@ -78,7 +78,8 @@ impl FileSystem {
         let meta_ufs =
             MetaClient::with_options(conf.meta.clone(), conf.retries, conf.timeout.max(UFS_CALL_TIMEOUT), conf.failover, false)?;
         let hostname = hostname();
-        let local = Default::default();
+        // Bounds every exchange with a same-host worker's socket.
+        let local = crate::local::LocalReads::new(conf.timeout);
         Ok(FileSystem { inner: Arc::new(Inner { meta, meta_ufs, pool: ConnPool::new(transport), conf, hostname, local, ahead_served: Default::default() }) })
     }
 

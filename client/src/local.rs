@@ -4,10 +4,13 @@
 //! copy), checksummed like a TCP read.
 //!
 //! Anything that goes wrong (no socket, a socket that is not the worker's,
-//! a refused uid, a block not there yet) makes the caller read over TCP; a
-//! worker whose socket failed is not asked again for a while.
+//! a refused uid, a block not there yet, a worker that does not answer
+//! within the client's timeout, a block file that cannot be read) makes the
+//! caller read over TCP; a worker whose socket failed is not asked again
+//! for a while.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,12 +32,18 @@ use parking_lot::Mutex;
 const MAX_OPEN_BLOCKS: usize = 8192;
 /// Idle socket connections kept per worker.
 const MAX_IDLE: usize = 8;
-/// Blocks smaller than this are read with `pread`, larger ones mapped.
+/// MEM-tier blocks smaller than this are read with `pread`, larger ones
+/// mapped (disk-tier blocks are never mapped: see `Mapping::new`).
 const MAP_MIN: u64 = 4 << 20;
 /// Bytes read per `pread` before their checksums are checked.
 const PIECE: usize = 16 * CHUNK as usize;
 /// How long a worker whose socket failed is read over TCP only.
 const BACKOFF: Duration = Duration::from_secs(30);
+/// Slowest copy rate a join is given time for, on top of the client's
+/// timeout: a join copies the whole file (tmpfs to tmpfs, crc-checked, so
+/// in practice several times faster), and a multi-GiB file must not be cut
+/// off by a timeout meant for one round trip.
+const JOIN_MIN_RATE: u64 = 64 << 20;
 
 /// A block file mapped read-only. Sealed block files are never written or
 /// truncated (eviction unlinks them; the mapping stays valid), so the bytes
@@ -51,7 +60,9 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     fn new(src: &ReadSource) -> Option<Mapping> {
         // Small blocks: pread is cheaper than mmap + page faults + munmap.
-        if src.len < MAP_MIN {
+        // Disk tiers: a media error under a mapping is a SIGBUS that kills
+        // the process, where `pread` returns EIO and the read goes over TCP.
+        if src.len < MAP_MIN || src.tier != TierKind::Mem {
             return None;
         }
         Self::any(src)
@@ -87,7 +98,8 @@ impl Drop for Mapping {
     }
 }
 
-/// A block of a local worker: its file, checksums and (usually) a mapping.
+/// A block of a local worker: its file, checksums and (for large MEM-tier
+/// blocks) a mapping.
 struct LocalBlock {
     src: ReadSource,
     map: Option<Mapping>,
@@ -176,11 +188,6 @@ impl LocalWrite {
         self.len += data.len() as u64;
         Ok(())
     }
-
-    /// Drops the write; the worker removes the file and its reservation.
-    pub async fn abort(mut self) {
-        let _ = self.conn.write_abort(self.block).await;
-    }
 }
 
 /// Bytes of a MEM-tier block, in place: a window onto the block file this
@@ -202,8 +209,11 @@ impl MappedRange {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct LocalReads {
+    /// Bound on one exchange with a worker's socket (the client's
+    /// `timeout`): a worker that stops answering (SIGSTOPped, stuck) is
+    /// then read over TCP instead of hanging every reader on this host.
+    timeout: Duration,
     idle: Mutex<HashMap<u64, Vec<LocalConn>>>,
     refused: Mutex<HashMap<u64, Instant>>,
     blocks: Mutex<Blocks>,
@@ -217,6 +227,22 @@ pub(crate) struct LocalReads {
 }
 
 impl LocalReads {
+    pub fn new(timeout: Duration) -> LocalReads {
+        LocalReads {
+            timeout,
+            idle: Default::default(),
+            refused: Default::default(),
+            blocks: Default::default(),
+            reads: Default::default(),
+            fallbacks: Default::default(),
+            prefetched: Default::default(),
+            opened: Default::default(),
+            adopted: Default::default(),
+            writes: Default::default(),
+            cap: Default::default(),
+        }
+    }
+
     pub fn stats(&self) -> LocalStats {
         LocalStats {
             reads: self.reads.load(Ordering::Relaxed),
@@ -228,10 +254,10 @@ impl LocalReads {
         }
     }
 
-    /// Reads `buf.len()` bytes (or up to the block's end) of `block` at
-    /// `offset` from `loc`'s block file; `None` when the caller should use
-    /// TCP instead.
-    pub async fn read(&self, loc: &BlockLocation, block: u64, offset: u64, buf: &mut [u8], verify: bool) -> Option<Result<usize>> {
+    /// Reads exactly `buf.len()` bytes of `block` at `offset` from `loc`'s
+    /// block file and returns that count; `None` when the caller should use
+    /// TCP (or another copy) instead.
+    pub async fn read(&self, loc: &BlockLocation, block: u64, offset: u64, buf: &mut [u8], verify: bool) -> Option<usize> {
         if loc.local_socket.is_empty() || self.backing_off(loc.worker_id) {
             return None;
         }
@@ -241,7 +267,7 @@ impl LocalReads {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
                 if e.kind() != ErrorKind::NotFound {
                     tracing::debug!(worker = loc.worker_id, error = %e, "short-circuit unavailable; reading over TCP");
-                    self.refused.lock().insert(loc.worker_id, Instant::now() + BACKOFF);
+                    self.back_off(loc.worker_id);
                 }
                 return None;
             }
@@ -251,18 +277,59 @@ impl LocalReads {
             None => read_verified(&src, block, offset, buf, verify),
         };
         match res {
-            Ok(n) => {
+            Ok(n) if n == buf.len() => {
                 self.reads.fetch_add(1, Ordering::Relaxed);
-                Some(Ok(n))
+                Some(n)
             }
-            Err(e) if e.kind() == ErrorKind::Corrupt => {
-                // Never serve it; the worker checks it again when asked over TCP.
-                tracing::debug!(block, error = %e, "local block file failed its checksum; reading over TCP");
-                self.forget(block);
-                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+            // A block file that fails its checksum, cannot be read (EIO) or
+            // is shorter than meta says is never served: the descriptor is
+            // dropped and the worker is asked over TCP, where it checks the
+            // block again, or another copy serves it.
+            Ok(n) => {
+                tracing::debug!(block, offset, got = n, want = buf.len(), "local block file too short; reading over TCP");
+                self.fall_back(block);
                 None
             }
-            Err(e) => Some(Err(e)),
+            Err(e) => {
+                tracing::debug!(block, error = %e, "local block read failed; reading over TCP");
+                self.fall_back(block);
+                None
+            }
+        }
+    }
+
+    /// Forgets a block whose local read failed and counts the fallback.
+    fn fall_back(&self, block: u64) {
+        self.forget(block);
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads worker `worker` over TCP only for a while.
+    fn back_off(&self, worker: u64) {
+        self.refused.lock().insert(worker, Instant::now() + BACKOFF);
+    }
+
+    /// `fut`, one exchange with worker `worker`'s socket, bounded by
+    /// `limit`. Past it the worker is backed off and the result is a
+    /// `Timeout` error: the caller must then drop the connection `fut` was
+    /// using (it may be mid-answer), which `reuse` does.
+    async fn bounded<T>(&self, worker: u64, limit: Duration, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(limit, fut).await {
+            Ok(res) => res,
+            Err(_) => {
+                tracing::debug!(worker, "short-circuit {what}: no answer in {limit:?}; using TCP for {BACKOFF:?}");
+                self.back_off(worker);
+                Err(Error::new(ErrorKind::Timeout, format!("short-circuit {what} on worker {worker}: no answer in {limit:?}")))
+            }
+        }
+    }
+
+    /// Returns `conn` to the pool after an exchange that ended with `err`,
+    /// unless the exchange timed out (the stream may hold a late answer) or
+    /// broke it.
+    fn reuse(&self, worker: u64, conn: LocalConn, err: Option<&Error>) {
+        if err.is_none_or(|e| e.kind() != ErrorKind::Timeout) {
+            self.put_back(worker, conn);
         }
     }
 
@@ -307,8 +374,8 @@ impl LocalReads {
             for group in ids.chunks(curvine_fabric::local::MAX_BATCH) {
                 let res = async {
                     let mut conn = self.conn(loc).await?;
-                    let res = conn.open_many(group).await;
-                    self.put_back(worker, conn);
+                    let res = self.bounded(worker, self.timeout, "batch open", conn.open_many(group)).await;
+                    self.reuse(worker, conn, res.as_ref().err());
                     res
                 }
                 .await;
@@ -322,9 +389,11 @@ impl LocalReads {
                         }
                     }
                     Err(e) => {
+                        // This worker's other batches would fail the same
+                        // way; the other workers' may still succeed.
                         tracing::debug!(worker, error = %e, "short-circuit batch open failed; reading over TCP");
-                        self.refused.lock().insert(worker, Instant::now() + BACKOFF);
-                        return;
+                        self.back_off(worker);
+                        break;
                     }
                 }
             }
@@ -350,11 +419,12 @@ impl LocalReads {
             return None;
         }
         let lb = self.source(loc, block).await.ok()?;
-        if lb.src.tier != TierKind::Mem || offset + len > lb.src.len {
+        let end = offset.checked_add(len)?;
+        if lb.src.tier != TierKind::Mem || end > lb.src.len {
             return None;
         }
         let map = lb.mapping()?;
-        let (lo, hi) = (offset / CHUNK, (offset + len).div_ceil(CHUNK));
+        let (lo, hi) = (offset / CHUNK, end.div_ceil(CHUNK));
         for idx in lo..hi {
             if lb.is_checked(idx) {
                 continue;
@@ -379,22 +449,22 @@ impl LocalReads {
         if loc.local_socket.is_empty() || self.backing_off(loc.worker_id) {
             return None;
         }
+        let worker = loc.worker_id;
         let mut conn = match self.conn(loc).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::debug!(worker = loc.worker_id, error = %e, "short-circuit unavailable; writing over TCP");
-                self.refused.lock().insert(loc.worker_id, Instant::now() + BACKOFF);
+                tracing::debug!(worker, error = %e, "short-circuit unavailable; writing over TCP");
+                self.back_off(worker);
                 return None;
             }
         };
-        match conn.write_open(block, len_hint, after).await {
-            Ok((file, base, _tier)) => {
-                Some(LocalWrite { worker: loc.worker_id, block, conn, file, base, crcs: Vec::new(), len: 0 })
-            }
+        let res = self.bounded(worker, self.timeout, "write open", conn.write_open(block, len_hint, after)).await;
+        match res {
+            Ok((file, base, _tier)) => Some(LocalWrite { worker, block, conn, file, base, crcs: Vec::new(), len: 0 }),
             Err(e) => {
-                tracing::debug!(worker = loc.worker_id, block, error = %e, "direct write refused; writing over TCP");
+                tracing::debug!(worker, block, error = %e, "direct write refused; writing over TCP");
                 if e.kind() != ErrorKind::NoSpace {
-                    self.refused.lock().insert(loc.worker_id, Instant::now() + BACKOFF);
+                    self.back_off(worker);
                 }
                 None
             }
@@ -402,31 +472,51 @@ impl LocalReads {
     }
 
     /// Asks worker `loc` (this host) to store `ids`, one file's blocks in
-    /// file order, as one file at their file offsets; the descriptors held
-    /// for them are dropped so the next open sees the new place.
-    pub async fn join(&self, loc: &BlockLocation, ids: &[u64]) -> Result<()> {
+    /// file order, `bytes` in all, as one file at their file offsets; the
+    /// descriptors held for them are dropped so the next open sees the new
+    /// place.
+    pub async fn join(&self, loc: &BlockLocation, ids: &[u64], bytes: u64) -> Result<()> {
         let mut conn = self.conn(loc).await?;
-        let res = conn.join(ids).await;
-        self.put_back(loc.worker_id, conn);
+        // The worker copies every byte before it answers.
+        let limit = self.timeout + Duration::from_secs(bytes / JOIN_MIN_RATE);
+        let res = self.bounded(loc.worker_id, limit, "join", conn.join(ids)).await;
+        self.reuse(loc.worker_id, conn, res.as_ref().err());
         for id in ids {
             self.forget(*id);
         }
         res
     }
 
-    /// Seals a direct write and keeps its connection for reuse.
+    /// Seals a direct write and keeps its connection for reuse. After a
+    /// failure (or a timeout) the connection is closed, which makes the
+    /// worker drop the write.
     pub async fn commit_write(&self, mut w: LocalWrite) -> Result<TierKind> {
-        let tier = w.conn.write_commit(w.block, w.len, &w.crcs).await?;
+        let tier = self.bounded(w.worker, self.timeout, "write commit", w.conn.write_commit(w.block, w.len, &w.crcs)).await?;
         self.put_back(w.worker, w.conn);
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(tier)
     }
 
+    /// Drops a direct write; the worker removes the file and its
+    /// reservation (also when the connection closes, so a worker that does
+    /// not answer in time loses the write anyway).
+    pub async fn abort_write(&self, mut w: LocalWrite) {
+        match self.bounded(w.worker, self.timeout, "write abort", w.conn.write_abort(w.block)).await {
+            Ok(()) => self.put_back(w.worker, w.conn),
+            Err(e) => tracing::debug!(worker = w.worker, block = w.block, error = %e, "direct write abort failed"),
+        }
+    }
+
+    /// A pooled connection to `loc`'s socket, or a new one (its greeting
+    /// bounded by the timeout: a stopped worker's kernel still accepts).
     async fn conn(&self, loc: &BlockLocation) -> Result<LocalConn> {
         let idle = self.idle.lock().get_mut(&loc.worker_id).and_then(Vec::pop);
         match idle {
             Some(c) => Ok(c),
-            None => LocalConn::connect(&loc.local_socket, loc.worker_id, loc.local_token).await,
+            None => {
+                let connect = LocalConn::connect(&loc.local_socket, loc.worker_id, loc.local_token);
+                self.bounded(loc.worker_id, self.timeout, "connect", connect).await
+            }
         }
     }
 
@@ -492,8 +582,8 @@ impl LocalReads {
             return Ok(s.clone());
         }
         let mut conn = self.conn(loc).await?;
-        let res = conn.open(block).await;
-        self.put_back(loc.worker_id, conn);
+        let res = self.bounded(loc.worker_id, self.timeout, "open", conn.open(block)).await;
+        self.reuse(loc.worker_id, conn, res.as_ref().err());
         let src = Arc::new(LocalBlock::new(res?));
         self.opened.fetch_add(1, Ordering::Relaxed);
         self.remember(block, src.clone());
@@ -611,4 +701,174 @@ fn read_verified(lb: &LocalBlock, block: u64, offset: u64, buf: &mut [u8], verif
     }
     edge(hi, end, buf)?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixListener;
+
+    const WORKER: u64 = 7;
+    const TOKEN: u64 = 99;
+    const LIMIT: Duration = Duration::from_millis(300);
+
+    /// A fresh path for a socket or file of this test.
+    fn temp_path(name: &str) -> std::path::PathBuf {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        std::env::temp_dir().join(format!("cv-client-local-{}-{n}-{name}", std::process::id()))
+    }
+
+    fn location(socket: &std::path::Path) -> BlockLocation {
+        BlockLocation {
+            worker_id: WORKER,
+            local_socket: socket.to_string_lossy().into_owned(),
+            local_token: TOKEN,
+            ..Default::default()
+        }
+    }
+
+    /// A worker socket that accepts (as the kernel does for a stopped
+    /// process) and then never answers; with `greet`, it first sends the
+    /// worker's greeting, so the stall is in an exchange, not the connect.
+    fn stalled_worker(greet: bool) -> (std::path::PathBuf, tokio::task::JoinHandle<()>) {
+        let path = temp_path("sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                if greet {
+                    let mut hello = Vec::new();
+                    hello.extend_from_slice(&0x4356_5343u32.to_le_bytes());
+                    hello.extend_from_slice(&2u32.to_le_bytes());
+                    hello.extend_from_slice(&WORKER.to_le_bytes());
+                    hello.extend_from_slice(&TOKEN.to_le_bytes());
+                    let _ = s.write_all(&hello).await;
+                }
+                held.push(s);
+            }
+        });
+        (path, task)
+    }
+
+    /// Every same-host exchange with a stalled worker ends within the
+    /// timeout, backs the worker off and pools no connection.
+    async fn check_gives_up(greet: bool) {
+        let (path, server) = stalled_worker(greet);
+        let loc = location(&path);
+        let local = LocalReads::new(LIMIT);
+        let mut buf = [0u8; 16];
+        let t = Instant::now();
+        let read = tokio::time::timeout(LIMIT * 10, local.read(&loc, 1, 0, &mut buf, true)).await;
+        assert_eq!(read.expect("read must not hang"), None, "falls back to TCP");
+        assert!(t.elapsed() >= LIMIT, "waited for the timeout");
+        assert_eq!(local.stats().fallbacks, 1);
+        assert!(local.backing_off(WORKER), "the worker is read over TCP for a while");
+        assert!(local.idle.lock().get(&WORKER).is_none_or(Vec::is_empty), "a timed-out connection is not pooled");
+        // Backed off: no waiting at all now.
+        let t = Instant::now();
+        assert!(local.open_write(&loc, 2, 1 << 20, 0).await.is_none());
+        assert!(local.view(&loc, 1, 0, 1).await.is_none());
+        assert!(t.elapsed() < LIMIT);
+        // Join (not gated by the back-off) is bounded too, with the
+        // timeout as its floor.
+        let join = tokio::time::timeout(LIMIT * 10, local.join(&loc, &[1, 2], 1 << 20)).await.expect("join must not hang");
+        assert_eq!(join.expect_err("no answer").kind(), ErrorKind::Timeout);
+        assert!(local.idle.lock().get(&WORKER).is_none_or(Vec::is_empty));
+        server.abort();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_accepts_but_never_greets_is_given_up_on() {
+        check_gives_up(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_greets_but_never_answers_is_given_up_on() {
+        check_gives_up(true).await;
+    }
+
+    #[tokio::test]
+    async fn a_stalled_worker_does_not_stop_prefetching_from_the_others() {
+        let (stalled, server) = stalled_worker(true);
+        let local = LocalReads::new(LIMIT);
+        let first = location(&stalled);
+        let mut second = location(&temp_path("absent-sock"));
+        second.worker_id = WORKER + 1;
+        let blocks = [(&first, 1), (&second, 2)];
+        tokio::time::timeout(LIMIT * 10, local.prefetch(&blocks)).await.expect("prefetch must not hang");
+        // Both workers were tried, whichever came first: each failure backs
+        // off its own worker only, and neither ends the prefetch.
+        assert!(local.backing_off(WORKER));
+        assert!(local.backing_off(WORKER + 1));
+        server.abort();
+        let _ = std::fs::remove_file(&stalled);
+    }
+
+    /// A block held as if its descriptor had come from a worker: `file_len`
+    /// bytes on disk, `len` according to the worker.
+    fn held_block(local: &LocalReads, id: u64, tier: TierKind, file_len: u64, len: u64) -> std::path::PathBuf {
+        let path = temp_path("block");
+        let data: Vec<u8> = (0..file_len).map(|i| i as u8).collect();
+        std::fs::write(&path, &data).expect("write block file");
+        let crcs: Arc<[u32]> = (0..len.div_ceil(CHUNK))
+            .map(|i| {
+                let (lo, hi) = ((i * CHUNK) as usize, (((i + 1) * CHUNK).min(file_len)) as usize);
+                crc32c(data.get(lo..hi).unwrap_or(&[]))
+            })
+            .collect();
+        let file = Arc::new(std::fs::File::open(&path).expect("open block file"));
+        let src = ReadSource { file, base: 0, len, crcs, tier };
+        local.remember(id, Arc::new(LocalBlock::new(src)));
+        path
+    }
+
+    #[tokio::test]
+    async fn a_local_block_that_cannot_be_read_in_full_falls_back_to_tcp() {
+        let local = LocalReads::new(LIMIT);
+        // The socket is never reached: the blocks are held already.
+        let loc = location(std::path::Path::new("/nonexistent/data.sock"));
+        let good = held_block(&local, 1, TierKind::Ssd, 1000, 1000);
+        let mut buf = vec![0u8; 100];
+        assert_eq!(local.read(&loc, 1, 10, &mut buf, true).await, Some(100));
+        assert_eq!(buf[0], 10);
+        for verify in [true, false] {
+            // The file is shorter than the worker said (a short pread).
+            let short = held_block(&local, 2, TierKind::Ssd, 100, 1000);
+            assert_eq!(local.read(&loc, 2, 0, &mut [0u8; 500], verify).await, None);
+            assert!(!local.blocks.lock().map.contains_key(&2), "the descriptor is dropped");
+            // A block shorter than the read asked for.
+            let small = held_block(&local, 3, TierKind::Mem, 100, 100);
+            assert_eq!(local.read(&loc, 3, 50, &mut [0u8; 100], verify).await, None);
+            // A read past the block's end.
+            let tiny = held_block(&local, 4, TierKind::Ssd, 100, 100);
+            assert_eq!(local.read(&loc, 4, 200, &mut [0u8; 10], verify).await, None);
+            for p in [short, small, tiny] {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        assert_eq!(local.stats().fallbacks, 6);
+        assert_eq!(local.stats().reads, 1);
+        let _ = std::fs::remove_file(good);
+    }
+
+    #[test]
+    fn only_mem_tier_blocks_are_mapped() {
+        let path = temp_path("big");
+        let f = std::fs::File::create(&path).expect("create");
+        f.set_len(MAP_MIN).expect("set_len");
+        let src = |tier| ReadSource {
+            file: Arc::new(std::fs::File::open(&path).expect("open")),
+            base: 0,
+            len: MAP_MIN,
+            crcs: vec![0; MAP_MIN.div_ceil(CHUNK) as usize].into(),
+            tier,
+        };
+        assert!(LocalBlock::new(src(TierKind::Mem)).map.is_some());
+        assert!(LocalBlock::new(src(TierKind::Ssd)).map.is_none(), "a media error must be EIO, not SIGBUS");
+        assert!(LocalBlock::new(src(TierKind::Hdd)).map.is_none());
+        let _ = std::fs::remove_file(&path);
+    }
 }

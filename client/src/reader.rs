@@ -111,7 +111,7 @@ impl FileReader {
     /// than `buf.len()` only at end of file).
     #[tracing::instrument(level = "debug", skip_all, fields(path = %self.status.path, offset, len = buf.len()))]
     pub async fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let end = (offset + buf.len() as u64).min(self.status.len);
+        let end = offset.saturating_add(buf.len() as u64).min(self.status.len);
         if offset >= end {
             return Ok(0);
         }
@@ -149,14 +149,8 @@ impl FileReader {
         let mut done = self.window.lock().take_from_ready(offset, buf);
         let mut served = done;
         if done < buf.len() {
-            let pending = {
-                let mut a = self.window.lock();
-                match &a.pending {
-                    Some((at, _)) if *at == offset + done as u64 => a.pending.take(),
-                    _ => None,
-                }
-            };
-            if let Some((_, task)) = pending {
+            let pending = self.window.lock().take_pending(offset + done as u64);
+            if let Some(task) = pending {
                 match task.await {
                     Ok(Ok(w)) => {
                         let mut a = self.window.lock();
@@ -178,7 +172,7 @@ impl FileReader {
         let pos = offset + done as u64;
         let mut a = self.window.lock();
         if a.pending.is_none() {
-            let start = a.ready.as_ref().map(|w| w.offset + w.data.len() as u64).filter(|e| *e > pos).unwrap_or(pos);
+            let start = a.next_start(pos);
             if start < self.status.len {
                 let n = window.min(self.status.len - start) as usize;
                 let r = FileReader::with_blocks(self.fs.clone(), self.status.clone(), self.blocks.clone());
@@ -194,9 +188,13 @@ impl FileReader {
         Ok(done)
     }
 
-    /// Reads `buf.len()` bytes at `offset` (all inside the file).
+    /// Reads `buf.len()` bytes at `offset` (all inside the file). Blocks
+    /// that do not cover the range without a gap (a file whose recorded
+    /// blocks and length disagree) make it fail as `Corrupt`, before any
+    /// byte is read: a short count would look like the end of the file.
     async fn read_range(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let end = offset + buf.len() as u64;
+        let want = buf.len();
+        let end = offset.saturating_add(want as u64);
         let mut done = 0usize;
         // Blocks are sorted by offset: find the first one holding `offset`.
         let first = self.blocks.partition_point(|b| b.offset + b.len <= offset);
@@ -210,18 +208,35 @@ impl FileReader {
             if pos >= end {
                 break;
             }
-            let in_block = pos - b.offset;
-            let n = (b.len - in_block).min(end - pos) as usize;
+            let Some(in_block) = pos.checked_sub(b.offset) else {
+                return Err(self.gap(pos));
+            };
+            let n = b.len.saturating_sub(in_block).min(end - pos) as usize;
+            if n == 0 {
+                continue; // an empty block
+            }
             let (piece, tail) = std::mem::take(&mut rest).split_at_mut(n);
             rest = tail;
             reads.push(self.read_piece(b, in_block, piece));
             done += n;
+        }
+        if done < want {
+            return Err(self.gap(offset + done as u64));
         }
         let mut reads = futures::stream::iter(reads).buffer_unordered(PARALLEL_BLOCKS);
         while let Some(r) = reads.next().await {
             r?;
         }
         Ok(done)
+    }
+
+    /// The error for a file offset no block holds though the file's
+    /// length says it exists.
+    fn gap(&self, pos: u64) -> Error {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("{}: no block holds offset {pos} of a file of {} bytes", self.status.path, self.status.len),
+        )
     }
 
     /// A sequential reader about to need block `next`: when it is still in
@@ -253,11 +268,14 @@ impl FileReader {
     /// buffer then). The window keeps the mapping alive.
     pub async fn view(&self, offset: u64, len: u64) -> Result<Option<crate::local::MappedRange>> {
         let inner = &self.fs.inner;
-        if !inner.conf.short_circuit || offset + len > self.status.len || len == 0 {
+        let Some(end) = offset.checked_add(len).filter(|e| *e <= self.status.len) else {
+            return Ok(None);
+        };
+        if !inner.conf.short_circuit || len == 0 {
             return Ok(None);
         }
         let i = self.blocks.partition_point(|b| b.offset + b.len <= offset);
-        let Some(b) = self.blocks.get(i).filter(|b| offset + len <= b.offset + b.len && !b.from_ufs) else {
+        let Some(b) = self.blocks.get(i).filter(|b| end <= b.offset + b.len && !b.from_ufs) else {
             return Ok(None);
         };
         for loc in b.locations.iter().filter(|l| l.hostname == inner.hostname) {
@@ -284,7 +302,7 @@ impl FileReader {
             Whole::No => return Ok(None),
             Whole::Scattered(loc) => {
                 let ids: Vec<u64> = self.blocks.iter().map(|b| b.id).collect();
-                if let Err(e) = self.fs.inner.local.join(&loc, &ids).await {
+                if let Err(e) = self.fs.inner.local.join(&loc, &ids, self.status.len).await {
                     tracing::debug!(path = %self.status.path, error = %e, "worker did not join the file's blocks");
                     return Ok(None);
                 }
@@ -436,8 +454,10 @@ impl FileReader {
         locs.sort_by_key(|l| nearness(l, &inner.hostname, &inner.conf.rack));
         for loc in locs {
             if inner.conf.short_circuit && loc.hostname == inner.hostname && !b.from_ufs {
-                if let Some(r) = inner.local.read(loc, b.id, offset, buf, inner.conf.verify_checksums).await {
-                    return r.map_err(|e| e.context(&self.status.path));
+                // Any local failure falls through to TCP on the same worker
+                // (which checks the block itself) and then the other copies.
+                if let Some(n) = inner.local.read(loc, b.id, offset, buf, inner.conf.verify_checksums).await {
+                    return Ok(n);
                 }
             }
             for _ in 0..2 {
@@ -494,6 +514,15 @@ impl FileReader {
     }
 }
 
+/// Where a file's bytes are on this host (`whole_local_file`).
+enum Whole {
+    /// One file, every block at its file offset.
+    File(Arc<std::fs::File>),
+    /// All in MEM on this worker, but not in one such file.
+    Scattered(LocatedBlockLocation),
+    No,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,13 +537,35 @@ mod tests {
         locs.sort_by_key(|l| nearness(l, "z", ""));
         assert_eq!(locs.iter().filter(|l| nearness(l, "z", "") == 2).count(), 4, "no rack: only the host counts");
     }
-}
 
-/// Where a file's bytes are on this host (`whole_local_file`).
-enum Whole {
-    /// One file, every block at its file offset.
-    File(Arc<std::fs::File>),
-    /// All in MEM on this worker, but not in one such file.
-    Scattered(LocatedBlockLocation),
-    No,
+    /// A reader of a `len`-byte file with `blocks` (id, offset, len), on
+    /// no worker: only what is decided before any IO can be checked.
+    fn reader(len: u64, blocks: &[(u64, u64, u64)]) -> FileReader {
+        let fs = FileSystem::connect_to("127.0.0.1:1").expect("client");
+        let status = FileStatus { path: "/f".into(), len, ..Default::default() };
+        let blocks = blocks.iter().map(|&(id, offset, len)| LocatedBlock { id, offset, len, ..Default::default() }).collect();
+        FileReader::new(fs, status, blocks)
+    }
+
+    #[tokio::test]
+    async fn blocks_that_do_not_cover_the_file_are_corrupt_not_a_short_read() {
+        let mut buf = [0u8; 20];
+        for (blocks, at) in [
+            (&[][..], 0),
+            (&[(1, 0, 10)][..], 5),              // the blocks end before the file
+            (&[(1, 0, 10), (2, 20, 80)][..], 5), // a gap between two blocks
+            (&[(2, 20, 80)][..], 5),             // a gap before the first block
+        ] {
+            let r = reader(100, blocks);
+            let e = r.read_at(at, &mut buf).await.expect_err("no block holds these bytes");
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "{blocks:?} at {at}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn offsets_near_the_end_of_the_range_do_not_overflow() {
+        let r = reader(100, &[(1, 0, 100)]);
+        assert_eq!(r.read_at(u64::MAX - 3, &mut [0u8; 8]).await.expect("past the end"), 0);
+        assert!(r.view(u64::MAX - 3, 8).await.expect("no view").is_none());
+    }
 }

@@ -186,6 +186,9 @@ impl MetaServiceImpl {
             mode,
             now_ms: now_ms(),
         };
+        // Created complete and empty: a writer that closes without a byte
+        // needs no second command (`status.complete` tells it so).
+        let cmd = MetaCommand::CreateSealed { cmd: Box::new(cmd) };
         let inode = Self::outcome_inode(self.write(owned(cmd, r.uid, r.gid)).await?)?;
         Ok(CreateResponse { status: Some(status_of(&inode, &path, 0)) })
     }

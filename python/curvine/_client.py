@@ -21,10 +21,11 @@ class Client(_curvine.Client):
 
     Safe to share between threads and to inherit across ``fork`` (a
     DataLoader worker reconnects on first use); picklable (the copy
-    reconnects to the same meta address)."""
+    reconnects to the same meta address with the same threads, timeout
+    and checksum setting)."""
 
     def __reduce__(self):
-        return (_reconnect, (self.meta,))
+        return (_reconnect, (self.meta, self.threads, self.timeout, self.verify_checksums))
 
     def __repr__(self):
         return f"curvine.Client(meta={self.meta!r})"
@@ -70,7 +71,9 @@ class Client(_curvine.Client):
         """Fills ``buffer`` from file offset ``offset`` in place; returns the
         bytes read. ``buffer``: bytearray, memoryview, numpy array, mmap, or
         a contiguous torch tensor. A CUDA tensor is filled through pinned
-        host buffers, two in flight, with async copies."""
+        host buffers, two in flight, with async copies. A CPU tensor whose
+        memory cannot be written (``torch.frombuffer`` over a read-only
+        buffer such as ``read_view``) raises TypeError before any IO."""
         path = norm(path)
         t = _as_tensor(buffer)
         if t is None:
@@ -87,14 +90,18 @@ class Client(_curvine.Client):
 
     def open(self, path, mode="rb"):
         """``mode`` "rb": a seekable ``io.RawIOBase``; "wb": a new file,
-        complete at ``close()`` (replaces an existing one)."""
+        complete at ``close()`` (replaces an existing one); "xb": the same,
+        but FileExistsError if the path exists (checked atomically by the
+        create). A writer dropped without ``close()`` is aborted."""
         path = norm(path)
         if mode in ("rb", "r"):
             return CurvineReader(self._open_reader(path))
         if mode in ("wb", "w"):
             return CurvineWriter(self._open_writer(path))
-        raise ValueError(f"mode must be 'rb' or 'wb', got {mode!r}")
+        if mode in ("xb", "x"):
+            return CurvineWriter(self._open_writer(path, overwrite=False))
+        raise ValueError(f"mode must be 'rb', 'wb' or 'xb', got {mode!r}")
 
 
-def _reconnect(meta):
-    return Client(meta)
+def _reconnect(meta, threads=None, timeout=None, verify_checksums=True):
+    return Client(meta, threads=threads, timeout=timeout, verify_checksums=verify_checksums)

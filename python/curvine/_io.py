@@ -67,9 +67,10 @@ class CurvineReader(io.RawIOBase):
 
 
 class CurvineWriter(io.RawIOBase):
-    """A new Curvine file. It becomes visible, complete, at ``close()``;
-    leaving a ``with`` block by an exception aborts it instead, so a failed
-    writer never leaves a truncated file behind."""
+    """A new Curvine file. It becomes complete at ``close()``; leaving a
+    ``with`` block by an exception aborts it instead, and so does dropping
+    the writer without ``close()`` (garbage collection), so a failed or
+    forgotten writer never leaves a truncated file behind."""
 
     def __init__(self, native):
         super().__init__()
@@ -111,6 +112,15 @@ class CurvineWriter(io.RawIOBase):
             self.abort()
         else:
             self.close()
+
+    def __del__(self):
+        # IOBase's finalizer would close(), i.e. publish whatever was written
+        # so far; only an explicit close() completes the file.
+        try:
+            if not self.closed:
+                self.abort()
+        except Exception:
+            pass
 
     def __repr__(self):
         return f"<curvine writer {self.name!r} written={self._pos}>"

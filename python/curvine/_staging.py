@@ -51,8 +51,9 @@ class Stager:
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         self.events = [torch.cuda.Event(), torch.cuda.Event()] if self.cuda else [None, None]
 
-    def run(self, client, path: str, items) -> int:
-        """Copies file ranges into tensors: ``items`` is a list of
+    def run(self, reader, items) -> int:
+        """Copies ranges of the file open in ``reader`` (a native reader,
+        ``Client._open_reader``) into tensors: ``items`` is a list of
         ``(file_offset, dst)`` with ``dst`` a 1-D uint8 tensor on the
         device; ranges are read in file order. Returns the bytes copied."""
         windows = _windows(sorted(items, key=lambda it: it[0]), self.chunk)
@@ -68,9 +69,9 @@ class Stager:
                 # The copy that last read this buffer must be done before
                 # the next read overwrites it.
                 self.events[i].synchronize()
-            got = client._read_into_addr(path, buf.data_ptr(), length, start)
+            got = reader._read_into_addr(buf.data_ptr(), length, start)
             if got != length:
-                raise OSError(5, f"{path}: read {got} of {length} bytes at {start}")
+                raise OSError(5, f"{reader.path}: read {got} of {length} bytes at {start}")
             if self.cuda:
                 with torch.cuda.stream(self.stream):
                     for src_off, dst in pieces:
@@ -115,9 +116,9 @@ def read_into_device(client, path, tensor: torch.Tensor, offset: int = 0, chunk:
     if offset < 0:
         raise ValueError(f"offset must be >= 0, got {offset}")
     dst = flat_bytes(tensor)
-    size = client.stat(path).size
-    n = max(0, min(dst.numel(), size - offset))
+    reader = client._open_reader(path)
+    n = max(0, min(dst.numel(), reader.size - offset))
     if n == 0:
         return 0
     stager = Stager(tensor.device, min(chunk, n))
-    return stager.run(client, path, [(offset, dst[:n])])
+    return stager.run(reader, [(offset, dst[:n])])

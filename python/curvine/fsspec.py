@@ -6,18 +6,58 @@ package ``fsspec.open("cv://data/x.parquet")``,
 ``pyarrow.dataset.dataset("cv://data/", filesystem=...)`` work. The meta
 address comes from ``storage_options={"meta": "HOST:PORT"}`` or
 ``$CURVINE_META``. Paths are absolute Curvine paths (``/data/x``).
+
+Writes: a file opened with ``fs.open(path, "wb")`` is complete at
+``close()``, and leaving ``with fs.open(...) as f:`` by an exception aborts
+it. ``with fsspec.open(url, "wb") as f:`` is different: fsspec's ``OpenFile``
+closes (so completes) the file even when its block raises. For
+all-or-nothing writes there use a transaction (``with fs.transaction:``) or
+``autocommit=False``: the bytes go to a hidden temporary file next to the
+target, ``commit()`` renames it over the target in one atomic step and
+``discard()`` (a transaction left by an exception) removes it.
 """
 
 import io
+import os
+import posixpath
+import uuid
 
 from fsspec.spec import AbstractFileSystem
 
+from ._io import CurvineWriter
 from ._paths import PREFIX, norm
 
 #: Read buffer of files opened through fsspec: parquet readers ask for many
 #: small pieces (footers, column chunks) and each unbuffered read is a round
 #: trip.
 READ_BUFFER = 4 << 20
+
+
+class _DeferredWriter(CurvineWriter):
+    """A write with ``autocommit=False``: bytes go to a hidden temporary
+    file in the target's directory; ``commit()`` closes it and renames it
+    over the target (atomic), ``discard()`` drops it."""
+
+    def __init__(self, client, target):
+        parent, name = posixpath.split(target)
+        tmp = posixpath.join(parent, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        super().__init__(client._open_writer(tmp, overwrite=False))
+        self._client = client
+        self._tmp = tmp
+        self.name = target
+
+    def commit(self):
+        self.close()
+        self._client.mv(self._tmp, self.name)
+
+    def discard(self):
+        if not self.closed:
+            self.abort()
+            return
+        try:
+            self._client.rm(self._tmp)
+        except FileNotFoundError:
+            pass
 
 
 class CurvineFileSystem(AbstractFileSystem):
@@ -101,6 +141,11 @@ class CurvineFileSystem(AbstractFileSystem):
 
     def pipe_file(self, path, value, mode="overwrite", **kwargs):
         overwrite = mode != "create"
+        if self._intrans and overwrite:
+            # Deferred to the transaction's commit like any other write.
+            with self.open(path, "wb") as f:
+                f.write(value)
+            return
         self.client.write(self._strip_protocol(path), value, overwrite=overwrite)
 
     def cp_file(self, path1, path2, **kwargs):
@@ -126,7 +171,11 @@ class CurvineFileSystem(AbstractFileSystem):
             f.size = raw.size  # pyarrow and fsspec helpers look for it
             return f
         if "w" in mode or "x" in mode:
-            if "x" in mode and self.client.exists(path):
-                raise FileExistsError(17, f"{path}: file exists")
-            return self.client.open(path, "wb")
+            if not autocommit:
+                if "x" in mode:
+                    # The commit's rename would replace a file created meanwhile.
+                    raise ValueError("exclusive create ('x') cannot be deferred to a commit: use autocommit=True")
+                return _DeferredWriter(self.client, path)
+            # "x": the create itself refuses an existing path (EEXIST).
+            return self.client.open(path, "xb" if "x" in mode else "wb")
         raise ValueError(f"unsupported mode {mode!r} (Curvine files are written once: rb, wb, xb)")

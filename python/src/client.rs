@@ -22,6 +22,14 @@ use crate::status::FileStatus;
 /// the caller says otherwise: enough to hide per-file round trips.
 const DEFAULT_PARALLEL: usize = 16;
 
+/// Most runtime threads a client may ask for: far past any core count, low
+/// enough that a typo cannot exhaust the process's threads.
+const MAX_THREADS: usize = 1024;
+
+/// Longest request timeout `connect` accepts (a year): longer is "never" in
+/// practice, and a bound keeps every deadline computed from it in range.
+const MAX_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
 /// A connection to one Curvine cluster. Cheap to share between threads;
 /// safe to inherit across `fork` (the child reconnects on first use).
 #[pyclass(module = "curvine._curvine", subclass, frozen)]
@@ -52,6 +60,31 @@ impl Client {
         // The inherited `Conn`, if any, leaks itself on drop (see conn.rs).
         *cur = Some(c.clone());
         Ok(c)
+    }
+
+    /// Reads `dst.len` bytes (fewer only at the end of the file) of `r` from
+    /// `offset` into `dst`, with the GIL released. With `probe`, memory the
+    /// caller vouched for by address is first checked to be writable (the
+    /// part the read fills; see `buffer::check_writable`).
+    pub fn read_raw_from(
+        py: Python<'_>,
+        c: &Arc<Conn>,
+        r: &FileReader,
+        path: &str,
+        dst: RawMut,
+        offset: u64,
+        probe: bool,
+    ) -> PyResult<usize> {
+        let n = span(r.len(), offset, dst.len as u64);
+        let dst = RawMut { ptr: dst.ptr, len: n };
+        if probe {
+            crate::buffer::check_writable(dst)?;
+        }
+        let got = py.detach(|| c.block_on(r.read_at(offset, unsafe { dst.slice() }))).py_err()?;
+        if got != n {
+            return Err(short_read(path, got, n));
+        }
+        Ok(n)
     }
 
     /// Opens `path` with the GIL released.
@@ -92,6 +125,56 @@ fn prepared_readers(py: Python<'_>, c: &Arc<Conn>, raws: Vec<Vec<u8>>) -> PyResu
         })
     })
     .py_err()
+}
+
+/// A `deadline` for waiting `timeout` seconds: `None` (no deadline) for
+/// `None`, infinity, or a span too long to represent.
+fn deadline_after(timeout: Option<f64>) -> PyResult<Option<std::time::Instant>> {
+    let Some(t) = timeout else { return Ok(None) };
+    if t.is_nan() || t < 0.0 {
+        return Err(PyValueError::new_err(format!("timeout must be >= 0 seconds or None, got {t}")));
+    }
+    Ok(std::time::Duration::try_from_secs_f64(t).ok().and_then(|d| std::time::Instant::now().checked_add(d)))
+}
+
+/// Reads several ranges of `r` in parallel, each into caller-owned memory:
+/// `ranges` holds `(file_offset, addr, nbytes)`, each inside the file.
+/// Returns the total bytes read.
+pub fn read_ranges(
+    py: Python<'_>,
+    c: Arc<Conn>,
+    r: Arc<FileReader>,
+    path: &str,
+    ranges: Vec<(u64, usize, usize)>,
+    parallel: usize,
+) -> PyResult<u64> {
+    let len = r.len();
+    for &(off, addr, n) in &ranges {
+        if off.checked_add(n as u64).is_none_or(|end| end > len) {
+            return Err(PyValueError::new_err(format!("{path}: range {off}+{n} is past the end ({len} bytes)")));
+        }
+        if addr == 0 && n > 0 {
+            return Err(PyValueError::new_err("null address"));
+        }
+    }
+    let ranges = Arc::new(ranges);
+    let total: u64 = ranges.iter().map(|r| r.2 as u64).sum();
+    let p = path.to_string();
+    py.detach(move || {
+        c.block_on(par::for_each(c.runtime().handle(), ranges.len(), parallel, move |i| {
+            let (r, ranges, p) = (r.clone(), ranges.clone(), p.clone());
+            async move {
+                let (off, addr, n) = ranges[i];
+                let got = r.read_at(off, unsafe { RawMut { ptr: addr as *mut u8, len: n }.slice() }).await?;
+                if got != n {
+                    return Err(Error::new(ErrorKind::Io, format!("{p}: read {got} of {n} bytes at {off}")));
+                }
+                Ok(())
+            }
+        }))
+    })
+    .py_err()?;
+    Ok(total)
 }
 
 fn check_offset(offset: i64) -> PyResult<u64> {
@@ -146,15 +229,18 @@ impl Client {
     fn new(meta: Option<String>, threads: Option<usize>, timeout: Option<f64>, verify_checksums: bool) -> PyResult<Self> {
         let mut conf = ClientConf { meta: resolve_meta(meta)?, verify_checksums, ..Default::default() };
         if let Some(t) = timeout {
-            if !(t.is_finite() && t > 0.0) {
-                return Err(PyValueError::new_err(format!("timeout must be > 0 seconds, got {t}")));
+            if !(t > 0.0 && t <= MAX_TIMEOUT_SECS) {
+                return Err(PyValueError::new_err(format!(
+                    "timeout must be > 0 and at most {MAX_TIMEOUT_SECS} seconds (a year), got {t}"
+                )));
             }
-            conf.timeout = std::time::Duration::from_secs_f64(t);
+            conf.timeout = std::time::Duration::try_from_secs_f64(t)
+                .map_err(|e| PyValueError::new_err(format!("timeout {t}: {e}")))?;
         }
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let threads = threads.unwrap_or(cores.min(4));
-        if threads == 0 {
-            return Err(PyValueError::new_err("threads must be >= 1"));
+        if !(1..=MAX_THREADS).contains(&threads) {
+            return Err(PyValueError::new_err(format!("threads must be 1..={MAX_THREADS}, got {threads}")));
         }
         Ok(Client { conf, threads, conn: Mutex::new(None) })
     }
@@ -163,6 +249,23 @@ impl Client {
     #[getter]
     fn meta(&self) -> String {
         self.conf.meta.join(",")
+    }
+
+    /// Runtime threads moving bytes for this client.
+    #[getter]
+    fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Request timeout in seconds.
+    #[getter]
+    fn timeout(&self) -> f64 {
+        self.conf.timeout.as_secs_f64()
+    }
+
+    #[getter]
+    fn verify_checksums(&self) -> bool {
+        self.conf.verify_checksums
     }
 
     fn stat(&self, py: Python<'_>, path: String) -> PyResult<FileStatus> {
@@ -256,54 +359,32 @@ impl Client {
         let offset = check_offset(offset)?;
         let buf = Borrowed::writable(buffer)?;
         let dst = buf.raw_mut();
-        self.read_raw(py, &path, dst, offset)
+        self.read_raw(py, &path, dst, offset, false)
     }
 
     /// `read_into` for memory the caller owns and keeps alive, given as an
     /// address (a torch tensor's `data_ptr()`). Used by the Python layer.
+    /// Memory the read would fill that is not writable (a read-only
+    /// mapping) raises TypeError before any data is read.
     #[pyo3(signature = (path, addr, nbytes, offset=0))]
     fn _read_into_addr(&self, py: Python<'_>, path: String, addr: usize, nbytes: usize, offset: i64) -> PyResult<usize> {
         let offset = check_offset(offset)?;
         if addr == 0 && nbytes > 0 {
             return Err(PyValueError::new_err("null address"));
         }
-        self.read_raw(py, &path, RawMut { ptr: addr as *mut u8, len: nbytes }, offset)
+        self.read_raw(py, &path, RawMut { ptr: addr as *mut u8, len: nbytes }, offset, true)
     }
 
     /// Reads several ranges of one file in parallel, each into caller-owned
     /// memory: `ranges` is a list of `(file_offset, addr, nbytes)`. Each
-    /// range must lie inside the file. Returns the total bytes read.
+    /// range must lie inside the file. Returns the total bytes read. The
+    /// memory is not probed for writability (see `_read_into_addr`): callers
+    /// pass tensors they allocated themselves.
     #[pyo3(signature = (path, ranges, parallel=DEFAULT_PARALLEL))]
     fn _read_ranges(&self, py: Python<'_>, path: String, ranges: Vec<(u64, usize, usize)>, parallel: usize) -> PyResult<u64> {
         let c = self.conn(py)?;
         let r = Arc::new(self.open_reader(py, &c, &path)?);
-        let len = r.len();
-        for &(off, addr, n) in &ranges {
-            if off.checked_add(n as u64).is_none_or(|end| end > len) {
-                return Err(PyValueError::new_err(format!("{path}: range {off}+{n} is past the end ({len} bytes)")));
-            }
-            if addr == 0 && n > 0 {
-                return Err(PyValueError::new_err("null address"));
-            }
-        }
-        let ranges = Arc::new(ranges);
-        let total: u64 = ranges.iter().map(|r| r.2 as u64).sum();
-        let p = path.clone();
-        py.detach(move || {
-            c.block_on(par::for_each(c.runtime().handle(), ranges.len(), parallel, move |i| {
-                let (r, ranges, p) = (r.clone(), ranges.clone(), p.clone());
-                async move {
-                    let (off, addr, n) = ranges[i];
-                    let got = r.read_at(off, unsafe { RawMut { ptr: addr as *mut u8, len: n }.slice() }).await?;
-                    if got != n {
-                        return Err(Error::new(ErrorKind::Io, format!("{p}: read {got} of {n} bytes at {off}")));
-                    }
-                    Ok(())
-                }
-            }))
-        })
-        .py_err()?;
-        Ok(total)
+        read_ranges(py, c, r, &path, ranges, parallel)
     }
 
     /// Whole files, read `parallel` at a time inside Rust; `bytes` in the
@@ -439,7 +520,8 @@ impl Client {
     /// cache ahead of reads, as `cv warm` does. With `wait` (default) it
     /// returns when the load job ends, raising if it failed; otherwise at
     /// once. Returns the job as a dict (`id`, `state`, `files_total`,
-    /// `bytes_done`, …). `timeout`: seconds to wait at most (TimeoutError).
+    /// `bytes_done`, …). `timeout`: seconds to wait at most (TimeoutError);
+    /// None or infinity waits for as long as the job runs.
     #[pyo3(signature = (path, wait=true, parallel=0, timeout=None))]
     fn warm<'py>(
         &self,
@@ -449,8 +531,8 @@ impl Client {
         parallel: u32,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let deadline = deadline_after(timeout)?;
         let c = self.conn(py)?;
-        let deadline = timeout.map(|t| std::time::Instant::now() + std::time::Duration::from_secs_f64(t.max(0.0)));
         let job = py
             .detach(move || {
                 c.block_on(async {
@@ -520,16 +602,10 @@ impl Client {
 }
 
 impl Client {
-    fn read_raw(&self, py: Python<'_>, path: &str, dst: RawMut, offset: u64) -> PyResult<usize> {
+    fn read_raw(&self, py: Python<'_>, path: &str, dst: RawMut, offset: u64, probe: bool) -> PyResult<usize> {
         let c = self.conn(py)?;
         let r = self.open_reader(py, &c, path)?;
-        let n = span(r.len(), offset, dst.len as u64);
-        let dst = RawMut { ptr: dst.ptr, len: n };
-        let got = py.detach(|| c.block_on(r.read_at(offset, unsafe { dst.slice() }))).py_err()?;
-        if got != n {
-            return Err(short_read(path, got, n));
-        }
-        Ok(n)
+        Self::read_raw_from(py, &c, &r, path, dst, offset, probe)
     }
 }
 

@@ -5,8 +5,10 @@
 //! NotADirectoryError, EISDIR → IsADirectoryError, EACCES →
 //! PermissionError, ETIMEDOUT → TimeoutError), so callers can catch either
 //! the subclass or `OSError` and read `.errno`. Two kinds need a hand:
-//! `Unavailable` maps to EAGAIN, which Python would turn into the misleading
-//! `BlockingIOError`, so it becomes `ConnectionError`.
+//! `Unavailable` and `NotLeader` map to EAGAIN, which Python would turn into
+//! the misleading `BlockingIOError` (a non-blocking call that would block);
+//! both mean the cluster could not be reached or asked right now, so they
+//! become `ConnectionError` (errno still EAGAIN).
 
 use curvine_common::{Error, ErrorKind};
 use pyo3::exceptions::{PyConnectionError, PyOSError};
@@ -16,7 +18,7 @@ pub fn to_py(e: Error) -> PyErr {
     let errno = e.kind().errno();
     let msg = e.message().to_string();
     match e.kind() {
-        ErrorKind::Unavailable => PyConnectionError::new_err((errno, msg)),
+        ErrorKind::Unavailable | ErrorKind::NotLeader => PyConnectionError::new_err((errno, msg)),
         _ => PyOSError::new_err((errno, msg)),
     }
 }

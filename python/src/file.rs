@@ -1,6 +1,7 @@
 //! Open files behind `Client.open(path, "rb" | "wb")`. The Python layer
 //! (`curvine/_io.py`) wraps them in `io.RawIOBase` and keeps the position.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use curvine_client::{CreateOptions, FileReader, FileWriter};
@@ -9,17 +10,24 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::buffer::Borrowed;
-use crate::client::{new_bytes, Client};
+use crate::buffer::{Borrowed, RawMut};
+use crate::client::{new_bytes, read_ranges, Client};
 use crate::conn::Conn;
 use crate::errors::{to_py, IntoPy};
+use crate::status::FileStatus;
 
-/// A file open for reading: positional reads, any number of threads.
+/// A file open for reading: positional reads, any number of threads. Every
+/// read goes to the version of the file that was opened (in this process; a
+/// forked child opens the path again): if the path is replaced meanwhile (a
+/// rename over it), reads return that version's bytes or fail, never the
+/// new file's.
 #[pyclass(module = "curvine._curvine", frozen)]
 pub struct Reader {
     client: Py<Client>,
     path: String,
     size: u64,
+    /// The file's status when opened (`id`, `complete`, …).
+    status: curvine_client::FileStatus,
     /// The connection and open file of the process that opened it; replaced
     /// after a fork (the file is opened again in the child). Locked only
     /// with the GIL held, never across IO.
@@ -31,7 +39,8 @@ impl Reader {
         let py = client.py();
         let c = client.get().conn(py)?;
         let r = client.get().open_reader(py, &c, &path)?;
-        Ok(Reader { size: r.len(), path, client: client.unbind(), open: Mutex::new((c, Arc::new(r))) })
+        let status = r.status().clone();
+        Ok(Reader { size: r.len(), status, path, client: client.unbind(), open: Mutex::new((c, Arc::new(r))) })
     }
 
     fn current(&self, py: Python<'_>) -> PyResult<(Arc<Conn>, Arc<FileReader>)> {
@@ -58,6 +67,37 @@ impl Reader {
     #[getter]
     fn path(&self) -> &str {
         &self.path
+    }
+
+    /// The file's status when it was opened: `complete` is False for a file
+    /// a writer still has open (or left unfinished).
+    #[getter]
+    fn status(&self) -> FileStatus {
+        self.status.clone().into()
+    }
+
+    /// Fills `nbytes` of memory at `addr` (owned and kept alive by the
+    /// caller, e.g. a tensor's `data_ptr()`) from `offset`; returns the bytes
+    /// read (fewer only at the end of the file). Memory the read would fill
+    /// that is not writable raises TypeError before any data is read.
+    #[pyo3(signature = (addr, nbytes, offset=0))]
+    fn _read_into_addr(&self, py: Python<'_>, addr: usize, nbytes: usize, offset: u64) -> PyResult<usize> {
+        if addr == 0 && nbytes > 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err("null address"));
+        }
+        let dst = RawMut { ptr: addr as *mut u8, len: nbytes };
+        let (c, r) = self.current(py)?;
+        Client::read_raw_from(py, &c, &r, &self.path, dst, offset, true)
+    }
+
+    /// Reads several ranges in parallel, each into caller-owned memory:
+    /// `ranges` is a list of `(file_offset, addr, nbytes)`, each inside the
+    /// file. Returns the total bytes read. The memory is not probed for
+    /// writability: callers pass tensors they allocated themselves.
+    #[pyo3(signature = (ranges, parallel=16))]
+    fn _read_ranges(&self, py: Python<'_>, ranges: Vec<(u64, usize, usize)>, parallel: usize) -> PyResult<u64> {
+        let (c, r) = self.current(py)?;
+        read_ranges(py, c, r, &self.path, ranges, parallel)
     }
 
     /// Fills `buffer` from `offset`; returns the bytes read (0 at the end).
@@ -89,6 +129,10 @@ pub struct Writer {
     /// `None` once closed or aborted. Held across IO: one writer is one
     /// stream, so concurrent writes from several threads queue here.
     w: Mutex<Option<FileWriter>>,
+    /// Set when `close` or `abort` takes the writer. Read by `closed`
+    /// without the lock above, which a write may hold for as long as the
+    /// network takes (and which a fork can leave locked in the child).
+    closed: AtomicBool,
 }
 
 impl Writer {
@@ -99,7 +143,7 @@ impl Writer {
         let w = py
             .detach(move || c2.block_on(c2.fs().create(&p, CreateOptions { overwrite, parents, ..Default::default() })))
             .py_err()?;
-        Ok(Writer { path, conn: c, w: Mutex::new(Some(w)) })
+        Ok(Writer { path, conn: c, w: Mutex::new(Some(w)), closed: AtomicBool::new(false) })
     }
 
     fn check_process(&self) -> PyResult<()> {
@@ -141,6 +185,7 @@ impl Writer {
         let c = self.conn.clone();
         py.detach(|| {
             let Some(w) = self.w.lock().take() else { return Ok(None) };
+            self.closed.store(true, Ordering::Release);
             c.block_on(w.close()).map(|s| Some(s.len))
         })
         .py_err()
@@ -152,7 +197,9 @@ impl Writer {
         self.check_process()?;
         let c = self.conn.clone();
         py.detach(|| {
-            if let Some(mut w) = self.w.lock().take() {
+            let taken = self.w.lock().take();
+            if let Some(mut w) = taken {
+                self.closed.store(true, Ordering::Release);
                 c.block_on(w.abort());
             }
         });
@@ -161,7 +208,7 @@ impl Writer {
 
     #[getter]
     fn closed(&self) -> bool {
-        self.w.lock().is_none()
+        self.closed.load(Ordering::Acquire)
     }
 }
 

@@ -118,6 +118,119 @@ def test_bad_checkpoints_are_clear_errors(client, base):
         ckpt.load(f"{base}/missing", client=client)
 
 
+class _FailingWrites:
+    """The test client, except that the ``fail_at``-th ``write`` to a file
+    it opens for writing raises (after calling ``on_fail``): a save that
+    dies midway, against the real cluster."""
+
+    def __init__(self, client, fail_at=2, on_fail=None):
+        self._c, self._fail_at, self._on_fail = client, fail_at, on_fail
+
+    def __getattr__(self, name):
+        return getattr(self._c, name)
+
+    def open(self, path, mode="rb"):
+        f = self._c.open(path, mode)
+        if "r" in mode:
+            return f
+        calls = [0]
+        write = f.write
+
+        def failing(data):
+            calls[0] += 1
+            if calls[0] == self._fail_at:
+                if self._on_fail:
+                    self._on_fail(path)
+                raise OSError(5, "injected write failure")
+            return write(data)
+
+        f.write = failing
+        return f
+
+
+def test_failed_save_keeps_the_previous_checkpoint(client, base):
+    old = {"w": torch.randn(64, 64), "b": torch.randn(64)}
+    path = f"{base}/ck/model.safetensors"
+    ckpt.save(old, path, client=client)
+    old_bytes = client.read(path)
+    seen = {}
+
+    def during(tmp):
+        # Mid-save: the new bytes go to a hidden name; the target is the
+        # old checkpoint, complete.
+        seen["tmp"] = tmp
+        seen["target"] = client.read(path)
+        seen["complete"] = client.stat(path).complete
+
+    with pytest.raises(OSError, match="injected"):
+        ckpt.save({"w": torch.zeros(64, 64), "b": torch.zeros(64)}, path,
+                  client=_FailingWrites(client, on_fail=during))
+    assert seen["target"] == old_bytes and seen["complete"]
+    assert seen["tmp"] != path and seen["tmp"].startswith(f"{base}/ck/.model.safetensors.tmp-")
+    assert client.read(path) == old_bytes
+    assert_state_equal(old, ckpt.load(path, client=client))
+    assert [s.name for s in client.ls(f"{base}/ck")] == ["model.safetensors"], "the temporary file is removed"
+    # A successful save replaces it in one step.
+    new = {"w": torch.ones(3)}
+    ckpt.save(new, path, client=client)
+    assert_state_equal(new, ckpt.load(path, client=client))
+    assert [s.name for s in client.ls(f"{base}/ck")] == ["model.safetensors"]
+
+
+def test_incomplete_file_is_refused(client, base):
+    sd = {"w": torch.randn(100)}
+    ckpt.save(sd, f"{base}/done.safetensors", client=client)
+    whole = client.read(f"{base}/done.safetensors")
+    # A writer that has not finished (or died): header and all bytes are
+    # there, but the file is incomplete.
+    w = client.open(f"{base}/partial.safetensors", "wb")
+    w.write(whole)
+    try:
+        for call in (ckpt.load, ckpt.read_header):
+            with pytest.raises(ValueError, match="incomplete"):
+                call(f"{base}/partial.safetensors", client=client)
+    finally:
+        w.abort()
+
+
+def test_header_sizes_are_checked_before_allocating(client, base):
+    import json
+    import struct
+
+    def st(entries):
+        raw = json.dumps(entries).encode()
+        raw += b" " * (-len(raw) % 8)
+        return struct.pack("<Q", len(raw)) + raw + b"\0" * 16
+
+    # 4 bytes on file for a shape of 4e12 floats: refused, not allocated.
+    client.write(f"{base}/huge", st({"x": {"dtype": "F32", "shape": [1_000_000, 1_000_000], "data_offsets": [0, 4]}}))
+    with pytest.raises(ValueError, match="4 bytes on file"):
+        ckpt.load(f"{base}/huge", client=client)
+    client.write(f"{base}/neg", st({"x": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}))
+    with pytest.raises(ValueError, match="bad shape"):
+        ckpt.load(f"{base}/neg", client=client)
+    client.write(f"{base}/nodtype", st({"x": {"shape": [1], "data_offsets": [0, 4]}}))
+    with pytest.raises(ValueError, match="bad safetensors entry"):
+        ckpt.read_header(f"{base}/nodtype", client=client)
+
+
+def test_an_open_reader_never_mixes_in_a_replacing_file(client, base):
+    """load reads header and tensors through one open: after a save renames
+    a new file over the path, that open yields the old bytes or fails; it
+    never returns the new ones."""
+    path = f"{base}/swap.safetensors"
+    ckpt.save({"w": torch.zeros(1 << 18)}, path, client=client)
+    old = client.read(path)
+    r = client._open_reader(path)
+    ckpt.save({"w": torch.ones(1 << 18)}, path, client=client)
+    assert client.read(path) != old
+    try:
+        got = r.read_at(0, len(old))
+    except OSError:
+        return
+    assert got == old
+
+
 cuda = pytest.mark.skipif(
     not torch.cuda.is_available(),
     reason="CUDA not available here: GPU read_into/load tests need a GPU "
@@ -173,3 +286,37 @@ def test_dcp_save_load_two_ranks(node, client, base, tmp_path):
     assert ".metadata" in names
     data_files = [n for n in names if n.endswith(".distcp")]
     assert len(data_files) == 2, names  # one per rank, written by that rank
+
+
+def test_dcp_save_over_a_checkpoint_removes_its_metadata_first(client, base):
+    """A save over an existing checkpoint that fails midway must not leave
+    the old .metadata describing files the new save was rewriting."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    d = f"cv:/{base}/dcp1"
+    state = {"w": torch.randn(256, 256), "b": torch.arange(10)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # single process: no process group; overwrite warning
+        dcp.save(state, storage_writer=ckpt.StorageWriter(d, client=client), no_dist=True)
+        assert client.exists(f"{base}/dcp1/.metadata")
+        seen = {}
+
+        def during(_path):
+            seen["metadata"] = client.exists(f"{base}/dcp1/.metadata")
+
+        with pytest.raises(CheckpointException, match="injected"):
+            dcp.save({"w": torch.zeros(256, 256), "b": torch.zeros(10, dtype=torch.int64)},
+                     storage_writer=ckpt.StorageWriter(d, client=_FailingWrites(client, fail_at=1, on_fail=during)),
+                     no_dist=True)
+        assert seen == {"metadata": False}, "removed before the first data write"
+        assert not client.exists(f"{base}/dcp1/.metadata")
+        fresh = {"w": torch.empty(256, 256), "b": torch.empty(10, dtype=torch.int64)}
+        with pytest.raises((CheckpointException, FileNotFoundError), match="metadata"):
+            dcp.load(fresh, storage_reader=ckpt.StorageReader(d, client=client), no_dist=True)
+        # A save that completes is loadable again.
+        dcp.save(state, storage_writer=ckpt.StorageWriter(d, client=client), no_dist=True)
+        dcp.load(fresh, storage_reader=ckpt.StorageReader(d, client=client), no_dist=True)
+    assert torch.equal(fresh["w"], state["w"]) and torch.equal(fresh["b"], state["b"])

@@ -128,6 +128,35 @@ def test_open_wb_small_writes_and_abort(client, base):
         client.open(path, "ab")
 
 
+def test_open_xb_refuses_an_existing_file(client, base):
+    path = f"{base}/x.bin"
+    with client.open(path, "xb") as f:
+        f.write(b"first")
+    with pytest.raises(FileExistsError):
+        client.open(path, "xb")
+    assert client.read(path) == b"first"
+
+
+def test_writer_dropped_without_close_is_aborted(client, base):
+    import gc
+
+    w = client.open(f"{base}/dropped", "wb")
+    w.write(b"x" * 100_000)
+    assert client.exists(f"{base}/dropped") and not client.stat(f"{base}/dropped").complete
+    del w
+    gc.collect()
+    assert not client.exists(f"{base}/dropped"), "garbage collection must not publish a truncated file"
+    # An explicit close still completes, and the native closed flag follows.
+    w = client.open(f"{base}/kept", "wb")
+    assert not w._f.closed
+    w.write(b"kept")
+    w.close()
+    assert w._f.closed and client.read(f"{base}/kept") == b"kept"
+    w = client.open(f"{base}/aborted", "wb")
+    w.abort()
+    assert w._f.closed and not client.exists(f"{base}/aborted")
+
+
 def test_namespace_calls(client, base):
     client.mkdir(f"{base}/d/e", parents=True)
     client.mkdir(f"{base}/d/e", parents=True, exist_ok=True)
@@ -173,10 +202,13 @@ def test_every_error_kind_maps_to_its_exception():
         1: FileNotFoundError, 2: FileExistsError, 3: NotADirectoryError, 4: IsADirectoryError,
         5: OSError, 6: OSError, 7: OSError, 8: OSError, 9: ConnectionError, 10: PermissionError,
         11: OSError, 12: OSError, 13: OSError, 14: TimeoutError, 15: OSError, 16: OSError,
+        # NotLeader: no meta leader to ask right now, like Unavailable.
+        17: ConnectionError, 18: PermissionError, 19: BlockingIOError,
     }
     errnos = {1: errno.ENOENT, 2: errno.EEXIST, 3: errno.ENOTDIR, 4: errno.EISDIR, 5: errno.ENOTEMPTY,
               6: errno.EINVAL, 7: errno.EINVAL, 8: errno.ENOSPC, 9: errno.EAGAIN, 10: errno.EACCES,
-              11: errno.EIO, 12: errno.EIO, 13: errno.EIO, 14: errno.ETIMEDOUT, 15: errno.EINVAL, 16: errno.EIO}
+              11: errno.EIO, 12: errno.EIO, 13: errno.EIO, 14: errno.ETIMEDOUT, 15: errno.EINVAL, 16: errno.EIO,
+              17: errno.EAGAIN, 18: errno.EPERM, 19: errno.EAGAIN}
     for code, exc in expected.items():
         e = _curvine.error_for_kind(code, f"/p: kind {code}")
         assert type(e) is exc, (code, type(e))
@@ -217,6 +249,18 @@ def test_bad_arguments_are_clear(client, blob, node, monkeypatch):
     assert curvine.connect().meta == node.meta
 
 
+def test_out_of_range_timeouts_and_threads_are_value_errors(node):
+    for timeout in (1e20, float("inf"), float("nan"), 0, -1):
+        with pytest.raises(ValueError, match="timeout"):
+            curvine.connect(node.meta, timeout=timeout)
+    for threads in (0, 1025, 10**6):
+        with pytest.raises(ValueError, match="threads"):
+            curvine.connect(node.meta, threads=threads)
+    c = curvine.connect(node.meta, timeout=365 * 24 * 3600, threads=1024)
+    assert (c.timeout, c.threads) == (365 * 24 * 3600, 1024)
+    assert c.exists("/")
+
+
 def test_warm_loads_a_mounted_directory(client, node, base, tmp_path):
     import subprocess
 
@@ -239,6 +283,12 @@ def test_warm_loads_a_mounted_directory(client, node, base, tmp_path):
     assert started["id"] > job["id"] and started["state"] in ("running", "done")
     with pytest.raises(FileNotFoundError):
         client.warm(f"{base}/not-there")
+    # No deadline for infinite or unrepresentably long timeouts.
+    for timeout in (float("inf"), 1e300):
+        assert client.warm(f"{base}/m", timeout=timeout)["state"] == "done"
+    for timeout in (float("nan"), -1):
+        with pytest.raises(ValueError, match="timeout"):
+            client.warm(f"{base}/m", timeout=timeout)
 
 
 def test_threads_share_a_client(client, blob):
@@ -294,6 +344,11 @@ def test_client_pickles(client, blob):
     c2 = pickle.loads(pickle.dumps(client))
     assert c2.meta == client.meta
     assert c2.read(blob[0], 0, 100) == blob[1][:100]
+    # The settings travel with it.
+    c3 = curvine.connect(client.meta, threads=3, timeout=7.5, verify_checksums=False)
+    c4 = pickle.loads(pickle.dumps(c3))
+    assert (c4.meta, c4.threads, c4.timeout, c4.verify_checksums) == (client.meta, 3, 7.5, False)
+    assert c4.read(blob[0], 0, 100) == blob[1][:100]
 
 
 def test_gil_is_released_while_waiting_on_the_cluster(node, blob):
@@ -350,6 +405,37 @@ def test_writer_inherited_across_fork_refuses_clearly(client, base):
     assert got[0] == errno.EINVAL and "after fork" in got[1]
     w.close()  # the parent's writer is untouched
     assert client.read(f"{base}/forked-writer") == b"parent"
+
+
+def test_read_into_read_only_memory_is_a_type_error(client, blob):
+    """A tensor over read-only memory (torch.frombuffer warns but allows
+    it) must be refused before the native read writes to it: SIGSEGV
+    otherwise."""
+    import mmap
+    import warnings
+
+    path, data = blob
+    ro = mmap.mmap(-1, 1 << 20, prot=mmap.PROT_READ)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "The given buffer is not writable"
+        t = torch.frombuffer(ro, dtype=torch.uint8)
+        with pytest.raises(TypeError, match="not writable"):
+            client.read_into(path, t)
+        # Mapped cache blocks from read_view are read-only too.
+        view = client.read_view(path, offset=1 << 20, length=1 << 20)
+        tv = torch.frombuffer(view, dtype=torch.float32)
+        with pytest.raises(TypeError, match="not writable"):
+            client.read_into(path, tv)
+    assert bytes(ro[:16]) == bytes(16) and bytes(view) == data[1 << 20:2 << 20]
+    # A writable tensor (mapping, or torch's own memory) still reads in place.
+    rw = mmap.mmap(-1, 1 << 20)
+    tw = torch.frombuffer(rw, dtype=torch.uint8)
+    assert client.read_into(path, tw, offset=3) == 1 << 20 and bytes(rw) == data[3:3 + (1 << 20)]
+    te = torch.empty(SIZE, dtype=torch.uint8)
+    assert client.read_into(path, te) == SIZE and te.numpy().tobytes() == data
+    del t, tv, tw, view
+    ro.close()
+    rw.close()
 
 
 def test_read_view_is_in_place_and_read_only(client, base):

@@ -76,3 +76,46 @@ def test_pyarrow_dataset_over_a_directory(fs, base):
     assert sorted(table.column("v").to_pylist()) == list(range(1500))
     filtered = dset.to_table(filter=ds.field("part") == 2)
     assert filtered.num_rows == 500
+
+
+def test_exclusive_create_refuses_an_existing_file(fs, client, base):
+    with fs.open(f"{base}/x.bin", "xb") as f:
+        f.write(b"one")
+    with pytest.raises(FileExistsError):
+        fs.open(f"{base}/x.bin", "xb")
+    assert client.read(f"{base}/x.bin") == b"one"
+
+
+def test_transaction_commits_all_or_nothing(fs, client, base):
+    client.write(f"{base}/tx/a.bin", b"old a")
+    with fs.transaction:
+        with fs.open(f"{base}/tx/a.bin", "wb") as f:
+            f.write(b"new a")
+        fs.pipe_file(f"{base}/tx/b.bin", b"new b")
+        # Nothing is visible before the commit: the old file is whole.
+        assert client.read(f"{base}/tx/a.bin") == b"old a"
+        assert not client.exists(f"{base}/tx/b.bin")
+    assert client.read(f"{base}/tx/a.bin") == b"new a" and client.read(f"{base}/tx/b.bin") == b"new b"
+    assert sorted(s.name for s in client.ls(f"{base}/tx")) == ["a.bin", "b.bin"]
+
+    # An exception discards every deferred file, open or closed.
+    with pytest.raises(RuntimeError):
+        with fs.transaction:
+            with fs.open(f"{base}/tx/a.bin", "wb") as f:
+                f.write(b"discarded")
+            g = fs.open(f"{base}/tx/c.bin", "wb")
+            g.write(b"half")
+            raise RuntimeError("boom")
+    assert client.read(f"{base}/tx/a.bin") == b"new a"
+    assert sorted(s.name for s in client.ls(f"{base}/tx")) == ["a.bin", "b.bin"], "no temporary file is left"
+
+
+def test_autocommit_false_defers_to_commit(fs, client, base):
+    f = fs.open(f"{base}/d.bin", "wb", autocommit=False)
+    f.write(b"deferred")
+    f.close()
+    assert not client.exists(f"{base}/d.bin")
+    f.commit()
+    assert client.read(f"{base}/d.bin") == b"deferred"
+    with pytest.raises(ValueError, match="exclusive"):
+        fs.open(f"{base}/e.bin", "xb", autocommit=False)

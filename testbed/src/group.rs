@@ -111,23 +111,13 @@ impl Group {
         Ok(s.into_inner())
     }
 
-    /// The index of the member that leads, once the running members that
-    /// answer agree on one that is itself running and says it leads.
+    /// The index of the member that leads, once every running member
+    /// answers, exactly one of them says it leads, and all the others name
+    /// it as their leader at its term.
     pub async fn leader(&self, timeout: Duration) -> Result<usize> {
         let deadline = Instant::now() + timeout;
         loop {
-            let mut leader = None;
-            let mut agree = true;
-            for i in self.up() {
-                let Ok(s) = self.status(i).await else { continue };
-                if s.state == "Leader" {
-                    leader = Some(i);
-                }
-                if s.leader_id == 0 || leader.is_some_and(|l| s.leader_id != l as u64 + 1) {
-                    agree = false;
-                }
-            }
-            if let (Some(l), true) = (leader, agree) {
+            if let Some(l) = self.agreed_leader().await {
                 return Ok(l);
             }
             if Instant::now() > deadline {
@@ -135,6 +125,21 @@ impl Group {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    async fn agreed_leader(&self) -> Option<usize> {
+        let mut all = Vec::new();
+        for i in self.up() {
+            // A running member that does not answer is no agreement.
+            all.push((i, self.status(i).await.ok()?));
+        }
+        let mut leaders = all.iter().filter(|(_, s)| s.state == "Leader");
+        let (l, ls) = leaders.next()?;
+        if leaders.next().is_some() {
+            return None;
+        }
+        let id = *l as u64 + 1;
+        all.iter().all(|(_, s)| s.leader_id == id && s.term == ls.term).then_some(*l)
     }
 
     /// Indexes of the members running (and not paused).

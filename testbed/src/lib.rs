@@ -91,6 +91,23 @@ impl Proc {
         }
     }
 
+    /// Waits up to `timeout` for the process to end by itself (no signal);
+    /// returns its exit code, or an error if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let Some(c) = self.child.as_mut() else { bail!("process not running") };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = c.try_wait()? {
+                self.child = None;
+                return Ok(st.code());
+            }
+            if Instant::now() > deadline {
+                bail!("process still running {timeout:?} later");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM and wait for a clean exit; returns the exit code.
     pub fn terminate(&mut self) -> Result<Option<i32>> {
         let Some(mut c) = self.child.take() else { return Ok(None) };

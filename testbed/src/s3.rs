@@ -124,8 +124,17 @@ impl S3Server {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("S3 server exited at start ({status}); log:\n{}", self.log_text()));
             }
+            // An answer on the port, from this server: another process may
+            // have taken the port first, and this one then exits (checked
+            // above) or, for moto, never logs that it runs on it.
             if http_status(self.port, "GET", "/").is_some() {
-                return Ok(());
+                let ours = match self.kind {
+                    Kind::Moto => self.log_text().contains(&format!("Running on http://127.0.0.1:{}", self.port)),
+                    Kind::S3sFs(_) => true,
+                };
+                if ours && matches!(self.child.try_wait(), Ok(None)) {
+                    return Ok(());
+                }
             }
             if Instant::now() > deadline {
                 return Err(format!("S3 server did not answer on port {} within {START_TIMEOUT:?}; log:\n{}", self.port, self.log_text()));

@@ -201,15 +201,17 @@ async fn multipart_write(ufs: &Ufs, p: &str) {
 }
 
 async fn abort_and_drop(ufs: &Ufs, p: &str) {
+    // Larger than a part (8 MiB by default): an S3 store has a multipart
+    // upload in progress, which the abort must remove.
     let rel = format!("{p}/aborted");
     let mut w = ufs.writer(&rel).await.unwrap();
-    w.write(Bytes::from(pattern(6 << 20, 1))).await.unwrap();
+    w.write(Bytes::from(pattern(10 << 20, 1))).await.unwrap();
     w.abort().await.unwrap();
     assert_eq!(ufs.stat(&rel).await.unwrap(), None, "an aborted write leaves nothing");
 
     let rel = format!("{p}/dropped");
     let mut w = ufs.writer(&rel).await.unwrap();
-    w.write(Bytes::from(pattern(6 << 20, 2))).await.unwrap();
+    w.write(Bytes::from(pattern(10 << 20, 2))).await.unwrap();
     drop(w);
     // The abort runs in a spawned task: wait for its observable effect.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -29,4 +29,15 @@ async fn s3_server_passes_conformance() {
     // What the suite wrote, it also removed.
     let left = s3.boto3("print(s3.list_objects_v2(Bucket='conf').get('KeyCount', 0))");
     assert_eq!(left.trim(), "0", "objects left behind");
+    // Nor multipart uploads: the aborted and the dropped writer each had
+    // one in progress (a dropped writer aborts from a spawned task).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let pending = s3.boto3("print(len(s3.list_multipart_uploads(Bucket='conf').get('Uploads', [])))");
+        if pending.trim() == "0" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "multipart uploads left behind: {pending}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -83,6 +83,12 @@ pub enum MetaCommand {
     SetLock { file: String, who: locks::LockOwner, kind: Option<locks::LockKind>, start: u64, end: u64 },
     /// Drops `session`'s locks (on `file` / of `owner` only, when given).
     ReleaseLocks { session: u64, file: Option<String>, owner: Option<u64> },
+    /// Runs `cmd` (a `Create`) and leaves the new file complete and empty,
+    /// as a local file system does: a file closed without a byte written
+    /// costs this one command, and its first `AddBlock` opens it for
+    /// writing again. Not done for a file that belongs in a UFS: its upload
+    /// is queued when its writer completes it, as before.
+    CreateSealed { cmd: Box<MetaCommand> },
 }
 
 impl MetaCommand {
@@ -90,7 +96,10 @@ impl MetaCommand {
     pub fn any(&self, f: &dyn Fn(&MetaCommand) -> bool) -> bool {
         f(self)
             || match self {
-                MetaCommand::Owned { cmd, .. } | MetaCommand::Timed { cmd, .. } | MetaCommand::Once { cmd, .. } => cmd.any(f),
+                MetaCommand::Owned { cmd, .. }
+                | MetaCommand::Timed { cmd, .. }
+                | MetaCommand::Once { cmd, .. }
+                | MetaCommand::CreateSealed { cmd } => cmd.any(f),
                 MetaCommand::Batch(cmds) => cmds.iter().any(|c| c.any(f)),
                 _ => false,
             }
@@ -409,7 +418,12 @@ impl Ns<'_> {
     fn add_block(&mut self, file_id: u64, p: &str) -> Result<Outcome> {
         let mut f = self.open_file(file_id, p)?;
         if f.complete {
-            return Err(Error::invalid(format!("{p}: file is already complete")));
+            // A file created sealed (`CreateSealed`) and not written yet is
+            // opened for writing again by its writer's first block.
+            if !Self::sealed_empty(&f) {
+                return Err(Error::invalid(format!("{p}: file is already complete")));
+            }
+            f.complete = false;
         }
         let id = self.next_id(KEY_NEXT_BLOCK, 1)?;
         let offset = f.blocks.len() as u64 * f.block_size;
@@ -417,6 +431,23 @@ impl Ns<'_> {
         self.txn.put(CF_BLOCKS, id_key(id).to_vec(), f.id.to_be_bytes().to_vec());
         self.put_inode(&f)?;
         Ok(Outcome::Block { file: f, block_id: id, offset })
+    }
+
+    /// A file as `CreateSealed` leaves it, not written since: complete,
+    /// empty, nothing for a UFS.
+    fn sealed_empty(f: &Inode) -> bool {
+        f.kind == InodeKind::File && f.complete && f.len == 0 && f.blocks.is_empty() && f.ufs.is_none()
+    }
+
+    /// `CreateSealed`'s second half: the file `out` created (or, hard
+    /// linked, emptied in place), complete.
+    fn seal_new(&mut self, out: Outcome) -> Result<Outcome> {
+        let Outcome::Freed { inodes, blocks, inode: Some(mut f) } = out else { return Ok(out) };
+        if f.kind == InodeKind::File && !f.complete && f.len == 0 && f.blocks.is_empty() && f.ufs.is_none() {
+            f.complete = true;
+            self.put_inode(&f)?;
+        }
+        Ok(Outcome::Freed { inodes, blocks, inode: Some(f) })
     }
 
     fn complete(&mut self, file_id: u64, p: &str, blocks: &[BlockMeta], len: u64, now: i64) -> Result<Outcome> {
@@ -461,7 +492,9 @@ impl Ns<'_> {
 
     fn abort(&mut self, file_id: u64, p: &str) -> Result<Outcome> {
         let mut f = self.open_file(file_id, p)?;
-        if f.complete {
+        // A file created sealed whose writer gave up before its first block
+        // goes, as it would had it been created open.
+        if f.complete && !Self::sealed_empty(&f) {
             return Err(Error::invalid(format!("{p}: file is complete, cannot abort")));
         }
         if f.nlink > 1 {
@@ -740,6 +773,7 @@ fn apply_ns(ns: &mut Ns<'_>, cmd: &MetaCommand) -> Result<Outcome> {
         MetaCommand::Symlink { path, target, now_ms } => ns.symlink(path, target, *now_ms),
         MetaCommand::Mknod { path, kind, mode, rdev, now_ms } => ns.mknod(path, *kind, *mode, *rdev, *now_ms),
         MetaCommand::Timed { now_ms, cmd } => apply_ns(ns, cmd).and_then(|out| ns.stamp_ctime(out, *now_ms)),
+        MetaCommand::CreateSealed { cmd } => apply_ns(ns, cmd).and_then(|out| ns.seal_new(out)),
         MetaCommand::SetXattr { path, name, value, flags } => ns.set_xattr(path, name, value.as_deref(), *flags),
         MetaCommand::SetLock { file, who, kind, start, end } => locks::set(ns.txn, file, *who, *kind, *start, *end),
         MetaCommand::ReleaseLocks { session, file, owner } => locks::release(ns.txn, *session, file.as_deref(), *owner),
@@ -815,6 +849,41 @@ pub(crate) mod tests {
         let len = lens.iter().sum();
         t.run(MetaCommand::Complete { file_id: f.id, path: p.into(), blocks, len, now_ms: 2 }).unwrap();
         ids
+    }
+
+    #[test]
+    fn sealed_creates_are_complete_until_written() {
+        let t = T::new();
+        let sealed = |p: &str, overwrite| MetaCommand::CreateSealed { cmd: Box::new(create(p, overwrite)) };
+        // Closed without a byte: complete and empty after the one command.
+        let Outcome::Freed { inode: Some(f), .. } = t.run(sealed("/e", false)).unwrap() else { panic!() };
+        assert!(f.complete && f.len == 0);
+        assert!(t.reader().resolve("/e").unwrap().complete);
+        // Written: the first block opens it again, Complete seals it with its bytes.
+        let Outcome::Freed { inode: Some(f), .. } = t.run(sealed("/w", false)).unwrap() else { panic!() };
+        let Outcome::Block { block_id, file, .. } = t.run(MetaCommand::AddBlock { file_id: f.id, path: "/w".into() }).unwrap() else {
+            panic!()
+        };
+        assert!(!file.complete && !t.reader().resolve("/w").unwrap().complete);
+        let blocks = vec![BlockMeta { id: block_id, len: 7 }];
+        t.run(MetaCommand::Complete { file_id: f.id, path: "/w".into(), blocks, len: 7, now_ms: 2 }).unwrap();
+        let w = t.reader().resolve("/w").unwrap();
+        assert!(w.complete && w.len == 7);
+        // A file with bytes is not opened again, nor aborted.
+        assert_eq!(t.kind(MetaCommand::AddBlock { file_id: f.id, path: "/w".into() }), ErrorKind::InvalidArgument);
+        assert_eq!(t.kind(MetaCommand::Abort { file_id: f.id, path: "/w".into() }), ErrorKind::InvalidArgument);
+        // A writer that gives up before its first block removes the file.
+        let Outcome::Freed { inode: Some(g), .. } = t.run(sealed("/g", false)).unwrap() else { panic!() };
+        t.run(MetaCommand::Abort { file_id: g.id, path: "/g".into() }).unwrap();
+        assert_eq!(t.reader().resolve("/g").unwrap_err().kind(), ErrorKind::NotFound);
+        // The old way (Create, Complete) still works, and a sealed file's
+        // Complete without blocks is answered as done.
+        let Outcome::Freed { inode: Some(h), .. } = t.run(create("/h", false)).unwrap() else { panic!() };
+        assert!(!h.complete);
+        t.run(MetaCommand::Complete { file_id: h.id, path: "/h".into(), blocks: vec![], len: 0, now_ms: 2 }).unwrap();
+        let Outcome::Freed { inode: Some(e), .. } = t.run(sealed("/e", true)).unwrap() else { panic!() };
+        t.run(MetaCommand::Complete { file_id: e.id, path: "/e".into(), blocks: vec![], len: 0, now_ms: 2 }).unwrap();
+        assert!(t.reader().resolve("/e").unwrap().complete);
     }
 
     #[test]

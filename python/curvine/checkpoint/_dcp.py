@@ -4,6 +4,12 @@ These reuse torch's file layout (one file per rank and write bucket plus a
 ``.metadata`` file written by the coordinator) and swap the local file
 system for Curvine: each rank streams its own files to the workers, so
 ranks write in parallel and a rank's files are complete or absent.
+
+Saving over an existing checkpoint directory removes its ``.metadata``
+before any rank writes, and the new one is renamed into place only after
+every rank's files are complete (torch's ``finish``): a save that fails
+midway leaves a directory without ``.metadata``, which ``dcp.load`` refuses,
+never an old ``.metadata`` over a mix of old and new files.
 """
 
 import contextlib
@@ -87,6 +93,20 @@ class StorageWriter(FileSystemWriter):
                          overwrite=overwrite)
         self.fs = _CurvineFS(_client(client))
         self.path = self.fs.init_path(path)
+
+    def prepare_global_plan(self, plans):
+        """Removes the ``.metadata`` of a checkpoint already in the
+        directory, then plans as torch does. torch runs this on the
+        coordinator after every rank's local plan (which checked
+        ``overwrite``) and before any rank writes (they wait for its plan),
+        so the old metadata cannot outlive the files it describes: it would
+        otherwise stay loadable until ``finish`` replaces it, over data files
+        the new save is rewriting."""
+        per_rank = not getattr(self, "use_collectives", True) and getattr(self, "rank", None) is not None
+        md = self._get_metadata_path(self.rank if per_rank else None)
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(md)
+        return super().prepare_global_plan(plans)
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id):
