@@ -34,18 +34,20 @@ pub enum FsCmd {
         #[arg(short, long)]
         parents: bool,
     },
-    /// Copy a local file into Curvine
+    /// Copy a local file ('-' = stdin) into Curvine
     Put {
         local: PathBuf,
         path: String,
-        /// Replace an existing file
+        /// Replace an existing file (once the new copy is complete; a failed
+        /// put leaves it as it was)
         #[arg(short, long)]
         force: bool,
         /// Workers holding each block (default: cluster.replication)
         #[arg(long, default_value_t = 0)]
         replication: u32,
     },
-    /// Copy a Curvine file to the local disk ('-' = stdout)
+    /// Copy a Curvine file to the local disk ('-' = stdout); an existing
+    /// file is replaced only once the copy is complete
     Get { path: String, local: PathBuf },
     /// Print a file
     Cat { path: String },
@@ -277,18 +279,61 @@ fn progress(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// A hidden name next to `name` for a copy in progress: `.NAME.cv-WHAT-RANDOM`.
+fn temp_name(name: &str, what: &str) -> String {
+    format!(".{name}.cv-{what}-{:08x}", rand::random::<u32>())
+}
+
+/// Copies LOCAL (`-` = stdin) to `path`. Without `force` the file is created
+/// exclusively. With it, the bytes go to a hidden temporary file next to the
+/// destination, renamed over it once closed (meta's rename replaces a file
+/// in one step): an existing file stays whole until the new one is complete,
+/// and a failed put leaves it untouched.
 async fn put(fs: &FileSystem, local: &Path, path: &str, force: bool, replication: u32) -> Result<()> {
-    let mut file = std::fs::File::open(local).with_context(|| format!("{}", local.display()))?;
-    let len = file.metadata()?.len();
+    let from_stdin = local == Path::new("-");
+    let (mut src, len): (Box<dyn Read + Send>, u64) = if from_stdin {
+        (Box::new(std::io::stdin()), 0)
+    } else {
+        let file = std::fs::File::open(local).with_context(|| format!("{}", local.display()))?;
+        let m = file.metadata().with_context(|| format!("{}", local.display()))?;
+        // A directory opens fine and fails only at the first read.
+        if m.is_dir() {
+            anyhow::bail!("{}: is a directory (put copies one file)", local.display());
+        }
+        (Box::new(file), if m.is_file() { m.len() } else { 0 })
+    };
     // `put f /dir` puts into the directory.
     let dst = match fs.stat(path).await {
         Ok(s) if s.kind == FileKind::Dir as i32 => {
+            if from_stdin {
+                anyhow::bail!("{}: is a directory (give the file name to put standard input to)", s.path);
+            }
             let name = local.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-            curvine_common::path::join(&s.path, name)
+            let dst = curvine_common::path::join(&s.path, name);
+            // Refused now rather than by the rename after the whole upload.
+            if force && matches!(fs.stat(&dst).await, Ok(d) if d.kind == FileKind::Dir as i32) {
+                return Err(Error::is_dir(&dst).into());
+            }
+            dst
         }
-        _ => path.to_string(),
+        _ => curvine_common::path::normalize(path)?,
     };
-    let mut w = fs.create(&dst, CreateOptions { overwrite: force, replication, ..Default::default() }).await?;
+    let opts = CreateOptions { overwrite: false, replication, ..Default::default() };
+    let (mut w, tmp) = if force {
+        let (parent, name) = curvine_common::path::split(&dst).ok_or_else(|| Error::is_dir(&dst))?;
+        let mut tries = 0;
+        loop {
+            let tmp = curvine_common::path::join(parent, &temp_name(name, "put"));
+            match fs.create(&tmp, opts.clone()).await {
+                Ok(w) => break (w, Some(tmp)),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && tries < 3 => tries += 1,
+                // Name the destination, not the temporary file, to the user.
+                Err(e) => return Err(Error::new(e.kind(), e.message().replace(&tmp, &dst)).into()),
+            }
+        }
+    } else {
+        (fs.create(&dst, opts).await?, None)
+    };
     let pb = progress(len, "put");
     // A reader thread fills buffers from the local file while this task
     // sends the previous one.
@@ -301,7 +346,7 @@ async fn put(fs: &FileSystem, local: &Path, path: &str, force: bool, replication
             buf.resize(IO_BUF, 0);
             let mut n = 0;
             while n < buf.len() {
-                match file.read(&mut buf[n..]) {
+                match src.read(&mut buf[n..]) {
                     Ok(0) => break,
                     Ok(k) => n += k,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -333,49 +378,172 @@ async fn put(fs: &FileSystem, local: &Path, path: &str, force: bool, replication
     .await;
     drop(back_tx);
     let _ = reader.join();
-    if let Err(e) = res {
-        w.abort().await;
-        return Err(e);
+    let res = match res {
+        Ok(()) => w.close().await.map(|_| ()).map_err(anyhow::Error::from),
+        Err(e) => {
+            w.abort().await;
+            Err(e)
+        }
+    };
+    let res = match (res, &tmp) {
+        (Ok(()), Some(tmp)) => fs.rename(tmp, &dst).await.map_err(anyhow::Error::from),
+        (res, _) => res,
+    };
+    if res.is_err() {
+        if let Some(tmp) = &tmp {
+            // Gone already if the abort removed it.
+            let _ = fs.delete(tmp, false).await;
+        }
     }
-    w.close().await?;
+    res?;
     pb.finish_and_clear();
     Ok(())
 }
 
+/// Where `get` writes.
+enum Sink {
+    Stdout(std::io::Stdout),
+    /// An existing device or FIFO (`/dev/null`, a pipe): written in place,
+    /// never truncated, replaced or removed.
+    InPlace { file: std::fs::File, path: PathBuf },
+    /// A regular file: a hidden temporary file in the target's directory,
+    /// synced and renamed over the target once complete, so the target is
+    /// either its old self or the whole new copy.
+    Replace { file: std::fs::File, tmp: PathBuf, target: PathBuf },
+}
+
+impl Sink {
+    /// Opens the sink for LOCAL (`-` = stdout; a directory = `name` in it).
+    fn open(local: &Path, name: &str) -> Result<Sink> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if local == Path::new("-") {
+            return Ok(Sink::Stdout(std::io::stdout()));
+        }
+        let local = if local.is_dir() { local.join(name) } else { local.to_path_buf() };
+        let shown = || format!("{}", local.display());
+        let target = match std::fs::metadata(&local) {
+            Ok(m) if m.is_dir() => anyhow::bail!("{}: is a directory", local.display()),
+            Ok(m) if !m.is_file() => {
+                let file = std::fs::OpenOptions::new().write(true).open(&local).with_context(shown)?;
+                return Ok(Sink::InPlace { file, path: local });
+            }
+            Ok(m) => {
+                // Replacing needs only the directory writable; keep refusing
+                // a file the user may not write, as writing into it would.
+                let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(local.as_os_str()))?;
+                // SAFETY: c is NUL-terminated.
+                if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+                    return Err(std::io::Error::last_os_error()).with_context(shown);
+                }
+                // Through a symlink, replace the file it names, not the link.
+                let target = std::fs::canonicalize(&local).with_context(shown)?;
+                Some((target, m.permissions()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(shown),
+        };
+        let (target, perm) = match target {
+            Some((t, p)) => (t, Some(p)),
+            None => (local.clone(), None),
+        };
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| name.to_string());
+        let mut tries = 0;
+        loop {
+            let tmp = dir.join(temp_name(&base, "get"));
+            match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o666).open(&tmp) {
+                Ok(file) => {
+                    if let Some(p) = perm {
+                        // The new copy keeps the old file's mode.
+                        let _ = file.set_permissions(p);
+                    }
+                    return Ok(Sink::Replace { file, tmp, target });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 3 => tries += 1,
+                Err(e) => return Err(e).with_context(shown),
+            }
+        }
+    }
+
+    /// The path errors name (never the temporary file).
+    fn shown(&self) -> String {
+        match self {
+            Sink::Stdout(_) => "-".into(),
+            Sink::InPlace { path, .. } => path.display().to_string(),
+            Sink::Replace { target, .. } => target.display().to_string(),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(s) => s.write_all(buf),
+            Sink::InPlace { file, .. } | Sink::Replace { file, .. } => file.write_all(buf),
+        }
+    }
+
+    /// Ends the writing, reporting a failed flush. A new copy is not
+    /// fsynced, as `cp` and `rsync` do not: the rename keeps a failed get
+    /// from touching the old file, and an fsync of gigabytes would cost a
+    /// large get several seconds on a disk.
+    fn finish(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(s) => s.flush(),
+            Sink::InPlace { file, .. } | Sink::Replace { file, .. } => file.flush(),
+        }
+    }
+
+    /// Puts a finished copy in place.
+    fn commit(self) -> Result<()> {
+        if let Sink::Replace { tmp, target, .. } = self {
+            if let Err(e) = std::fs::rename(&tmp, &target) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e).with_context(|| format!("{}", target.display()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops a failed copy: only ever the temporary file.
+    fn discard(self) {
+        if let Sink::Replace { tmp, .. } = self {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
+/// Copies `path` to LOCAL (`-` = stdout) through a `Sink`.
 async fn get(fs: &FileSystem, path: &str, local: &Path) -> Result<()> {
     let r = fs.open(path).await?;
     if r.status().kind == FileKind::Dir as i32 {
         return Err(Error::is_dir(&r.status().path).into());
     }
     let len = r.len();
-    let to_stdout = local == Path::new("-");
-    let local = if !to_stdout && local.is_dir() {
-        local.join(r.status().name.clone())
-    } else {
-        local.to_path_buf()
-    };
-    let mut out: Box<dyn Write + Send> = if to_stdout {
-        Box::new(std::io::stdout())
-    } else {
-        Box::new(std::fs::File::create(&local).with_context(|| format!("{}", local.display()))?)
-    };
+    let mut sink = Sink::open(local, &r.status().name)?;
+    let to_stdout = matches!(sink, Sink::Stdout(_));
+    let shown = sink.shown();
     let pb = if to_stdout { ProgressBar::hidden() } else { progress(len, "get") };
     // READS_IN_FLIGHT reads (each on its own pooled connection) keep the
     // workers streaming while a writer thread drains finished buffers, in
-    // order, to the local file.
+    // order, to the local file. The thread hands the sink back with the
+    // result of its final flush.
     use futures::stream::{FuturesOrdered, StreamExt};
     let r = std::sync::Arc::new(r);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READS_IN_FLIGHT);
     let (back_tx, mut back_rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(READS_IN_FLIGHT + 1);
     let writer = std::thread::spawn(move || {
         while let Ok(buf) = rx.recv() {
-            let r = out.write_all(&buf).map(|_| buf);
+            let r = sink.write_all(&buf).map(|_| buf);
             let failed = r.is_err();
             if back_tx.blocking_send(r).is_err() || failed {
-                return;
+                // The error went back (or nobody listens): no final flush.
+                return (sink, Ok(false));
             }
         }
-        let _ = out.flush();
+        let done = sink.finish().map(|_| true);
+        (sink, done)
     });
     let piece = IO_BUF.min(len as usize).max(1);
     let mut spare: Vec<Vec<u8>> = (0..READS_IN_FLIGHT + 1).map(|_| big_buffer(piece)).collect();
@@ -396,12 +564,18 @@ async fn get(fs: &FileSystem, path: &str, local: &Path) -> Result<()> {
                 let (mut buf, got) = done?;
                 buf.truncate(got);
                 pb.inc(got as u64);
-                tx.send(buf).context("writer stopped")?;
+                if tx.send(buf).is_err() {
+                    // The writer failed: its error waits among the buffers it sent back.
+                    while let Some(b) = back_rx.recv().await {
+                        b.with_context(|| shown.clone())?;
+                    }
+                    anyhow::bail!("{shown}: writer stopped");
+                }
                 with_writer += 1;
             }
             // Take back buffers the writer has finished with.
             while spare.is_empty() || (with_writer > 0 && next >= len && reads.is_empty()) {
-                let b = back_rx.recv().await.context("writer stopped")?.with_context(|| format!("{}", local.display()))?;
+                let b = back_rx.recv().await.context("writer stopped")?.with_context(|| shown.clone())?;
                 with_writer -= 1;
                 spare.push(b);
                 if with_writer == 0 {
@@ -410,21 +584,35 @@ async fn get(fs: &FileSystem, path: &str, local: &Path) -> Result<()> {
             }
         }
         while with_writer > 0 {
-            back_rx.recv().await.context("writer stopped")?.with_context(|| format!("{}", local.display()))?;
+            back_rx.recv().await.context("writer stopped")?.with_context(|| shown.clone())?;
             with_writer -= 1;
         }
         Ok(())
     }
     .await;
     drop(tx);
-    let _ = writer.join();
+    let joined = writer.join();
+    let (sink, finished) = match joined {
+        Ok(v) => v,
+        Err(_) => anyhow::bail!("{shown}: writer thread panicked"),
+    };
+    let res = res.and_then(|()| match finished {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(anyhow::anyhow!("{shown}: write stopped")),
+        Err(e) => Err(e).with_context(|| shown.clone()),
+    });
     if let Err(e) = res {
-        // Never leave a partial copy that looks like the real thing.
-        if !to_stdout {
-            let _ = std::fs::remove_file(&local);
+        sink.discard();
+        // The reader of stdout went away (`cv fs cat f | head`): nothing to
+        // report to anyone.
+        let broken_pipe =
+            e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe));
+        if to_stdout && broken_pipe {
+            return Ok(());
         }
         return Err(e);
     }
+    sink.commit()?;
     pb.finish_and_clear();
     Ok(())
 }

@@ -170,10 +170,36 @@ fn up_config(a: &UpArgs) -> Result<(Config, PathBuf)> {
     Ok((conf, home))
 }
 
-async fn bind(host: &str, port: u16, what: &str) -> Result<TcpListener> {
-    TcpListener::bind((host, port))
-        .await
-        .with_context(|| format!("cannot listen on {host}:{port} for the {what} (is another Curvine running? choose another with --{what}-port)"))
+/// Binds `host:port` for `what`; a failure says why in the user's terms,
+/// naming `flag`, the option that chooses this port.
+async fn bind(host: &str, port: u16, what: &str, flag: &str) -> Result<TcpListener> {
+    TcpListener::bind((host, port)).await.map_err(|e| {
+        use std::io::ErrorKind as K;
+        let hint = match e.kind() {
+            K::AddrInUse => format!("; the port is in use (another Curvine, or another program?): choose another with {flag}"),
+            K::PermissionDenied if port != 0 && port < 1024 => {
+                format!("; ports below 1024 need root (or CAP_NET_BIND_SERVICE): choose another with {flag}")
+            }
+            K::AddrNotAvailable => format!("; {host} is not an address of this machine: give one of its own with --host"),
+            _ => String::new(),
+        };
+        anyhow::anyhow!("cannot listen on {host}:{port} for the {what}: {e}{hint}")
+    })
+}
+
+/// Refuses a wildcard listen address (0.0.0.0, ::) for a service whose
+/// address is handed out: meta, workers and clients would be told to connect
+/// to it, which on another machine means that machine itself. Checked on
+/// the literal before binding and on the bound address after (a name can
+/// resolve to the wildcard too).
+fn check_advertised(host: &str, bound: Option<SocketAddr>, what: &str) -> Result<()> {
+    let literal = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
+    if literal.is_ok_and(|ip| ip.is_unspecified()) || bound.is_some_and(|a| a.ip().is_unspecified()) {
+        anyhow::bail!(
+            "host {host}: the {what} address is handed to clients and workers, and a wildcard address does not lead them to this machine; give this machine's own address (e.g. --host 10.0.0.5)"
+        );
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -201,9 +227,12 @@ fn shutdown_signal(rx: &watch::Receiver<bool>) -> impl std::future::Future<Outpu
 
 pub async fn up(a: UpArgs) -> Result<()> {
     let (mut conf, home) = up_config(&a)?;
-    let meta_l = bind(&conf.meta.host, conf.meta.port, "meta").await?;
-    let worker_l = bind(&conf.worker.host, conf.worker.port, "worker").await?;
-    let web_l = bind(&conf.web.host, conf.web.port, "web").await?;
+    check_advertised(&conf.meta.host, None, "meta")?;
+    let meta_l = bind(&conf.meta.host, conf.meta.port, "meta", "--meta-port").await?;
+    check_advertised(&conf.meta.host, Some(meta_l.local_addr()?), "meta")?;
+    let worker_l = bind(&conf.worker.host, conf.worker.port, "worker", "--worker-port").await?;
+    check_advertised(&conf.worker.host, Some(worker_l.local_addr()?), "worker")?;
+    let web_l = bind(&conf.web.host, conf.web.port, "web", "--web-port").await?;
     let (meta_addr, worker_addr, web_addr) = (meta_l.local_addr()?, worker_l.local_addr()?, web_l.local_addr()?);
     conf.meta.port = meta_addr.port();
     conf.worker.port = worker_addr.port();
@@ -312,8 +341,17 @@ pub async fn role(a: RoleArgs, role: &'static str) -> Result<()> {
         "meta" => (conf.meta.host.clone(), conf.meta.port),
         _ => (conf.worker.host.clone(), conf.worker.port),
     };
-    let l = bind(&host, port, role).await?;
-    let web_l = bind(&conf.web.host, conf.web.port, "web").await?;
+    // A meta joining or forming a group with --peers is known by the peer
+    // list; a new one-member group records this address.
+    let advertised = role != "meta" || (conf.meta.peers.is_empty() && !conf.meta.join);
+    if advertised {
+        check_advertised(&host, None, role)?;
+    }
+    let l = bind(&host, port, role, "--port").await?;
+    if advertised {
+        check_advertised(&host, Some(l.local_addr()?), role)?;
+    }
+    let web_l = bind(&conf.web.host, conf.web.port, "web", "--web-port").await?;
     let (addr, web_addr) = (l.local_addr()?, web_l.local_addr()?);
     let mut registry = Registry::default();
     let running = match role {

@@ -301,3 +301,186 @@ async fn sequential_small_reads_over_tcp_are_served_from_read_ahead() {
     }
     assert_eq!(rand.read_ahead_bytes(), 0, "random reads must not read ahead");
 }
+
+/// Hidden temporary copies `cv fs get` left in `dir` (there must be none).
+fn leftovers(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && n.contains(".cv-"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_get_keeps_the_old_local_file_and_a_good_one_replaces_it() {
+    // Disk tier only: one block file per block, named by its id.
+    let n = node_with(UpOptions { no_mem: true, disk: Some("512MiB".into()), block_size: Some("8MiB".into()), ..Default::default() }).await;
+    let fs = n.fs().unwrap();
+    let data = random_bytes(40 << 20, 31);
+    fs.write_all("/m", &data, false).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("m");
+    let old = b"the old copy, still wanted".to_vec();
+    std::fs::write(&local, &old).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o640)).unwrap();
+
+    // A remote file that does not exist: nothing local changes.
+    fails_with(&cv(&n, &["fs", "get", "/nope", local.to_str().unwrap()]), "/nope: no such file or directory");
+    assert_eq!(std::fs::read(&local).unwrap(), old);
+
+    // Damage the last block: the get fails after writing the first pieces.
+    let last = fs.open("/m").await.unwrap().blocks().last().unwrap().id;
+    let block = n.home().join("data/ssd/blocks").join(last.to_string());
+    let mut bytes = std::fs::read(&block).unwrap_or_else(|e| panic!("{}: {e}", block.display()));
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x40;
+    std::fs::write(&block, &bytes).unwrap();
+    fails_with(&cv(&n, &["fs", "get", "/m", local.to_str().unwrap()]), "checksum mismatch");
+    let kept = std::fs::read(&local).unwrap_or_else(|e| panic!("a failed get removed the old local file: {e}"));
+    assert_eq!(kept, old, "a failed get changed the old local file");
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+    // Also into a new name: nothing is left behind.
+    fails_with(&cv(&n, &["fs", "get", "/m", dir.path().join("new").to_str().unwrap()]), "checksum mismatch");
+    assert!(!dir.path().join("new").exists());
+
+    // Repaired, the get replaces the old file whole and keeps its mode.
+    bytes[at] ^= 0x40;
+    std::fs::write(&block, &bytes).unwrap();
+    ok(&cv(&n, &["fs", "get", "/m", local.to_str().unwrap()]));
+    assert_eq!(std::fs::read(&local).unwrap(), data);
+    assert_eq!(std::fs::metadata(&local).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+    // Through a symlink the file it names is replaced; the link stays.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&local, &link).unwrap();
+    fs.write_all("/small", b"small", false).await.unwrap();
+    ok(&cv(&n, &["fs", "get", "/small", link.to_str().unwrap()]));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&local).unwrap(), b"small");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_writes_devices_and_fifos_in_place_and_reports_output_errors() {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let n = node().await;
+    let fs = n.fs().unwrap();
+    let data = random_bytes(20 << 20, 32);
+    fs.write_all("/d", &data, false).await.unwrap();
+    // No newline: stdout holds it until the final flush.
+    fs.write_all("/short", b"no newline", false).await.unwrap();
+
+    // A character device is written, never replaced or removed.
+    ok(&cv(&n, &["fs", "get", "/d", "/dev/null"]));
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+
+    // A FIFO: the reader gets every byte, and the FIFO stays a FIFO.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: c is NUL-terminated.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            std::fs::File::open(&fifo).unwrap().read_to_end(&mut got).unwrap();
+            got
+        })
+    };
+    ok(&cv(&n, &["fs", "get", "/d", fifo.to_str().unwrap()]));
+    assert!(reader.join().unwrap() == data, "bytes through the FIFO differ");
+    // A reader that stops early: the error is reported, the FIFO is kept.
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::open(&fifo).unwrap();
+            let mut b = [0u8; 10];
+            f.read_exact(&mut b).unwrap();
+        })
+    };
+    fails_with(&cv(&n, &["fs", "get", "/d", fifo.to_str().unwrap()]), "Broken pipe");
+    reader.join().unwrap();
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+
+    // stdout: a failing final flush is an error, not exit 0.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let o = tokio::task::block_in_place(|| n.cv(&["fs", "cat", "/short"]).stdout(full).output()).unwrap();
+    fails_with(&o, "No space left on device");
+    // A reader of stdout that goes away (`| head`) ends the command quietly.
+    let o = tokio::task::block_in_place(|| {
+        let mut child = n.cv(&["fs", "cat", "/d"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut head = [0u8; 10];
+        child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+        child.wait_with_output().unwrap()
+    });
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_force_replaces_only_with_a_complete_copy() {
+    let n = node().await;
+    let fs = n.fs().unwrap();
+    fs.mkdir("/p", false).await.unwrap();
+    fs.write_all("/p/f", b"keep me", false).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // A directory opens, then fails to read: the remote file is untouched.
+    fails_with(&cv(&n, &["fs", "put", "-f", dir.path().to_str().unwrap(), "/p/f"]), "is a directory");
+    assert_eq!(fs.read_all("/p/f").await.unwrap(), b"keep me");
+    fails_with(&cv(&n, &["fs", "put", "-f", dir.path().join("missing").to_str().unwrap(), "/p/f"]), "No such file");
+    assert_eq!(fs.read_all("/p/f").await.unwrap(), b"keep me");
+    // Without -f an existing file is refused.
+    let local = dir.path().join("f");
+    let data = random_bytes(3 << 20, 33);
+    std::fs::write(&local, &data).unwrap();
+    fails_with(&cv(&n, &["fs", "put", local.to_str().unwrap(), "/p/f"]), "/p/f: file exists");
+    assert_eq!(fs.read_all("/p/f").await.unwrap(), b"keep me");
+    // With -f the new copy replaces it, and no temporary name is left.
+    ok(&cv(&n, &["fs", "put", "-f", local.to_str().unwrap(), "/p/f"]));
+    assert_eq!(fs.read_all("/p/f").await.unwrap(), data);
+    let names: Vec<String> = fs.list("/p").await.unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["f"]);
+    // -f into a directory, and into a missing one (the error names the destination).
+    ok(&cv(&n, &["fs", "put", "-f", local.to_str().unwrap(), "/p"]));
+    assert_eq!(fs.read_all("/p/f").await.unwrap(), data);
+    let o = cv(&n, &["fs", "put", "-f", local.to_str().unwrap(), "/nodir/f"]);
+    fails_with(&o, "no such file or directory");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains(".cv-put"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_reads_standard_input_for_dash() {
+    use std::io::Write;
+    let n = node().await;
+    let fs = n.fs().unwrap();
+    let data = random_bytes(20 << 20, 34);
+    let put = |args: &[&str], input: &[u8]| {
+        tokio::task::block_in_place(|| {
+            let mut child = n
+                .cv(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            let input = input.to_vec();
+            let feeder = std::thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
+            let o = child.wait_with_output().unwrap();
+            feeder.join().unwrap();
+            o
+        })
+    };
+    ok(&put(&["fs", "put", "-", "/in"], &data));
+    assert!(fs.read_all("/in").await.unwrap() == data, "bytes from stdin differ");
+    ok(&put(&["fs", "put", "-f", "-", "/in"], b"second"));
+    assert_eq!(fs.read_all("/in").await.unwrap(), b"second");
+    ok(&put(&["fs", "put", "-", "/empty"], b""));
+    assert_eq!(fs.read_all("/empty").await.unwrap(), b"");
+    fails_with(&put(&["fs", "put", "-", "/"], b"x"), "give the file name");
+}

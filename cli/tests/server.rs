@@ -149,3 +149,56 @@ async fn dead_worker_gives_a_clear_error_not_a_hang() {
     split.wait_workers(1).await.unwrap();
     assert_eq!(fs.read_all("/w").await.unwrap(), data);
 }
+
+/// Runs `cv ARGS` with no inherited Curvine settings and expects it to fail.
+fn cv_fails(args: &[&str]) -> std::process::Output {
+    let mut c = std::process::Command::new(bin());
+    c.args(args);
+    for v in ["CURVINE_CONF", "CURVINE_HOME", "CURVINE_HOST", "CURVINE_META", "CURVINE_META_PORT", "CURVINE_WORKER_PORT", "CURVINE_WEB_PORT"] {
+        c.env_remove(v);
+    }
+    let o = c.output().unwrap();
+    assert!(!o.status.success(), "cv {args:?} succeeded");
+    o
+}
+
+#[test]
+fn bind_failures_name_the_real_flag_and_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta_dir = dir.path().join("meta");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let o = cv_fails(&["meta", "--dir", meta_dir.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port, "--web-port", "0"]);
+    fails_with(&o, "in use");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--port") && !err.contains("--meta-port"), "{err}");
+    let o = cv_fails(&["meta", "--dir", meta_dir.to_str().unwrap(), "--host", "127.0.0.1", "--port", "0", "--web-port", &port]);
+    fails_with(&o, "choose another with --web-port");
+    // `cv up` names its own flags.
+    let home = dir.path().join("home");
+    let o = cv_fails(&["up", "--home", home.to_str().unwrap(), "--no-mem", "--meta-port", "0", "--worker-port", &port, "--web-port", "0"]);
+    fails_with(&o, "choose another with --worker-port");
+    // An address of another machine (TEST-NET-1) is not "in use".
+    let o = cv_fails(&["meta", "--dir", meta_dir.to_str().unwrap(), "--host", "192.0.2.1", "--port", "0", "--web-port", "0"]);
+    fails_with(&o, "192.0.2.1 is not an address of this machine");
+    // Ports below 1024 need privileges (root has them: nothing to check).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let o = cv_fails(&["meta", "--dir", meta_dir.to_str().unwrap(), "--host", "127.0.0.1", "--port", "1", "--web-port", "0"]);
+        fails_with(&o, "ports below 1024 need root");
+    }
+}
+
+#[test]
+fn wildcard_host_is_refused_where_it_would_be_advertised() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    for host in ["0.0.0.0", "::"] {
+        let o = cv_fails(&["up", "--home", home.to_str().unwrap(), "--no-mem", "--host", host, "--meta-port", "0", "--worker-port", "0", "--web-port", "0"]);
+        fails_with(&o, "give this machine's own address");
+    }
+    assert!(!home.join("cluster.toml").exists(), "a wildcard address was written to cluster.toml");
+    let tier = format!("SSD:{}:64MiB", dir.path().join("ssd").display());
+    let o = cv_fails(&["worker", "--dir", dir.path().join("w").to_str().unwrap(), "--host", "0.0.0.0", "--port", "0", "--web-port", "0", "--meta", "127.0.0.1:1", "--tier", &tier]);
+    fails_with(&o, "give this machine's own address");
+}

@@ -83,8 +83,11 @@ pub async fn serve_local(
             _ = &mut stop => return Ok(()),
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
+                // EMFILE and friends: the failed connection stays queued,
+                // so retrying at once would spin; pause as the TCP server does.
                 Err(e) => {
                     tracing::warn!(error = %e, "short-circuit accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -230,6 +233,12 @@ async fn serve_conn(mut stream: UnixStream, svc: Arc<dyn BlockService>, worker_i
                 out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
                 out.extend_from_slice(msg);
                 stream.write_all(&out).await?;
+                // A refused peer's request may carry more bytes than the 9
+                // read (ids, a commit's crcs): they were not consumed, so
+                // the stream is out of sync. It gets nothing here anyway.
+                if permitted.is_err() {
+                    return Ok(());
+                }
             }
         }
     }

@@ -28,6 +28,10 @@ impl ReadReq {
         if req.len > MAX_PAYLOAD as u64 {
             return Err(Error::protocol(format!("read of {} bytes exceeds the {MAX_PAYLOAD}-byte frame limit", req.len)));
         }
+        // Servers compute the range's end as offset + len.
+        if req.offset.checked_add(req.len).is_none() {
+            return Err(Error::protocol(format!("read of {} bytes at offset {} overflows", req.len, req.offset)));
+        }
         Ok(req)
     }
 }
@@ -199,4 +203,20 @@ pub fn decode_tier(b: &[u8]) -> Result<TierKind> {
 /// crc32c of each `CHUNK` of `data`.
 pub fn chunk_crcs(data: &[u8]) -> Vec<u32> {
     data.chunks(CHUNK as usize).map(crate::crc::crc32c).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use curvine_common::ErrorKind;
+
+    #[test]
+    fn read_request_whose_end_overflows_is_refused() {
+        let mut b = Vec::new();
+        ReadReq { block_id: 7, offset: u64::MAX - 10, len: 100 }.encode(&mut b);
+        assert_eq!(ReadReq::decode(&b).unwrap_err().kind(), ErrorKind::Protocol);
+        b.clear();
+        ReadReq { block_id: 7, offset: u64::MAX - 100, len: 100 }.encode(&mut b);
+        assert_eq!(ReadReq::decode(&b).unwrap().offset, u64::MAX - 100);
+    }
 }

@@ -16,6 +16,16 @@ use crate::frame::CHUNK;
 use crate::service::{BlockService, BlockSink, ReadSource};
 use crate::transport::Transport;
 
+/// A `DirBlocks` over `dir`, served over TCP with `opts` on a loopback port
+/// the OS picks, until the process ends: its address and the service.
+pub async fn serve_dir(dir: &std::path::Path, opts: crate::tcp::ServeOptions) -> (String, Arc<DirBlocks>) {
+    let svc = Arc::new(DirBlocks::new(dir.to_path_buf()));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = l.local_addr().expect("local addr").to_string();
+    tokio::spawn(crate::tcp::serve_with(l, svc.clone(), std::future::pending(), opts));
+    (addr, svc)
+}
+
 /// Blocks as plain files in one directory; no capacity limit.
 pub struct DirBlocks {
     dir: PathBuf,

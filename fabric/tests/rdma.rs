@@ -11,18 +11,15 @@ use curvine_fabric::frame::{Header, Op, HEADER_LEN};
 use curvine_fabric::rdma::auto::AutoTransport;
 use curvine_fabric::rdma::wire::{Endpoint, FLAG_RDMA};
 use curvine_fabric::rdma::{probe, RdmaOptions};
-use curvine_fabric::tcp::{serve_with, ServeOptions, TcpOptions};
-use curvine_fabric::testing::{run_all, DirBlocks};
+use curvine_fabric::tcp::{ServeOptions, TcpOptions};
+use curvine_fabric::testing::{run_all, serve_dir, DirBlocks};
 use curvine_fabric::{Capabilities, DataConn, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 async fn server(opts: ServeOptions) -> (String, Arc<DirBlocks>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let svc = Arc::new(DirBlocks::new(dir.path().to_path_buf()));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    tokio::spawn(serve_with(l, svc.clone(), std::future::pending(), opts));
+    let (addr, svc) = serve_dir(dir.path(), opts).await;
     (addr, svc, dir)
 }
 
@@ -33,7 +30,7 @@ async fn rdma_passes_the_conformance_suite_where_a_device_exists() {
         eprintln!("SKIP rdma conformance: {}", why.message());
         return;
     }
-    let (addr, svc, _d) = server(ServeOptions { rdma: Some(opts.clone()) }).await;
+    let (addr, svc, _d) = server(ServeOptions { rdma: Some(opts.clone()), ..Default::default() }).await;
     let t = curvine_fabric::rdma::client::RdmaTransport::open(&opts, TcpOptions::default()).unwrap();
     assert_eq!(t.name(), "rdma");
     run_all(&t, &addr, &|id, at| svc.corrupt(id, at)).await;
@@ -63,7 +60,7 @@ fn some_endpoint() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_without_rdma_says_why_and_keeps_the_connection() {
     for (opts, expect) in [
-        (ServeOptions { rdma: None }, "turned off"),
+        (ServeOptions { rdma: None, ..Default::default() }, "turned off"),
         (ServeOptions::default(), "rdma"),
     ] {
         let has_device = opts.rdma.as_ref().is_some_and(|o| probe(o).is_ok());
@@ -133,7 +130,7 @@ impl Transport for AskOnly {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_falls_back_to_tcp_when_a_worker_refuses_rdma() {
-    let (addr, svc, _d) = server(ServeOptions { rdma: None }).await;
+    let (addr, svc, _d) = server(ServeOptions { rdma: None, ..Default::default() }).await;
     let t = AutoTransport::new(TcpOptions { chunk_size: 1 << 20, depth: 3, ..Default::default() }, Some(Arc::new(AskOnly)));
     assert!(t.uses_rdma(&addr));
     t.connect(&addr).await.unwrap().ping().await.unwrap();

@@ -1,6 +1,8 @@
 //! Streaming handles of a `Ufs`: paged listing, ranged reads, whole-object
 //! writes.
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use futures::TryStreamExt;
 use opendal::{Buffer, BufferStream, Lister, Writer};
@@ -32,9 +34,10 @@ impl UfsLister {
                 self.done = true;
                 break;
             };
-            // Object stores return the directory's own marker object.
+            // Object stores return the directory's own marker object; the
+            // staging directory holds writes in progress, not entries.
             let path = e.path();
-            if path == self.dir || path.is_empty() || path == "/" {
+            if path == self.dir || path.is_empty() || path == "/" || self.ufs.is_staging(path) {
                 continue;
             }
             let name = e.name().trim_end_matches('/').to_string();
@@ -138,7 +141,8 @@ impl UfsWriter {
         }
     }
 
-    /// Discards what was written; the object keeps its previous content.
+    /// Discards what was written; the object keeps its previous content
+    /// (hdfs writes in place: there the partial object is deleted).
     pub async fn abort(mut self) -> Result<()> {
         if let Some(w) = self.w.take() {
             self.abort_now(w).await;
@@ -151,12 +155,17 @@ impl UfsWriter {
     }
 }
 
-/// Aborts `w`. Stores that cannot abort (a local fs without
-/// `atomic_write_dir` writes in place) get the partial file deleted.
+/// Aborts `w`: the store drops what it staged (multipart upload, temp file,
+/// WebHDFS blocks) and the object keeps its previous content.
+///
+/// Only a store that writes in place (hdfs, or file:// without a staging
+/// directory) has touched the object itself; OpenDAL cannot abort there, so
+/// the partial object is deleted. Any other store that cannot abort keeps the
+/// object: the failed write never touched it, and deleting it would lose data.
 async fn abort(ufs: &Ufs, w: &mut Writer, rel: &str, what: &str) {
     match w.abort().await {
         Ok(()) => {}
-        Err(e) if e.kind() == opendal::ErrorKind::Unsupported => {
+        Err(e) if e.kind() == opendal::ErrorKind::Unsupported && ufs.inner.settings.writes_in_place => {
             if let Err(e) = ufs.delete(rel).await {
                 tracing::warn!(what, error = %e, "cannot remove a partial write");
             }
@@ -165,13 +174,34 @@ async fn abort(ufs: &Ufs, w: &mut Writer, rel: &str, what: &str) {
     }
 }
 
+/// Counts a dropped writer's abort in [`Ufs::aborts_in_flight`] while it
+/// lives, also if the task is cancelled (runtime shutdown).
+struct AbortInFlight(Ufs);
+
+impl AbortInFlight {
+    fn new(ufs: &Ufs) -> Self {
+        ufs.inner.aborts.fetch_add(1, Ordering::AcqRel);
+        AbortInFlight(ufs.clone())
+    }
+}
+
+impl Drop for AbortInFlight {
+    fn drop(&mut self) {
+        self.0.inner.aborts.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Drop for UfsWriter {
     fn drop(&mut self) {
         let Some(mut w) = self.w.take() else { return };
         // Multipart uploads would otherwise linger (and be billed) in the store.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (ufs, rel, what) = (self.ufs.clone(), self.rel.clone(), self.what.clone());
-            rt.spawn(async move { abort(&ufs, &mut w, &rel, &what).await });
+            let pending = AbortInFlight::new(&self.ufs);
+            let (rel, what) = (self.rel.clone(), self.what.clone());
+            rt.spawn(async move {
+                abort(&pending.0, &mut w, &rel, &what).await;
+                drop(pending);
+            });
         }
     }
 }

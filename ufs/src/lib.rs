@@ -16,6 +16,11 @@
 //! - `stat` prefers a file over a directory of the same name (S3 can have
 //!   both `a` and `a/x`).
 //! - `list` of a missing directory is empty (object stores cannot tell).
+//! - A write replaces the object only at `close`: an aborted, dropped or
+//!   failed write leaves the previous content (object stores upload in
+//!   parts; file:// and webhdfs:// stage in [`Ufs::staging_dir`], hidden
+//!   from `list`, and rename). hdfs writes in place ([`Ufs::writes_in_place`]):
+//!   there a failed write deletes the partial object.
 
 mod error;
 mod io;

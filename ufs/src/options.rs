@@ -11,13 +11,21 @@
 //!   default 4), `write_chunk` (multipart part size, default 8MiB, ≥ 5MiB on
 //!   S3), `write_concurrency` (parts in flight, default 4), `list_page`
 //!   (entries per list request, default 1000).
+//!
+//! `file://` and `webhdfs://` stage writes in OpenDAL's `atomic_write_dir`
+//! and rename them into place on close, so a failed or aborted overwrite
+//! leaves the previous object intact. Unless the option is given it is
+//! [`STAGING_DIR`] inside the mount root (same file system, so the rename
+//! works); `file://` takes an absolute directory, `webhdfs://` one relative
+//! to the root. A staging directory inside the root is hidden from listings
+//! and refused as a path.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use curvine_common::size::ByteSize;
 use opendal::services;
 
-use crate::uri::UfsUri;
+use crate::uri::{normalize_root, UfsUri};
 use crate::{Error, ErrorKind, Result};
 
 /// Friendly names → OpenDAL keys, per scheme. The AWS/Azure/Google spellings
@@ -54,11 +62,23 @@ const NOT_OPTIONS: &[&str] = &["root", "bucket", "container", "name_node", "enab
 
 const CURVINE_KEYS: &[&str] = &["list_page", "read_chunk", "read_concurrency", "write_chunk", "write_concurrency"];
 
+/// Where `file://` and `webhdfs://` stage writes unless `atomic_write_dir`
+/// is given: this directory in the mount root.
+pub const STAGING_DIR: &str = ".curvine-tmp";
+
 /// What `Ufs::new` needs from the options after validation.
 #[derive(Debug)]
 pub(crate) struct Settings {
     /// OpenDAL config, canonical keys, including the URI's bucket/root.
     pub opendal: BTreeMap<String, String>,
+    /// The staging directory relative to the root (`.curvine-tmp`), when
+    /// writes are staged inside the root: hidden from listings, refused as
+    /// a path.
+    pub staging: Option<String>,
+    /// Whether writes go to the object itself (hdfs; file:// whose staging
+    /// directory cannot be created): only then has a failed write touched
+    /// the object, and an abort that OpenDAL cannot do must delete it.
+    pub writes_in_place: bool,
     pub read_chunk: usize,
     pub read_concurrency: usize,
     pub write_chunk: usize,
@@ -111,6 +131,8 @@ pub(crate) fn resolve(uri: &UfsUri, options: &BTreeMap<String, String>) -> Resul
     let mut opendal = BTreeMap::new();
     let mut s = Settings {
         opendal: BTreeMap::new(),
+        staging: None,
+        writes_in_place: uri.scheme == "hdfs",
         read_chunk: 16 << 20,
         read_concurrency: 4,
         write_chunk: 8 << 20,
@@ -158,8 +180,47 @@ pub(crate) fn resolve(uri: &UfsUri, options: &BTreeMap<String, String>) -> Resul
         return Err(Error::invalid(format!("{shown}: option write_chunk: S3 parts must be at least 5MiB")));
     }
     apply_uri_and_defaults(uri, &mut opendal);
+    s.staging = staging(uri, &mut opendal).map_err(|why| Error::invalid(format!("{shown}: option atomic_write_dir: {why}")))?;
     s.opendal = opendal;
     Ok(s)
+}
+
+/// Sets OpenDAL's `atomic_write_dir` for the schemes that write in place
+/// without one (file) or cannot write more than one chunk without one
+/// (webhdfs), and returns the staging directory relative to the root when it
+/// lies inside the root.
+fn staging(uri: &UfsUri, m: &mut BTreeMap<String, String>) -> std::result::Result<Option<String>, String> {
+    let given = m.get("atomic_write_dir").cloned();
+    match uri.scheme.as_str() {
+        "file" => {
+            let root = uri.root.trim_end_matches('/');
+            let dir = match given {
+                None => format!("{root}/{STAGING_DIR}"),
+                Some(d) if d.starts_with('/') => normalize_root(&d)?,
+                Some(_) => return Err("must be an absolute directory on the file system of the root".into()),
+            };
+            let rel = if root.is_empty() { dir.strip_prefix('/') } else { dir.strip_prefix(root).and_then(|r| r.strip_prefix('/')) };
+            if dir == uri.root {
+                return Err("must not be the root itself".into());
+            }
+            m.insert("atomic_write_dir".into(), dir.clone());
+            Ok(rel.map(str::to_string))
+        }
+        "webhdfs" => {
+            // OpenDAL appends block ids to it and resolves it under the root.
+            let dir = given.unwrap_or_else(|| STAGING_DIR.to_string());
+            if dir.starts_with('/') {
+                return Err("must be relative to the root (e.g. .curvine-tmp)".into());
+            }
+            let rel = normalize_root(&format!("/{dir}"))?;
+            if rel == "/" {
+                return Err("must not be the root itself".into());
+            }
+            m.insert("atomic_write_dir".into(), format!("{}/", &rel[1..]));
+            Ok(Some(rel[1..].to_string()))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn apply_uri_and_defaults(uri: &UfsUri, m: &mut BTreeMap<String, String>) {
@@ -387,6 +448,34 @@ mod tests {
         assert_eq!(s.opendal["endpoint"], "http://nn:9870");
         let s = resolve(&uri("azblob://c"), &opts(&[("account", "acct")])).unwrap();
         assert_eq!(s.opendal["endpoint"], "https://acct.blob.core.windows.net");
+    }
+
+    #[test]
+    fn file_and_webhdfs_stage_writes_inside_the_root() {
+        let staged = |u: &str, kv: &[(&str, &str)]| {
+            let s = resolve(&uri(u), &opts(kv)).unwrap();
+            (s.opendal.get("atomic_write_dir").cloned(), s.staging, s.writes_in_place)
+        };
+        let some = |d: &str, rel: Option<&str>| (Some(d.to_string()), rel.map(str::to_string), false);
+        assert_eq!(staged("file:///data/", &[]), some("/data/.curvine-tmp", Some(".curvine-tmp")));
+        assert_eq!(staged("file:///", &[]), some("/.curvine-tmp", Some(".curvine-tmp")));
+        assert_eq!(staged("file:///data", &[("atomic_write_dir", "/data/t/")]), some("/data/t", Some("t")));
+        assert_eq!(staged("file:///data", &[("atomic_write_dir", "/database/t")]), some("/database/t", None));
+        assert_eq!(staged("webhdfs://nn/user", &[]), some(".curvine-tmp/", Some(".curvine-tmp")));
+        assert_eq!(staged("webhdfs://nn/user", &[("atomic_write_dir", "a/b/")]), some("a/b/", Some("a/b")));
+        assert_eq!(staged("s3://b/x", &[]), (None, None, false));
+        for (u, dir, why) in [
+            ("file:///data", "tmp", "absolute"),
+            ("file:///data", "/data/", "root itself"),
+            ("file:///data", "/data/../x", "'..'"),
+            ("webhdfs://nn/user", "/tmp/x", "relative to the root"),
+            ("webhdfs://nn/user", "a/../b", "'..'"),
+            ("webhdfs://nn/user", "", "root itself"),
+        ] {
+            let e = resolve(&uri(u), &opts(&[("atomic_write_dir", dir)])).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{u} {dir}");
+            assert!(e.message().contains("option atomic_write_dir: ") && e.message().contains(why), "{u} {dir}: {}", e.message());
+        }
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub async fn conformance(ufs: &Ufs, prefix: &str) {
     etag_guards_reads(ufs, &p).await;
     multipart_write(ufs, &p).await;
     abort_and_drop(ufs, &p).await;
+    failed_overwrite_keeps_previous(ufs, &p).await;
+    staging_dir_is_hidden(ufs, &p).await;
     renames(ufs, &p).await;
     bad_paths(ufs).await;
     cleanup(ufs, &p).await;
@@ -213,13 +215,86 @@ async fn abort_and_drop(ufs: &Ufs, p: &str) {
     let mut w = ufs.writer(&rel).await.unwrap();
     w.write(Bytes::from(pattern(10 << 20, 2))).await.unwrap();
     drop(w);
-    // The abort runs in a spawned task: wait for its observable effect.
+    wait_for_aborts(ufs).await;
+    assert_eq!(ufs.stat(&rel).await.unwrap(), None, "a dropped writer leaves nothing");
+}
+
+/// Dropped writers abort in a spawned task: waits until none is running.
+async fn wait_for_aborts(ufs: &Ufs) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ufs.stat(&rel).await.unwrap().is_some() {
-        assert!(Instant::now() < deadline, "a dropped writer leaves nothing");
-        tokio::task::yield_now().await;
+    while ufs.aborts_in_flight() > 0 {
+        assert!(Instant::now() < deadline, "aborts of dropped writers still running after 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An overwrite that is aborted or dropped leaves the previous object as it
+/// was: same entry, same bytes (not on stores that write in place). The new data is larger than a
+/// write chunk, so the store has staged parts (multipart upload, temp file,
+/// WebHDFS blocks) when it stops.
+async fn failed_overwrite_keeps_previous(ufs: &Ufs, p: &str) {
+    if ufs.writes_in_place() {
+        return;
+    }
+    let rel = format!("{p}/kept");
+    let old = put(ufs, &rel, b"the previous content").await;
+    let intact = |how: &'static str| {
+        let (rel, old) = (rel.clone(), old.clone());
+        async move {
+            let now = ufs.stat(&rel).await.unwrap().unwrap_or_else(|| panic!("{how}: the previous object is gone"));
+            assert_eq!(now, old, "{how}: the previous object changed");
+            let got = get(ufs, &rel, 0, old.len, Some(&old.etag)).await.unwrap_or_else(|e| panic!("{how}: {e}"));
+            assert_eq!(got, b"the previous content", "{how}: previous bytes");
+        }
+    };
+
+    let mut w = ufs.writer(&rel).await.unwrap();
+    w.write(Bytes::from(pattern(10 << 20, 3))).await.unwrap();
+    intact("during an overwrite").await;
+    w.abort().await.unwrap();
+    intact("after an aborted overwrite").await;
+
+    let mut w = ufs.writer(&rel).await.unwrap();
+    w.write(Bytes::from(pattern(10 << 20, 4))).await.unwrap();
+    drop(w);
+    wait_for_aborts(ufs).await;
+    intact("after a dropped overwrite").await;
+
+    // Aborting before anything reached the store.
+    let w = ufs.writer(&rel).await.unwrap();
+    w.abort().await.unwrap();
+    intact("after an overwrite aborted before its first byte").await;
+}
+
+/// The staging directory (where a store has one inside the root) is never
+/// listed, not even while a write is staged in it, and is refused as a path.
+async fn staging_dir_is_hidden(ufs: &Ufs, p: &str) {
+    let names = |all: Vec<UfsEntry>| all.into_iter().map(|e| e.name).collect::<BTreeSet<_>>();
+    let top = p.split('/').next().unwrap_or(p).to_string();
+    let before = (names(list_all(ufs, "", 100).await), names(list_all(ufs, p, 100).await));
+    let mut w = ufs.writer(&format!("{p}/staged")).await.unwrap();
+    w.write(Bytes::from(pattern(10 << 20, 5))).await.unwrap();
+    let during = (names(list_all(ufs, "", 100).await), names(list_all(ufs, p, 100).await));
+    assert_eq!(during, before, "a write in progress is not listed");
+    assert!(during.0.contains(&top), "root listing has {top}: {:?}", during.0);
+    if let Some(t) = ufs.staging_dir() {
+        let first = t.split('/').next().unwrap_or(t);
+        assert!(!during.0.contains(first), "the staging dir {t} is listed: {:?}", during.0);
+        for rel in [t.to_string(), format!("{t}/x"), format!("/{t}/")] {
+            let e = ufs.stat(&rel).await.expect_err("stat of the staging dir");
+            assert_eq!(e.kind(), ErrorKind::InvalidPath, "stat {rel}: {e}");
+            let e = ufs.list(&rel).await.err().expect("list of the staging dir");
+            assert_eq!(e.kind(), ErrorKind::InvalidPath, "list {rel}: {e}");
+        }
+        let e = ufs.writer(&format!("{t}/x")).await.err().expect("writer in the staging dir");
+        assert_eq!(e.kind(), ErrorKind::InvalidPath, "{e}");
+        let e = ufs.delete(&format!("{t}/x")).await.expect_err("delete in the staging dir");
+        assert_eq!(e.kind(), ErrorKind::InvalidPath, "{e}");
+        // Only the directory itself is reserved, not names that start alike.
+        assert_eq!(ufs.stat(&format!("{t}-not")).await.unwrap(), None);
+    }
+    w.abort().await.unwrap();
+    assert_eq!(ufs.stat(&format!("{p}/staged")).await.unwrap(), None, "an aborted write leaves nothing");
 }
 
 async fn bad_paths(ufs: &Ufs) {

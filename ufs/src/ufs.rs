@@ -2,6 +2,7 @@
 //! timeouts and retries, plus the mount's URI and settings.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -49,6 +50,8 @@ pub(crate) struct Inner {
     pub op: Operator,
     pub cap: Capability,
     pub settings: Settings,
+    /// Aborts of dropped writers still running (see [`Ufs::aborts_in_flight`]).
+    pub aborts: AtomicUsize,
 }
 
 impl std::fmt::Debug for Ufs {
@@ -66,10 +69,13 @@ impl Ufs {
         crate::init();
         let uri = UfsUri::parse(uri)?;
         let shown = uri.to_string();
-        let settings = resolve(&uri, options)?;
+        let mut settings = resolve(&uri, options)?;
         if uri.scheme == "file" && !std::path::Path::new(&uri.root).is_dir() {
             // OpenDAL would create it; a typo must not silently make a new tree.
             return Err(Error::new(ErrorKind::NotFound, format!("{shown}: no such local directory")));
+        }
+        if uri.scheme == "file" && !options.contains_key("atomic_write_dir") {
+            local_staging(&shown, &mut settings);
         }
         let op = build_operator(&uri, &settings).map_err(|e| Settings::config_error(&uri, &e))?;
         let client = reqwest::Client::builder()
@@ -97,7 +103,52 @@ impl Ufs {
             );
         let cap = op.info().capability();
         tracing::debug!(uri = %shown, options = ?crate::redact(options), "ufs built");
-        Ok(Ufs { inner: Arc::new(Inner { uri, shown, op, cap, settings }) })
+        Ok(Ufs { inner: Arc::new(Inner { uri, shown, op, cap, settings, aborts: AtomicUsize::new(0) }) })
+    }
+
+    /// The directory (relative to the root) where writes are staged before
+    /// they are renamed into place (`file://`, `webhdfs://`; `.curvine-tmp`
+    /// unless the `atomic_write_dir` option moves it), when it lies inside the
+    /// root. It never appears in `list`, and paths in it are refused
+    /// (`InvalidPath`).
+    pub fn staging_dir(&self) -> Option<&str> {
+        self.inner.settings.staging.as_deref()
+    }
+
+    /// Whether writes go to the object itself instead of being staged and
+    /// renamed (hdfs; file:// whose staging directory cannot be created).
+    /// There an overwrite that fails or is aborted loses the previous
+    /// content, and the partial object is deleted.
+    pub fn writes_in_place(&self) -> bool {
+        self.inner.settings.writes_in_place
+    }
+
+    /// Aborts of dropped (not closed) writers still running in the
+    /// background. Zero means every dropped write has been cleaned up.
+    pub fn aborts_in_flight(&self) -> usize {
+        self.inner.aborts.load(Ordering::Acquire)
+    }
+
+    /// Whether `r` (checked, relative to the root) is the staging directory
+    /// or inside it.
+    pub(crate) fn is_staging(&self, r: &str) -> bool {
+        let r = r.trim_matches('/');
+        match self.staging_dir() {
+            Some(t) => r.strip_prefix(t).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+            None => false,
+        }
+    }
+
+    /// `rel` checked (see `check_rel`) and outside the staging directory.
+    fn rel<'a>(&self, rel: &'a str) -> Result<&'a str> {
+        let r = check_rel(rel)?;
+        if self.is_staging(r) {
+            return Err(Error::new(
+                ErrorKind::InvalidPath,
+                format!("{}: reserved for writes in progress (the UFS's staging directory)", self.what(r)),
+            ));
+        }
+        Ok(r)
     }
 
     /// The canonical URI (`s3://bkt/prefix`), for messages and display.
@@ -161,7 +212,7 @@ impl Ufs {
     /// it but no marker object).
     #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
     pub async fn stat(&self, rel: &str) -> Result<Option<UfsEntry>> {
-        let r = check_rel(rel)?;
+        let r = self.rel(rel)?;
         if r.is_empty() {
             return Ok(Some(UfsEntry { name: String::new(), is_dir: true, len: 0, mtime_ms: 0, etag: String::new() }));
         }
@@ -186,7 +237,7 @@ impl Ufs {
     /// caller asks for them; never includes the directory itself.
     #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
     pub async fn list(&self, rel: &str) -> Result<UfsLister> {
-        let r = check_rel(rel)?;
+        let r = self.rel(rel)?;
         let dir = if r.is_empty() { "/".to_string() } else { format!("{r}/") };
         let what = self.what(r);
         let lister = self.inner.op.lister_with(&dir).limit(self.inner.settings.list_page).await.map_err(|e| self.err(&e, &what))?;
@@ -199,7 +250,7 @@ impl Ufs {
     /// Ranges longer than `read_chunk` are fetched as concurrent ranged reads.
     #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
     pub async fn read(&self, rel: &str, offset: u64, len: u64, etag: Option<&str>) -> Result<UfsRead> {
-        let r = check_rel(rel)?;
+        let r = self.rel(rel)?;
         let what = self.what(r);
         if r.is_empty() {
             return Err(Error::is_dir(&what));
@@ -240,7 +291,7 @@ impl Ufs {
     /// for large objects). Dropping it without `close` aborts.
     #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
     pub async fn writer(&self, rel: &str) -> Result<UfsWriter> {
-        let r = check_rel(rel)?;
+        let r = self.rel(rel)?;
         let what = self.what(r);
         if r.is_empty() {
             return Err(Error::is_dir(&what));
@@ -260,7 +311,7 @@ impl Ufs {
     /// Deletes file `rel`; a missing file is not an error.
     #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
     pub async fn delete(&self, rel: &str) -> Result<()> {
-        let r = check_rel(rel)?;
+        let r = self.rel(rel)?;
         let what = self.what(r);
         if r.is_empty() {
             return Err(Error::is_dir(&what));
@@ -275,7 +326,7 @@ impl Ufs {
     /// Deletes directory `rel` and everything under it; missing is not an error.
     #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
     pub async fn delete_all(&self, rel: &str) -> Result<()> {
-        let r = check_rel(rel)?;
+        let r = self.rel(rel)?;
         let what = self.what(r);
         if r.is_empty() {
             return Err(Error::invalid(format!("{what}: refusing to delete the whole UFS root")));
@@ -295,7 +346,7 @@ impl Ufs {
     /// copy leaves both, never neither.
     #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
     pub async fn rename(&self, src: &str, dst: &str) -> Result<UfsEntry> {
-        let (s, d) = (check_rel(src)?, check_rel(dst)?);
+        let (s, d) = (self.rel(src)?, self.rel(dst)?);
         if s.is_empty() || d.is_empty() {
             return Err(Error::invalid(format!("{}: cannot rename the UFS root", self.what(""))));
         }
@@ -341,7 +392,7 @@ impl Ufs {
     #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
     pub async fn rename_all(&self, src: &str, dst: &str) -> Result<u64> {
         use futures::TryStreamExt;
-        let (s, d) = (check_rel(src)?, check_rel(dst)?);
+        let (s, d) = (self.rel(src)?, self.rel(dst)?);
         if s.is_empty() || d.is_empty() {
             return Err(Error::invalid(format!("{}: cannot rename the UFS root", self.what(""))));
         }
@@ -353,7 +404,7 @@ impl Ufs {
         let mut moved = 0u64;
         let mut files = lister
             .map_err(|e| self.err(&e, &what))
-            .try_filter(|e| futures::future::ready(!e.metadata().is_dir()))
+            .try_filter(|e| futures::future::ready(!e.metadata().is_dir() && !self.is_staging(e.path())))
             .map_ok(|e| {
                 let rest = e.path().strip_prefix(&prefix).unwrap_or(e.path()).to_string();
                 let from = format!("{prefix}{rest}");
@@ -407,6 +458,23 @@ pub(crate) fn entry(name: String, m: &Metadata) -> UfsEntry {
     UfsEntry { name, is_dir, len, mtime_ms, etag }
 }
 
+/// Creates the default staging directory of a `file://` mount. Where it
+/// cannot be (a read-only tree), writes go in place as OpenDAL does without
+/// `atomic_write_dir`: such a mount is read, not written, and if a write does
+/// happen an abort deletes the partial file it left.
+fn local_staging(shown: &str, s: &mut Settings) {
+    let Some(dir) = s.opendal.get("atomic_write_dir") else { return };
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(_) if std::path::Path::new(dir).is_dir() => {}
+        Err(e) => {
+            tracing::warn!(uri = shown, dir = %dir, error = %e, "cannot create the staging directory; writes will go in place");
+            s.opendal.remove("atomic_write_dir");
+            s.writes_in_place = true;
+        }
+    }
+}
+
 fn build_operator(uri: &UfsUri, s: &Settings) -> opendal::Result<Operator> {
     let m = s.opendal.clone();
     match uri.scheme.as_str() {
@@ -419,5 +487,40 @@ fn build_operator(uri: &UfsUri, s: &Settings) -> opendal::Result<Operator> {
         "hdfs" => Operator::from_config(services::HdfsNativeConfig::from_iter(m)?),
         "file" => Operator::from_config(services::FsConfig::from_iter(m)?),
         other => Err(opendal::Error::new(opendal::ErrorKind::ConfigInvalid, format!("scheme {other} is not built in"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhdfs_can_write_more_than_one_chunk() {
+        // No IO: OpenDAL declares multi-chunk writes only with a staging dir.
+        let ufs = Ufs::new("webhdfs://127.0.0.1:1/user", &BTreeMap::new()).unwrap();
+        assert!(ufs.inner.cap.write_can_multi);
+        assert_eq!(ufs.staging_dir(), Some(".curvine-tmp"));
+        assert!(!ufs.writes_in_place());
+        let s3 = Ufs::new("s3://bkt/x", &[("endpoint".to_string(), "http://127.0.0.1:1".to_string())].into()).unwrap();
+        assert_eq!((s3.staging_dir(), s3.writes_in_place()), (None, false));
+    }
+
+    /// Where the staging dir cannot be made, file:// writes in place as
+    /// before: the mount still works, and an aborted write leaves no partial
+    /// file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_root_without_a_staging_dir_writes_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".curvine-tmp"), b"in the way").unwrap();
+        let ufs = Ufs::new(&format!("file://{}", dir.path().display()), &BTreeMap::new()).unwrap();
+        assert!(ufs.writes_in_place());
+        let mut w = ufs.writer("a").await.unwrap();
+        w.write(bytes::Bytes::from_static(b"whole")).await.unwrap();
+        assert_eq!(w.close().await.unwrap().len, 5);
+        let mut w = ufs.writer("b").await.unwrap();
+        w.write(bytes::Bytes::from(vec![7u8; 9 << 20])).await.unwrap();
+        w.abort().await.unwrap();
+        assert_eq!(ufs.stat("b").await.unwrap(), None, "the partial file is deleted");
+        assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"whole");
     }
 }

@@ -31,10 +31,17 @@ pub struct UfsUri {
 
 impl UfsUri {
     /// Parses and validates `uri`. Errors are `InvalidArgument` and name the
-    /// URI (with any `user:password@` part hidden).
+    /// URI without anything that may hold a secret: a `user:password@` part
+    /// and a query string or fragment (a SAS token) are hidden.
+    ///
+    /// A URI with `@` anywhere is refused: userinfo can only be told from a
+    /// path reliably when the secret has no `/`, and AWS secrets often do.
     pub fn parse(uri: &str) -> Result<UfsUri> {
-        let shown = hide_userinfo(uri);
+        let shown = shown(uri);
         let bad = |why: &str| Error::invalid(format!("{shown}: {why}"));
+        if uri.contains('@') {
+            return Err(bad("credentials in the URI are not allowed; pass them as mount options (a UFS URI cannot contain '@')"));
+        }
         let Some((scheme, rest)) = uri.split_once("://") else {
             return Err(bad(&format!("not a UFS URI (expected scheme://bucket/path; schemes: {})", SCHEMES.join(", "))));
         };
@@ -56,9 +63,6 @@ impl UfsUri {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        if authority.contains('@') {
-            return Err(bad("credentials in the URI are not allowed; pass them as mount options"));
-        }
         match scheme {
             "file" => {
                 if !(authority.is_empty() || authority == "localhost") {
@@ -103,7 +107,7 @@ impl fmt::Display for UfsUri {
 }
 
 /// `/a/b/` → `/a/b`; rejects `.`/`..` and empty components.
-fn normalize_root(path: &str) -> std::result::Result<String, String> {
+pub(crate) fn normalize_root(path: &str) -> std::result::Result<String, String> {
     let trimmed = path.trim_end_matches('/');
     if trimmed.is_empty() {
         return Ok("/".into());
@@ -126,15 +130,26 @@ pub(crate) fn check_rel(rel: &str) -> Result<&str> {
     Ok(r)
 }
 
-/// `s3://key:secret@bkt` → `s3://***@bkt`, so errors never echo credentials.
-fn hide_userinfo(uri: &str) -> String {
-    if let Some((scheme, rest)) = uri.split_once("://") {
-        let end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..end].rfind('@') {
-            return format!("{scheme}://***{}", &rest[at..]);
+/// `uri` as errors show it: `s3://key:secret@bkt/x` → `s3://***@bkt/x`
+/// (everything up to the last `@` is masked, so a secret containing `/` or
+/// `@` is too) and `azblob://c/x?sv=…&sig=…` → `azblob://c/x?…` (a query
+/// string or fragment is never shown).
+fn shown(uri: &str) -> String {
+    let (head, rest) = match uri.split_once("://") {
+        Some((scheme, rest)) if scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) => {
+            (format!("{scheme}://"), rest)
         }
-    }
-    uri.to_string()
+        _ => (String::new(), uri),
+    };
+    let (masked, rest) = match rest.rfind('@') {
+        Some(at) => ("***", &rest[at..]),
+        None => ("", rest),
+    };
+    let rest = match rest.find(['?', '#']) {
+        Some(i) => format!("{}{}…", &rest[..i], &rest[i..i + 1]),
+        None => rest.to_string(),
+    };
+    format!("{head}{masked}{rest}")
 }
 
 #[cfg(test)]
@@ -192,9 +207,25 @@ mod tests {
 
     #[test]
     fn never_echoes_userinfo() {
-        let e = UfsUri::parse("s3://AKIA:sekrit@bkt/x").unwrap_err();
-        assert!(!e.message().contains("sekrit"), "{}", e.message());
-        assert!(e.message().contains("s3://***@bkt/x"), "{}", e.message());
+        for (uri, secret, shown, why) in [
+            ("s3://AKIA:sekrit@bkt/x", "sekrit", "s3://***@bkt/x", "credentials in the URI are not allowed"),
+            // A secret with '/' (AWS secrets often have one) or '@'.
+            ("s3://AKIA:ab/cdSECRET@bkt/x", "SECRET", "s3://***@bkt/x", "credentials in the URI are not allowed"),
+            ("s3://AKIA:ab@cdSECRET@bkt/x", "SECRET", "s3://***@bkt/x", "credentials in the URI are not allowed"),
+            ("webhdfs://u:pw/SECRET@nn:9870/x", "SECRET", "webhdfs://***@nn:9870/x", "credentials in the URI are not allowed"),
+            ("AKIA:ab/SECRET@bkt/x", "SECRET", "***@bkt/x", "credentials in the URI are not allowed"),
+            // A SAS token in the query string, or anything in a fragment.
+            ("azblob://c/data?sv=2020&sig=SECRET", "SECRET", "azblob://c/data?…", "query strings and fragments"),
+            ("s3://bkt/x#SECRET", "SECRET", "s3://bkt/x#…", "query strings and fragments"),
+            ("s3://bkt/x?token=SECRET@y", "SECRET", "s3://***@y", "credentials in the URI are not allowed"),
+        ] {
+            let e = UfsUri::parse(uri).unwrap_err();
+            let m = e.message();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{uri}");
+            assert!(!m.contains(secret) && !m.contains("sig=") && !m.contains("AKIA"), "{uri}: {m}");
+            assert!(m.starts_with(&format!("{shown}: ")), "{uri}: {m}");
+            assert!(m.contains(why), "{uri}: {m}");
+        }
     }
 
     #[test]

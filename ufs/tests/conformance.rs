@@ -13,11 +13,36 @@ fn small_pages(mut o: BTreeMap<String, String>) -> BTreeMap<String, String> {
     o
 }
 
+/// Names in `dir`, for "nothing left behind" checks.
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_directory_passes_conformance() {
     let dir = tempfile::tempdir().unwrap();
     let ufs = Ufs::new(&format!("file://{}", dir.path().display()), &small_pages(BTreeMap::new())).unwrap();
+    // Writes are staged in the root (same file system as their targets) ...
+    assert_eq!(ufs.staging_dir(), Some(".curvine-tmp"));
+    assert!(!ufs.writes_in_place());
+    assert!(dir.path().join(".curvine-tmp").is_dir());
     conformance(&ufs, "suite").await;
+    // ... and aborted or dropped writes leave no temp file there.
+    assert!(names_in(&dir.path().join(".curvine-tmp")).is_empty(), "{:?}", names_in(&dir.path().join(".curvine-tmp")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_directory_with_its_own_staging_dir_passes_conformance() {
+    let (dir, staging) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut o = BTreeMap::new();
+    o.insert("atomic_write_dir".to_string(), staging.path().display().to_string());
+    let ufs = Ufs::new(&format!("file://{}", dir.path().display()), &small_pages(o)).unwrap();
+    assert_eq!(ufs.staging_dir(), None, "outside the root: nothing to hide");
+    conformance(&ufs, "suite").await;
+    assert!(names_in(staging.path()).is_empty(), "{:?}", names_in(staging.path()));
+    assert_eq!(names_in(dir.path()), ["suite"], "no default staging dir");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

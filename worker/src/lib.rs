@@ -64,7 +64,10 @@ pub async fn start(
         let _ = server_rx.wait_for(|v| *v).await;
     };
     let svc = Arc::new(loader::CachingService { store: store.clone(), loader: loader::Loader::new(store.clone(), wc.meta.clone())? });
-    let serve_opts = curvine_fabric::tcp::ServeOptions { rdma: curvine_fabric::rdma::RdmaOptions::from_conf(&wc.rdma) };
+    let serve_opts = curvine_fabric::tcp::ServeOptions {
+        rdma: curvine_fabric::rdma::RdmaOptions::from_conf(&wc.rdma),
+        ..Default::default()
+    };
     let server = tokio::spawn(curvine_fabric::tcp::serve_with(listener, svc.clone(), server_stop, serve_opts));
     let (local_socket, local_token) = if wc.short_circuit { start_local(&wc.dir, id, svc, rx.clone()) } else { (String::new(), 0) };
 

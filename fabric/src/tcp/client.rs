@@ -1,5 +1,6 @@
 //! Client side of the TCP transport.
 
+use std::future::Future;
 use std::time::Duration;
 
 use curvine_common::tier::TierKind;
@@ -22,7 +23,9 @@ pub struct TcpOptions {
     /// Read requests kept in flight on one connection.
     pub depth: usize,
     pub connect_timeout: Duration,
-    /// Upper bound on waiting for one response.
+    /// Upper bound on waiting for one response, and on any one socket read
+    /// or write making no progress (a stalled worker fails the request
+    /// instead of blocking it for ever).
     pub io_timeout: Duration,
     /// Check the crc32c of every received chunk (partial edge chunks are
     /// always checked by the worker).
@@ -168,9 +171,9 @@ impl TcpConn {
     }
 
     async fn flush(&mut self) -> Result<()> {
-        let r = self.stream.write_all(&self.out).await;
+        let r = timed(self.opts.io_timeout, "sending a request", self.stream.write_all(&self.out)).await;
         self.out.clear();
-        r.map_err(|e| self.fail(e.into()))
+        r.map_err(|e| self.fail(e))
     }
 
     /// Reads one response header for `req_id` and its head into `self.head`.
@@ -194,10 +197,10 @@ impl TcpConn {
             ))));
         }
         self.head.resize(h.head_len as usize, 0);
-        self.stream.read_exact(&mut self.head).await.map_err(|e| self.fail(e.into()))?;
+        timed(io, "reading a response head", self.stream.read_exact(&mut self.head)).await.map_err(|e| self.fail(e))?;
         if let Some(kind) = h.error() {
             let mut m = vec![0u8; h.payload_len.min(64 << 10) as usize];
-            self.stream.read_exact(&mut m).await.map_err(|e| self.fail(e.into()))?;
+            timed(io, "reading an error message", self.stream.read_exact(&mut m)).await.map_err(|e| self.fail(e))?;
             if h.payload_len as usize > m.len() || h.req_id != req_id {
                 self.broken = true;
             }
@@ -236,6 +239,16 @@ impl TcpConn {
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+}
+
+/// Runs `fut`, a socket operation, for at most `limit`: on expiry the error
+/// is `Timeout` (the caller marks the connection failed: the stream may be
+/// mid-frame).
+async fn timed<T>(limit: Duration, what: &str, fut: impl Future<Output = std::io::Result<T>>) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::new(ErrorKind::Timeout, format!("{what}: no progress in {limit:?}"))),
     }
 }
 
@@ -284,7 +297,8 @@ impl TcpConn {
                 // Checksum each piece right after it lands, while it is
                 // still in cache, instead of re-reading the whole response.
                 let (bs, be) = (resp.body_start as usize, resp.body_end as usize);
-                self.stream.read_exact(&mut dst[..bs]).await.map_err(|e| self.fail(e.into()))?;
+                let io = self.opts.io_timeout;
+                timed(io, "reading block data", self.stream.read_exact(&mut dst[..bs])).await.map_err(|e| self.fail(e))?;
                 let mut at = bs;
                 while at < be {
                     let end = (at + VERIFY_PIECE).min(be);
@@ -297,7 +311,7 @@ impl TcpConn {
                     at = end;
                 }
                 self.set_lowat(1);
-                self.stream.read_exact(&mut dst[be..]).await.map_err(|e| self.fail(e.into()))?;
+                timed(io, "reading block data", self.stream.read_exact(&mut dst[be..])).await.map_err(|e| self.fail(e))?;
                 filled += dst.len();
                 short = dst.len() < len;
                 if short || worker_err.is_some() {
@@ -308,7 +322,8 @@ impl TcpConn {
                 // stream stays in sync.
                 let mut sink = vec![0u8; h.payload_len as usize];
                 self.set_lowat(1);
-                self.stream.read_exact(&mut sink).await.map_err(|e| self.fail(e.into()))?;
+                let io = self.opts.io_timeout;
+                timed(io, "draining a response", self.stream.read_exact(&mut sink)).await.map_err(|e| self.fail(e))?;
             }
             done += 1;
         }
@@ -329,8 +344,10 @@ impl TcpConn {
             let id = self.id();
             self.push(Op::WriteData, id, &head, piece.len());
             self.flush().await?;
-            // The payload goes from the caller's slice to the socket.
-            self.stream.write_all(piece).await.map_err(|e| self.fail(e.into()))?;
+            // The payload goes from the caller's slice to the socket; a
+            // worker that stops reading fails the write after io_timeout.
+            let io = self.opts.io_timeout;
+            timed(io, "sending block data", self.stream.write_all(piece)).await.map_err(|e| self.fail(e))?;
         }
         Ok(())
     }

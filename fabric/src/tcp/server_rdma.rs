@@ -82,7 +82,7 @@ impl Conn {
         let mut r = HeadReader::new(&self.head);
         let from = RemoteBuf::decode(&mut r)?;
         let req = WriteData::decode(&self.head[RemoteBuf::LEN..], from.len)?;
-        let mut data = self.session_at(&req)?.spare.try_recv().unwrap_or_default();
+        let mut data = self.session_at(&req)?.spare.take().unwrap_or_default();
         let link = self.link.as_mut().ok_or_else(|| Error::internal("queue pair vanished"))?;
         if let Err(e) = link.fetch(from, &mut data).await {
             let _ = self.send_error(h.op, h.req_id, &e).await;
@@ -91,10 +91,7 @@ impl Conn {
         let s = self.writes.get_mut(&req.block_id).ok_or_else(|| Error::internal("write session vanished"))?;
         s.next += data.len() as u64;
         s.ended = data.len() as u64 % CHUNK != 0;
-        let piece = Piece { offset: req.offset, data, crcs: req.crcs };
-        if s.tx.send(piece).await.is_err() {
-            return Err(Error::internal(format!("block {}: writer thread is gone", req.block_id)));
-        }
+        s.push(Piece { offset: req.offset, data, crcs: req.crcs }).await?;
         self.respond(h, &[]).await
     }
 }

@@ -696,6 +696,12 @@ impl Inner {
     }
 }
 
+/// The largest block meta creates (its `block_size` limit). A write's
+/// length hint above it is refused: the hint is reserved up front (and may
+/// evict cleared blocks), so one frame could otherwise claim a whole tier.
+/// Appends grow a reservation on demand, so a hint never limits a write.
+pub(crate) const MAX_BLOCK_LEN: u64 = 4 << 30;
+
 /// Reads a `.crc` file that must hold exactly `crc_count(len)` entries.
 fn load_crcs(path: &Path, len: u64) -> Result<Arc<[u32]>> {
     let raw = std::fs::read(path)?;
@@ -718,11 +724,12 @@ impl BlockService for TieredStore {
         };
         let (mut tier, mut len, mut cached, (mut path, mut base)) = lookup()?;
         // The block may be deleted, moved to another tier or into an
-        // extent between the lookup and the open: a move is followed once.
+        // extent between the lookup and the open (of the data file or of
+        // its `.crc`): a move is followed once.
         let mut moved = false;
-        let file = loop {
-            match File::open(&path) {
-                Ok(f) => break f,
+        loop {
+            let file = match File::open(&path) {
+                Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let now = lookup()?;
                     if moved || (now.3 .0 == path && now.3 .1 == base) {
@@ -730,26 +737,44 @@ impl BlockService for TieredStore {
                     }
                     (tier, len, cached, (path, base)) = now;
                     moved = true;
+                    continue;
                 }
                 Err(e) => return Err(Error::from(e).context(format!("block {block_id}"))),
-            }
-        };
-        let t = &self.inner.tiers[tier];
-        let crcs = match cached {
-            Some(c) => c,
-            None => {
-                let c = load_crcs(&t.crc_path(block_id), len)?;
-                if let Some(e) = self.inner.state.lock().index.get_mut(&block_id) {
-                    e.crcs = Some(c.clone());
-                }
-                c
-            }
-        };
-        Ok(ReadSource { file: Arc::new(file), base, len, crcs, tier: t.kind })
+            };
+            let t = &self.inner.tiers[tier];
+            let crcs = match cached {
+                Some(ref c) => c.clone(),
+                None => match load_crcs(&t.crc_path(block_id), len) {
+                    Ok(c) => {
+                        if let Some(e) = self.inner.state.lock().index.get_mut(&block_id) {
+                            e.crcs = Some(c.clone());
+                        }
+                        c
+                    }
+                    // The data file was opened, then the block moved on
+                    // (its old `.crc` is gone): look it up again.
+                    Err(e) if e.kind() == ErrorKind::NotFound && !moved => {
+                        let now = lookup()?;
+                        (tier, len, cached, (path, base)) = now;
+                        moved = true;
+                        continue;
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Err(self.inner.not_found(block_id)),
+                    Err(e) => return Err(e),
+                },
+            };
+            return Ok(ReadSource { file: Arc::new(file), base, len, crcs, tier: t.kind });
+        }
     }
 
     #[tracing::instrument(skip(self), fields(worker = self.inner.worker_id))]
     fn open_write(&self, block_id: u64, len_hint: u64, after: u64) -> Result<Box<dyn BlockSink>> {
+        if len_hint > MAX_BLOCK_LEN {
+            return Err(Error::invalid(format!(
+                "block {block_id}: length hint {len_hint} exceeds the largest block size ({})",
+                human(MAX_BLOCK_LEN)
+            )));
+        }
         let tier = {
             let mut st = self.inner.state.lock();
             if st.index.contains_key(&block_id) || st.writing.contains(&block_id) {

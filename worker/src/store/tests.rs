@@ -373,3 +373,25 @@ fn a_tiering_round_sinks_cold_blocks_and_lifts_hot_ones() {
     assert_eq!(store.tier_of(1), Some(TierKind::Mem));
     assert_eq!(read_back(&store, 1), data(100 * K as usize, 1));
 }
+
+#[test]
+fn a_length_hint_beyond_the_largest_block_is_refused_without_reserving() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(7, &[tier("MEM", dir.path(), 200 * K)], false).unwrap();
+    write(&store, 1, &data(100 * K as usize, 1)).unwrap();
+    // Cleared by meta: a hint that does not fit would evict it.
+    store.mark_evictable(&[1], &[1]);
+    for hint in [super::MAX_BLOCK_LEN + 1, u64::MAX] {
+        let e = store.open_write(2, hint, 0).err().expect("refused");
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    }
+    // Nothing was reserved or evicted.
+    assert!(store.contains(1));
+    assert_eq!(store.metrics().blocks_evicted.get(), 0);
+    assert_eq!(read_back(&store, 1), data(100 * K as usize, 1));
+    assert_eq!(write(&store, 2, &data(100 * K as usize, 2)).unwrap(), TierKind::Mem);
+    // A hint of the largest block size is a legal one: too big for this
+    // tier, it is refused for want of space, not as malformed.
+    let e = store.open_write(3, super::MAX_BLOCK_LEN, 0).err().expect("no room");
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+}
