@@ -433,17 +433,22 @@ impl Ns<'_> {
         Ok(Outcome::Block { file: f, block_id: id, offset })
     }
 
-    /// A file as `CreateSealed` leaves it, not written since: complete,
-    /// empty, nothing for a UFS.
+    /// An empty file with nothing for a UFS: one `CreateSealed` may leave
+    /// complete, and its writer may open again.
+    fn sealable(f: &Inode) -> bool {
+        f.kind == InodeKind::File && f.len == 0 && f.blocks.is_empty() && f.ufs.is_none()
+    }
+
+    /// A file as `CreateSealed` leaves it, not written since.
     fn sealed_empty(f: &Inode) -> bool {
-        f.kind == InodeKind::File && f.complete && f.len == 0 && f.blocks.is_empty() && f.ufs.is_none()
+        f.complete && Self::sealable(f)
     }
 
     /// `CreateSealed`'s second half: the file `out` created (or, hard
     /// linked, emptied in place), complete.
     fn seal_new(&mut self, out: Outcome) -> Result<Outcome> {
         let Outcome::Freed { inodes, blocks, inode: Some(mut f) } = out else { return Ok(out) };
-        if f.kind == InodeKind::File && !f.complete && f.len == 0 && f.blocks.is_empty() && f.ufs.is_none() {
+        if !f.complete && Self::sealable(&f) {
             f.complete = true;
             self.put_inode(&f)?;
         }
