@@ -41,6 +41,15 @@ pub struct FileSystem {
 const UFS_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
 
 /// Options for `create`.
+/// What a `remove` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Removed {
+    /// Inodes removed (a file with other names counts none).
+    pub inodes: u64,
+    /// The parent directory's new mtime and ctime, when meta says.
+    pub parent_mtime_ms: Option<i64>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct CreateOptions {
     pub overwrite: bool,
@@ -193,8 +202,14 @@ impl FileSystem {
         Ok((r.entries, r.more))
     }
 
-    #[tracing::instrument(skip(self))]
+    /// Removes `path`; the number of inodes removed.
     pub async fn delete(&self, path: &str, recursive: bool) -> Result<u64> {
+        Ok(self.remove(path, recursive).await?.inodes)
+    }
+
+    /// `delete`, also saying what meta stamped on the parent directory.
+    #[tracing::instrument(skip(self))]
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<Removed> {
         let path = normalize(path)?;
         let r = self
             .inner
@@ -204,7 +219,8 @@ impl FileSystem {
                 async move { c.delete(req).await }
             })
             .await?;
-        Ok(r.deleted_inodes)
+        let parent_mtime_ms = (r.parent_mtime_ms != 0).then_some(r.parent_mtime_ms);
+        Ok(Removed { inodes: r.deleted_inodes, parent_mtime_ms })
     }
 
     #[tracing::instrument(skip(self))]

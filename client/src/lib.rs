@@ -19,7 +19,7 @@ mod writer;
 pub use curvine_common::proto::{FileKind, FileStatus, LocatedBlock, ReportResponse};
 pub use curvine_common::{Error, ErrorKind, Result};
 pub use curvine_common::proto::{FreeResponse, JobInfo, MountInfo};
-pub use fs::{CreateOptions, FileSystem};
+pub use fs::{CreateOptions, FileSystem, Removed};
 pub use local::{LocalStats, MappedRange};
 pub use mounts::MountOptions;
 pub use reader::FileReader;

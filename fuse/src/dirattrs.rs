@@ -2,10 +2,12 @@
 //!
 //! The kernel drops a directory's cached attributes whenever an entry is
 //! created in it and, with `default_permissions`, asks for them again at the
-//! next path walk through it: without this table every create in a
-//! directory costs one more meta call. A create made through this mount
-//! changes only the directory's mtime and ctime, which meta stamps with the
-//! new entry's own time, so the kept copy takes that time. Any other change
+//! next path walk through it: without this table every create or unlink in
+//! a directory costs one more meta call. A create, unlink, mkdir or rmdir
+//! made through this mount changes only the directory's mtime and ctime
+//! (and its link count, for a subdirectory), which meta stamps with a time
+//! it returns (a new entry's own time; a delete's answer carries it), so
+//! the kept copy takes that time. Any other change
 //! through this mount drops the copy; changes from other clients show after
 //! the timeout, as with the kernel's own attribute cache. A read from meta
 //! is kept only if no change went through this mount while it was on its
@@ -61,14 +63,17 @@ impl DirAttrs {
         g.insert(attr.ino.0, (attr, now + self.ttl));
     }
 
-    /// An entry made in `dir` at `at` (the entry's own time, which meta
-    /// gave the directory too).
-    pub fn created_in(&self, dir: u64, at: SystemTime) {
+    /// An entry made in or removed from `dir`, which meta stamped with
+    /// `at` (for a create, the new entry's own time). `subdirs` is +1 for a
+    /// directory made, -1 for one removed (its `..` link), else 0; meta
+    /// never counts fewer than two links.
+    pub fn changed_in(&self, dir: u64, at: SystemTime, subdirs: i32) {
         let mut g = self.map.lock();
         self.gen.fetch_add(1, Ordering::AcqRel);
         if let Some((a, _)) = g.get_mut(&dir) {
             a.mtime = a.mtime.max(at);
             a.ctime = a.ctime.max(at);
+            a.nlink = a.nlink.saturating_add_signed(subdirs).max(2);
         }
     }
 
@@ -106,18 +111,27 @@ mod tests {
     }
 
     #[test]
-    fn creates_move_the_times_and_other_changes_drop_the_copy() {
+    fn entries_made_or_removed_move_the_times_and_other_changes_drop_the_copy() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let d = DirAttrs::new(Duration::from_secs(60));
         d.put(dir(7, t0), d.generation());
         let t1 = t0 + Duration::from_millis(5);
-        d.created_in(7, t1);
+        d.changed_in(7, t1, 0);
         let a = d.get(7).unwrap();
-        assert_eq!((a.mtime, a.ctime, a.perm), (t1, t1, 0o755));
+        assert_eq!((a.mtime, a.ctime, a.perm, a.nlink), (t1, t1, 0o755, 2));
         // An older time (a create that raced a later one) never goes back.
-        d.created_in(7, t0);
+        d.changed_in(7, t0, 0);
         assert_eq!(d.get(7).unwrap().mtime, t1);
-        d.created_in(8, t1); // not kept: nothing to update
+        // Subdirectories count in the links, as meta counts them.
+        d.changed_in(7, t1, 1);
+        d.changed_in(7, t1, 1);
+        assert_eq!(d.get(7).unwrap().nlink, 4);
+        d.changed_in(7, t1, -1);
+        assert_eq!(d.get(7).unwrap().nlink, 3);
+        d.changed_in(7, t1, -1);
+        d.changed_in(7, t1, -1);
+        assert_eq!(d.get(7).unwrap().nlink, 2, "never fewer than two, as in meta");
+        d.changed_in(8, t1, 0); // not kept: nothing to update
         assert!(d.get(8).is_none());
         d.forget(7);
         assert!(d.get(7).is_none());

@@ -181,6 +181,15 @@ impl CvFuse {
         }
     }
 
+    /// An entry of `dir` is gone (`subdirs` -1 for a directory): the kept
+    /// attributes take the time meta stamped, or go when it did not say.
+    fn removed_in(&self, dir: u64, done: curvine_client::Removed, subdirs: i32) {
+        match done.parent_mtime_ms {
+            Some(ms) => self.dir_attrs.changed_in(dir, time(ms), subdirs),
+            None => self.dir_attrs.forget(dir),
+        }
+    }
+
     fn attr(&self, ino: u64, st: &FileStatus, local_size: Option<u64>) -> FileAttr {
         let dir = st.kind == FileKind::Dir as i32;
         let kind = file_type(st.kind);
@@ -686,14 +695,18 @@ impl Filesystem for Mounted {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        self.0.dir_attrs.forget(parent.0);
         self.0.spawn(move |me| async move {
             let res = async {
                 let st = me.fs.mkdir_with(&path, false, mode & !umask & 0o7777, Some(owner)).await.map_err(|e| errno(&e))?;
-                // The parent gained a link too: read it afresh.
-                me.dir_attrs.forget(parent.0);
+                // Meta stamped the parent with the new directory's time
+                // and counted its `..` link.
+                me.dir_attrs.changed_in(parent.0, time(st.mtime_ms), 1);
                 let ino = me.inodes.lookup(parent.0, &name);
-                Ok::<_, Errno>(me.attr(ino, &st, None))
+                let a = me.attr(ino, &st, None);
+                // Nothing can have changed the new directory through this
+                // mount yet; its first create would otherwise ask meta.
+                me.dir_attrs.put(a, me.dir_attrs.generation());
+                Ok::<_, Errno>(a)
             };
             match res.await {
                 Ok(a) => reply.entry_with_ttls(&me.opts.attr_ttl, &me.opts.entry_ttl, &a, Generation(0)),
@@ -707,7 +720,6 @@ impl Filesystem for Mounted {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        self.0.dir_attrs.forget(parent.0);
         self.0.answer(reply, move |me| async move {
             // The kernel refuses unlink of a directory (EISDIR) itself,
             // from the type it looked up: no stat needed here.
@@ -720,6 +732,7 @@ impl Filesystem for Mounted {
                     let hidden_name = format!("{HIDDEN_PREFIX}{}-{ino}", std::process::id());
                     let hidden = me.inodes.child_path(parent.0, &hidden_name).ok_or(Errno::ESTALE)?;
                     me.save(&mut s, &path).await?;
+                    me.dir_attrs.forget(parent.0);
                     me.fs.rename(&path, &hidden).await.map_err(|e| errno(&e))?;
                     me.inodes.rehome(ino, parent.0, &name, &hidden_name);
                     me.dir_attrs.forget(parent.0); // a getattr may have raced the change
@@ -727,9 +740,9 @@ impl Filesystem for Mounted {
                     return Ok(());
                 }
             }
-            me.fs.delete(&path, false).await.map_err(|e| errno(&e))?;
+            let done = me.fs.remove(&path, false).await.map_err(|e| errno(&e))?;
             me.inodes.unlink(parent.0, &name);
-            me.dir_attrs.forget(parent.0); // a getattr may have raced the change
+            me.removed_in(parent.0, done, 0);
             Ok(())
         });
     }
@@ -739,15 +752,14 @@ impl Filesystem for Mounted {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        self.0.dir_attrs.forget(parent.0);
         self.0.answer(reply, move |me| async move {
             // The kernel refuses rmdir of a non-directory (ENOTDIR).
-            me.fs.delete(&path, false).await.map_err(|e| errno(&e))?;
+            let done = me.fs.remove(&path, false).await.map_err(|e| errno(&e))?;
             if let Some(gone) = me.inodes.known(parent.0, &name) {
                 me.dir_attrs.forget(gone);
             }
             me.inodes.unlink(parent.0, &name);
-            me.dir_attrs.forget(parent.0); // a getattr may have raced the change
+            me.removed_in(parent.0, done, -1);
             Ok(())
         });
     }
@@ -880,7 +892,7 @@ impl Filesystem for Mounted {
                     Err(e) => return Err(errno(&e)),
                 };
                 let st = w.status().clone();
-                me.dir_attrs.created_in(parent.0, time(st.mtime_ms));
+                me.dir_attrs.changed_in(parent.0, time(st.mtime_ms), 0);
                 let ino = me.inodes.lookup(parent.0, &name);
                 let mut s = loop {
                     if let Some(s) = me.lock_if_current(ino, me.open_state(ino, 0, mode)).await {

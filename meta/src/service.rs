@@ -341,10 +341,12 @@ impl MetaServiceImpl {
         // Under a mount that writes to its UFS, the UFS copy goes first: a
         // failure there leaves both sides as they were.
         self.delete_in_ufs(&path, r.recursive).await?;
-        match self.write(MetaCommand::Delete { path, recursive: r.recursive, now_ms: now_ms() }).await? {
-            Outcome::Freed { inodes, .. } => Ok(DeleteResponse { deleted_inodes: inodes }),
-            _ => Ok(DeleteResponse { deleted_inodes: 0 }),
-        }
+        let now = now_ms();
+        let deleted_inodes = match self.write(MetaCommand::Delete { path, recursive: r.recursive, now_ms: now }).await? {
+            Outcome::Freed { inodes, .. } => inodes,
+            _ => 0,
+        };
+        Ok(DeleteResponse { deleted_inodes, parent_mtime_ms: now })
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
