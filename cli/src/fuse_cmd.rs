@@ -29,6 +29,12 @@ pub struct FuseArgs {
     /// Seconds the kernel may cache name lookups
     #[arg(long, default_value_t = 1.0)]
     pub entry_timeout: f64,
+    /// Seconds the kernel may cache that a name does not exist (0: not
+    /// at all). Saves a meta call per repeated lookup of a missing name
+    /// (Python imports, library search paths); a file another client
+    /// creates stays invisible here for up to this long
+    #[arg(long, default_value_t = 0.0)]
+    pub negative_timeout: f64,
     /// Threads taking requests from the kernel
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -58,6 +64,7 @@ pub async fn run(a: FuseArgs, c: &ClientArgs) -> anyhow::Result<()> {
         writeback_cache: a.writeback_cache,
         attr_timeout: secs("attr-timeout", a.attr_timeout)?,
         entry_timeout: secs("entry-timeout", a.entry_timeout)?,
+        negative_timeout: secs("negative-timeout", a.negative_timeout)?,
         threads: a.threads,
         passthrough: a.passthrough || (a.read_only && !a.direct_io && !a.writeback_cache),
         read_only: a.read_only,

@@ -1185,3 +1185,39 @@ async fn directory_attributes_follow_changes_made_through_the_mount() {
     }
     assert_eq!(fs.stat("/d").await.unwrap().nlink.max(2), 2);
 }
+
+/// `--negative-timeout`: the kernel remembers a missing name, so a file
+/// another client makes meanwhile stays invisible there until the timeout
+/// (without the option it shows at once). An O_CREAT open of such a name
+/// reaches the daemon as a create of a file that exists: O_EXCL fails with
+/// EEXIST, O_APPEND opens the other client's file and adds to its bytes.
+/// A name created through the mount itself shows at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_names_are_remembered_only_when_asked() {
+    use std::io::Write;
+    need_fuse!("missing_names_are_remembered_only_when_asked");
+    let n = node().await;
+    let cached = Mount::start(&n, &["--negative-timeout", "600"]);
+    let plain = Mount::start(&n, &[]);
+    let fs = n.fs().unwrap();
+    fs.mkdir("/neg", false).await.unwrap();
+    let missing = |p: PathBuf| std::fs::metadata(&p).err().map(|e| e.kind()) == Some(std::io::ErrorKind::NotFound);
+    for name in ["a", "c"] {
+        assert!(missing(cached.p(&format!("neg/{name}"))) && missing(plain.p(&format!("neg/{name}"))));
+        fs.write_all(&format!("/neg/{name}"), b"theirs", false).await.unwrap();
+        assert_eq!(std::fs::metadata(plain.p(&format!("neg/{name}"))).unwrap().len(), 6, "no negative entries by default");
+        assert!(missing(cached.p(&format!("neg/{name}"))), "the missing {name} is remembered");
+    }
+    let err = std::fs::OpenOptions::new().write(true).create_new(true).open(cached.p("neg/a")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
+    assert!(missing(cached.p("neg/c")), "still remembered as missing: the open below creates");
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(cached.p("neg/c")).unwrap();
+    f.write_all(b"+mine").unwrap();
+    drop(f);
+    assert_eq!(fs.read_all("/neg/c").await.unwrap(), b"theirs+mine");
+    assert_eq!(std::fs::read(cached.p("neg/c")).unwrap(), b"theirs+mine");
+    assert_eq!(fs.read_all("/neg/a").await.unwrap(), b"theirs", "a failed O_EXCL create changes nothing");
+    assert!(missing(cached.p("neg/b")));
+    std::fs::write(cached.p("neg/b"), b"made here").unwrap();
+    assert_eq!(std::fs::read(cached.p("neg/b")).unwrap(), b"made here");
+}

@@ -65,4 +65,10 @@ async fn gpudirect_reads_disk_tier_blocks_into_gpu_memory() {
     assert_eq!(got, data.len());
     let back: Vec<u8> = stream.clone_dtoh(&dev).unwrap();
     assert!(back == data, "device bytes differ from the file");
+    // The staging path alone would pass the checks above: cuFile must
+    // have read the SSD blocks (all but at most one block, which the
+    // 4 MiB MEM tier may hold).
+    let direct = fs.local_stats().gpudirect_bytes;
+    eprintln!("gpudirect: {direct} of {} bytes read by cuFile", data.len());
+    assert!(direct >= (data.len() - (4 << 20)) as u64, "cuFile read only {direct} of {} bytes", data.len());
 }

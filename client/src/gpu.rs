@@ -152,6 +152,7 @@ impl FileReader {
                     if let Ok(got) = self.cufile_read(gds, &f.file, f.base + pos - b.offset, &mut view) {
                         if got == n {
                             direct = true;
+                            inner.local.gpudirect_bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                             break;
                         }
                     }

@@ -158,6 +158,9 @@ pub struct LocalStats {
     pub adopted: u64,
     /// Blocks written straight into a local worker's tier file.
     pub writes: u64,
+    /// Bytes cuFile read from local block files straight into device
+    /// memory (`read_to_device_direct`; the rest went through staging).
+    pub gpudirect_bytes: u64,
 }
 
 /// A block being written straight into a same-host worker's tier file.
@@ -223,6 +226,8 @@ pub(crate) struct LocalReads {
     opened: AtomicU64,
     adopted: AtomicU64,
     writes: AtomicU64,
+    /// Counted by `gpu.rs`.
+    pub(crate) gpudirect_bytes: AtomicU64,
     cap: std::sync::OnceLock<usize>,
 }
 
@@ -239,6 +244,7 @@ impl LocalReads {
             opened: Default::default(),
             adopted: Default::default(),
             writes: Default::default(),
+            gpudirect_bytes: Default::default(),
             cap: Default::default(),
         }
     }
@@ -251,6 +257,7 @@ impl LocalReads {
             opened: self.opened.load(Ordering::Relaxed),
             adopted: self.adopted.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
+            gpudirect_bytes: self.gpudirect_bytes.load(Ordering::Relaxed),
         }
     }
 

@@ -34,6 +34,9 @@ pub const HIDDEN_PREFIX: &str = ".cvfuse-unlinked-";
 pub struct Options {
     pub attr_ttl: Duration,
     pub entry_ttl: Duration,
+    /// How long the kernel may remember that a name does not exist
+    /// (zero: it asks every time).
+    pub negative_ttl: Duration,
     pub direct_io: bool,
     pub writeback_cache: bool,
     /// Where files being rewritten are staged.
@@ -240,12 +243,24 @@ impl CvFuse {
         a
     }
 
+    /// Runs `f`, first on the calling thread (the one that took the
+    /// request from the kernel) up to its first wait. Many requests never
+    /// wait (a close with nothing to save, a read of a MEM block mapped
+    /// here, answers from kept state): they are answered from this thread,
+    /// without handing the request to a runtime thread and back, which on
+    /// a small VM costs more than the work. One that waits goes on as a
+    /// task (a future is polled again, with the task's waker, once
+    /// spawned, so nothing is lost by the first poll's inert waker).
     fn spawn<F>(self: &Arc<Self>, f: impl FnOnce(Arc<Self>) -> F + Send + 'static)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let me = self.clone();
-        self.rt.spawn(async move { f(me).await });
+        let mut fut = Box::pin(f(self.clone()));
+        let _rt = self.rt.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if fut.as_mut().poll(&mut cx).is_pending() {
+            self.rt.spawn(fut);
+        }
     }
 
     /// Runs `f` as a task and answers `reply` with its outcome.
@@ -624,6 +639,12 @@ impl Filesystem for Mounted {
         self.0.spawn(move |me| async move {
             match me.entry(parent.0, &name, &path).await {
                 Ok(a) => reply.entry_with_ttls(&me.opts.attr_ttl, &me.opts.entry_ttl, &a, Generation(0)),
+                // Node 0 with a timeout: the kernel keeps a negative entry
+                // (and an O_CREAT open of the name goes straight to create).
+                Err(e) if e == Errno::ENOENT && !me.opts.negative_ttl.is_zero() => {
+                    let none = FileAttr { ino: INodeNo(0), ..me.attr(0, &FileStatus::default(), None) };
+                    reply.entry_with_ttls(&Duration::ZERO, &me.opts.negative_ttl, &none, Generation(0))
+                }
                 Err(e) => reply.error(e),
             }
         });

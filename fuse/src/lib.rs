@@ -30,6 +30,10 @@ pub struct FuseOptions {
     pub writeback_cache: bool,
     pub attr_timeout: Duration,
     pub entry_timeout: Duration,
+    /// How long the kernel may cache that a name does not exist (zero:
+    /// not at all). Names other clients create meanwhile stay invisible
+    /// here until it passes.
+    pub negative_timeout: Duration,
     /// Threads reading requests from the kernel (operations themselves run
     /// on the async runtime).
     pub threads: usize,
@@ -97,6 +101,7 @@ pub fn run(fs: FileSystem, rt: tokio::runtime::Handle, opts: FuseOptions) -> Res
     let fopts = fs::Options {
         attr_ttl: opts.attr_timeout,
         entry_ttl: opts.entry_timeout,
+        negative_ttl: opts.negative_timeout,
         direct_io: opts.direct_io,
         writeback_cache: opts.writeback_cache,
         staging: staging.path().to_path_buf(),
