@@ -1,5 +1,6 @@
 //! `cv bench meta`: metadata operations per second through the client —
-//! create (an empty file: create + complete), stat, list, rename, delete —
+//! create (an empty file: one call, closed with nothing written), stat,
+//! list (of the task's whole directory), rename, delete —
 //! with N concurrent client tasks, each in its own directory. Printed beside
 //! two same-run baselines: fsyncs per second of one thread on the local disk
 //! (what bounds one writer on a synced Raft log) and `stat /` round trips
