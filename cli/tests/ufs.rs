@@ -347,3 +347,43 @@ async fn a_retried_listing_keeps_the_entries_it_lists() {
     let fs = n.fs().unwrap();
     assert_eq!(fs.read_all("/m/a.bin").await.unwrap(), b"a.bin");
 }
+
+/// A `file://` mount stages writes in `.curvine-tmp`; what unfinished
+/// writes left there more than a day ago goes when the mount is made (the
+/// mount is made after the leader's first hourly sweep, so only the
+/// mount's own sweep can remove them). Newer files (writes that may still
+/// run) and the mounted tree itself stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_mount_sweeps_old_leftovers_of_unfinished_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let tmp = root.path().join(".curvine-tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+    let make = |p: std::path::PathBuf, t: Option<std::time::SystemTime>| {
+        let f = std::fs::File::create(p).unwrap();
+        if let Some(t) = t {
+            f.set_modified(t).unwrap();
+        }
+    };
+    make(tmp.join("dead-upload-1"), Some(old));
+    make(tmp.join("dead-upload-2"), Some(old));
+    make(tmp.join("running"), None);
+    std::fs::write(root.path().join("data.bin"), b"kept").unwrap();
+    std::fs::File::options().write(true).open(root.path().join("data.bin")).unwrap().set_modified(old).unwrap();
+    let n = node().await;
+    testbed::wait_for("the leader's first staging sweep", Duration::from_secs(20), || async {
+        n.proc.log_tail(10_000).contains("sweeping the UFS staging directories")
+    })
+    .await
+    .unwrap();
+    ok(&cv(&n, &["mount", &format!("file://{}", root.path().display()), "/local"]));
+    testbed::wait_for("the old leftovers to go", Duration::from_secs(20), || async {
+        !tmp.join("dead-upload-1").exists() && !tmp.join("dead-upload-2").exists()
+    })
+    .await
+    .unwrap();
+    assert!(tmp.join("running").exists(), "a fresh staging file is a write that may still run");
+    let fs = n.fs().unwrap();
+    assert_eq!(fs.read_all("/local/data.bin").await.unwrap(), b"kept");
+    assert_eq!(std::fs::read(root.path().join("data.bin")).unwrap(), b"kept");
+}

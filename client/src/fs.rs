@@ -46,8 +46,9 @@ const UFS_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900
 pub struct Removed {
     /// Inodes removed (a file with other names counts none).
     pub inodes: u64,
-    /// The parent directory's new mtime and ctime, when meta says.
-    pub parent_mtime_ms: Option<i64>,
+    /// The parent directory's mtime (and ctime) and link count right
+    /// after, when meta says.
+    pub parent: Option<(i64, u32)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -219,8 +220,8 @@ impl FileSystem {
                 async move { c.delete(req).await }
             })
             .await?;
-        let parent_mtime_ms = (r.parent_mtime_ms != 0).then_some(r.parent_mtime_ms);
-        Ok(Removed { inodes: r.deleted_inodes, parent_mtime_ms })
+        let parent = (r.parent_mtime_ms != 0 && r.parent_nlink != 0).then_some((r.parent_mtime_ms, r.parent_nlink));
+        Ok(Removed { inodes: r.deleted_inodes, parent })
     }
 
     #[tracing::instrument(skip(self))]

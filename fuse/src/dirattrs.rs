@@ -6,8 +6,8 @@
 //! a directory costs one more meta call. A create, unlink, mkdir or rmdir
 //! made through this mount changes only the directory's mtime and ctime
 //! (and its link count, for a subdirectory), which meta stamps with a time
-//! it returns (a new entry's own time; a delete's answer carries it), so
-//! the kept copy takes that time. Any other change
+//! it returns (a new entry's own time; a delete's answer carries the
+//! directory's time and link count after it), so the kept copy takes them. Any other change
 //! through this mount drops the copy; changes from other clients show after
 //! the timeout, as with the kernel's own attribute cache. A read from meta
 //! is kept only if no change went through this mount while it was on its
@@ -63,17 +63,29 @@ impl DirAttrs {
         g.insert(attr.ino.0, (attr, now + self.ttl));
     }
 
-    /// An entry made in or removed from `dir`, which meta stamped with
-    /// `at` (for a create, the new entry's own time). `subdirs` is +1 for a
-    /// directory made, -1 for one removed (its `..` link), else 0; meta
-    /// never counts fewer than two links.
+    /// An entry made in `dir`, which meta stamped with `at` (the new
+    /// entry's own time). `subdirs` is 1 for a directory made (its `..`
+    /// link), else 0.
     pub fn changed_in(&self, dir: u64, at: SystemTime, subdirs: i32) {
+        self.stamp(dir, at, |n| n.saturating_add_signed(subdirs).max(2));
+    }
+
+    /// An entry removed from `dir`: meta's answer said how the directory
+    /// was left (`at` its mtime and ctime, `nlink` its links), so no type
+    /// this mount believes the entry had is trusted.
+    pub fn removed_from(&self, dir: u64, at: SystemTime, nlink: u32) {
+        self.stamp(dir, at, |_| nlink.max(2));
+    }
+
+    /// Moves the kept times of `dir` to `at` (never back) and its link
+    /// count by `links`; a read from meta on its way is not kept.
+    fn stamp(&self, dir: u64, at: SystemTime, links: impl FnOnce(u32) -> u32) {
         let mut g = self.map.lock();
         self.gen.fetch_add(1, Ordering::AcqRel);
         if let Some((a, _)) = g.get_mut(&dir) {
             a.mtime = a.mtime.max(at);
             a.ctime = a.ctime.max(at);
-            a.nlink = a.nlink.saturating_add_signed(subdirs).max(2);
+            a.nlink = links(a.nlink);
         }
     }
 
@@ -126,11 +138,13 @@ mod tests {
         d.changed_in(7, t1, 1);
         d.changed_in(7, t1, 1);
         assert_eq!(d.get(7).unwrap().nlink, 4);
-        d.changed_in(7, t1, -1);
-        assert_eq!(d.get(7).unwrap().nlink, 3);
-        d.changed_in(7, t1, -1);
-        d.changed_in(7, t1, -1);
-        assert_eq!(d.get(7).unwrap().nlink, 2, "never fewer than two, as in meta");
+        // A removal takes the link count meta gave.
+        let t2 = t1 + Duration::from_millis(5);
+        d.removed_from(7, t2, 3);
+        let a = d.get(7).unwrap();
+        assert_eq!((a.mtime, a.ctime, a.nlink), (t2, t2, 3));
+        d.removed_from(7, t1, 2);
+        assert_eq!((d.get(7).unwrap().mtime, d.get(7).unwrap().nlink), (t2, 2), "times never go back");
         d.changed_in(8, t1, 0); // not kept: nothing to update
         assert!(d.get(8).is_none());
         d.forget(7);

@@ -184,12 +184,13 @@ impl CvFuse {
         }
     }
 
-    /// An entry of `dir` is gone (`subdirs` -1 for a directory): the kept
-    /// attributes take the time meta stamped, or go when it did not say.
-    fn removed_in(&self, dir: u64, done: curvine_client::Removed, subdirs: i32) {
-        match done.parent_mtime_ms {
-            Some(ms) => self.dir_attrs.changed_in(dir, time(ms), subdirs),
-            None => self.dir_attrs.forget(dir),
+    /// An entry of `dir` went: the kept attributes take what meta says the
+    /// directory became, or go when it did not say (or the call failed:
+    /// it may have been applied all the same).
+    fn removed_in(&self, dir: u64, done: &Result<curvine_client::Removed, Errno>) {
+        match done {
+            Ok(curvine_client::Removed { parent: Some((ms, nlink)), .. }) => self.dir_attrs.removed_from(dir, time(*ms), *nlink),
+            _ => self.dir_attrs.forget(dir),
         }
     }
 
@@ -258,8 +259,13 @@ impl CvFuse {
         let mut fut = Box::pin(f(self.clone()));
         let _rt = self.rt.enter();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if fut.as_mut().poll(&mut cx).is_pending() {
-            self.rt.spawn(fut);
+        // A panic here would end this request thread (and with the first
+        // one, the session), where a task's panic ends only the task: the
+        // request's reply, dropped unanswered, then tells the kernel EIO.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+            Ok(std::task::Poll::Pending) => drop(self.rt.spawn(fut)),
+            Ok(std::task::Poll::Ready(())) => {}
+            Err(_) => tracing::error!("a request handler panicked; the request fails with EIO"),
         }
     }
 
@@ -718,7 +724,14 @@ impl Filesystem for Mounted {
         };
         self.0.spawn(move |me| async move {
             let res = async {
-                let st = me.fs.mkdir_with(&path, false, mode & !umask & 0o7777, Some(owner)).await.map_err(|e| errno(&e))?;
+                let st = match me.fs.mkdir_with(&path, false, mode & !umask & 0o7777, Some(owner)).await {
+                    Ok(st) => st,
+                    Err(e) => {
+                        // It may have been applied all the same.
+                        me.dir_attrs.forget(parent.0);
+                        return Err(errno(&e));
+                    }
+                };
                 // Meta stamped the parent with the new directory's time
                 // and counted its `..` link.
                 me.dir_attrs.changed_in(parent.0, time(st.mtime_ms), 1);
@@ -761,9 +774,10 @@ impl Filesystem for Mounted {
                     return Ok(());
                 }
             }
-            let done = me.fs.remove(&path, false).await.map_err(|e| errno(&e))?;
+            let done = me.fs.remove(&path, false).await.map_err(|e| errno(&e));
+            me.removed_in(parent.0, &done);
+            done?;
             me.inodes.unlink(parent.0, &name);
-            me.removed_in(parent.0, done, 0);
             Ok(())
         });
     }
@@ -775,12 +789,13 @@ impl Filesystem for Mounted {
         };
         self.0.answer(reply, move |me| async move {
             // The kernel refuses rmdir of a non-directory (ENOTDIR).
-            let done = me.fs.remove(&path, false).await.map_err(|e| errno(&e))?;
+            let done = me.fs.remove(&path, false).await.map_err(|e| errno(&e));
+            me.removed_in(parent.0, &done);
+            done?;
             if let Some(gone) = me.inodes.known(parent.0, &name) {
                 me.dir_attrs.forget(gone);
             }
             me.inodes.unlink(parent.0, &name);
-            me.removed_in(parent.0, done, -1);
             Ok(())
         });
     }

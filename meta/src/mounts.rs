@@ -25,6 +25,21 @@ use crate::store::{Mount, StateStore, WriteMode};
 const SYNC_PAGE: usize = 1000;
 /// Metadata lifetime when `cv mount` does not give one.
 pub const DEFAULT_SYNC_INTERVAL_MS: i64 = 60_000;
+/// Files in a UFS's staging directory older than this are leftovers of
+/// writes that never finished (their process died): uploads take minutes.
+pub const STAGING_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Sweeps `ufs`'s staging directory (`Ufs::sweep_staging`) in the
+/// background, so a slow or unreachable store delays nothing.
+pub fn sweep_staging_later(ufs: Ufs, mount: String) {
+    tokio::spawn(async move {
+        match ufs.sweep_staging(STAGING_MAX_AGE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(mount = %mount, files = n, "removed leftovers of unfinished writes from the UFS staging directory"),
+            Err(e) => tracing::warn!(mount = %mount, error = %e, "cannot sweep the UFS staging directory"),
+        }
+    });
+}
 
 /// The mount table cached by generation, the UFS clients by mount, and
 /// per-path locks so concurrent requests sync a path once.
@@ -262,6 +277,7 @@ impl MetaServiceImpl {
         match self.write(MetaCommand::Mount { mount, now_ms: now_ms() }).await? {
             Outcome::Mount(m) => {
                 tracing::info!(id = m.id, path = %m.path, uri = %m.uri, "mounted");
+                sweep_staging_later(ufs, m.path.clone());
                 Ok(MountResponse { mount: Some(mount_info(&m, false)) })
             }
             other => Err(Error::internal(format!("unexpected outcome {other:?}"))),

@@ -27,6 +27,8 @@ use crate::store::{Inode, Mount, Persist, Reader, WriteMode};
 
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 const TTL_SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// How often the leader sweeps the UFS staging directories.
+const STAGING_SWEEP_EVERY: Duration = Duration::from_secs(3600);
 const PARALLEL: usize = 8;
 const PAGE: usize = 256;
 /// Longest wait between two attempts of one upload.
@@ -133,9 +135,18 @@ impl MetaServiceImpl {
         let weak = Arc::downgrade(&self.service_arc()?);
         tokio::spawn(async move {
             let mut last_sweep = std::time::Instant::now();
+            let mut last_staging_sweep: Option<std::time::Instant> = None;
             loop {
                 tokio::time::sleep(SCAN_EVERY).await;
                 let Some(me) = weak.upgrade() else { return };
+                // Leftovers of unfinished UFS writes: by the leader, when it
+                // starts leading and hourly.
+                if !matches!(crate::leader::role(&me.raft, me.id), crate::leader::Role::Leader { .. }) {
+                    last_staging_sweep = None;
+                } else if last_staging_sweep.is_none_or(|t| t.elapsed() >= STAGING_SWEEP_EVERY) {
+                    last_staging_sweep = Some(std::time::Instant::now());
+                    me.sweep_staging();
+                }
                 if let Err(e) = me.persist_due().await {
                     tracing::warn!(error = %e, "persist scan failed");
                 }
@@ -150,6 +161,21 @@ impl MetaServiceImpl {
             }
         });
         Ok(())
+    }
+
+    /// Starts a sweep of every mount's UFS staging directory.
+    fn sweep_staging(&self) {
+        let mounts = match self.mounts.table(&self.store) {
+            Ok(m) => m,
+            Err(e) => return tracing::warn!(error = %e, "cannot read the mount table to sweep staging directories"),
+        };
+        tracing::info!(mounts = mounts.len(), "sweeping the UFS staging directories");
+        for m in mounts.iter() {
+            match self.mounts.client(m) {
+                Ok(ufs) => crate::mounts::sweep_staging_later(ufs, m.path.clone()),
+                Err(e) => tracing::warn!(mount = %m.path, error = %e, "cannot sweep the UFS staging directory"),
+            }
+        }
     }
 
     /// Mount TTLs: drops cached copies of UFS-backed blocks cached longer

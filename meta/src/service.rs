@@ -341,12 +341,19 @@ impl MetaServiceImpl {
         // Under a mount that writes to its UFS, the UFS copy goes first: a
         // failure there leaves both sides as they were.
         self.delete_in_ufs(&path, r.recursive).await?;
-        let now = now_ms();
-        let deleted_inodes = match self.write(MetaCommand::Delete { path, recursive: r.recursive, now_ms: now }).await? {
+        let parent = curvine_common::path::split(&path).map(|(p, _)| p.to_string());
+        let deleted_inodes = match self.write(MetaCommand::Delete { path, recursive: r.recursive, now_ms: now_ms() }).await? {
             Outcome::Freed { inodes, .. } => inodes,
             _ => 0,
         };
-        Ok(DeleteResponse { deleted_inodes, parent_mtime_ms: now })
+        // The parent as the delete left it (applied here before `write`
+        // returned; a retried call's first attempt stamped its own time).
+        let parent = parent.and_then(|p| self.reader().resolve(&p).ok()).filter(|p| p.is_dir());
+        Ok(DeleteResponse {
+            deleted_inodes,
+            parent_mtime_ms: parent.as_ref().map_or(0, |p| p.mtime_ms),
+            parent_nlink: parent.map_or(0, |p| p.nlink),
+        })
     }
 
     #[tracing::instrument(level = "debug", skip(self))]

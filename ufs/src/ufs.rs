@@ -129,6 +129,46 @@ impl Ufs {
         self.inner.aborts.load(Ordering::Acquire)
     }
 
+    /// Removes what unfinished writes left in the staging directory (a
+    /// process killed mid-upload leaves its temporary object there for
+    /// good): files last modified more than `age` ago. Returns how many
+    /// went. Nothing to do without a staging directory inside the root, or
+    /// when it does not exist yet.
+    #[tracing::instrument(skip(self), fields(uri = %self.inner.shown))]
+    pub async fn sweep_staging(&self, age: Duration) -> Result<u64> {
+        let Some(dir) = self.staging_dir() else { return Ok(0) };
+        let what = self.what(dir);
+        let cutoff = SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
+        let lister = match self.inner.op.lister_with(&format!("{dir}/")).recursive(true).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(self.err(&e, &what)),
+        };
+        let entries: Vec<opendal::Entry> =
+            futures::TryStreamExt::try_collect(lister).await.map_err(|e| self.err(&e, &what))?;
+        let mut removed = 0;
+        for e in entries.into_iter().filter(|e| !e.metadata().is_dir()) {
+            // Listings of some stores (the local one) carry no times.
+            let modified = match e.metadata().last_modified() {
+                Some(t) => Some(t),
+                None => match self.inner.op.stat(e.path()).await {
+                    Ok(m) => m.last_modified(),
+                    Err(x) if x.kind() == opendal::ErrorKind::NotFound => continue,
+                    Err(x) => return Err(self.err(&x, &what)),
+                },
+            };
+            let Some(modified) = modified.map(SystemTime::from) else { continue };
+            if modified < cutoff {
+                match self.inner.op.delete(e.path()).await {
+                    Ok(()) => removed += 1,
+                    Err(x) if x.kind() == opendal::ErrorKind::NotFound => {}
+                    Err(x) => return Err(self.err(&x, &what)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Whether `r` (checked, relative to the root) is the staging directory
     /// or inside it.
     pub(crate) fn is_staging(&self, r: &str) -> bool {
@@ -503,6 +543,37 @@ mod tests {
         assert!(!ufs.writes_in_place());
         let s3 = Ufs::new("s3://bkt/x", &[("endpoint".to_string(), "http://127.0.0.1:1".to_string())].into()).unwrap();
         assert_eq!((s3.staging_dir(), s3.writes_in_place()), (None, false));
+    }
+
+    /// Temporary files older than the age go from the staging directory;
+    /// newer ones (writes that may still be running) and everything
+    /// outside it stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sweeping_the_staging_directory_removes_only_old_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let ufs = Ufs::new(&format!("file://{}", dir.path().display()), &BTreeMap::new()).unwrap();
+        let tmp = dir.path().join(".curvine-tmp");
+        std::fs::create_dir_all(tmp.join("sub")).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3 * 24 * 3600);
+        for (p, t) in [("old", Some(old)), ("sub/old2", Some(old)), ("fresh", None)] {
+            let f = std::fs::File::create(tmp.join(p)).unwrap();
+            if let Some(t) = t {
+                f.set_modified(t).unwrap();
+            }
+        }
+        let outside = dir.path().join("data");
+        std::fs::File::create(&outside).unwrap().set_modified(old).unwrap();
+        assert_eq!(ufs.sweep_staging(Duration::from_secs(24 * 3600)).await.unwrap(), 2);
+        assert!(!tmp.join("old").exists() && !tmp.join("sub/old2").exists());
+        assert!(tmp.join("fresh").exists() && outside.exists());
+        assert_eq!(ufs.sweep_staging(Duration::from_secs(24 * 3600)).await.unwrap(), 0);
+        // No staging directory yet, or none at all: nothing to do.
+        let empty = tempfile::tempdir().unwrap();
+        let u = Ufs::new(&format!("file://{}", empty.path().display()), &BTreeMap::new()).unwrap();
+        std::fs::remove_dir(empty.path().join(".curvine-tmp")).ok();
+        assert_eq!(u.sweep_staging(Duration::ZERO).await.unwrap(), 0);
+        let s3 = Ufs::new("s3://bkt/x", &[("endpoint".to_string(), "http://127.0.0.1:1".to_string())].into()).unwrap();
+        assert_eq!(s3.sweep_staging(Duration::ZERO).await.unwrap(), 0);
     }
 
     /// Where the staging dir cannot be made, file:// writes in place as
