@@ -40,7 +40,6 @@ pub struct FileSystem {
 /// million objects, or uploading a large file (write-through close, `sync`).
 const UFS_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
 
-/// Options for `create`.
 /// What a `remove` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Removed {
@@ -51,6 +50,7 @@ pub struct Removed {
     pub parent: Option<(i64, u32)>,
 }
 
+/// Options for `create`.
 #[derive(Clone, Debug, Default)]
 pub struct CreateOptions {
     pub overwrite: bool,
@@ -208,7 +208,7 @@ impl FileSystem {
         Ok(self.remove(path, recursive).await?.inodes)
     }
 
-    /// `delete`, also saying what meta stamped on the parent directory.
+    /// `delete`, also saying how it left the parent directory.
     #[tracing::instrument(skip(self))]
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<Removed> {
         let path = normalize(path)?;

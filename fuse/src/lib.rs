@@ -34,8 +34,8 @@ pub struct FuseOptions {
     /// not at all). Names other clients create meanwhile stay invisible
     /// here until it passes.
     pub negative_timeout: Duration,
-    /// Threads reading requests from the kernel (operations themselves run
-    /// on the async runtime).
+    /// Threads reading requests from the kernel (each operation runs there
+    /// until it first waits, then on the async runtime).
     pub threads: usize,
     /// Read-only opens of files held whole in a same-host MEM block are
     /// served by the kernel from the block file (`passthrough.rs`).

@@ -284,6 +284,21 @@ impl MetaServiceImpl {
         }
     }
 
+    /// Starts a sweep of every mount's UFS staging directory.
+    pub(crate) fn sweep_staging(&self) {
+        let mounts = match self.mounts.table(&self.store) {
+            Ok(m) => m,
+            Err(e) => return tracing::warn!(error = %e, "cannot read the mount table to sweep staging directories"),
+        };
+        tracing::info!(mounts = mounts.len(), "sweeping the UFS staging directories");
+        for m in mounts.iter() {
+            match self.mounts.client(m) {
+                Ok(ufs) => sweep_staging_later(ufs, m.path.clone()),
+                Err(e) => tracing::warn!(mount = %m.path, error = %e, "cannot sweep the UFS staging directory"),
+            }
+        }
+    }
+
     #[tracing::instrument(skip(self))]
     pub(crate) async fn do_umount(&self, r: UmountRequest) -> Result<UmountResponse> {
         let path = normalize(&r.path)?;

@@ -163,21 +163,6 @@ impl MetaServiceImpl {
         Ok(())
     }
 
-    /// Starts a sweep of every mount's UFS staging directory.
-    fn sweep_staging(&self) {
-        let mounts = match self.mounts.table(&self.store) {
-            Ok(m) => m,
-            Err(e) => return tracing::warn!(error = %e, "cannot read the mount table to sweep staging directories"),
-        };
-        tracing::info!(mounts = mounts.len(), "sweeping the UFS staging directories");
-        for m in mounts.iter() {
-            match self.mounts.client(m) {
-                Ok(ufs) => crate::mounts::sweep_staging_later(ufs, m.path.clone()),
-                Err(e) => tracing::warn!(mount = %m.path, error = %e, "cannot sweep the UFS staging directory"),
-            }
-        }
-    }
-
     /// Mount TTLs: drops cached copies of UFS-backed blocks cached longer
     /// than their mount's `ttl`. The UFS keeps the data and the namespace
     /// the block ids (the next read loads them again); pinned files and files
