@@ -95,12 +95,18 @@ pub async fn run(cmd: MetaCmd) -> Result<()> {
                     "{}",
                     serde_json::json!({"id": s.id, "state": s.state, "leader_id": s.leader_id, "leader_addr": s.leader_addr,
                         "term": s.term, "last_applied": s.last_applied, "digest": format!("{:016x}", s.digest),
-                        "files": s.files, "dirs": s.dirs, "snapshot_index": s.snapshot_index, "log_first_index": s.log_first_index})
+                        "files": s.files, "dirs": s.dirs, "snapshot_index": s.snapshot_index, "log_first_index": s.log_first_index,
+                        "contact_ms": s.contact_ms})
                 );
             } else {
                 println!("member {} ({}): {}, leader {} {}", s.id, addr, s.state, s.leader_id, s.leader_addr);
                 println!("term {}, applied {}, digest {:016x}, {} files, {} dirs", s.term, s.last_applied, s.digest, s.files, s.dirs);
                 println!("snapshot at {}, log kept from {}", s.snapshot_index, s.log_first_index);
+                let whom = if s.state == "Leader" { "a majority of the group" } else { "a leader" };
+                match s.contact_ms {
+                    ms if ms < 0 => println!("has not heard from {whom}"),
+                    ms => println!("heard from {whom} {ms} ms ago{}", if ms as u128 > curvine_meta::contact::CUT_OFF.as_millis() { " (cut off from the other members?)" } else { "" }),
+                }
             }
         }
     }

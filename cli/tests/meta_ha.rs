@@ -157,6 +157,7 @@ where
         .unwrap_or_else(|e| panic!("{e}\n{}", g.logs(20)));
     fault(g).await;
     let at_fault = count().await;
+
     // The storm's length (how far a killed follower falls behind), not a
     // synchronization: progress is waited for below.
     tokio::time::sleep(tail).await;
@@ -467,4 +468,119 @@ async fn five_members_survive_two_losses() {
     println!("five members: a third loss answered \"{msg}\"");
     report("five members, two killed mid-storm", &t, errors, conv, started);
     assert!(t.acked > 0, "the clients got nothing acknowledged");
+}
+
+/// Members partitioned from each other while they run, in network
+/// namespaces this test makes (`testbed::netns`; the members talk over a
+/// bridge, not loopback). A leader cut off from both followers, which the
+/// clients still reach, commits nothing and answers no stale read while the
+/// other two elect a leader and go on; a follower cut off from the leader
+/// only (it still reaches the other follower) does not stop the group. After
+/// each partition heals, every acknowledged operation is there exactly once
+/// and all members converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_members_lose_nothing_and_serve_nothing_stale() {
+    const CLIENTS: usize = 4;
+    let net = testbed::netns::Net::create(3).expect("a test network of three hosts (network namespaces: needs root and iproute2)");
+    let conf = format!("{META_TOML}\nfollower_reads = true");
+    let mut g = Group::start_in(common::bin(), &net, 3, &conf).await.unwrap_or_else(|e| panic!("a meta group in namespaces: {e:#}"));
+    let fs = g.fs(FAILOVER).unwrap();
+    for k in 0..CLIENTS {
+        fs.mkdir(&format!("/c{k}"), true).await.unwrap();
+    }
+    let mut all = vec![History::new(); CLIENTS];
+    let all_members = [0, 1, 2];
+
+    // 1. The leader is cut off from both followers during the storm.
+    let started = Instant::now();
+    let old = g.leader(FAILOVER).await.unwrap();
+    let others: Vec<usize> = all_members.iter().copied().filter(|&i| i != old).collect();
+    // A client talking to the leader when it is cut off: its next write
+    // must get through (to the new leader), and how long that took is shown.
+    let moved = g.fs(FAILOVER).unwrap();
+    moved.stat("/c0").await.unwrap();
+    let round = storm(&mut g, CLIENTS, 1, Duration::from_secs(4), |_| {
+        for &o in &others {
+            net.cut(old, o).unwrap();
+        }
+        async move {
+            let t = Instant::now();
+            moved.create("/c0/moved", CreateOptions::default()).await.unwrap().close().await.unwrap();
+            println!("a client of the leader cut off wrote again {:.1} s after the cut", t.elapsed().as_secs_f64());
+        }
+    })
+    .await;
+    let errors = merge(&mut all, round);
+    let new = g.leader_among(&others, FAILOVER).await.unwrap_or_else(|e| panic!("the majority side elects no leader: {e}"));
+    println!("leader {} cut off; the others elected {}; it says of itself: {:?}", old + 1, new + 1, g.status(old).await.map(|s| (s.state, s.term)));
+    // A client that knows only the member cut off: a write is refused
+    // (never acknowledged), and a read of what the majority acknowledged
+    // since is refused or current, never "not found".
+    fs.create("/c0/after-cut", CreateOptions::default()).await.unwrap().close().await.unwrap();
+    let alone = FileSystem::new(curvine_common::config::ClientConf {
+        meta: vec![g.addrs[old].clone()],
+        failover: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .unwrap();
+    let write = match alone.create("/c0/from-the-cut-off", CreateOptions::default()).await {
+        Ok(w) => w.close().await.err(),
+        Err(e) => Some(e),
+    };
+    let write = write.expect("a member cut off from its group acknowledged a write");
+    println!("write through the member cut off: \"{write}\"");
+    match alone.stat("/c0/after-cut").await {
+        Ok(_) => println!("read through the member cut off: current"),
+        Err(e) => {
+            assert_ne!(e.kind(), curvine_client::ErrorKind::NotFound, "a stale read from the member cut off: {e}");
+            println!("read through the member cut off: \"{e}\"");
+        }
+    }
+    // What an operator sees there.
+    let st = cv(&["meta", "status", "--meta", &g.addrs[old]]);
+    assert!(st.contains("(cut off from the other members?)"), "cv meta status of the member cut off:\n{st}");
+    for &o in &others {
+        net.heal(old, o).unwrap();
+    }
+    g.leader(FAILOVER).await.unwrap_or_else(|e| panic!("no agreed leader after the partition healed: {e}"));
+    fs.delete("/c0/moved", false).await.unwrap();
+    let gone = fs.stat("/c0/from-the-cut-off").await.expect_err("a write the cut-off leader could not commit was applied");
+    assert_eq!(gone.kind(), curvine_client::ErrorKind::NotFound, "{gone}");
+    fs.delete("/c0/after-cut", false).await.unwrap();
+    let t = verify(&fs, &all).await;
+    let conv = g.converged(&all_members, CONVERGE).await.unwrap_or_else(|e| panic!("{e}\n{}", g.logs(20)));
+    report("leader cut off from both followers, then healed", &t, errors, conv, started);
+
+    // 2. A follower is cut off from the leader only.
+    let started = Instant::now();
+    let leader = g.leader(FAILOVER).await.unwrap();
+    let follower = (leader + 1) % 3;
+    let round = storm(&mut g, CLIENTS, 2, Duration::from_secs(4), |_| {
+        net.cut(leader, follower).unwrap();
+        async {}
+    })
+    .await;
+    let errors = merge(&mut all, round);
+    // A follower read asked of the member cut off, about a file created
+    // since: it has not heard from the leader for longer than the bound
+    // follower reads promise, so it sends the caller on (to the leader)
+    // rather than answer "not found".
+    fs.create("/c0/since", CreateOptions::default()).await.unwrap().close().await.unwrap();
+    let reader = FileSystem::new(curvine_common::config::ClientConf {
+        // The member cut off first: the one a follower read goes to.
+        meta: std::iter::once(follower).chain(all_members.into_iter().filter(|&i| i != follower)).map(|i| g.addrs[i].clone()).collect(),
+        failover: Duration::from_secs(10),
+        follower_reads: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let seen = reader.stat("/c0/since").await;
+    assert!(seen.is_ok(), "a follower read from the member cut off was stale or failed: {seen:?}");
+    fs.delete("/c0/since", false).await.unwrap();
+    net.heal(leader, follower).unwrap();
+    g.leader(FAILOVER).await.unwrap_or_else(|e| panic!("no agreed leader after the partition healed: {e}"));
+    let t = verify(&fs, &all).await;
+    let conv = g.converged(&all_members, CONVERGE).await.unwrap_or_else(|e| panic!("{e}\n{}", g.logs(20)));
+    report("follower cut off from the leader, then healed", &t, errors, conv, started);
+    drop(g);
 }

@@ -12,8 +12,11 @@
 //! - With `meta.follower_reads`, a follower answers stat and list itself when
 //!   the client asks (`x-cv-read: follower`): such a read may miss writes
 //!   acknowledged in the last moments (the follower's replication lag,
-//!   normally under a heartbeat interval, 250 ms; unbounded while it is cut
-//!   off from the leader).
+//!   normally under a heartbeat interval, 250 ms). A follower that has not
+//!   heard from a leader for `contact::CUT_OFF` (2 s) sends such reads to
+//!   the leader instead, so the lag is bounded by that.
+//! - A leader that has heard from no majority for `CUT_OFF` answers "no
+//!   quorum" at once (`contact.rs`).
 
 use std::time::Duration;
 

@@ -5,6 +5,7 @@
 //! Layout under `conf.meta.dir`: `raft/` (the Raft log), `state/` (the state
 //! machine database), `snapshots/` (the newest checkpoint).
 
+pub mod contact;
 pub mod jobs;
 pub mod leader;
 mod listen;
@@ -94,7 +95,8 @@ impl MetaNode {
         }
         .validate()
         .map_err(|e| Error::new(ErrorKind::Config, format!("raft config: {e}")))?;
-        let raft = Raft::new(id, Arc::new(raft_conf), Network, log.clone(), sm)
+        let contact = Arc::new(contact::Contact::default());
+        let raft = Raft::new(id, Arc::new(raft_conf), Network { contact: contact.clone() }, log.clone(), sm)
             .await
             .map_err(|e| Error::internal(format!("raft: {e}")))?;
 
@@ -125,8 +127,9 @@ impl MetaNode {
         let svc = MetaServiceImpl {
             raft: raft.clone(),
             id,
-            proposer: propose::Proposer::start(raft.clone(), id, conf.meta.write_timeout),
+            proposer: propose::Proposer::start(raft.clone(), id, conf.meta.write_timeout, contact.clone()),
             barrier: Default::default(),
+            contact: contact.clone(),
             mounts: Default::default(),
             jobs: Default::default(),
             persister: Default::default(),
@@ -144,7 +147,7 @@ impl MetaNode {
             tonic::transport::Server::builder()
                 .add_service(MetaServiceServer::from_arc(svc.clone()))
                 .add_service(
-                    RaftServiceServer::new(RaftServer { raft: raft.clone() })
+                    RaftServiceServer::new(RaftServer { raft: raft.clone(), contact })
                         .max_decoding_message_size(raft::network::RAFT_MESSAGE_MAX)
                         .max_encoding_message_size(raft::network::RAFT_MESSAGE_MAX),
                 )

@@ -16,6 +16,7 @@ use curvine_common::{Error, Result};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::contact::Contact;
 use crate::namespace::{MetaCommand, Outcome};
 use crate::raft::types::Raft;
 
@@ -48,6 +49,8 @@ struct Direct {
     raft: Raft,
     id: u64,
     timeout: Duration,
+    /// A write fails early once this member is cut off (`contact.rs`).
+    contact: Arc<Contact>,
     slots: Arc<Semaphore>,
     /// Commands handed to the loop and not yet taken into a batch.
     queued: AtomicUsize,
@@ -55,9 +58,9 @@ struct Direct {
 
 impl Proposer {
     /// Starts the loop for `raft` (node `id`, for error messages).
-    pub fn start(raft: Raft, id: u64, timeout: Duration) -> Proposer {
+    pub fn start(raft: Raft, id: u64, timeout: Duration, contact: Arc<Contact>) -> Proposer {
         let (tx, rx) = mpsc::unbounded_channel();
-        let direct = Arc::new(Direct { raft, id, timeout, slots: Arc::new(Semaphore::new(IN_FLIGHT)), queued: AtomicUsize::new(0) });
+        let direct = Arc::new(Direct { raft, id, timeout, contact, slots: Arc::new(Semaphore::new(IN_FLIGHT)), queued: AtomicUsize::new(0) });
         tokio::spawn(run(direct.clone(), rx));
         Proposer { tx, direct }
     }
@@ -73,7 +76,7 @@ impl Proposer {
                 // slots bound how commands are batched, not how many
                 // entries openraft holds (those of abandoned calls finish
                 // or fail with the write timeout like any other).
-                let res = write(&d.raft, d.id, d.timeout, cmd).await;
+                let res = write(d, cmd).await;
                 drop(permit);
                 return res;
             }
@@ -122,23 +125,23 @@ async fn run(d: Arc<Direct>, mut rx: mpsc::UnboundedReceiver<(MetaCommand, Reply
             }
         }
         d.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        let (raft, id, timeout) = (d.raft.clone(), d.id, d.timeout);
+        let d = d.clone();
         tokio::spawn(async move {
-            commit(&raft, id, timeout, batch).await;
+            commit(&d, batch).await;
             drop(permit);
         });
     }
 }
 
-async fn commit(raft: &Raft, id: u64, timeout: Duration, mut batch: Vec<(MetaCommand, Reply)>) {
+async fn commit(d: &Direct, mut batch: Vec<(MetaCommand, Reply)>) {
     if batch.len() == 1 {
         let (cmd, reply) = batch.pop().expect("one command");
-        let _ = reply.send(write(raft, id, timeout, cmd).await);
+        let _ = reply.send(write(d, cmd).await);
         return;
     }
     let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
     let n = cmds.len();
-    match write(raft, id, timeout, MetaCommand::Batch(cmds)).await {
+    match write(d, MetaCommand::Batch(cmds)).await {
         Ok(Outcome::Batch(results)) if results.len() == n => {
             for (r, reply) in results.into_iter().zip(replies) {
                 let _ = reply.send(r.0);
@@ -158,8 +161,32 @@ async fn commit(raft: &Raft, id: u64, timeout: Duration, mut batch: Vec<(MetaCom
     }
 }
 
-async fn write(raft: &Raft, id: u64, timeout: Duration, cmd: MetaCommand) -> Result<Outcome> {
-    match tokio::time::timeout(timeout, raft.client_write(cmd)).await {
+/// How often a write in progress checks whether its member is cut off.
+const CUT_OFF_CHECK: Duration = Duration::from_millis(250);
+
+async fn write(d: &Direct, cmd: MetaCommand) -> Result<Outcome> {
+    let (raft, id, timeout) = (&d.raft, d.id, d.timeout);
+    // A leader cut off from its group commits nothing until it hears from
+    // it again: its callers learn that after `CUT_OFF`, not `timeout`.
+    let cut_off = async {
+        loop {
+            tokio::time::sleep(CUT_OFF_CHECK).await;
+            if let Some(age) = d.contact.cut_off(raft, id) {
+                return age;
+            }
+        }
+    };
+    let res = tokio::select! {
+        r = tokio::time::timeout(timeout, raft.client_write(cmd)) => r,
+        age = cut_off => {
+            return Err(Error::unavailable(format!(
+                "no quorum: meta node {id} has heard from no majority of its group for {} ms while committing a write \
+                 (cut off from the other members?); it may still be applied, and a retry of the same call is applied once",
+                age.as_millis()
+            )));
+        }
+    };
+    match res {
         Ok(Ok(resp)) => resp.data.0,
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
             Err(Error::not_leader(id, f.leader_node.as_ref().map(|n| n.addr.as_str())))

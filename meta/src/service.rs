@@ -33,6 +33,8 @@ pub struct MetaServiceImpl {
     pub id: u64,
     pub proposer: Proposer,
     pub barrier: ReadBarrier,
+    /// When this member last heard from its group (`contact.rs`).
+    pub contact: Arc<crate::contact::Contact>,
     pub mounts: crate::mounts::Mounts,
     pub jobs: crate::jobs::Jobs,
     pub persister: crate::persist::Persister,
@@ -556,6 +558,22 @@ impl Call {
     }
 }
 
+impl MetaServiceImpl {
+    /// A leader that has heard from no majority for `CUT_OFF` answers at
+    /// once that it cannot serve, so callers try the other members.
+    fn in_contact(&self) -> Result<()> {
+        match self.contact.cut_off(&self.raft, self.id) {
+            Some(age) => Err(Error::unavailable(format!(
+                "no quorum: meta node {} has heard from no majority of its group for {} ms (cut off from the other \
+                 members?); another member may lead now",
+                self.id,
+                age.as_millis()
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Reads a follower may answer itself when asked to (`meta.follower_reads`).
 const FOLLOWER_READS: [&str; 2] = ["stat", "list"];
 /// Reads the leader answers after a read-index round (linearizable).
@@ -571,14 +589,20 @@ impl MetaServiceImpl {
         }
         match crate::leader::role(&self.raft, self.id) {
             Role::Leader { voters } => {
-                if voters > 1 && READS.contains(&rpc) {
-                    self.barrier.wait(&self.raft, self.id, self.conf.meta.write_timeout).await?;
+                if voters > 1 {
+                    self.in_contact()?;
+                    if READS.contains(&rpc) {
+                        self.barrier.wait(&self.raft, self.id, self.conf.meta.write_timeout).await?;
+                    }
                 }
                 Ok(())
             }
             Role::Other { leader } => {
                 let asked = req.metadata().get(curvine_common::READ_HEADER).is_some_and(|v| v == "follower");
-                if asked && self.conf.meta.follower_reads && FOLLOWER_READS.contains(&rpc) {
+                // Only while the leader's appends arrive: that bounds how
+                // stale the answer can be (`contact.rs`).
+                let recent = self.contact.leader_age().is_some_and(|a| a <= crate::contact::CUT_OFF);
+                if asked && recent && self.conf.meta.follower_reads && FOLLOWER_READS.contains(&rpc) {
                     return Ok(());
                 }
                 Err(Error::not_leader(self.id, leader.as_deref()))

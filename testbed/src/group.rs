@@ -21,7 +21,9 @@ pub struct Group {
     /// Members stopped with SIGSTOP.
     paused: std::collections::BTreeSet<usize>,
     dir: tempfile::TempDir,
+    /// `cv`, or `ip` for members started in network namespaces.
     bin: PathBuf,
+    via_ip: bool,
 }
 
 /// Ports the OS hands out now (and frees again), for members that must know
@@ -35,24 +37,56 @@ impl Group {
     /// Starts `n` members forming one group; `meta_toml` is extra `[meta]`
     /// configuration (e.g. `snapshot_logs = 500`). Waits for a leader.
     pub async fn start(bin: &Path, n: usize, meta_toml: &str) -> Result<Group> {
-        let dir = tempfile::Builder::new().prefix("cv-group-").tempdir()?;
         let ports = free_ports(n)?;
-        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let hosts: Vec<(String, u16)> = ports.iter().map(|p| ("127.0.0.1".to_string(), *p)).collect();
+        Self::start_on(bin, hosts, |_| Vec::new(), meta_toml).await
+    }
+
+    /// The same, with member `i` in host `i` of `net` (`netns::Net`), so a
+    /// test can partition members from each other while they run.
+    pub async fn start_in(bin: &Path, net: &crate::netns::Net, n: usize, meta_toml: &str) -> Result<Group> {
+        // Each host has its own ports: one fixed port serves.
+        let hosts: Vec<(String, u16)> = (0..n).map(|i| (net.ip(i), 7100)).collect();
+        Self::start_on(bin, hosts, |i| net.exec_prefix(i), meta_toml).await
+    }
+
+    async fn start_on(bin: &Path, hosts: Vec<(String, u16)>, prefix: impl Fn(usize) -> Vec<String>, meta_toml: &str) -> Result<Group> {
+        let n = hosts.len();
+        let dir = tempfile::Builder::new().prefix("cv-group-").tempdir()?;
+        let addrs: Vec<String> = hosts.iter().map(|(h, p)| format!("{h}:{p}")).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let conf = dir.path().join("meta.toml");
         std::fs::write(&conf, format!("[meta]\n{meta_toml}\n"))?;
-        let mut g = Group { members: Vec::new(), addrs, args: Vec::new(), paused: Default::default(), dir, bin: bin.to_path_buf() };
-        for i in 0..n {
+        let mut g = Group {
+            members: Vec::new(),
+            addrs,
+            args: Vec::new(),
+            paused: Default::default(),
+            dir,
+            bin: bin.to_path_buf(),
+            via_ip: false,
+        };
+        for (i, (host, port)) in hosts.iter().enumerate() {
             let d = g.dir.path().join(format!("m{}", i + 1));
-            let args: Vec<String> = [
-                "meta", "--config", &conf.display().to_string(), "--id", &(i + 1).to_string(), "--peers", &peers,
-                "--port", &ports[i].to_string(), "--web-port", "0", "--dir", &d.display().to_string(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            let mut args = prefix(i);
+            if !args.is_empty() {
+                // `ip netns exec NS cv …` execs cv in place: the pid is cv's.
+                args.push(bin.display().to_string());
+                g.via_ip = true;
+            }
+            args.extend(
+                [
+                    "meta", "--config", &conf.display().to_string(), "--id", &(i + 1).to_string(), "--peers", &peers,
+                    "--host", host, "--port", &port.to_string(), "--web-port", "0", "--dir", &d.display().to_string(),
+                ]
+                .iter()
+                .map(|s| s.to_string()),
+            );
             g.args.push(args);
             g.members.push(None);
+        }
+        if g.via_ip {
+            g.bin = crate::netns::ip_bin().into();
         }
         // All at once: each waits (up to 10 s) for a leader before it says ready.
         let all: Vec<usize> = (0..n).collect();
@@ -64,6 +98,7 @@ impl Group {
     /// Starts a new member with `--join` (id = index + 1), not yet part of
     /// the group: `cv meta members add` makes it one. Returns its index.
     pub fn spawn_joiner(&mut self) -> Result<usize> {
+        anyhow::ensure!(!self.via_ip, "joiners are started on loopback only");
         let i = self.members.len();
         let port = free_ports(1)?[0];
         let d = self.dir.path().join(format!("m{}", i + 1));
@@ -115,9 +150,15 @@ impl Group {
     /// answers, exactly one of them says it leads, and all the others name
     /// it as their leader at its term.
     pub async fn leader(&self, timeout: Duration) -> Result<usize> {
+        self.leader_among(&self.up(), timeout).await
+    }
+
+    /// The same among the members `which` only (say, the majority side of
+    /// a partition, while the member cut off may still think it leads).
+    pub async fn leader_among(&self, which: &[usize], timeout: Duration) -> Result<usize> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(l) = self.agreed_leader().await {
+            if let Some(l) = self.agreed_leader(which).await {
                 return Ok(l);
             }
             if Instant::now() > deadline {
@@ -127,9 +168,9 @@ impl Group {
         }
     }
 
-    async fn agreed_leader(&self) -> Option<usize> {
+    async fn agreed_leader(&self, which: &[usize]) -> Option<usize> {
         let mut all = Vec::new();
-        for i in self.up() {
+        for &i in which {
             // A running member that does not answer is no agreement.
             all.push((i, self.status(i).await.ok()?));
         }

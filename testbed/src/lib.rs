@@ -4,6 +4,7 @@
 //! `s3` starts a real S3 server (moto or s3s-fs) for UFS tests.
 
 pub mod group;
+pub mod netns;
 pub mod s3;
 
 use std::collections::HashMap;

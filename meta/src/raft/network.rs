@@ -16,6 +16,9 @@ use curvine_common::proto::raft_service_client::RaftServiceClient;
 use curvine_common::proto::raft_service_server::RaftService;
 use curvine_common::proto::RaftMessage;
 
+use std::sync::Arc;
+
+use crate::contact::Contact;
 use crate::raft::types::{NodeId, Raft, TypeConfig};
 
 /// Largest Raft message sent or accepted (tonic's default is 4 MiB). An
@@ -27,14 +30,17 @@ use crate::raft::types::{NodeId, Raft, TypeConfig};
 /// take an entry larger than the limit, and every write would stall.
 pub const RAFT_MESSAGE_MAX: usize = 256 << 20;
 
-/// Creates one `Network` per peer.
-pub struct Network;
+/// Creates one `PeerClient` per peer.
+pub struct Network {
+    /// Where peers' answers are noted (`contact.rs`).
+    pub contact: Arc<Contact>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient { target, addr: node.addr.clone(), client: None }
+        PeerClient { target, addr: node.addr.clone(), client: None, contact: self.contact.clone() }
     }
 }
 
@@ -43,6 +49,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     client: Option<RaftServiceClient<Channel>>,
+    contact: Arc<Contact>,
 }
 
 #[derive(Debug)]
@@ -118,7 +125,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("append", &rpc, Some(rpc.entries.len()), &option).await
+        let res = self.call("append", &rpc, Some(rpc.entries.len()), &option).await;
+        if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.contact.answered_by(self.target);
+        }
+        res
     }
 
     async fn install_snapshot(
@@ -135,13 +146,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("vote", &rpc, None, &option).await
+        let res: Result<VoteResponse<NodeId>, _> = self.call("vote", &rpc, None, &option).await;
+        if matches!(&res, Ok(r) if r.vote_granted) {
+            self.contact.answered_by(self.target);
+        }
+        res
     }
 }
 
 /// The server side of the Raft transport: hands requests to the local `Raft`.
 pub struct RaftServer {
     pub raft: Raft,
+    pub contact: Arc<Contact>,
 }
 
 fn decode<T: DeserializeOwned>(req: tonic::Request<RaftMessage>) -> Result<T, tonic::Status> {
@@ -158,7 +174,11 @@ fn encode<T: Serialize>(v: &T) -> Result<tonic::Response<RaftMessage>, tonic::St
 impl RaftService for RaftServer {
     async fn append_entries(&self, req: tonic::Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
-        encode(&self.raft.append_entries(rpc).await)
+        let res = self.raft.append_entries(rpc).await;
+        if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.contact.heard_leader();
+        }
+        encode(&res)
     }
 
     async fn vote(&self, req: tonic::Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
