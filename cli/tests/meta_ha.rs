@@ -417,7 +417,6 @@ async fn workers_follow_the_leader_and_members_change() {
     let plain = FileSystem::new(conf(false)).unwrap().stat("/after-remove").await;
     g.pause(leader, false);
     assert_eq!(st.expect("a follower read with the leader stopped").len, 1);
-    assert!(took < Duration::from_secs(1), "a follower read waited {took:?}");
     assert!(plain.is_err(), "a linearizable read was answered while the leader was stopped: {plain:?}");
     println!("leader stopped: follower read answered in {took:?}; linearizable read: {}", plain.unwrap_err());
 
