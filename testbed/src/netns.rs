@@ -6,10 +6,12 @@
 //! (blackhole routes both ways: packets vanish, as behind a failed switch,
 //! while each still reaches everyone else), `heal` undoes it.
 //!
-//! Needs root and iproute2 (`ip`), as the test machines have. Names carry a
-//! random tag, so parallel tests never share a bridge, host or subnet; Drop
-//! removes everything (kill the processes first: a namespace lives until
-//! its last process ends).
+//! Needs root and iproute2 (`ip`), as the test machines have. Names carry
+//! the test process's pid and a counter, so parallel tests never share a
+//! bridge or host (the subnet is random and checked free); Drop removes
+//! everything (kill the processes first: a namespace lives until its last
+//! process ends), and `create` first removes what a test process that no
+//! longer exists left behind (killed before its Drop ran).
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -38,7 +40,7 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A random 24-bit tag from the OS (no global state, no extra crate).
+/// Random bits from the OS (no extra crate).
 fn random_tag() -> Result<u32> {
     let mut b = [0u8; 4];
     std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))?;
@@ -50,10 +52,16 @@ impl Net {
     /// skip) where the machine cannot: these machines can.
     pub fn create(hosts: usize) -> Result<Net> {
         anyhow::ensure!(hosts > 0 && hosts < 250, "1..250 hosts");
+        sweep_leftovers();
         let t = random_tag()?;
         // 10.(100..=227).y.0/24: away from the usual 10.0.x and 10.1.x.
         let prefix = format!("10.{}.{}", 100 + ((t >> 16) & 0x7f), (t >> 8) & 0xff);
-        let net = Net { tag: format!("{t:06x}"), prefix, hosts: 0, cuts: Mutex::new(BTreeSet::new()) };
+        // pid (at most 7 hex digits), "x", a per-process counter: the
+        // longest interface name, "cvh" + tag + "h" + host number, fits in 15.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 16;
+        let tag = format!("{:x}x{n:x}", std::process::id());
+        let net = Net { tag, prefix, hosts: 0, cuts: Mutex::new(BTreeSet::new()) };
         let existing = Command::new(ip_bin()).args(["-o", "-4", "addr"]).output().context("cannot run `ip addr` (iproute2 missing?)")?;
         if String::from_utf8_lossy(&existing.stdout).contains(&format!(" {}.", net.prefix)) {
             bail!("subnet {}.0/24 is in use on this machine; run again", net.prefix);
@@ -64,7 +72,7 @@ impl Net {
         ip(&["addr", "add", &format!("{}.1/24", net.prefix), "dev", &br])?;
         ip(&["link", "set", &br, "up"])?;
         for i in 0..hosts {
-            let (ns, veth) = (net.ns(i), format!("cvh{}{i}", net.tag));
+            let (ns, veth) = (net.ns(i), format!("cvh{}h{i}", net.tag));
             ip(&["netns", "add", &ns])?;
             net.hosts = i + 1;
             ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
@@ -116,6 +124,33 @@ impl Net {
     }
 }
 
+/// The pid a name made by `Net` carries (`cvb<pid>x<n>`, `cvns<pid>x<n>-<i>`).
+fn owner(name: &str, prefix: &str) -> Option<u32> {
+    let tag = name.strip_prefix(prefix)?;
+    u32::from_str_radix(tag.split('x').next()?, 16).ok()
+}
+
+/// Removes namespaces and bridges whose test process is gone.
+fn sweep_leftovers() {
+    let gone = |pid: u32| !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    if let Ok(out) = Command::new(ip_bin()).args(["netns", "list"]).output() {
+        for ns in String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()) {
+            if owner(ns, "cvns").is_some_and(gone) {
+                let _ = ip(&["netns", "del", ns]);
+            }
+        }
+    }
+    if let Ok(out) = Command::new(ip_bin()).args(["-o", "link", "show", "type", "bridge"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "7: cvb1a2bx0: <BROADCAST,…"
+            let Some(name) = line.split(": ").nth(1) else { continue };
+            if owner(name, "cvb").is_some_and(gone) {
+                let _ = ip(&["link", "del", name]);
+            }
+        }
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         for i in 0..self.hosts {
@@ -123,5 +158,16 @@ impl Drop for Net {
             let _ = ip(&["netns", "del", &self.ns(i)]);
         }
         let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_carry_their_owner_s_pid() {
+        assert_eq!(super::owner("cvb1a2bx0", "cvb"), Some(0x1a2b));
+        assert_eq!(super::owner("cvns3fx2-1", "cvns"), Some(0x3f));
+        assert_eq!(super::owner("cvbother", "cvb"), None);
+        assert_eq!(super::owner("eth0", "cvb"), None);
     }
 }
