@@ -139,11 +139,16 @@ impl MetaServiceImpl {
             loop {
                 tokio::time::sleep(SCAN_EVERY).await;
                 let Some(me) = weak.upgrade() else { return };
-                // Leftovers of unfinished UFS writes: by the leader, when it
-                // starts leading and hourly.
+                // Only the leader uploads, re-replicates and expires: a
+                // follower knows no workers (they register with the
+                // leader), and its writes would only be refused.
                 if !matches!(crate::leader::role(&me.raft, me.id), crate::leader::Role::Leader { .. }) {
                     last_staging_sweep = None;
-                } else if last_staging_sweep.is_none_or(|t| t.elapsed() >= STAGING_SWEEP_EVERY) {
+                    continue;
+                }
+                // Leftovers of unfinished UFS writes: when this member starts
+                // leading, and hourly.
+                if last_staging_sweep.is_none_or(|t| t.elapsed() >= STAGING_SWEEP_EVERY) {
                     last_staging_sweep = Some(std::time::Instant::now());
                     me.sweep_staging();
                 }
