@@ -374,11 +374,51 @@ async fn workers_follow_the_leader_and_members_change() {
     g.restart(old).unwrap();
     g.converged(&[0, 1, 2], CONVERGE).await.unwrap();
 
-    // Leadership moves where it is asked to.
-    let target = (g.leader(FAILOVER).await.unwrap() + 1) % 3;
+    // A load job runs (one block at a time, to last) when the leadership
+    // moves where it is asked to: the old leader hands it over, the new one
+    // runs it to the end.
+    let s3 = testbed::s3::S3Server::start();
+    s3.create_bucket("ha-jobs");
+    let ufs = curvine_ufs::Ufs::new(&s3.uri("ha-jobs", ""), &s3.options()).unwrap();
+    const OBJECTS: u64 = 1000;
+    common::put_many(&ufs, "set", OBJECTS as usize, 16 << 10).await;
+    let mount = curvine_client::MountOptions { options: s3.options(), ..Default::default() };
+    fs.mount(&s3.uri("ha-jobs", ""), "/ha", mount).await.unwrap();
+    let job = fs.warm("/ha/set", 1).await.unwrap();
+    let job_started = Instant::now();
+    let from = g.leader(FAILOVER).await.unwrap();
+    let target = (from + 1) % 3;
+    testbed::wait_for("the load job to start loading", FAILOVER, || async {
+        fs.jobs(job.id).await.is_ok_and(|j| j.first().is_some_and(|j| j.files_done > 0))
+    })
+    .await
+    .unwrap();
     let out = cv(&["meta", "members", "transfer", &(target + 1).to_string(), "--meta", &g.meta_list()]);
     assert_eq!(g.leader(FAILOVER).await.unwrap(), target, "after transfer:\n{out}");
     println!("leadership transferred to member {}:\n{out}", target + 1);
+    // Still running now: it was running on the old leader when that lost
+    // the leadership, so it must have been handed over.
+    let running_after = fs.jobs(job.id).await.unwrap()[0].state == "running";
+    testbed::wait_for("the load job to finish on the new leader", Duration::from_secs(120), || async {
+        fs.jobs(job.id).await.is_ok_and(|j| j.first().is_some_and(|j| j.state != "running"))
+    })
+    .await
+    .unwrap();
+    let j = fs.jobs(job.id).await.unwrap().remove(0);
+    assert_eq!((j.state.as_str(), j.files_done, j.blocks_failed), ("done", OBJECTS, 0), "{j:?}");
+    let old_log = std::fs::read_to_string(g.dir().join(format!("m{}.log", from + 1))).unwrap();
+    let handed = old_log.contains("load job handed over");
+    println!(
+        "load job {}: {} files in {:.1} s, attempt {}, running after the transfer: {running_after}, handed over by member {}: \
+         {handed}",
+        j.id,
+        j.files_done,
+        job_started.elapsed().as_secs_f64(),
+        j.attempt,
+        from + 1
+    );
+    assert!(handed || !running_after, "the old leader did not hand its running job over:\n{}", g.logs(30));
+    assert!(!handed || j.attempt >= 2, "the new leader did not resume the job: {j:?}");
     fs.write_all("/after-transfer", b"x", false).await.unwrap();
 
     // A fourth member joins: it gets the state (by snapshot or log), and votes.
@@ -386,7 +426,7 @@ async fn workers_follow_the_leader_and_members_change() {
     let out = cv(&["meta", "members", "add", &(j + 1).to_string(), &g.addrs[j], "--meta", &g.meta_list()]);
     assert!(out.lines().any(|l| l.contains(&g.addrs[j]) && l.contains("voter")), "after add:\n{out}");
     g.converged(&[0, 1, 2, 3], CONVERGE).await.unwrap();
-    assert_eq!(g.status(j).await.unwrap().files, 2);
+    assert_eq!(g.status(j).await.unwrap().files, 2 + OBJECTS);
 
     // A member leaves; the group of three goes on.
     let gone = (g.leader(FAILOVER).await.unwrap() + 1) % 4;

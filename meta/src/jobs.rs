@@ -32,9 +32,18 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 const PAGE: usize = 1000;
 
 /// Running jobs' cancel flags and the data connections their loads use.
+/// A load job running on this member. `stop` ends it: a user's cancel, or
+/// this member losing the leadership, which also sets `handed_over` (the
+/// new leader runs the job again; this runner then records nothing).
+#[derive(Clone, Default)]
+struct Runner {
+    stop: Arc<AtomicBool>,
+    handed_over: Arc<AtomicBool>,
+}
+
 pub struct Jobs {
     me: std::sync::OnceLock<Weak<MetaServiceImpl>>,
-    cancel: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    running: Mutex<HashMap<u64, Runner>>,
     transport: TcpTransport,
     idle: Mutex<HashMap<String, Vec<Box<dyn DataConn>>>>,
 }
@@ -43,7 +52,7 @@ impl Default for Jobs {
     fn default() -> Self {
         Jobs {
             me: Default::default(),
-            cancel: Default::default(),
+            running: Default::default(),
             transport: TcpTransport::new(TcpOptions::default()),
             idle: Default::default(),
         }
@@ -204,8 +213,8 @@ impl MetaServiceImpl {
     pub(crate) async fn do_cancel_job(&self, r: CancelJobRequest) -> Result<CancelJobResponse> {
         let mut job =
             self.reader().job(r.id)?.ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no job {}", r.id)))?;
-        if let Some(flag) = self.jobs.cancel.lock().get(&r.id) {
-            flag.store(true, Ordering::Release);
+        if let Some(runner) = self.jobs.running.lock().get(&r.id) {
+            runner.stop.store(true, Ordering::Release);
         }
         if job.state == Some(JobState::Running) {
             job.state = Some(JobState::Cancelled);
@@ -233,14 +242,29 @@ impl MetaServiceImpl {
 
     fn spawn_job(&self, job: Job) -> Result<()> {
         let me = self.jobs.service()?;
-        let flag = Arc::new(AtomicBool::new(false));
-        self.jobs.cancel.lock().insert(job.id, flag.clone());
+        let runner = Runner::default();
+        self.jobs.running.lock().insert(job.id, runner.clone());
         tokio::spawn(async move {
             let id = job.id;
-            me.run_job(job, flag).await;
-            me.jobs.cancel.lock().remove(&id);
+            me.run_job(job, &runner).await;
+            let mut g = me.jobs.running.lock();
+            // Not a runner started since (leading again after a hand-over).
+            if g.get(&id).is_some_and(|r| Arc::ptr_eq(&r.stop, &runner.stop)) {
+                g.remove(&id);
+            }
         });
         Ok(())
+    }
+
+    /// This member no longer leads: its running jobs stop and leave their
+    /// state as it is, for the new leader, which resumes them.
+    pub fn hand_over_jobs(&self) {
+        let g = self.jobs.running.lock();
+        for (id, runner) in g.iter() {
+            runner.handed_over.store(true, Ordering::Release);
+            runner.stop.store(true, Ordering::Release);
+            tracing::info!(job = id, "this member no longer leads: handing the load job over to the new leader");
+        }
     }
 
     async fn save_job(&self, job: &Job) {
@@ -249,8 +273,13 @@ impl MetaServiceImpl {
         }
     }
 
-    async fn run_job(&self, mut job: Job, cancel: Arc<AtomicBool>) {
-        let res = self.job_body(&mut job, &cancel).await;
+    async fn run_job(&self, mut job: Job, runner: &Runner) {
+        let cancel = &runner.stop;
+        let res = self.job_body(&mut job, cancel).await;
+        if runner.handed_over.load(Ordering::Acquire) {
+            tracing::info!(job = job.id, "load job handed over (stopped here, resumed by the new leader)");
+            return;
+        }
         job.scanning = false;
         job.finished_ms = now_ms();
         job.state = Some(match res {

@@ -214,7 +214,8 @@ impl MetaNode {
 
 /// Work only the leader does, started each time this node becomes leader:
 /// it forgets what it knew of workers (they register again with it, with a
-/// full block report) and resumes interrupted load jobs.
+/// full block report) and resumes interrupted load jobs; when it stops
+/// leading, its load jobs stop and are left to the new leader.
 async fn on_leadership(svc: std::sync::Weak<MetaServiceImpl>, raft: crate::raft::types::Raft, id: u64) {
     // Server metrics change only with the role, term, leader or membership:
     // the full metrics change with every entry (and every millisecond of
@@ -235,6 +236,10 @@ async fn on_leadership(svc: std::sync::Weak<MetaServiceImpl>, raft: crate::raft:
             if let Err(e) = svc.resume_jobs() {
                 tracing::warn!(error = %e, "cannot resume load jobs");
             }
+        }
+        if was_leader && !leader {
+            let Some(svc) = svc.upgrade() else { return };
+            svc.hand_over_jobs();
         }
         was_leader = leader;
         if metrics.changed().await.is_err() {
