@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::raft::types::NodeId;
+use curvine_common::Error;
+
+use crate::raft::types::{NodeId, Raft};
 
 /// openraft's `election_timeout_max` (lib.rs).
 pub const CUT_OFF: Duration = Duration::from_millis(2000);
@@ -65,11 +67,23 @@ impl Contact {
         ages.get(others - 1).copied()
     }
 
-    /// `Some(age)` when this member leads a group of several and has heard
-    /// from no majority for longer than `CUT_OFF`.
-    pub fn cut_off(&self, raft: &crate::raft::types::Raft, me: NodeId) -> Option<Duration> {
+    /// `quorum_age` among the group's current voters.
+    pub fn group_quorum_age(&self, raft: &Raft, me: NodeId) -> Option<Duration> {
         let voters: Vec<NodeId> = raft.server_metrics().borrow().membership_config.membership().voter_ids().collect();
-        self.quorum_age(&voters, me).filter(|age| *age > CUT_OFF)
+        self.quorum_age(&voters, me)
+    }
+
+    /// The "no quorum" error this member answers with when it leads a group
+    /// of several and has heard from no majority for longer than `CUT_OFF`
+    /// (`doing`: what it was doing; `then`: what the caller should know);
+    /// `None` otherwise.
+    pub fn cut_off(&self, raft: &Raft, me: NodeId, doing: &str, then: &str) -> Option<Error> {
+        let age = self.group_quorum_age(raft, me).filter(|age| *age > CUT_OFF)?;
+        Some(Error::unavailable(format!(
+            "no quorum: meta node {me} has heard from no majority of its group for {} ms{doing} (cut off from the \
+             other members?); {then}",
+            age.as_millis()
+        )))
     }
 
     /// How long ago this member last accepted an append from a leader.

@@ -31,7 +31,6 @@ const LOAD_ATTEMPTS: u32 = 6;
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 const PAGE: usize = 1000;
 
-/// Running jobs' cancel flags and the data connections their loads use.
 /// A load job running on this member. `stop` ends it: a user's cancel, or
 /// this member losing the leadership, which also sets `handed_over` (the
 /// new leader runs the job again; this runner then records nothing).
@@ -41,6 +40,7 @@ struct Runner {
     handed_over: Arc<AtomicBool>,
 }
 
+/// Running jobs and the data connections their loads use.
 pub struct Jobs {
     me: std::sync::OnceLock<Weak<MetaServiceImpl>>,
     running: Mutex<HashMap<u64, Runner>>,

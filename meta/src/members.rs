@@ -216,10 +216,7 @@ impl MetaServiceImpl {
             snapshot_index: snap.unwrap_or(0),
             log_first_index: m.purged.map(|p| p.index + 1).unwrap_or(0),
             contact_ms: match m.state {
-                openraft::ServerState::Leader => {
-                    let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-                    self.contact.quorum_age(&voters, self.id)
-                }
+                openraft::ServerState::Leader => self.contact.group_quorum_age(&self.raft, self.id),
                 _ => self.contact.leader_age(),
             }
             .map_or(-1, |d| d.as_millis() as i64),

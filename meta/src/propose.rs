@@ -171,20 +171,15 @@ async fn write(d: &Direct, cmd: MetaCommand) -> Result<Outcome> {
     let cut_off = async {
         loop {
             tokio::time::sleep(CUT_OFF_CHECK).await;
-            if let Some(age) = d.contact.cut_off(raft, id) {
-                return age;
+            let then = "it may still be applied, and a retry of the same call is applied once";
+            if let Some(e) = d.contact.cut_off(raft, id, " while committing a write", then) {
+                return e;
             }
         }
     };
     let res = tokio::select! {
         r = tokio::time::timeout(timeout, raft.client_write(cmd)) => r,
-        age = cut_off => {
-            return Err(Error::unavailable(format!(
-                "no quorum: meta node {id} has heard from no majority of its group for {} ms while committing a write \
-                 (cut off from the other members?); it may still be applied, and a retry of the same call is applied once",
-                age.as_millis()
-            )));
-        }
+        e = cut_off => return Err(e),
     };
     match res {
         Ok(Ok(resp)) => resp.data.0,

@@ -562,13 +562,8 @@ impl MetaServiceImpl {
     /// A leader that has heard from no majority for `CUT_OFF` answers at
     /// once that it cannot serve, so callers try the other members.
     fn in_contact(&self) -> Result<()> {
-        match self.contact.cut_off(&self.raft, self.id) {
-            Some(age) => Err(Error::unavailable(format!(
-                "no quorum: meta node {} has heard from no majority of its group for {} ms (cut off from the other \
-                 members?); another member may lead now",
-                self.id,
-                age.as_millis()
-            ))),
+        match self.contact.cut_off(&self.raft, self.id, "", "another member may lead now") {
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
