@@ -1221,3 +1221,48 @@ async fn missing_names_are_remembered_only_when_asked() {
     std::fs::write(cached.p("neg/b"), b"made here").unwrap();
     assert_eq!(std::fs::read(cached.p("neg/b")).unwrap(), b"made here");
 }
+
+/// A read handle reads the version its open found (meta's open answers
+/// with the blocks, so the first read asks meta nothing): a rewrite through
+/// its own mount shows through it, as an O_TRUNC rewrite does on a local
+/// file system, while a handle on a file that another client replaced or
+/// removed meanwhile reads the old bytes while they last (from this host's
+/// block files) and then answers ESTALE, as on NFS; never the bytes of
+/// the file now at that name. Opens afterwards read the new file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_handles_follow_their_mount_and_never_read_a_replacement() {
+    need_fuse!("read_handles_follow_their_mount_and_never_read_a_replacement");
+    let n = node().await;
+    let m = Mount::start(&n, &[]);
+    let fs = n.fs().unwrap();
+    let (a, b) = (random_bytes(200_000, 11), random_bytes(150_000, 12));
+    let read_all = |f: &std::fs::File| {
+        let mut got = vec![0u8; 300_000];
+        f.read_at(&mut got, 0).map(|k| {
+            got.truncate(k);
+            got
+        })
+    };
+
+    std::fs::write(m.p("mine"), &a).unwrap();
+    let early = std::fs::File::open(m.p("mine")).unwrap();
+    std::fs::write(m.p("mine"), &b).unwrap();
+    assert!(read_all(&early).unwrap() == b, "a handle open across its mount's rewrite reads the new bytes");
+
+    for (name, replace) in [("replaced", true), ("removed", false)] {
+        fs.write_all(&format!("/{name}"), &a, false).await.unwrap();
+        let early = std::fs::File::open(m.p(name)).unwrap();
+        if replace {
+            fs.write_all(&format!("/{name}"), &b, true).await.unwrap();
+        } else {
+            fs.delete(&format!("/{name}"), false).await.unwrap();
+        }
+        match read_all(&early) {
+            Ok(got) => assert!(got == a, "{name}: the handle read {} bytes that are not its file's", got.len()),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{name}: {e}"),
+        }
+        if replace {
+            assert!(std::fs::read(m.p(name)).unwrap() == b, "a new open reads the new file");
+        }
+    }
+}

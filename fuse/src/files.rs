@@ -16,6 +16,8 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use curvine_client::{CreateOptions, Error, FileSystem, FileWriter, Result};
 
@@ -40,6 +42,9 @@ pub struct FileState {
     pub open: usize,
     /// Bumped at every new version this mount wrote, so readers reopen.
     pub version: u64,
+    /// The mount's count of new versions (of any file): an open that read
+    /// a file's blocks from meta keeps them only if none was made meanwhile.
+    versions: Arc<AtomicU64>,
     /// Set when the file was unlinked while open: the hidden name it lives
     /// under until its last handle closes.
     pub unlinked_as: Option<String>,
@@ -56,8 +61,14 @@ pub struct FileState {
 }
 
 impl FileState {
-    pub fn new(size: u64, mode: u32) -> FileState {
-        FileState { data: Data::Clean, size, open: 0, version: 0, unlinked_as: None, mode, owner: None, changed_ms: 0, failed: None }
+    pub fn new(size: u64, mode: u32, versions: Arc<AtomicU64>) -> FileState {
+        FileState { data: Data::Clean, size, open: 0, version: 0, versions, unlinked_as: None, mode, owner: None, changed_ms: 0, failed: None }
+    }
+
+    /// This mount starts a new version of the file.
+    pub fn new_version(&mut self) {
+        self.version += 1;
+        self.versions.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn is_clean(&self) -> bool {
@@ -78,7 +89,7 @@ impl FileState {
             let opts = CreateOptions { overwrite: true, mode: self.mode, owner: self.owner, ..Default::default() };
             let w = fs.create(path, opts).await?;
             self.data = Data::Stream(Box::new(w));
-            self.version += 1;
+            self.new_version();
             return Box::pin(self.write(fs, path, offset, buf, staging)).await;
         }
         let file = self.stage(fs, path, staging).await?;
@@ -104,7 +115,7 @@ impl FileState {
             let opts = CreateOptions { overwrite: true, mode: self.mode, owner: self.owner, ..Default::default() };
             fs.create(path, opts).await?.close().await?;
             self.size = 0;
-            self.version += 1;
+            self.new_version();
             return Ok(());
         }
         let file = self.stage(fs, path, staging).await?;
@@ -162,7 +173,7 @@ impl FileState {
                 let opts = CreateOptions { overwrite: true, mode: self.mode, owner: self.owner, ..Default::default() };
                 match upload(fs, path, &file, self.size, opts).await {
                     Ok(()) => {
-                        self.version += 1;
+                        self.new_version();
                         self.data = Data::Staged { file, dirty: false };
                         Ok(())
                     }

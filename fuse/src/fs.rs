@@ -62,6 +62,31 @@ impl ReadOut {
     }
 }
 
+/// A reader an open got from meta, and the mount's count of new versions
+/// before it asked (`CvFuse::versions`).
+struct Found {
+    reader: Arc<FileReader>,
+    versions: u64,
+}
+
+/// How an open of an existing file asks meta about it.
+enum Lookup {
+    /// A status (an open for writing).
+    Stat,
+    /// A reader, which carries the status (an open for reading).
+    Reader,
+    /// Already asked (the passthrough check opened a reader).
+    Found(Found),
+}
+
+/// The outcome of trying a passthrough open.
+enum PtOpen {
+    /// Handed to the kernel: the handle and the backing.
+    Handed(u64, Arc<fuser::BackingId>),
+    /// A normal open, with the reader the check found, if it asked meta.
+    Normal(Option<Found>),
+}
+
 struct OpenFile {
     ino: u64,
     /// Opened in passthrough mode: the kernel reads its backing file.
@@ -86,6 +111,8 @@ pub struct CvFuse {
     /// their page cache.
     seen: Mutex<HashMap<u64, (i64, u64)>>,
     next_fh: AtomicU64,
+    /// New versions of files this mount made (`FileState::new_version`).
+    versions: Arc<AtomicU64>,
     pt: Passthrough,
     dir_attrs: DirAttrs,
     locks: MountLocks,
@@ -105,6 +132,16 @@ fn errno(e: &Error) -> Errno {
         tracing::warn!(error = %e, "answering EIO");
     }
     Errno::from_i32(code)
+}
+
+/// `errno` for a read through an open handle: a file removed or replaced
+/// by another client meanwhile (its blocks freed) is a stale handle, as on
+/// NFS, not a missing name.
+fn read_errno(e: &Error) -> Errno {
+    match e.kind() {
+        ErrorKind::NotFound => Errno::ESTALE,
+        _ => errno(e),
+    }
 }
 
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
@@ -147,6 +184,7 @@ impl CvFuse {
             dirs: Mutex::default(),
             seen: Mutex::default(),
             next_fh: AtomicU64::new(1),
+            versions: Arc::default(),
             pt: Passthrough::default(),
             dir_attrs,
             locks: MountLocks::default(),
@@ -292,9 +330,10 @@ impl CvFuse {
         Ok((name, path))
     }
 
-    fn new_fh(&self, ino: u64, write: bool) -> u64 {
+    /// A handle on `ino`, with the reader of the version its open found.
+    fn new_fh(&self, ino: u64, write: bool, reader: Option<(u64, Arc<FileReader>)>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: false, write, reader: tokio::sync::Mutex::new(None) }));
+        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: false, write, reader: tokio::sync::Mutex::new(reader) }));
         fh
     }
 
@@ -306,37 +345,46 @@ impl CvFuse {
     }
 
     /// Opens `ino` for reading in passthrough mode when it can be: its
-    /// handle and backing, or `None` for a normal open.
-    async fn open_passthrough(&self, ino: u64, path: &str, reply: &ReplyOpen) -> Result<Option<(u64, Arc<fuser::BackingId>)>, Errno> {
+    /// handle and backing, or for a normal open the reader it found.
+    async fn open_passthrough(&self, ino: u64, path: &str, reply: &ReplyOpen) -> Result<PtOpen, Errno> {
         let backing = match self.pt.share(ino) {
             Some(b) => b,
             None => {
                 if !self.pt.enabled() || self.busy_for_passthrough(ino) {
-                    return Ok(None);
+                    return Ok(PtOpen::Normal(None));
                 }
-                let reader = self.fs.open(path).await.map_err(|e| errno(&e))?;
+                let found = self.find_reader(path).await.map_err(|e| errno(&e))?;
                 // A block that fails its crc is read the normal way (over
                 // TCP, from a copy the worker checks).
-                let file = reader.whole_local_file().await.unwrap_or_else(|e| {
+                let file = found.reader.whole_local_file().await.unwrap_or_else(|e| {
                     tracing::debug!(path, error = %e, "not handing a file to the kernel");
                     None
                 });
-                let Some(file) = file else { return Ok(None) };
+                let Some(file) = file else { return Ok(PtOpen::Normal(Some(found))) };
                 let made = self.pt.register(ino, || self.busy_for_passthrough(ino), || reply.open_backing(&*file));
                 match made {
                     Ok(Some(b)) => b,
-                    Ok(None) => return Ok(None),
+                    Ok(None) => return Ok(PtOpen::Normal(Some(found))),
                     Err(e) => {
                         // Not allowed here (no CAP_SYS_ADMIN in the initial
                         // namespace) or not supported after all: stop trying.
                         tracing::warn!(error = %e, "FUSE passthrough refused by the kernel; reads go through the daemon");
                         self.pt.set_enabled(false);
-                        return Ok(None);
+                        return Ok(PtOpen::Normal(Some(found)));
                     }
                 }
             }
         };
-        Ok(Some((self.new_passthrough_fh(ino), backing)))
+        Ok(PtOpen::Handed(self.new_passthrough_fh(ino), backing))
+    }
+
+    /// Meta's `open` of `path`: its status and block locations in one call,
+    /// so a read open asks meta once (a stat, then an open at the first
+    /// read, were two calls; for a small file, half its cost).
+    async fn find_reader(&self, path: &str) -> curvine_client::Result<Found> {
+        let versions = self.versions.load(Ordering::Acquire);
+        let reader = self.fs.open(path).await?;
+        Ok(Found { reader: Arc::new(reader), versions })
     }
 
     fn new_passthrough_fh(&self, ino: u64) -> u64 {
@@ -350,7 +398,7 @@ impl CvFuse {
         self.files
             .lock()
             .entry(ino)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(FileState::new(size, mode))))
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(FileState::new(size, mode, self.versions.clone()))))
             .clone()
     }
 
@@ -382,23 +430,56 @@ impl CvFuse {
         ino: u64,
         path: &str,
     ) -> Result<(FileStatus, Arc<tokio::sync::Mutex<FileState>>, tokio::sync::OwnedMutexGuard<FileState>), Errno> {
+        let (st, _, state, s) = self.locked_file_state_for(ino, path, Lookup::Stat).await?;
+        Ok((st, state, s))
+    }
+
+    /// `locked_file_state`, asking meta as `how` says; also the reader found.
+    async fn locked_file_state_for(
+        &self,
+        ino: u64,
+        path: &str,
+        mut how: Lookup,
+    ) -> Result<(FileStatus, Option<Found>, Arc<tokio::sync::Mutex<FileState>>, tokio::sync::OwnedMutexGuard<FileState>), Errno> {
         loop {
-            let st = self.fs.stat(path).await.map_err(|e| errno(&e))?;
+            let found = match std::mem::replace(&mut how, Lookup::Stat) {
+                Lookup::Found(f) => Some(f),
+                Lookup::Stat => None,
+                Lookup::Reader => match self.find_reader(path).await {
+                    Ok(f) => Some(f),
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Err(errno(&e)),
+                    // A directory, or blocks meta cannot place now (no live
+                    // worker to load them from the UFS): the status is all
+                    // an open needs, and a read will say what is wrong.
+                    Err(e) => {
+                        tracing::debug!(path, error = %e, "opening without a reader");
+                        None
+                    }
+                },
+            };
+            let st = match &found {
+                Some(f) => f.reader.status().clone(),
+                None => self.fs.stat(path).await.map_err(|e| errno(&e))?,
+            };
             if st.kind == FileKind::Dir as i32 {
                 return Err(Errno::EISDIR);
             }
             let state = self.open_state(ino, st.len, st.mode);
             if let Some(s) = self.lock_if_current(ino, state.clone()).await {
-                return Ok((st, state, s));
+                return Ok((st, found, state, s));
+            }
+            if found.is_some() {
+                how = Lookup::Reader;
             }
         }
     }
 
     /// Counts a new handle on the existing file `ino` at `path`, truncating
-    /// it for O_TRUNC: its status, and whether its bytes are unchanged
-    /// since its last open here (the kernel may keep its page cache).
-    async fn open_existing(&self, ino: u64, path: &str, flags: i32) -> Result<(FileStatus, bool), Errno> {
-        let (st, state, mut s) = self.locked_file_state(ino, path).await?;
+    /// it for O_TRUNC: its status, whether its bytes are unchanged since
+    /// its last open here (the kernel may keep its page cache), and for a
+    /// read open (`how` not `Stat`) the reader of the version it found.
+    async fn open_existing(&self, ino: u64, path: &str, flags: i32, how: Lookup) -> Result<(FileStatus, bool, Option<(u64, Arc<FileReader>)>), Errno> {
+        let (st, found, state, mut s) = self.locked_file_state_for(ino, path, how).await?;
         // The kernel refuses any other kind of open of an inode in
         // passthrough mode (EIO). Checked once this open's state
         // exists (no backing can be made after that, see
@@ -418,7 +499,13 @@ impl CvFuse {
             }
         }
         let unchanged = s.is_clean() && self.seen.lock().insert(ino, (st.mtime_ms, st.len)) == Some((st.mtime_ms, st.len));
-        Ok((st, unchanged))
+        // The reader holds the version meta had; it serves this handle's
+        // reads unless this mount made a new version of any file since (of
+        // this one, under another handle, before this open took the lock)
+        // or has unsaved bytes of it (read from the mount's copy).
+        let current = |f: &Found| s.is_clean() && self.versions.load(Ordering::Acquire) == f.versions;
+        let reader = found.filter(current).map(|f| (s.version, f.reader));
+        Ok((st, unchanged, reader))
     }
 
     /// The node for `parent/name` (status `st`), counting a lookup: a file
@@ -452,7 +539,7 @@ impl CvFuse {
             Some((v, r)) if *v == version => r.clone(),
             _ => {
                 let path = self.inodes.path(h.ino).ok_or(Errno::ESTALE)?;
-                let r = Arc::new(self.fs.open(&path).await.map_err(|e| errno(&e))?);
+                let r = Arc::new(self.fs.open(&path).await.map_err(|e| read_errno(&e))?);
                 *slot = Some((version, r.clone()));
                 r
             }
@@ -466,11 +553,11 @@ impl CvFuse {
             match reader.view(offset, len).await {
                 Ok(Some(v)) => return Ok(ReadOut::Mapped(v)),
                 Ok(None) => {}
-                Err(e) => return Err(errno(&e)),
+                Err(e) => return Err(read_errno(&e)),
             }
         }
         let mut buf = vec![0u8; len as usize];
-        let n = reader.read_at(offset, &mut buf).await.map_err(|e| errno(&e))?;
+        let n = reader.read_at(offset, &mut buf).await.map_err(|e| read_errno(&e))?;
         buf.truncate(n);
         Ok(ReadOut::Owned(buf))
     }
@@ -855,16 +942,19 @@ impl Filesystem for Mounted {
             let read_only = flags.acc_mode() == OpenAccMode::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
             // Also when passthrough was switched off: existing backings must
             // be shared.
+            let mut how = if read_only { Lookup::Reader } else { Lookup::Stat };
             if read_only && !me.opts.direct_io {
                 match me.open_passthrough(ino.0, &path, &reply).await {
-                    Ok(Some((fh, backing))) => return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
-                    Ok(None) => {}
+                    Ok(PtOpen::Handed(fh, backing)) => return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
+                    Ok(PtOpen::Normal(Some(found))) => how = Lookup::Found(found),
+                    Ok(PtOpen::Normal(None)) => {}
                     Err(e) => return reply.error(e),
                 }
             }
             let mut tries = 0;
             let res = loop {
-                match me.open_existing(ino.0, &path, flags.0).await.map(|(_, unchanged)| unchanged) {
+                let how = std::mem::replace(&mut how, if read_only { Lookup::Reader } else { Lookup::Stat });
+                match me.open_existing(ino.0, &path, flags.0, how).await.map(|(_, unchanged, reader)| (unchanged, reader)) {
                     // A reader that lost the race to a passthrough open shares
                     // its backing instead; if the backing went with its last
                     // handle meanwhile, the open starts over.
@@ -880,8 +970,8 @@ impl Filesystem for Mounted {
                 }
             };
             match res {
-                Ok(unchanged) => {
-                    let fh = me.new_fh(ino.0, flags.acc_mode() != OpenAccMode::O_RDONLY);
+                Ok((unchanged, reader)) => {
+                    let fh = me.new_fh(ino.0, flags.acc_mode() != OpenAccMode::O_RDONLY, reader);
                     let mut f = FopenFlags::empty();
                     if me.opts.direct_io {
                         f |= FopenFlags::FOPEN_DIRECT_IO;
@@ -915,7 +1005,7 @@ impl Filesystem for Mounted {
                         // Opened as `open` would have, had the kernel known the file.
                         let st = me.fs.stat(&path).await.map_err(|e| errno(&e))?;
                         let ino = me.node(parent.0, &name, &st);
-                        let (st, unchanged) = match me.open_existing(ino, &path, flags).await {
+                        let (st, unchanged, _) = match me.open_existing(ino, &path, flags, Lookup::Stat).await {
                             Ok(x) => x,
                             Err(e) => {
                                 // The kernel counts no lookup for a failed create.
@@ -940,14 +1030,14 @@ impl Filesystem for Mounted {
                 s.mode = mode;
                 s.data = crate::files::Data::Stream(Box::new(w));
                 s.size = 0;
-                s.version += 1;
+                s.new_version();
                 s.open += 1;
                 drop(s);
                 Ok((ino, me.attr(ino, &st, Some(0)), false))
             };
             match res.await {
                 Ok((ino, attr, unchanged)) => {
-                    let fh = me.new_fh(ino, flags & libc::O_ACCMODE != libc::O_RDONLY);
+                    let fh = me.new_fh(ino, flags & libc::O_ACCMODE != libc::O_RDONLY, None);
                     let f = if me.opts.direct_io {
                         FopenFlags::FOPEN_DIRECT_IO
                     } else if unchanged {
