@@ -1266,3 +1266,50 @@ async fn read_handles_follow_their_mount_and_never_read_a_replacement() {
         }
     }
 }
+
+/// Meta calls answered so far, by operation (`curvine_meta_rpc_total`).
+fn meta_calls(n: &Node, op: &str) -> u64 {
+    let metrics = http_get(&n.web_addr(), "/metrics");
+    let want = format!("curvine_meta_rpc_total{{op=\"{op}\",");
+    metrics.lines().filter(|l| l.starts_with(&want)).map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap()).sum()
+}
+
+/// A small file read through the mount costs one meta call: the lookup's
+/// stat carries the file's blocks (`looked.rs`) and the open that follows
+/// uses them. An open whose lookup is older than the window (here: the
+/// name's dentry kept by the kernel, its lookup long past) asks meta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_file_read_asks_meta_once() {
+    need_fuse!("a_small_file_read_asks_meta_once");
+    let n = node().await;
+    let m = Mount::start(&n, &["--entry-timeout", "30", "--attr-timeout", "30"]);
+    let fs = n.fs().unwrap();
+    fs.mkdir("/few", false).await.unwrap();
+    let files = 20u64;
+    for i in 0..files {
+        fs.write_all(&format!("/few/f{i}"), &random_bytes(64 << 10, i), false).await.unwrap();
+    }
+    assert!(std::fs::metadata(m.p("few")).unwrap().is_dir());
+    let (stats, opens) = (meta_calls(&n, "stat"), meta_calls(&n, "open"));
+    for i in 0..files {
+        assert!(std::fs::read(m.p(&format!("few/f{i}"))).unwrap() == random_bytes(64 << 10, i), "f{i}");
+    }
+    let (stats, opens) = (meta_calls(&n, "stat") - stats, meta_calls(&n, "open") - opens);
+    eprintln!("{files} small files read: {stats} stats, {opens} opens at meta");
+    assert_eq!(stats, files, "one lookup per file");
+    // A lookup's answer serves an open for 100 ms: a stall of the test
+    // machine between the two may cost an open now and then.
+    assert!(opens <= files / 4, "{opens} of {files} opens asked meta again");
+
+    // A lookup long before the open (the dentry is kept for 30 s, so the
+    // open comes without one): the open asks meta itself.
+    let opens = meta_calls(&n, "open");
+    for i in 0..4 {
+        let p = m.p(&format!("few/late{i}"));
+        fs.write_all(&format!("/few/late{i}"), b"late", false).await.unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 4);
+        tokio::time::sleep(Duration::from_millis(250)).await; // past the 100 ms window
+        assert_eq!(std::fs::read(&p).unwrap(), b"late");
+    }
+    assert_eq!(meta_calls(&n, "open") - opens, 4, "opens past the window ask meta");
+}

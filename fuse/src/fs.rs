@@ -24,6 +24,7 @@ use crate::dirattrs::DirAttrs;
 use crate::files::FileState;
 use crate::inodes::{Inodes, ROOT};
 use crate::locks::MountLocks;
+use crate::looked::Looked;
 use crate::passthrough::Passthrough;
 
 /// Names an open file lives under after it was unlinked (hidden from
@@ -113,6 +114,8 @@ pub struct CvFuse {
     next_fh: AtomicU64,
     /// New versions of files this mount made (`FileState::new_version`).
     versions: Arc<AtomicU64>,
+    /// Readers the last lookups found, for the opens that follow them.
+    looked: Looked<Found>,
     pt: Passthrough,
     dir_attrs: DirAttrs,
     locks: MountLocks,
@@ -144,6 +147,11 @@ fn read_errno(e: &Error) -> Errno {
     }
 }
 
+/// Files of at most this many blocks come with their blocks in a lookup's
+/// answer (`looked.rs`): small files, whose open would cost as much as
+/// reading them.
+const LOOKUP_BLOCKS: u32 = 4;
+
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
     let s = name.to_str().ok_or(Errno::EINVAL)?;
     if s.len() > 255 {
@@ -174,6 +182,7 @@ fn to_ms(t: TimeOrNow) -> i64 {
 impl CvFuse {
     pub fn new(fs: FileSystem, rt: Rt, root: &str, opts: Options) -> CvFuse {
         let dir_attrs = DirAttrs::new(opts.attr_ttl);
+        let looked = Looked::new(opts.attr_ttl, opts.entry_ttl);
         CvFuse {
             fs,
             rt,
@@ -185,6 +194,7 @@ impl CvFuse {
             seen: Mutex::default(),
             next_fh: AtomicU64::new(1),
             versions: Arc::default(),
+            looked,
             pt: Passthrough::default(),
             dir_attrs,
             locks: MountLocks::default(),
@@ -331,9 +341,10 @@ impl CvFuse {
     }
 
     /// A handle on `ino`, with the reader of the version its open found.
-    fn new_fh(&self, ino: u64, write: bool, reader: Option<(u64, Arc<FileReader>)>) -> u64 {
+    fn new_fh(&self, ino: u64, write: bool, reader: Option<(u64, Found)>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: false, write, reader: tokio::sync::Mutex::new(reader) }));
+        let reader = tokio::sync::Mutex::new(reader.map(|(v, f)| (v, f.reader)));
+        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: false, write, reader }));
         fh
     }
 
@@ -345,15 +356,19 @@ impl CvFuse {
     }
 
     /// Opens `ino` for reading in passthrough mode when it can be: its
-    /// handle and backing, or for a normal open the reader it found.
-    async fn open_passthrough(&self, ino: u64, path: &str, reply: &ReplyOpen) -> Result<PtOpen, Errno> {
+    /// handle and backing, or for a normal open the reader it found (or
+    /// was given: `looked`, from the lookup just before).
+    async fn open_passthrough(&self, ino: u64, path: &str, looked: Option<Found>, reply: &ReplyOpen) -> Result<PtOpen, Errno> {
         let backing = match self.pt.share(ino) {
             Some(b) => b,
             None => {
                 if !self.pt.enabled() || self.busy_for_passthrough(ino) {
-                    return Ok(PtOpen::Normal(None));
+                    return Ok(PtOpen::Normal(looked));
                 }
-                let found = self.find_reader(path).await.map_err(|e| errno(&e))?;
+                let found = match looked {
+                    Some(f) => f,
+                    None => self.find_reader(path).await.map_err(|e| errno(&e))?,
+                };
                 // A block that fails its crc is read the normal way (over
                 // TCP, from a copy the worker checks).
                 let file = found.reader.whole_local_file().await.unwrap_or_else(|e| {
@@ -478,7 +493,7 @@ impl CvFuse {
     /// it for O_TRUNC: its status, whether its bytes are unchanged since
     /// its last open here (the kernel may keep its page cache), and for a
     /// read open (`how` not `Stat`) the reader of the version it found.
-    async fn open_existing(&self, ino: u64, path: &str, flags: i32, how: Lookup) -> Result<(FileStatus, bool, Option<(u64, Arc<FileReader>)>), Errno> {
+    async fn open_existing(&self, ino: u64, path: &str, flags: i32, how: Lookup) -> Result<(FileStatus, bool, Option<(u64, Found)>), Errno> {
         let (st, found, state, mut s) = self.locked_file_state_for(ino, path, how).await?;
         // The kernel refuses any other kind of open of an inode in
         // passthrough mode (EIO). Checked once this open's state
@@ -504,7 +519,7 @@ impl CvFuse {
         // this one, under another handle, before this open took the lock)
         // or has unsaved bytes of it (read from the mount's copy).
         let current = |f: &Found| s.is_clean() && self.versions.load(Ordering::Acquire) == f.versions;
-        let reader = found.filter(current).map(|f| (s.version, f.reader));
+        let reader = found.filter(current).map(|f| (s.version, f));
         Ok((st, unchanged, reader))
     }
 
@@ -519,8 +534,16 @@ impl CvFuse {
     }
 
     async fn entry(&self, parent: u64, name: &str, path: &str) -> Result<FileAttr, Errno> {
-        let st = self.fs.stat(path).await.map_err(|e| errno(&e))?;
+        let versions = self.versions.load(Ordering::Acquire);
+        let (st, reader) = if self.looked.enabled() {
+            self.fs.stat_for_read(path, LOOKUP_BLOCKS).await.map_err(|e| errno(&e))?
+        } else {
+            (self.fs.stat(path).await.map_err(|e| errno(&e))?, None)
+        };
         let ino = self.node(parent, name, &st);
+        if let Some(r) = reader {
+            self.looked.keep(ino, Found { reader: Arc::new(r), versions });
+        }
         Ok(self.attr_now(ino, &st).await)
     }
 
@@ -942,14 +965,20 @@ impl Filesystem for Mounted {
             let read_only = flags.acc_mode() == OpenAccMode::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
             // Also when passthrough was switched off: existing backings must
             // be shared.
+            // Taken either way: it serves one open at most.
+            let looked = me.looked.take(ino.0).filter(|_| read_only);
             let mut how = if read_only { Lookup::Reader } else { Lookup::Stat };
-            if read_only && !me.opts.direct_io {
-                match me.open_passthrough(ino.0, &path, &reply).await {
+            let looked = if read_only && !me.opts.direct_io {
+                match me.open_passthrough(ino.0, &path, looked, &reply).await {
                     Ok(PtOpen::Handed(fh, backing)) => return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
-                    Ok(PtOpen::Normal(Some(found))) => how = Lookup::Found(found),
-                    Ok(PtOpen::Normal(None)) => {}
+                    Ok(PtOpen::Normal(found)) => found,
                     Err(e) => return reply.error(e),
                 }
+            } else {
+                looked
+            };
+            if let Some(found) = looked {
+                how = Lookup::Found(found);
             }
             let mut tries = 0;
             let res = loop {

@@ -7,6 +7,7 @@ mod files;
 mod fs;
 mod inodes;
 mod locks;
+mod looked;
 mod passthrough;
 
 use std::path::{Path, PathBuf};

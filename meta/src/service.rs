@@ -279,6 +279,14 @@ impl MetaServiceImpl {
         if inode.kind.is_special() {
             return Err(Error::invalid(format!("{path}: is a {:?}, which holds no bytes to read", inode.kind)));
         }
+        let blocks = self.locate(&inode, &path)?;
+        Ok(OpenResponse { status: Some(status_of(&inode, &path, 0)), blocks })
+    }
+
+    /// The blocks of the file `inode` at `path`, each with the workers that
+    /// hold it (or, when none does and the file is in its UFS, the worker
+    /// to load it).
+    fn locate(&self, inode: &Inode, path: &str) -> Result<Vec<LocatedBlock>> {
         let mut offset = 0;
         let mut blocks = Vec::with_capacity(inode.blocks.len());
         let in_ufs = inode.is_ufs_persisted();
@@ -300,7 +308,7 @@ impl MetaServiceImpl {
             blocks.push(lb);
             offset += if inode.complete { b.len } else { inode.block_size };
         }
-        Ok(OpenResponse { status: Some(status_of(&inode, &path, 0)), blocks })
+        Ok(blocks)
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
@@ -308,7 +316,16 @@ impl MetaServiceImpl {
         let path = normalize(&r.path)?;
         self.ensure_entry(&path, false).await?;
         let inode = self.reader().resolve(&path)?;
-        Ok(StatResponse { status: Some(self.dir_status(&inode, &path)?) })
+        let status = Some(self.dir_status(&inode, &path)?);
+        let wanted = inode.kind == InodeKind::File && inode.blocks.len() <= r.blocks_up_to as usize;
+        if wanted && matches!(crate::leader::role(&self.raft, self.id), Role::Leader { .. }) {
+            // Blocks that cannot be placed now (workers settling, no
+            // loader) are left to the caller's open, which says why.
+            if let Ok(blocks) = self.locate(&inode, &path) {
+                return Ok(StatResponse { status, located: true, blocks });
+            }
+        }
+        Ok(StatResponse { status, located: false, blocks: Vec::new() })
     }
 
     #[tracing::instrument(level = "debug", skip(self))]

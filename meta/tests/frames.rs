@@ -31,7 +31,7 @@ async fn stat(c: &MetaClient, path: &str) -> Result<FileStatus> {
     let p = path.to_string();
     c.call(|mut r| {
         let p = p.clone();
-        async move { r.stat(StatRequest { path: p }).await }
+        async move { r.stat(StatRequest { path: p, ..Default::default() }).await }
     })
     .await
     .map(|s| s.status.unwrap())
@@ -108,7 +108,7 @@ async fn frames_and_grpc_share_the_port_and_answer_alike() {
     // A raw tonic client (Raft peers and other tools speak plain gRPC) on
     // the same port.
     let mut raw = MetaServiceClient::connect(format!("http://{}", node.addr())).await.unwrap();
-    let st = raw.stat(StatRequest { path: "/h".into() }).await.unwrap().into_inner().status.unwrap();
+    let st = raw.stat(StatRequest { path: "/h".into(), ..Default::default() }).await.unwrap().into_inner().status.unwrap();
     assert_eq!(st.children, 100);
 
     // Shutdown with frame clients still connected releases the databases:

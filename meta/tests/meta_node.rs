@@ -29,7 +29,7 @@ async fn namespace_survives_restart_and_errors_have_kinds() {
     let (node, mut c) = start(dir.path()).await;
 
     c.mkdir(MkdirRequest { path: "/a/b/c".into(), parents: true, mode: 0, ..Default::default() }).await.unwrap();
-    let st = c.stat(StatRequest { path: "/a/b".into() }).await.unwrap().into_inner().status.unwrap();
+    let st = c.stat(StatRequest { path: "/a/b".into(), ..Default::default() }).await.unwrap().into_inner().status.unwrap();
     assert_eq!((st.path.as_str(), st.kind, st.children), ("/a/b", FileKind::Dir as i32, 1));
 
     // a worker, so blocks can be placed
@@ -91,14 +91,14 @@ async fn namespace_survives_restart_and_errors_have_kinds() {
     assert_eq!(kind(e), ErrorKind::IsADirectory);
     let e = c.delete(DeleteRequest { path: "/a".into(), recursive: false }).await.unwrap_err();
     assert_eq!(kind(e), ErrorKind::NotEmpty);
-    let e = c.stat(StatRequest { path: "/missing".into() }).await.unwrap_err();
+    let e = c.stat(StatRequest { path: "/missing".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(kind(e), ErrorKind::NotFound);
-    let e = c.stat(StatRequest { path: "relative/x".into() }).await.unwrap_err();
+    let e = c.stat(StatRequest { path: "relative/x".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(kind(e), ErrorKind::InvalidPath);
 
     // renaming a non-empty directory keeps its children reachable
     c.rename(RenameRequest { src: "/a".into(), dst: "/z".into() }).await.unwrap();
-    let st = c.stat(StatRequest { path: "/z/b/f".into() }).await.unwrap().into_inner().status.unwrap();
+    let st = c.stat(StatRequest { path: "/z/b/f".into(), ..Default::default() }).await.unwrap().into_inner().status.unwrap();
     assert_eq!((st.path.as_str(), st.len), ("/z/b/f", 100));
     let list = c.list(ListRequest { path: "/z/b".into(), ..Default::default() }).await.unwrap().into_inner().entries;
     let names: Vec<_> = list.iter().map(|e| e.path.as_str()).collect();
@@ -114,7 +114,7 @@ async fn namespace_survives_restart_and_errors_have_kinds() {
 
     // restart on the same directory
     let (node, mut c) = start(dir.path()).await;
-    let st = c.stat(StatRequest { path: "/z/b/f".into() }).await.unwrap().into_inner().status.unwrap();
+    let st = c.stat(StatRequest { path: "/z/b/f".into(), ..Default::default() }).await.unwrap().into_inner().status.unwrap();
     assert_eq!((st.len, st.mode, st.mtime_ms, st.complete), (100, 0o600, 5, true));
     // Locations are soft state: right after a restart no worker has
     // reported the block yet, and that is a temporary error (clients retry
@@ -125,7 +125,7 @@ async fn namespace_survives_restart_and_errors_have_kinds() {
     let _ = blk;
     let hb = c.heartbeat(HeartbeatRequest { worker_id: 7, ..Default::default() }).await.unwrap().into_inner();
     assert!(hb.reregister);
-    assert_eq!(kind(c.stat(StatRequest { path: "/a".into() }).await.unwrap_err()), ErrorKind::NotFound);
+    assert_eq!(kind(c.stat(StatRequest { path: "/a".into(), ..Default::default() }).await.unwrap_err()), ErrorKind::NotFound);
     c.delete(DeleteRequest { path: "/z".into(), recursive: true }).await.unwrap();
     let report = c.report(ReportRequest {}).await.unwrap().into_inner();
     assert_eq!((report.files, report.dirs), (0, 1));
@@ -220,7 +220,7 @@ async fn namespace_survives_kill_9() {
     let (node, mut c) = start(dir.path()).await;
     let list = c.list(ListRequest { path: "/kk".into(), ..Default::default() }).await.unwrap().into_inner().entries;
     assert_eq!(list.len(), 20);
-    assert_eq!(kind(c.stat(StatRequest { path: "/k".into() }).await.unwrap_err()), ErrorKind::NotFound);
+    assert_eq!(kind(c.stat(StatRequest { path: "/k".into(), ..Default::default() }).await.unwrap_err()), ErrorKind::NotFound);
     c.mkdir(MkdirRequest { path: "/after".into(), ..Default::default() }).await.unwrap();
     drop(c);
     node.shutdown().await.unwrap();
