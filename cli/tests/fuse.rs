@@ -1228,12 +1228,14 @@ async fn missing_names_are_remembered_only_when_asked() {
 /// file system, while a handle on a file that another client replaced or
 /// removed meanwhile reads the old bytes while they last (from this host's
 /// block files) and then answers ESTALE, as on NFS; never the bytes of
-/// the file now at that name. Opens afterwards read the new file.
+/// the file now at that name. Opens afterwards read the new file. (With
+/// no entry cache, every open's reader comes from the open itself, not
+/// from a lookup just before it: see `looked.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_handles_follow_their_mount_and_never_read_a_replacement() {
     need_fuse!("read_handles_follow_their_mount_and_never_read_a_replacement");
     let n = node().await;
-    let m = Mount::start(&n, &[]);
+    let m = Mount::start(&n, &["--entry-timeout", "0"]);
     let fs = n.fs().unwrap();
     let (a, b) = (random_bytes(200_000, 11), random_bytes(150_000, 12));
     let read_all = |f: &std::fs::File| {
@@ -1312,4 +1314,45 @@ async fn a_small_file_read_asks_meta_once() {
         assert_eq!(std::fs::read(&p).unwrap(), b"late");
     }
     assert_eq!(meta_calls(&n, "open") - opens, 4, "opens past the window ask meta");
+}
+
+/// A lookup's reader (`looked.rs`) never outlives a change made through the
+/// same mount: a name stat-ed, then truncated through the mount (no open
+/// in between to drop the kept reader), then opened at once reads and
+/// fstat-s the new length, on a normal mount and on a passthrough one
+/// (where a stale reader would become the kernel's backing file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookups_reader_never_outlives_a_change_through_the_mount() {
+    need_fuse!("a_lookups_reader_never_outlives_a_change_through_the_mount");
+    let n = node().await;
+    let fs = n.fs().unwrap();
+    let old = random_bytes(64 << 10, 5);
+    let py = r#"
+import os, sys
+p, size = sys.argv[1], int(sys.argv[2])
+old = open(sys.argv[3], "rb").read()
+os.stat(p)                       # the lookup: keeps a reader of the old bytes
+os.truncate(p, size)             # a new version, made through the mount
+with open(p, "rb") as f:         # at once, within the lookup's window
+    got, st = f.read(), os.fstat(f.fileno()).st_size
+assert got == old[:size] and st == size, (len(got), st, size)
+print("ok")
+"#;
+    let work = tempfile::tempdir().unwrap();
+    let old_file = work.path().join("old");
+    std::fs::write(&old_file, &old).unwrap();
+    for (i, extra) in [&[][..], &["--passthrough"][..]].into_iter().enumerate() {
+        let m = Mount::start(&n, extra);
+        for size in [0usize, 1000] {
+            let name = format!("lk{i}-{size}");
+            fs.write_all(&format!("/{name}"), &old, false).await.unwrap();
+            let out = Command::new("python3").arg("-c").arg(py).arg(m.p(&name)).arg(size.to_string()).arg(&old_file).output().unwrap();
+            assert!(
+                out.status.success(),
+                "mount {extra:?}, truncated to {size}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }

@@ -60,6 +60,11 @@ async fn warm_loads_once_free_drops_and_pin_keeps() {
     // Pin one directory, free the whole set: only the unpinned part goes.
     ok(&cv(&n, &["pin", "/w/set/b"]));
     assert!(fs.stat("/w/set/b").await.unwrap().pinned);
+    // A reader opened while the file was cached, read after the copy is
+    // gone: the worker it asks loads the block again from the UFS.
+    let (early_key, early_bytes) = &objs[1];
+    let early = fs.open(&format!("/w/{early_key}")).await.unwrap();
+    assert!(early.blocks().iter().all(|b| !b.from_ufs && !b.locations.is_empty()));
     let out = ok(&cv(&n, &["free", "/w/set"]));
     assert!(out.contains("120 files") && out.contains("30 pinned"), "{out}");
     assert!(fs.open("/w/set/a/o00000").await.unwrap().blocks().iter().all(|b| b.from_ufs));
@@ -70,8 +75,16 @@ async fn warm_loads_once_free_drops_and_pin_keeps() {
     })
     .await
     .unwrap();
+    let mut got = vec![0u8; early_bytes.len()];
+    let mut at = 0;
+    while at < got.len() {
+        let k = early.read_at(at as u64, &mut got[at..]).await.expect("a reader whose cached copy was freed reads from the UFS");
+        assert!(k > 0, "early end of file at {at}");
+        at += k;
+    }
+    assert!(&got == early_bytes, "{early_key} differs");
     let out = ok(&cv(&n, &["warm", "/w/set", "--json"]));
-    assert_eq!(job_json(&out)["bytes_loaded"].as_u64().unwrap(), 120 * (300 << 10), "{out}");
+    assert_eq!(job_json(&out)["bytes_loaded"].as_u64().unwrap(), 119 * (300 << 10), "{out}");
     ok(&cv(&n, &["unpin", "/w/set/b"]));
     assert!(!fs.stat("/w/set/b").await.unwrap().pinned);
 

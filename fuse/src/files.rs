@@ -158,6 +158,8 @@ impl FileState {
             Data::Stream(w) => match w.close().await {
                 Ok(st) => {
                     self.size = st.len;
+                    // Readers found while it streamed hold an unfinished file.
+                    self.versions.fetch_add(1, Ordering::AcqRel);
                     Ok(())
                 }
                 Err(e) => {

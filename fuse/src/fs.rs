@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -68,6 +68,8 @@ impl ReadOut {
 struct Found {
     reader: Arc<FileReader>,
     versions: u64,
+    /// Found by the lookup before the open (`looked.rs`), not by the open.
+    looked: bool,
 }
 
 /// How an open of an existing file asks meta about it.
@@ -97,6 +99,11 @@ struct OpenFile {
     write: bool,
     /// The reader, with the version of the file it was opened at.
     reader: tokio::sync::Mutex<Option<(u64, Arc<FileReader>)>>,
+    /// The reader came from the lookup before the open and nothing was read
+    /// through it yet: if its blocks are gone, another client replaced or
+    /// removed the file between that lookup and the open, and the handle
+    /// reads what the name holds now, as an open asking meta would have.
+    refresh: AtomicBool,
 }
 
 pub struct CvFuse {
@@ -112,7 +119,8 @@ pub struct CvFuse {
     /// their page cache.
     seen: Mutex<HashMap<u64, (i64, u64)>>,
     next_fh: AtomicU64,
-    /// New versions of files this mount made (`FileState::new_version`).
+    /// New versions of files this mount made (`FileState::new_version`)
+    /// and streams it sealed.
     versions: Arc<AtomicU64>,
     /// Readers the last lookups found, for the opens that follow them.
     looked: Looked<Found>,
@@ -343,8 +351,9 @@ impl CvFuse {
     /// A handle on `ino`, with the reader of the version its open found.
     fn new_fh(&self, ino: u64, write: bool, reader: Option<(u64, Found)>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let refresh = AtomicBool::new(reader.as_ref().is_some_and(|(_, f)| f.looked));
         let reader = tokio::sync::Mutex::new(reader.map(|(v, f)| (v, f.reader)));
-        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: false, write, reader }));
+        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: false, write, reader, refresh }));
         fh
     }
 
@@ -376,7 +385,10 @@ impl CvFuse {
                     None
                 });
                 let Some(file) = file else { return Ok(PtOpen::Normal(Some(found))) };
-                let made = self.pt.register(ino, || self.busy_for_passthrough(ino), || reply.open_backing(&*file));
+                // A change through this mount since the reader was found
+                // (a write open and close meanwhile) makes it stale.
+                let busy = || self.busy_for_passthrough(ino) || !self.current(&found);
+                let made = self.pt.register(ino, busy, || reply.open_backing(&*file));
                 match made {
                     Ok(Some(b)) => b,
                     Ok(None) => return Ok(PtOpen::Normal(Some(found))),
@@ -399,12 +411,13 @@ impl CvFuse {
     async fn find_reader(&self, path: &str) -> curvine_client::Result<Found> {
         let versions = self.versions.load(Ordering::Acquire);
         let reader = self.fs.open(path).await?;
-        Ok(Found { reader: Arc::new(reader), versions })
+        Ok(Found { reader: Arc::new(reader), versions, looked: false })
     }
 
     fn new_passthrough_fh(&self, ino: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: true, write: false, reader: tokio::sync::Mutex::new(None) }));
+        let (reader, refresh) = (tokio::sync::Mutex::new(None), AtomicBool::new(false));
+        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: true, write: false, reader, refresh }));
         fh
     }
 
@@ -456,6 +469,7 @@ impl CvFuse {
         path: &str,
         mut how: Lookup,
     ) -> Result<(FileStatus, Option<Found>, Arc<tokio::sync::Mutex<FileState>>, tokio::sync::OwnedMutexGuard<FileState>), Errno> {
+        let mut stale = 0;
         loop {
             let found = match std::mem::replace(&mut how, Lookup::Stat) {
                 Lookup::Found(f) => Some(f),
@@ -480,13 +494,33 @@ impl CvFuse {
                 return Err(Errno::EISDIR);
             }
             let state = self.open_state(ino, st.len, st.mode);
-            if let Some(s) = self.lock_if_current(ino, state.clone()).await {
-                return Ok((st, found, state, s));
+            let Some(s) = self.lock_if_current(ino, state.clone()).await else {
+                if found.is_some() {
+                    how = Lookup::Reader;
+                }
+                continue;
+            };
+            // A reader found before this mount made a new version is not
+            // this open's, nor is its status (the state may have been made
+            // from it): ask again, twice at most — under a stream of this
+            // mount's writes, a stat now and a reader at the first read.
+            if found.as_ref().is_some_and(|f| !self.current(f)) {
+                if s.open == 0 && s.is_clean() {
+                    self.drop_state(ino, &state);
+                }
+                drop(s);
+                stale += 1;
+                how = if stale < 2 { Lookup::Reader } else { Lookup::Stat };
+                continue;
             }
-            if found.is_some() {
-                how = Lookup::Reader;
-            }
+            return Ok((st, found, state, s));
         }
+    }
+
+    /// Whether this mount made no new version of any file since `f` was
+    /// asked for.
+    fn current(&self, f: &Found) -> bool {
+        self.versions.load(Ordering::Acquire) == f.versions
     }
 
     /// Counts a new handle on the existing file `ino` at `path`, truncating
@@ -518,8 +552,7 @@ impl CvFuse {
         // reads unless this mount made a new version of any file since (of
         // this one, under another handle, before this open took the lock)
         // or has unsaved bytes of it (read from the mount's copy).
-        let current = |f: &Found| s.is_clean() && self.versions.load(Ordering::Acquire) == f.versions;
-        let reader = found.filter(current).map(|f| (s.version, f));
+        let reader = found.filter(|f| s.is_clean() && self.current(f)).map(|f| (s.version, f));
         Ok((st, unchanged, reader))
     }
 
@@ -541,14 +574,32 @@ impl CvFuse {
             (self.fs.stat(path).await.map_err(|e| errno(&e))?, None)
         };
         let ino = self.node(parent, name, &st);
-        if let Some(r) = reader {
-            self.looked.keep(ino, Found { reader: Arc::new(r), versions });
+        // Not a file still being written elsewhere (its length will
+        // change), nor one this mount has open (its state decides).
+        if let Some(r) = reader.filter(|_| st.complete && self.state(ino).is_none()) {
+            self.looked.keep(ino, Found { reader: Arc::new(r), versions, looked: true });
         }
         Ok(self.attr_now(ino, &st).await)
     }
 
     async fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadOut, Errno> {
         let h = self.handles.lock().get(&fh).cloned().ok_or(Errno::EBADF)?;
+        match self.read_through(&h, offset, size).await {
+            // Once: after a byte was read, switching files would mix two.
+            Err(Errno::ESTALE) if h.refresh.swap(false, Ordering::AcqRel) => {
+                *h.reader.lock().await = None;
+                self.read_through(&h, offset, size).await
+            }
+            res => {
+                if res.is_ok() && h.refresh.load(Ordering::Relaxed) {
+                    h.refresh.store(false, Ordering::Relaxed);
+                }
+                res
+            }
+        }
+    }
+
+    async fn read_through(&self, h: &OpenFile, offset: u64, size: u32) -> Result<ReadOut, Errno> {
         let mut version = 0;
         if let Some(s) = self.state(h.ino) {
             let mut s = s.lock().await;
@@ -965,8 +1016,9 @@ impl Filesystem for Mounted {
             let read_only = flags.acc_mode() == OpenAccMode::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
             // Also when passthrough was switched off: existing backings must
             // be shared.
-            // Taken either way: it serves one open at most.
-            let looked = me.looked.take(ino.0).filter(|_| read_only);
+            // Taken either way: it serves one open at most, and only if
+            // this mount changed nothing since.
+            let looked = me.looked.take(ino.0).filter(|f| read_only && me.current(f));
             let mut how = if read_only { Lookup::Reader } else { Lookup::Stat };
             let looked = if read_only && !me.opts.direct_io {
                 match me.open_passthrough(ino.0, &path, looked, &reply).await {
