@@ -35,6 +35,11 @@ pub struct FuseArgs {
     /// creates stays invisible here for up to this long
     #[arg(long, default_value_t = 0.0)]
     pub negative_timeout: f64,
+    /// Seconds a lookup's answer (with a small file's blocks) may serve the
+    /// open that follows it without asking meta again; never longer than
+    /// --attr-timeout and --entry-timeout (0: every open asks meta)
+    #[arg(long, default_value_t = 0.1)]
+    pub open_after_lookup: f64,
     /// Threads taking requests from the kernel
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -65,6 +70,7 @@ pub async fn run(a: FuseArgs, c: &ClientArgs) -> anyhow::Result<()> {
         attr_timeout: secs("attr-timeout", a.attr_timeout)?,
         entry_timeout: secs("entry-timeout", a.entry_timeout)?,
         negative_timeout: secs("negative-timeout", a.negative_timeout)?,
+        open_after_lookup: secs("open-after-lookup", a.open_after_lookup)?,
         threads: a.threads,
         passthrough: a.passthrough || (a.read_only && !a.direct_io && !a.writeback_cache),
         read_only: a.read_only,

@@ -1356,3 +1356,29 @@ print("ok")
         }
     }
 }
+
+/// An open served by its lookup's answer (`--open-after-lookup`) of a file
+/// that another client replaced in between, and whose old block is gone by
+/// the first read, reads the new file — what an open asking meta would
+/// have found — rather than failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_after_a_stale_lookup_reads_the_new_file() {
+    need_fuse!("an_open_after_a_stale_lookup_reads_the_new_file");
+    let n = node().await;
+    let fs = n.fs().unwrap();
+    let m = Mount::start(&n, &["--attr-timeout", "60", "--entry-timeout", "60", "--open-after-lookup", "60"]);
+    let (a, b) = (random_bytes(64 << 10, 21), random_bytes(48 << 10, 22));
+    fs.write_all("/rf", &a, false).await.unwrap();
+    let old = fs.open("/rf").await.unwrap().blocks()[0].id;
+    assert_eq!(std::fs::metadata(m.p("rf")).unwrap().len(), a.len() as u64); // the lookup
+    fs.write_all("/rf", &b, true).await.unwrap();
+    let blocks = n.mem_dir().join("blocks");
+    testbed::wait_for("the replaced file's block to leave the worker", Duration::from_secs(20), || {
+        let gone = !blocks.join(old.to_string()).exists() && !blocks.join(format!("{old}.at")).exists();
+        async move { gone }
+    })
+    .await
+    .unwrap();
+    let got = std::fs::read(m.p("rf")).unwrap();
+    assert!(got == b, "read {} bytes, not the new file's", got.len());
+}

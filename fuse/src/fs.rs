@@ -38,6 +38,8 @@ pub struct Options {
     /// How long the kernel may remember that a name does not exist
     /// (zero: it asks every time).
     pub negative_ttl: Duration,
+    /// How long a lookup's reader may serve an open (`looked.rs`).
+    pub open_after_lookup: Duration,
     pub direct_io: bool,
     pub writeback_cache: bool,
     /// Where files being rewritten are staged.
@@ -104,6 +106,8 @@ struct OpenFile {
     /// removed the file between that lookup and the open, and the handle
     /// reads what the name holds now, as an open asking meta would have.
     refresh: AtomicBool,
+    /// Held by reads while `refresh` is set.
+    first_read: tokio::sync::Mutex<()>,
 }
 
 pub struct CvFuse {
@@ -190,7 +194,7 @@ fn to_ms(t: TimeOrNow) -> i64 {
 impl CvFuse {
     pub fn new(fs: FileSystem, rt: Rt, root: &str, opts: Options) -> CvFuse {
         let dir_attrs = DirAttrs::new(opts.attr_ttl);
-        let looked = Looked::new(opts.attr_ttl, opts.entry_ttl);
+        let looked = Looked::new(opts.open_after_lookup, opts.attr_ttl, opts.entry_ttl);
         CvFuse {
             fs,
             rt,
@@ -353,7 +357,8 @@ impl CvFuse {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let refresh = AtomicBool::new(reader.as_ref().is_some_and(|(_, f)| f.looked));
         let reader = tokio::sync::Mutex::new(reader.map(|(v, f)| (v, f.reader)));
-        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: false, write, reader, refresh }));
+        let first_read = tokio::sync::Mutex::new(());
+        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: false, write, reader, refresh, first_read }));
         fh
     }
 
@@ -376,7 +381,13 @@ impl CvFuse {
                 }
                 let found = match looked {
                     Some(f) => f,
-                    None => self.find_reader(path).await.map_err(|e| errno(&e))?,
+                    None => match self.find_reader(path).await {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == ErrorKind::NotFound => return Err(errno(&e)),
+                        // As for a normal open: its status is enough (a
+                        // read will say what is wrong).
+                        Err(_) => return Ok(PtOpen::Normal(None)),
+                    },
                 };
                 // A block that fails its crc is read the normal way (over
                 // TCP, from a copy the worker checks).
@@ -417,7 +428,8 @@ impl CvFuse {
     fn new_passthrough_fh(&self, ino: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let (reader, refresh) = (tokio::sync::Mutex::new(None), AtomicBool::new(false));
-        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: true, write: false, reader, refresh }));
+        let first_read = tokio::sync::Mutex::new(());
+        self.handles.lock().insert(fh, Arc::new(OpenFile { ino, passthrough: true, write: false, reader, refresh, first_read }));
         fh
     }
 
@@ -493,7 +505,26 @@ impl CvFuse {
             if st.kind == FileKind::Dir as i32 {
                 return Err(Errno::EISDIR);
             }
-            let state = self.open_state(ino, st.len, st.mode);
+            // A new state takes its size from `st`: not from a stale
+            // reader's (checked under the table's lock: a new version of
+            // this file can only be made through its state in the table).
+            let state = {
+                let mut files = self.files.lock();
+                match files.get(&ino) {
+                    Some(s) => s.clone(),
+                    None if found.as_ref().is_some_and(|f| !self.current(f)) => {
+                        drop(files);
+                        stale += 1;
+                        how = if stale < 2 { Lookup::Reader } else { Lookup::Stat };
+                        continue;
+                    }
+                    None => {
+                        let s = Arc::new(tokio::sync::Mutex::new(FileState::new(st.len, st.mode, self.versions.clone())));
+                        files.insert(ino, s.clone());
+                        s
+                    }
+                }
+            };
             let Some(s) = self.lock_if_current(ino, state.clone()).await else {
                 if found.is_some() {
                     how = Lookup::Reader;
@@ -584,19 +615,28 @@ impl CvFuse {
 
     async fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadOut, Errno> {
         let h = self.handles.lock().get(&fh).cloned().ok_or(Errno::EBADF)?;
-        match self.read_through(&h, offset, size).await {
-            // Once: after a byte was read, switching files would mix two.
-            Err(Errno::ESTALE) if h.refresh.swap(false, Ordering::AcqRel) => {
-                *h.reader.lock().await = None;
-                self.read_through(&h, offset, size).await
-            }
-            res => {
-                if res.is_ok() && h.refresh.load(Ordering::Relaxed) {
-                    h.refresh.store(false, Ordering::Relaxed);
-                }
-                res
+        if h.refresh.load(Ordering::Acquire) {
+            // Reads wait for one another until one has decided (the
+            // kernel's read-ahead sends several at once): switching files
+            // after a byte was read would mix two files.
+            let _first = h.first_read.lock().await;
+            if h.refresh.load(Ordering::Acquire) {
+                let res = self.read_through(&h, offset, size).await;
+                return match res {
+                    Err(Errno::ESTALE) => {
+                        h.refresh.store(false, Ordering::Release);
+                        *h.reader.lock().await = None;
+                        self.read_through(&h, offset, size).await
+                    }
+                    Ok(out) => {
+                        h.refresh.store(false, Ordering::Release);
+                        Ok(out)
+                    }
+                    Err(e) => Err(e),
+                };
             }
         }
+        self.read_through(&h, offset, size).await
     }
 
     async fn read_through(&self, h: &OpenFile, offset: u64, size: u32) -> Result<ReadOut, Errno> {
@@ -1052,6 +1092,12 @@ impl Filesystem for Mounted {
             };
             match res {
                 Ok((unchanged, reader)) => {
+                    // With the kernel's cached pages of the file kept, a
+                    // read may already have been served from them.
+                    let reader = reader.map(|(v, mut f)| {
+                        f.looked &= !unchanged;
+                        (v, f)
+                    });
                     let fh = me.new_fh(ino.0, flags.acc_mode() != OpenAccMode::O_RDONLY, reader);
                     let mut f = FopenFlags::empty();
                     if me.opts.direct_io {

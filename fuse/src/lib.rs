@@ -35,6 +35,9 @@ pub struct FuseOptions {
     /// not at all). Names other clients create meanwhile stay invisible
     /// here until it passes.
     pub negative_timeout: Duration,
+    /// How long a lookup's answer may serve the open after it (`looked.rs`;
+    /// capped by the attribute and entry timeouts).
+    pub open_after_lookup: Duration,
     /// Threads reading requests from the kernel (each operation runs there
     /// until it first waits, then on the async runtime).
     pub threads: usize,
@@ -103,6 +106,7 @@ pub fn run(fs: FileSystem, rt: tokio::runtime::Handle, opts: FuseOptions) -> Res
         attr_ttl: opts.attr_timeout,
         entry_ttl: opts.entry_timeout,
         negative_ttl: opts.negative_timeout,
+        open_after_lookup: opts.open_after_lookup,
         direct_io: opts.direct_io,
         writeback_cache: opts.writeback_cache,
         staging: staging.path().to_path_buf(),

@@ -3,18 +3,16 @@
 //! of a small file carries its blocks (`FileSystem::stat_for_read`), so
 //! such an open asks meta nothing.
 //!
-//! How long an answer may serve an open is the staleness the mount allows:
-//! never longer than the attribute and entry timeouts (for which the kernel
-//! trusts the same answer's size and existence anyway), and at most
-//! `MAX_WINDOW`. With either timeout at 0 nothing is kept.
+//! How long an answer may serve an open (`cv fuse --open-after-lookup`,
+//! 100 ms by default) is staleness the mount allows: never longer than the
+//! attribute and entry timeouts (for which the kernel trusts the same
+//! answer's size and existence anyway). With any of them 0 nothing is kept.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-/// The longest a lookup's answer serves an open.
-pub const MAX_WINDOW: Duration = Duration::from_millis(100);
 /// Entries kept before old ones are swept (lookups never followed by an
 /// open: `ls -l`, `find`, stats).
 const SWEEP_AT: usize = 4096;
@@ -25,9 +23,9 @@ pub struct Looked<T> {
 }
 
 impl<T> Looked<T> {
-    /// Keeps answers for the shorter of the two timeouts, at most `MAX_WINDOW`.
-    pub fn new(attr_ttl: Duration, entry_ttl: Duration) -> Looked<T> {
-        Looked { window: attr_ttl.min(entry_ttl).min(MAX_WINDOW), map: Mutex::default() }
+    /// Keeps answers for `window`, at most the shorter of the two timeouts.
+    pub fn new(window: Duration, attr_ttl: Duration, entry_ttl: Duration) -> Looked<T> {
+        Looked { window: attr_ttl.min(entry_ttl).min(window), map: Mutex::default() }
     }
 
     pub fn enabled(&self) -> bool {
@@ -60,11 +58,12 @@ mod tests {
 
     #[test]
     fn answers_serve_one_open_within_the_window_only() {
-        let l = Looked::new(Duration::from_secs(1), Duration::from_secs(1));
+        let w = Duration::from_millis(100);
+        let l = Looked::new(w, Duration::from_secs(1), Duration::from_secs(1));
         l.keep(7, "a");
         assert_eq!(l.take(7), Some("a"));
         assert_eq!(l.take(7), None, "one open per lookup");
-        let short = Looked::new(Duration::from_millis(1), Duration::from_secs(1));
+        let short = Looked::new(w, Duration::from_millis(1), Duration::from_secs(1));
         short.keep(7, "a");
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(short.take(7), None, "older than the shorter timeout");
@@ -72,9 +71,11 @@ mod tests {
 
     #[test]
     fn zero_timeouts_keep_nothing_and_the_table_stays_bounded() {
-        assert!(!Looked::<u8>::new(Duration::ZERO, Duration::from_secs(1)).enabled());
-        assert!(!Looked::<u8>::new(Duration::from_secs(1), Duration::ZERO).enabled());
-        let l = Looked::new(Duration::from_secs(1), Duration::from_secs(1));
+        let (w, s) = (Duration::from_millis(100), Duration::from_secs(1));
+        assert!(!Looked::<u8>::new(w, Duration::ZERO, s).enabled());
+        assert!(!Looked::<u8>::new(w, s, Duration::ZERO).enabled());
+        assert!(!Looked::<u8>::new(Duration::ZERO, s, s).enabled());
+        let l = Looked::new(w, s, s);
         for i in 0..(SWEEP_AT as u64 * 3) {
             l.keep(i, i);
         }
