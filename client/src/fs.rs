@@ -150,16 +150,7 @@ impl FileSystem {
 
     #[tracing::instrument(skip(self))]
     pub async fn stat(&self, path: &str) -> Result<FileStatus> {
-        let path = normalize(path)?;
-        let r = self
-            .inner
-            .meta
-            .call(|mut c| {
-                let req = proto::StatRequest { path: path.clone(), blocks_up_to: 0 };
-                async move { c.stat(req).await }
-            })
-            .await?;
-        r.status.ok_or_else(|| Error::internal("stat: empty response"))
+        Ok(self.stat_for_read(path, 0).await?.0)
     }
 
     /// `stat`, and for a regular file of at most `blocks_up_to` blocks a

@@ -122,11 +122,24 @@ impl CvFuse {
 
     /// Registers an open handle on `ino` (its state created if needed).
     pub(super) fn open_state(&self, ino: u64, size: u64, mode: u32) -> Arc<tokio::sync::Mutex<FileState>> {
-        self.files
-            .lock()
-            .entry(ino)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(FileState::new(size, mode, self.versions.clone()))))
-            .clone()
+        self.state_from(ino, size, mode, true).expect("made from a current status")
+    }
+
+    /// `ino`'s state, made with `size` and `mode` if it has none — unless
+    /// they come from a stale answer (`current` false): then `None`.
+    /// Checked under the table's lock, since a new version of the file
+    /// can only be made through its state in the table.
+    fn state_from(&self, ino: u64, size: u64, mode: u32, current: bool) -> Option<Arc<tokio::sync::Mutex<FileState>>> {
+        let mut files = self.files.lock();
+        if let Some(s) = files.get(&ino) {
+            return Some(s.clone());
+        }
+        if !current {
+            return None;
+        }
+        let s = Arc::new(tokio::sync::Mutex::new(FileState::new(size, mode, self.versions.clone())));
+        files.insert(ino, s.clone());
+        Some(s)
     }
 
     /// Locks `s`, taken from `files` for `ino`; `None` when its last holder
@@ -168,7 +181,15 @@ impl CvFuse {
         path: &str,
         mut how: Lookup,
     ) -> Result<(FileStatus, Option<Found>, Arc<tokio::sync::Mutex<FileState>>, tokio::sync::OwnedMutexGuard<FileState>), Errno> {
+        // A reader found before this mount made a new version is not this
+        // open's, nor is its status: ask again, twice at most — under a
+        // stream of this mount's writes, a stat now and a reader at the
+        // first read.
         let mut stale = 0;
+        let mut ask_again = || {
+            stale += 1;
+            if stale < 2 { Lookup::Reader } else { Lookup::Stat }
+        };
         loop {
             let found = match std::mem::replace(&mut how, Lookup::Stat) {
                 Lookup::Found(f) => Some(f),
@@ -192,25 +213,10 @@ impl CvFuse {
             if st.kind == FileKind::Dir as i32 {
                 return Err(Errno::EISDIR);
             }
-            // A new state takes its size from `st`: not from a stale
-            // reader's (checked under the table's lock: a new version of
-            // this file can only be made through its state in the table).
-            let state = {
-                let mut files = self.files.lock();
-                match files.get(&ino) {
-                    Some(s) => s.clone(),
-                    None if found.as_ref().is_some_and(|f| !self.current(f)) => {
-                        drop(files);
-                        stale += 1;
-                        how = if stale < 2 { Lookup::Reader } else { Lookup::Stat };
-                        continue;
-                    }
-                    None => {
-                        let s = Arc::new(tokio::sync::Mutex::new(FileState::new(st.len, st.mode, self.versions.clone())));
-                        files.insert(ino, s.clone());
-                        s
-                    }
-                }
+            let current = found.as_ref().is_none_or(|f| self.current(f));
+            let Some(state) = self.state_from(ino, st.len, st.mode, current) else {
+                how = ask_again();
+                continue;
             };
             let Some(s) = self.lock_if_current(ino, state.clone()).await else {
                 if found.is_some() {
@@ -218,17 +224,14 @@ impl CvFuse {
                 }
                 continue;
             };
-            // A reader found before this mount made a new version is not
-            // this open's, nor is its status (the state may have been made
-            // from it): ask again, twice at most — under a stream of this
-            // mount's writes, a stat now and a reader at the first read.
+            // The state was there already; a new version may have come
+            // since the reader was found.
             if found.as_ref().is_some_and(|f| !self.current(f)) {
                 if s.open == 0 && s.is_clean() {
                     self.drop_state(ino, &state);
                 }
                 drop(s);
-                stale += 1;
-                how = if stale < 2 { Lookup::Reader } else { Lookup::Stat };
+                how = ask_again();
                 continue;
             }
             return Ok((st, found, state, s));
@@ -266,11 +269,10 @@ impl CvFuse {
             }
         }
         let unchanged = s.is_clean() && self.seen.lock().insert(ino, (st.mtime_ms, st.len)) == Some((st.mtime_ms, st.len));
-        // The reader holds the version meta had; it serves this handle's
-        // reads unless this mount made a new version of any file since (of
-        // this one, under another handle, before this open took the lock)
-        // or has unsaved bytes of it (read from the mount's copy).
-        let reader = found.filter(|f| s.is_clean() && self.current(f)).map(|f| (s.version, f));
+        // The reader holds the version meta had (current under this lock,
+        // see above); it serves this handle's reads unless the mount has
+        // unsaved bytes of the file (read from the mount's copy).
+        let reader = found.filter(|_| s.is_clean()).map(|f| (s.version, f));
         Ok((st, unchanged, reader))
     }
 }
