@@ -317,7 +317,7 @@ impl MetaServiceImpl {
         self.ensure_entry(&path, false).await?;
         let inode = self.reader().resolve(&path)?;
         let status = Some(self.dir_status(&inode, &path)?);
-        let wanted = inode.kind == InodeKind::File && inode.blocks.len() <= r.blocks_up_to as usize;
+        let wanted = r.blocks_up_to > 0 && inode.kind == InodeKind::File && inode.blocks.len() <= r.blocks_up_to as usize;
         if wanted && matches!(crate::leader::role(&self.raft, self.id), Role::Leader { .. }) {
             // Blocks that cannot be placed now (workers settling, no
             // loader) are left to the caller's open, which says why.
